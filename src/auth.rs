@@ -1,0 +1,181 @@
+//! The client's first message, `{"userKey":"KEY","symbol":"EURUSD,GBPUSD"}`, parsed into an
+//! [`AuthRequest`]. Checking the key and the symbols is the caller's business.
+
+use serde_json::Value;
+use std::fmt;
+
+/// What a client asked for.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    /// As sent; may be empty (and then matches no key).
+    pub key: String,
+    /// Upper-case, trimmed, unique, in the order sent; `None` means every symbol the key allows.
+    pub symbols: Option<Vec<String>>,
+}
+
+impl fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: String = self.key.chars().take(4).collect();
+        f.debug_struct("AuthRequest")
+            .field("key", &format_args!("{shown}…"))
+            .field("symbols", &self.symbols)
+            .finish()
+    }
+}
+
+/// Why an auth message was refused. The client is closed with `Failed to authenticate`; these
+/// say more, for the log, and never quote the message (it may hold a key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthError {
+    NotJson,
+    NotAnObject,
+    MissingKey,
+    KeyNotAString,
+    /// `symbol` is neither a string nor an array of strings.
+    BadSymbol,
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthError::NotJson => "the auth message is not JSON",
+            AuthError::NotAnObject => "the auth message is not a JSON object",
+            AuthError::MissingKey => "the auth message has no `userKey`",
+            AuthError::KeyNotAString => "`userKey` in the auth message is not a string",
+            AuthError::BadSymbol => {
+                "`symbol` in the auth message is neither a string nor an array of strings"
+            }
+        })
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+/// Parses the client's auth message. Other fields are ignored. `symbol` may be a
+/// comma-separated string or an array of strings; empty entries are skipped, and a list left
+/// empty (or no `symbol` at all) means every symbol.
+pub fn parse_auth(text: &str) -> Result<AuthRequest, AuthError> {
+    let value: Value = serde_json::from_str(text).map_err(|_| AuthError::NotJson)?;
+    let Value::Object(mut object) = value else {
+        return Err(AuthError::NotAnObject);
+    };
+    let key = match object.remove("userKey") {
+        None => return Err(AuthError::MissingKey),
+        Some(Value::String(key)) => key,
+        Some(_) => return Err(AuthError::KeyNotAString),
+    };
+    let mut symbols: Vec<String> = Vec::new();
+    let mut add = |piece: &str| {
+        let symbol = piece.trim().to_uppercase();
+        if !symbol.is_empty() && !symbols.contains(&symbol) {
+            symbols.push(symbol);
+        }
+    };
+    match object.get("symbol") {
+        None => {}
+        Some(Value::String(list)) => list.split(',').for_each(&mut add),
+        Some(Value::Array(items)) => {
+            for item in items {
+                let Value::String(symbol) = item else {
+                    return Err(AuthError::BadSymbol);
+                };
+                add(symbol);
+            }
+        }
+        Some(_) => return Err(AuthError::BadSymbol),
+    }
+    Ok(AuthRequest {
+        key,
+        symbols: (!symbols.is_empty()).then_some(symbols),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn symbols(text: &str) -> Option<Vec<String>> {
+        parse_auth(text).unwrap().symbols
+    }
+
+    fn list(items: &[&str]) -> Option<Vec<String>> {
+        Some(items.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn key_alone_means_every_symbol() {
+        let req = parse_auth(r#"{"userKey":"alice-key-0001"}"#).unwrap();
+        assert_eq!(req.key, "alice-key-0001");
+        assert_eq!(req.symbols, None);
+        assert_eq!(
+            parse_auth(r#" {"userKey":"", "other": 1} "#).unwrap().key,
+            ""
+        );
+    }
+
+    #[test]
+    fn symbol_as_a_string() {
+        assert_eq!(
+            symbols(r#"{"userKey":"k","symbol":"EURUSD,GBPUSD"}"#),
+            list(&["EURUSD", "GBPUSD"])
+        );
+        assert_eq!(
+            symbols(r#"{"userKey":"k","symbol":" eurusd , ,gbpusd,"}"#),
+            list(&["EURUSD", "GBPUSD"])
+        );
+        assert_eq!(
+            symbols(r#"{"userKey":"k","symbol":"EURUSD,eurusd"}"#),
+            list(&["EURUSD"])
+        );
+        assert_eq!(symbols(r#"{"userKey":"k","symbol":""}"#), None);
+        assert_eq!(symbols(r#"{"userKey":"k","symbol":" , "}"#), None);
+    }
+
+    #[test]
+    fn symbol_as_an_array() {
+        assert_eq!(
+            symbols(r#"{"userKey":"k","symbol":["usdjpy"," EURUSD ",""]}"#),
+            list(&["USDJPY", "EURUSD"])
+        );
+        assert_eq!(symbols(r#"{"userKey":"k","symbol":[]}"#), None);
+    }
+
+    #[test]
+    fn malformed_messages() {
+        let err = |t: &str| parse_auth(t).unwrap_err();
+        assert_eq!(err(""), AuthError::NotJson);
+        assert_eq!(err("userKey=abc"), AuthError::NotJson);
+        assert_eq!(err(r#"{"userKey":"k""#), AuthError::NotJson);
+        assert_eq!(err(r#"["userKey","k"]"#), AuthError::NotAnObject);
+        assert_eq!(err(r#""k""#), AuthError::NotAnObject);
+        assert_eq!(err("{}"), AuthError::MissingKey);
+        assert_eq!(err(r#"{"userkey":"k"}"#), AuthError::MissingKey);
+        assert_eq!(err(r#"{"userKey":42}"#), AuthError::KeyNotAString);
+        assert_eq!(err(r#"{"userKey":null}"#), AuthError::KeyNotAString);
+        assert_eq!(err(r#"{"userKey":"k","symbol":7}"#), AuthError::BadSymbol);
+        assert_eq!(
+            err(r#"{"userKey":"k","symbol":null}"#),
+            AuthError::BadSymbol
+        );
+        assert_eq!(
+            err(r#"{"userKey":"k","symbol":["EURUSD",1]}"#),
+            AuthError::BadSymbol
+        );
+        assert_eq!(
+            AuthError::MissingKey.to_string(),
+            "the auth message has no `userKey`"
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let req = parse_auth(r#"{"userKey":"alice-key-0001","symbol":"EURUSD"}"#).unwrap();
+        let debug = format!("{req:?}");
+        assert!(!debug.contains("alice-key"), "{debug}");
+        assert!(
+            debug.contains("alic…") && debug.contains("EURUSD"),
+            "{debug}"
+        );
+    }
+}

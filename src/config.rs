@@ -1,0 +1,1212 @@
+//! `proxy.conf`: parsing `key = value` lines into a validated [`Config`], with errors that
+//! name the file, the line and the key.
+//!
+//! [`parse`] is pure; [`load`] reads the file and then resolves the upstream API key from
+//! `upstream_api_key_file` or the `FXPROXY_UPSTREAM_API_KEY` environment variable.
+//!
+//! Syntax: a line whose first non-blank character is `#` is a comment; elsewhere a `#` preceded
+//! by whitespace starts a trailing comment, except on a `subscribe_message` line, whose JSON
+//! template may contain `#` and so runs to the end of the line.
+//!
+//! Adding a key: a field in [`Config`], its default in [`Config::with_required`], its name in
+//! `KEYS` and one arm in `apply`.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The environment variable that supplies the upstream key when the file sets neither
+/// `upstream_api_key` nor `upstream_api_key_file`.
+pub const API_KEY_ENV: &str = "FXPROXY_UPSTREAM_API_KEY";
+
+/// Replaced in `upstream_api_key_file` by the directory systemd's `LoadCredential=` provides.
+const CREDENTIALS_PLACEHOLDER: &str = "${CREDENTIALS_DIRECTORY}";
+
+/// Every key the file may set, in the order of the shipped `proxy.conf`.
+const KEYS: &[&str] = &[
+    "listen",
+    "upstream_url",
+    "upstream_api_key",
+    "upstream_api_key_file",
+    "symbols",
+    "subscribe_message",
+    "user_keys_file",
+    "auth_timeout_secs",
+    "handshake_timeout_secs",
+    "upstream_stale_secs",
+    "upstream_connect_timeout_secs",
+    "upstream_ping_secs",
+    "market_hours",
+    "client_queue_len",
+    "client_ping_secs",
+    "max_clients",
+    "max_clients_per_key",
+    "max_message_bytes",
+    "allowed_origins",
+    "http_endpoints",
+    "page",
+    "status_interval_secs",
+    "batch_delay_ms",
+    "sim_rate",
+    "log_level",
+];
+
+const REQUIRED: &[&str] = &["upstream_url", "symbols", "user_keys_file"];
+
+pub const DEFAULT_SUBSCRIBE_MESSAGE: &str = r#"{"userKey":"{api_key}","symbol":"{symbols}"}"#;
+
+/// Where quotes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// The built-in simulated source (`upstream_url = sim`).
+    Sim,
+    /// A `ws://` or `wss://` URL, as written in the file.
+    Url(String),
+}
+
+/// When a silent upstream counts as stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarketHours {
+    /// Sunday 21:00 to Friday 22:00 UTC.
+    Fx,
+    /// 24/7 feeds such as crypto.
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The lower-case name as written in `proxy.conf`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// A credential that never appears in full in `Debug` output; read it with [`Secret::expose`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for sending upstream; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", redacted_key(&self.0))
+    }
+}
+
+/// The validated contents of `proxy.conf`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages.
+    pub file: PathBuf,
+    /// `(key, line)` for every key the file set, in file order; see [`Config::line_of`].
+    pub key_lines: Vec<(&'static str, usize)>,
+
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    /// After [`load`]: from the file, the key file or the environment, in that order.
+    pub upstream_api_key: Secret,
+    /// Resolved against the config file's directory. A path containing
+    /// `${CREDENTIALS_DIRECTORY}` is kept as written until [`load`] expands it.
+    pub upstream_api_key_file: Option<PathBuf>,
+    /// Upper-case, unique, at least one.
+    pub symbols: Vec<String>,
+    pub subscribe_message: String,
+    /// Resolved against the config file's directory.
+    pub user_keys_file: PathBuf,
+    pub auth_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub upstream_stale: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_ping: Duration,
+    pub market_hours: MarketHours,
+    pub client_queue_len: usize,
+    /// Idle clients are pinged this often; a client silent for two of these is dropped.
+    pub client_ping: Duration,
+    pub max_clients: usize,
+    /// 0 means unlimited.
+    pub max_clients_per_key: usize,
+    pub max_message_bytes: usize,
+    /// Lower-case `scheme://host[:port]` without a trailing `/`; empty means any origin.
+    pub allowed_origins: Vec<String>,
+    pub http_endpoints: bool,
+    pub page: bool,
+    /// `None` when `status_interval_secs = 0`.
+    pub status_interval: Option<Duration>,
+    /// How long the distributor may hold quotes to batch writes; zero means never.
+    pub batch_delay: Duration,
+    /// Quotes per second in total from the built-in simulator.
+    pub sim_rate: u32,
+    pub log_level: LogLevel,
+}
+
+impl Config {
+    /// A config with the given required values and every other key at its default.
+    pub fn with_required(
+        upstream: Upstream,
+        symbols: Vec<String>,
+        user_keys_file: PathBuf,
+    ) -> Config {
+        Config {
+            file: PathBuf::new(),
+            key_lines: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8765)),
+            upstream,
+            upstream_api_key: Secret::default(),
+            upstream_api_key_file: None,
+            symbols,
+            subscribe_message: DEFAULT_SUBSCRIBE_MESSAGE.to_string(),
+            user_keys_file,
+            auth_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            upstream_stale: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_ping: Duration::from_secs(15),
+            market_hours: MarketHours::Fx,
+            client_queue_len: 1024,
+            client_ping: Duration::from_secs(30),
+            max_clients: 10_000,
+            max_clients_per_key: 0,
+            max_message_bytes: 4096,
+            allowed_origins: Vec::new(),
+            http_endpoints: true,
+            page: true,
+            status_interval: Some(Duration::from_secs(60)),
+            batch_delay: Duration::ZERO,
+            sim_rate: 20,
+            log_level: LogLevel::Info,
+        }
+    }
+
+    /// The line on which the file set `key`, if it did.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        self.key_lines
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|&(_, line)| line)
+    }
+
+    /// An error about `key` for checks made after parsing (e.g. the user keys file will not
+    /// load), pointing at the line that set it when there is one.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line_of(key),
+            key: Some(key.to_string()),
+            message: message.into(),
+        }
+    }
+
+    /// `subscribe_message` with `{api_key}` and `{symbols}` (joined with `,`) substituted.
+    ///
+    /// One left-to-right pass, so a key that happens to contain `{symbols}` is not expanded
+    /// again. Values are inserted as they are, not JSON-escaped.
+    pub fn subscribe_text(&self) -> String {
+        let symbols = self.symbols.join(",");
+        let mut out = String::with_capacity(self.subscribe_message.len() + symbols.len());
+        let mut rest = self.subscribe_message.as_str();
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let tail = &rest[start..];
+            if let Some(after) = tail.strip_prefix("{api_key}") {
+                out.push_str(self.upstream_api_key.expose());
+                rest = after;
+            } else if let Some(after) = tail.strip_prefix("{symbols}") {
+                out.push_str(&symbols);
+                rest = after;
+            } else {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// A key shortened for logs: at most its first 4 characters then `…`, at most 2 for keys of
+/// 8 characters or fewer (and never more than a quarter of it), `(none)` when empty.
+pub fn redacted_key(key: &str) -> String {
+    let len = key.chars().count();
+    if len == 0 {
+        return "(none)".to_string();
+    }
+    let shown = if len > 8 { 4 } else { (len / 4).min(2) };
+    let mut out: String = key.chars().take(shown).collect();
+    out.push('…');
+    out
+}
+
+/// What is wrong with the configuration, and where.
+///
+/// Displayed as `FILE:LINE: key `KEY`: MESSAGE`; without a line (a missing required key, an
+/// unreadable config file) as `FILE: MESSAGE`, so such messages name the key themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(file: &Path, line: usize, key: Option<&str>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            line: Some(line),
+            key: key.map(str::to_string),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(key) = &self.key {
+                write!(f, ": key `{key}`")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and parses `path`, then resolves the upstream API key from `upstream_api_key_file`
+/// (with `${CREDENTIALS_DIRECTORY}` expanded) or the `FXPROXY_UPSTREAM_API_KEY` environment
+/// variable.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: format!("cannot read the configuration file: {e}"),
+    })?;
+    let mut config = parse(&text, path)?;
+    resolve_api_key(
+        &mut config,
+        std::env::var_os("CREDENTIALS_DIRECTORY").as_deref(),
+        std::env::var(API_KEY_ENV).ok(),
+        |p| std::fs::read_to_string(p),
+    )?;
+    Ok(config)
+}
+
+/// Parses the text of a config file; `file` is only used for messages and for resolving
+/// relative paths. Touches neither the file system nor the environment.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let base = file.parent().unwrap_or(Path::new(""));
+    let mut config = Config::with_required(Upstream::Sim, Vec::new(), PathBuf::new());
+    config.file = file.to_path_buf();
+
+    // Some Windows editors start UTF-8 files with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let split = trimmed.split_once('=').map(|(k, v)| (k.trim(), v));
+        let Some((key, value)) = split.filter(|(k, _)| !k.is_empty()) else {
+            return Err(ConfigError::at(
+                file,
+                line_no,
+                None,
+                format!("expected `key = value`, got {trimmed:?}"),
+            ));
+        };
+        let Some(&known) = KEYS.iter().find(|k| **k == key) else {
+            let mut message = format!("unknown key `{key}`");
+            if let Some(near) = suggestion(key) {
+                message.push_str(&format!(" (did you mean `{near}`?)"));
+            }
+            return Err(ConfigError::at(file, line_no, None, message));
+        };
+        if let Some(first) = config.line_of(known) {
+            return Err(ConfigError::at(
+                file,
+                line_no,
+                Some(known),
+                format!("set twice (first on line {first})"),
+            ));
+        }
+        let value = if known == "subscribe_message" {
+            value.trim()
+        } else {
+            strip_trailing_comment(value).trim()
+        };
+        let conflict = match known {
+            "upstream_api_key" => Some("upstream_api_key_file"),
+            "upstream_api_key_file" => Some("upstream_api_key"),
+            _ => None,
+        };
+        if let Some(other) = conflict {
+            if let Some(first) = config.line_of(other) {
+                return Err(ConfigError::at(
+                    file,
+                    line_no,
+                    Some(known),
+                    format!("`{other}` is already set on line {first}; set only one of the two"),
+                ));
+            }
+        }
+        apply(&mut config, known, value, base)
+            .map_err(|message| ConfigError::at(file, line_no, Some(known), message))?;
+        config.key_lines.push((known, line_no));
+    }
+
+    for key in REQUIRED {
+        if config.line_of(key).is_none() {
+            return Err(ConfigError {
+                file: file.to_path_buf(),
+                line: None,
+                key: Some((*key).to_string()),
+                message: format!("missing required key `{key}`"),
+            });
+        }
+    }
+    Ok(config)
+}
+
+/// Sets one key from its (comment-free, trimmed) value. The message says what was expected.
+fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> {
+    match key {
+        "listen" => {
+            c.listen = v
+                .parse()
+                .map_err(|_| format!("expected an address such as 127.0.0.1:8765, got {v:?}"))?
+        }
+        "upstream_url" => c.upstream = parse_upstream(v)?,
+        "upstream_api_key" => c.upstream_api_key = Secret::new(v),
+        "upstream_api_key_file" => c.upstream_api_key_file = Some(key_file_path(v, base)?),
+        "symbols" => c.symbols = parse_symbols(v)?,
+        "subscribe_message" => {
+            if v.is_empty() {
+                return Err("expected the text to send upstream, got nothing".to_string());
+            }
+            c.subscribe_message = v.to_string();
+        }
+        "user_keys_file" => c.user_keys_file = relative_to(base, nonempty_path(v)?),
+        "auth_timeout_secs" => c.auth_timeout = secs(v, 1, 3600)?,
+        "handshake_timeout_secs" => c.handshake_timeout = secs(v, 1, 60)?,
+        "upstream_stale_secs" => c.upstream_stale = secs(v, 1, 86_400)?,
+        "upstream_connect_timeout_secs" => c.upstream_connect_timeout = secs(v, 1, 300)?,
+        "upstream_ping_secs" => c.upstream_ping = secs(v, 1, 3600)?,
+        "market_hours" => {
+            c.market_hours = match v.to_ascii_lowercase().as_str() {
+                "fx" => MarketHours::Fx,
+                "always" => MarketHours::Always,
+                _ => return Err(format!("expected `fx` or `always`, got {v:?}")),
+            }
+        }
+        "client_queue_len" => c.client_queue_len = count(v, "", 1, 1_000_000)?,
+        "client_ping_secs" => c.client_ping = secs(v, 1, 3600)?,
+        "max_clients" => c.max_clients = count(v, "", 1, 1_000_000)?,
+        "max_clients_per_key" => {
+            c.max_clients_per_key = count(v, " (0 for unlimited)", 0, 1_000_000)?
+        }
+        "max_message_bytes" => c.max_message_bytes = count(v, " of bytes", 128, 16_777_216)?,
+        "allowed_origins" => c.allowed_origins = parse_origins(v)?,
+        "http_endpoints" => c.http_endpoints = boolean(v)?,
+        "page" => c.page = boolean(v)?,
+        "status_interval_secs" => {
+            let n = whole(v, 0, 86_400).ok_or_else(|| {
+                format!("expected 0 (off) or a whole number of seconds from 1 to 86400, got {v:?}")
+            })?;
+            c.status_interval = (n > 0).then(|| Duration::from_secs(n));
+        }
+        "batch_delay_ms" => {
+            let n = whole(v, 0, 1000).ok_or_else(|| {
+                format!("expected a whole number of milliseconds from 0 to 1000, got {v:?}")
+            })?;
+            c.batch_delay = Duration::from_millis(n);
+        }
+        "sim_rate" => {
+            c.sim_rate = whole(v, 1, 1_000_000)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "expected a whole number of quotes per second from 1 to 1000000, got {v:?}"
+                    )
+                })?
+        }
+        "log_level" => {
+            c.log_level = match v.to_ascii_lowercase().as_str() {
+                "error" => LogLevel::Error,
+                "warn" => LogLevel::Warn,
+                "info" => LogLevel::Info,
+                "debug" => LogLevel::Debug,
+                "trace" => LogLevel::Trace,
+                _ => {
+                    return Err(format!(
+                        "expected error, warn, info, debug or trace, got {v:?}"
+                    ))
+                }
+            }
+        }
+        other => return Err(format!("key `{other}` is listed in KEYS but has no parser")),
+    }
+    Ok(())
+}
+
+/// Cuts a trailing comment: `#` after whitespace. A `#` glued to a word (`a#b`) stays.
+fn strip_trailing_comment(value: &str) -> &str {
+    let bytes = value.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
+            return &value[..i];
+        }
+    }
+    value
+}
+
+/// Digits only (no sign, no spaces), within `min..=max`.
+fn whole(v: &str, min: u64, max: u64) -> Option<u64> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
+}
+
+fn secs(v: &str, min: u64, max: u64) -> Result<Duration, String> {
+    whole(v, min, max)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("expected a whole number of seconds from {min} to {max}, got {v:?}"))
+}
+
+fn count(v: &str, unit: &str, min: u64, max: u64) -> Result<usize, String> {
+    whole(v, min, max)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("expected a whole number{unit} from {min} to {max}, got {v:?}"))
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" => Ok(true),
+        "false" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "expected true or false (or yes/no, on/off), got {v:?}"
+        )),
+    }
+}
+
+fn parse_upstream(v: &str) -> Result<Upstream, String> {
+    if v.eq_ignore_ascii_case("sim") {
+        return Ok(Upstream::Sim);
+    }
+    let expected = "expected `sim` or a ws:// or wss:// URL with a host";
+    let lower = v.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("ws://")
+        .or_else(|| lower.strip_prefix("wss://"))
+    else {
+        return Err(format!("{expected}, got {v:?}"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = if host_port.starts_with('[') {
+        host_port
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('[')
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    if host.is_empty() || v.chars().any(char::is_whitespace) {
+        return Err(format!("{expected}, got {v:?}"));
+    }
+    Ok(Upstream::Url(v.to_string()))
+}
+
+fn parse_symbols(v: &str) -> Result<Vec<String>, String> {
+    let mut symbols: Vec<String> = Vec::new();
+    for part in v.split(',') {
+        let symbol = part.trim().to_ascii_uppercase();
+        if symbol.is_empty() {
+            return Err(format!("expected comma-separated symbols such as EURUSD,GBPUSD, got an empty entry in {v:?}"));
+        }
+        let valid_char =
+            |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || "._/:-".contains(c);
+        if symbol.len() > 32 || !symbol.chars().all(valid_char) {
+            return Err(format!(
+                "symbol {symbol:?} must be 1 to 32 characters of A-Z, 0-9 and . _ / : -"
+            ));
+        }
+        if symbols.contains(&symbol) {
+            return Err(format!("symbol {symbol} is listed twice"));
+        }
+        symbols.push(symbol);
+    }
+    Ok(symbols)
+}
+
+fn parse_origins(v: &str) -> Result<Vec<String>, String> {
+    if v.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut origins = Vec::new();
+    for part in v.split(',') {
+        let origin = part.trim().trim_end_matches('/').to_ascii_lowercase();
+        let host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .unwrap_or("");
+        let bad = |c: char| c.is_whitespace() || "/?#@".contains(c);
+        if host.is_empty() || host.starts_with(':') || host.contains(bad) {
+            return Err(format!(
+                "expected comma-separated origins such as https://example.com, got {:?}",
+                part.trim()
+            ));
+        }
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    }
+    Ok(origins)
+}
+
+fn nonempty_path(v: &str) -> Result<&str, String> {
+    if v.is_empty() {
+        Err("expected a file path, got nothing".to_string())
+    } else {
+        Ok(v)
+    }
+}
+
+fn relative_to(base: &Path, v: &str) -> PathBuf {
+    base.join(v)
+}
+
+/// A path with `${CREDENTIALS_DIRECTORY}` is kept as written: [`load`] expands it and only
+/// then resolves it, because the variable is not read while parsing.
+fn key_file_path(v: &str, base: &Path) -> Result<PathBuf, String> {
+    let v = nonempty_path(v)?;
+    if v.contains(CREDENTIALS_PLACEHOLDER) {
+        Ok(PathBuf::from(v))
+    } else {
+        Ok(relative_to(base, v))
+    }
+}
+
+/// Expands `${CREDENTIALS_DIRECTORY}` in a key file path and resolves the result against
+/// `base`; paths without the placeholder were resolved by [`parse`] and are returned as they are.
+fn expand_credentials(
+    path: &Path,
+    credentials_dir: Option<&OsStr>,
+    base: &Path,
+) -> Result<PathBuf, String> {
+    // Placeholder paths come from a &str in `key_file_path`, so they are valid UTF-8.
+    let Some(text) = path
+        .to_str()
+        .filter(|t| t.contains(CREDENTIALS_PLACEHOLDER))
+    else {
+        return Ok(path.to_path_buf());
+    };
+    let Some(dir) = credentials_dir.filter(|d| !d.is_empty()) else {
+        return Err(
+            "uses ${CREDENTIALS_DIRECTORY} but that environment variable is not set \
+             (it is set by systemd's LoadCredential=)"
+                .to_string(),
+        );
+    };
+    let mut expanded = OsString::new();
+    for (i, piece) in text.split(CREDENTIALS_PLACEHOLDER).enumerate() {
+        if i > 0 {
+            expanded.push(dir);
+        }
+        expanded.push(piece);
+    }
+    // The directory is joined as an OsString so a non-UTF-8 path survives intact.
+    Ok(base.join(expanded))
+}
+
+/// Fills `config.upstream_api_key`: an explicit `upstream_api_key` (even empty) wins; else the
+/// key file's contents with trailing whitespace trimmed; else `env_key`.
+fn resolve_api_key(
+    config: &mut Config,
+    credentials_dir: Option<&OsStr>,
+    env_key: Option<String>,
+    read: impl Fn(&Path) -> io::Result<String>,
+) -> Result<(), ConfigError> {
+    const KEY: &str = "upstream_api_key_file";
+    if let Some(path) = config.upstream_api_key_file.clone() {
+        let base = config.file.parent().unwrap_or(Path::new("")).to_path_buf();
+        let path = expand_credentials(&path, credentials_dir, &base)
+            .map_err(|m| config.error_at(KEY, m))?;
+        let text = read(&path)
+            .map_err(|e| config.error_at(KEY, format!("cannot read {}: {e}", path.display())))?;
+        let key = text.trim_end();
+        if key.is_empty() {
+            return Err(config.error_at(KEY, format!("{} is empty", path.display())));
+        }
+        config.upstream_api_key = Secret::new(key);
+        config.upstream_api_key_file = Some(path);
+    } else if config.line_of("upstream_api_key").is_none() {
+        if let Some(key) = env_key {
+            config.upstream_api_key = Secret::new(key.trim());
+        }
+    }
+    Ok(())
+}
+
+/// The known key nearest to an unknown one, if it is plausibly a typo.
+fn suggestion(unknown: &str) -> Option<&'static str> {
+    let unknown = unknown.to_ascii_lowercase();
+    let limit = if unknown.len() > 10 { 3 } else { 2 };
+    let mut best: Option<(usize, &'static str)> = None;
+    for &known in KEYS {
+        let d = edit_distance(&unknown, known);
+        if d <= limit && best.map_or(true, |(bd, _)| d < bd) {
+            best = Some((d, known));
+        }
+    }
+    best.map(|(_, k)| k).or_else(|| {
+        // `auth_timeout` for `auth_timeout_secs`: a prefix is too far by edits but obvious.
+        (unknown.len() >= 4)
+            .then(|| {
+                KEYS.iter()
+                    .copied()
+                    .find(|k| k.starts_with(unknown.as_str()))
+            })
+            .flatten()
+    })
+}
+
+/// Levenshtein distance over bytes; keys are ASCII.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, &ca) in a.as_bytes().iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const MINIMAL: &str = "upstream_url = sim\nsymbols = EURUSD\nuser_keys_file = users.keys\n";
+
+    fn parse_ok(text: &str) -> Config {
+        parse(text, Path::new("proxy.conf")).expect("config should parse")
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, Path::new("proxy.conf"))
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_apply_to_unset_keys() {
+        let c = parse_ok(MINIMAL);
+        assert_eq!(c.listen, "127.0.0.1:8765".parse().unwrap());
+        assert_eq!(c.upstream, Upstream::Sim);
+        assert!(c.upstream_api_key.is_empty());
+        assert_eq!(c.upstream_api_key_file, None);
+        assert_eq!(c.symbols, ["EURUSD"]);
+        assert_eq!(c.subscribe_message, DEFAULT_SUBSCRIBE_MESSAGE);
+        assert_eq!(c.user_keys_file, PathBuf::from("users.keys"));
+        assert_eq!(c.auth_timeout, Duration::from_secs(10));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.upstream_stale, Duration::from_secs(30));
+        assert_eq!(c.upstream_connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream_ping, Duration::from_secs(15));
+        assert_eq!(c.market_hours, MarketHours::Fx);
+        assert_eq!(c.client_queue_len, 1024);
+        assert_eq!(c.client_ping, Duration::from_secs(30));
+        assert_eq!(c.max_clients, 10_000);
+        assert_eq!(c.max_clients_per_key, 0);
+        assert_eq!(c.max_message_bytes, 4096);
+        assert!(c.allowed_origins.is_empty());
+        assert!(c.http_endpoints);
+        assert!(c.page);
+        assert_eq!(c.status_interval, Some(Duration::from_secs(60)));
+        assert_eq!(c.batch_delay, Duration::ZERO);
+        assert_eq!(c.sim_rate, 20);
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.line_of("symbols"), Some(2));
+        assert_eq!(c.line_of("listen"), None);
+    }
+
+    /// The shipped file lists every key commented out with its default; uncommented, those
+    /// values must parse to the same config as leaving them out.
+    #[test]
+    fn every_default_written_out_parses_to_the_defaults() {
+        let text = format!(
+            "{MINIMAL}listen = 127.0.0.1:8765\nupstream_api_key =\n\
+             subscribe_message = {DEFAULT_SUBSCRIBE_MESSAGE}\nauth_timeout_secs = 10\n\
+             handshake_timeout_secs = 5\nupstream_stale_secs = 30\n\
+             upstream_connect_timeout_secs = 10\nupstream_ping_secs = 15\nmarket_hours = fx\n\
+             client_queue_len = 1024\nclient_ping_secs = 30\nmax_clients = 10000\n\
+             max_clients_per_key = 0\nmax_message_bytes = 4096\nallowed_origins =\n\
+             http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 0\n\
+             sim_rate = 20\nlog_level = info\n"
+        );
+        let c = parse_ok(&text);
+        let d = parse_ok(MINIMAL);
+        let strip = |c: &Config| {
+            let mut c = c.clone();
+            c.key_lines.clear();
+            format!("{c:?}")
+        };
+        assert_eq!(strip(&c), strip(&d));
+        // Every key but the file variant of the API key was set, and each has a parser.
+        assert_eq!(c.key_lines.len(), KEYS.len() - 1);
+    }
+
+    #[test]
+    fn every_listed_key_has_a_parser() {
+        for key in KEYS {
+            let mut c = Config::with_required(Upstream::Sim, vec![], PathBuf::new());
+            if let Err(m) = apply(&mut c, key, "", Path::new("")) {
+                assert!(!m.contains("has no parser"), "{key}: {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_parsed_and_normalised() {
+        let c = parse_ok(
+            "upstream_url = wss://marketdata.tradermade.com/feedadv\n\
+             symbols = eurusd, GBPUSD ,xau/usd\n\
+             user_keys_file = /etc/fxproxy/users.keys\n\
+             listen = [::]:9000\nstatus_interval_secs = 0\nbatch_delay_ms = 250\n\
+             market_hours = Always\nhttp_endpoints = no\npage = OFF\nlog_level = DEBUG\n\
+             allowed_origins = HTTPS://Example.com/, http://localhost:3000\n\
+             max_message_bytes = 128\nsim_rate = 1000000\n",
+        );
+        assert_eq!(
+            c.upstream,
+            Upstream::Url("wss://marketdata.tradermade.com/feedadv".into())
+        );
+        assert_eq!(c.symbols, ["EURUSD", "GBPUSD", "XAU/USD"]);
+        assert_eq!(c.user_keys_file, PathBuf::from("/etc/fxproxy/users.keys"));
+        assert_eq!(c.listen, "[::]:9000".parse().unwrap());
+        assert_eq!(c.status_interval, None);
+        assert_eq!(c.batch_delay, Duration::from_millis(250));
+        assert_eq!(c.market_hours, MarketHours::Always);
+        assert!(!c.http_endpoints && !c.page);
+        assert_eq!(c.log_level.name(), "debug");
+        assert_eq!(
+            c.allowed_origins,
+            ["https://example.com", "http://localhost:3000"]
+        );
+        assert_eq!(c.max_message_bytes, 128);
+        assert_eq!(c.sim_rate, 1_000_000);
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_key() {
+        let cases = [
+            (
+                "auth_timeout_secs = ten",
+                r#"proxy.conf:4: key `auth_timeout_secs`: expected a whole number of seconds from 1 to 3600, got "ten""#,
+            ),
+            (
+                "auth_timeout_secs = 0",
+                "expected a whole number of seconds from 1 to 3600, got \"0\"",
+            ),
+            ("handshake_timeout_secs = 61", "from 1 to 60, got \"61\""),
+            ("upstream_stale_secs = -1", "from 1 to 86400"),
+            ("upstream_connect_timeout_secs = 301", "from 1 to 300"),
+            ("upstream_ping_secs = 1.5", "from 1 to 3600"),
+            ("client_ping_secs = +5", "from 1 to 3600"),
+            (
+                "listen = localhost",
+                "key `listen`: expected an address such as 127.0.0.1:8765",
+            ),
+            (
+                "market_hours = weekdays",
+                "key `market_hours`: expected `fx` or `always`",
+            ),
+            (
+                "client_queue_len = 0",
+                "key `client_queue_len`: expected a whole number from 1 to 1000000",
+            ),
+            (
+                "max_clients = 1000001",
+                "key `max_clients`: expected a whole number from 1 to 1000000",
+            ),
+            (
+                "max_clients_per_key = x",
+                "expected a whole number (0 for unlimited) from 0 to 1000000",
+            ),
+            (
+                "max_message_bytes = 4KiB",
+                "expected a whole number of bytes from 128 to 16777216",
+            ),
+            ("max_message_bytes = 127", "from 128 to 16777216"),
+            (
+                "allowed_origins = example.com",
+                "key `allowed_origins`: expected comma-separated origins",
+            ),
+            (
+                "allowed_origins = https://a.com/path",
+                "\"https://a.com/path\"",
+            ),
+            ("allowed_origins = https://a.com,,https://b.com", "got \"\""),
+            (
+                "http_endpoints = maybe",
+                "key `http_endpoints`: expected true or false",
+            ),
+            ("page = 1", "key `page`: expected true or false"),
+            (
+                "status_interval_secs = 86401",
+                "expected 0 (off) or a whole number of seconds from 1 to 86400",
+            ),
+            (
+                "batch_delay_ms = 1001",
+                "expected a whole number of milliseconds from 0 to 1000",
+            ),
+            (
+                "sim_rate = 0",
+                "expected a whole number of quotes per second from 1 to 1000000",
+            ),
+            (
+                "log_level = verbose",
+                "key `log_level`: expected error, warn, info, debug or trace",
+            ),
+            (
+                "subscribe_message =",
+                "key `subscribe_message`: expected the text to send upstream",
+            ),
+            (
+                "upstream_api_key_file =",
+                "key `upstream_api_key_file`: expected a file path",
+            ),
+        ];
+        for (line, expected) in cases {
+            let text = format!("{MINIMAL}{line}\n");
+            let message = parse_err(&text);
+            assert!(
+                message.starts_with("proxy.conf:4: key `"),
+                "{line}: {message}"
+            );
+            assert!(message.contains(expected), "{line}: {message}");
+        }
+    }
+
+    #[test]
+    fn bad_required_values_are_rejected() {
+        let with = |line: &str| parse_err(&format!("{line}\nsymbols = A\nuser_keys_file = k\n"));
+        for url in [
+            "http://example.com",
+            "ws://",
+            "wss:///feed",
+            "ws://:80/",
+            "ws://a b",
+            "",
+            "simulator",
+        ] {
+            let m = with(&format!("upstream_url = {url}"));
+            assert!(
+                m.starts_with("proxy.conf:1: key `upstream_url`: expected `sim` or a ws:// or wss:// URL with a host"),
+                "{url}: {m}"
+            );
+        }
+        assert_eq!(
+            parse_ok("upstream_url = ws://[::1]:9/\nsymbols = A\nuser_keys_file = k").upstream,
+            Upstream::Url("ws://[::1]:9/".into())
+        );
+
+        let with =
+            |line: &str| parse_err(&format!("upstream_url = sim\n{line}\nuser_keys_file = k\n"));
+        assert!(with("symbols =")
+            .starts_with("proxy.conf:2: key `symbols`: expected comma-separated symbols"));
+        assert!(with("symbols = EURUSD,").contains("empty entry"));
+        assert!(with("symbols = EURUSD,eurusd").ends_with("symbol EURUSD is listed twice"));
+        assert!(with("symbols = EUR USD").contains("symbol \"EUR USD\" must be 1 to 32 characters"));
+        assert!(with(&format!("symbols = {}", "A".repeat(33))).contains("must be 1 to 32"));
+        assert!(
+            parse_ok(&format!(
+                "upstream_url = sim\nsymbols = {}\nuser_keys_file = k",
+                "A".repeat(32)
+            ))
+            .symbols[0]
+                .len()
+                == 32
+        );
+
+        let m = parse_err("upstream_url = sim\nsymbols = A\nuser_keys_file =\n");
+        assert_eq!(
+            m,
+            "proxy.conf:3: key `user_keys_file`: expected a file path, got nothing"
+        );
+    }
+
+    #[test]
+    fn structural_errors() {
+        assert_eq!(
+            parse_err("upstream_url = sim\nsymbols EURUSD\n"),
+            r#"proxy.conf:2: expected `key = value`, got "symbols EURUSD""#
+        );
+        assert_eq!(
+            parse_err("upstream_url = sim\n\nupstream_url = ws://x\n"),
+            "proxy.conf:3: key `upstream_url`: set twice (first on line 1)"
+        );
+        assert_eq!(
+            parse_err("upstream_url = sim\nuser_keys_file = k\n"),
+            "proxy.conf: missing required key `symbols`"
+        );
+        let e = parse(
+            "symbols = A\nuser_keys_file = k\n",
+            Path::new("/etc/p.conf"),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, None);
+        assert_eq!(e.key.as_deref(), Some("upstream_url"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/p.conf: missing required key `upstream_url`"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest_known_one() {
+        assert_eq!(
+            parse_err("listn = 1.2.3.4:5\n"),
+            "proxy.conf:1: unknown key `listn` (did you mean `listen`?)"
+        );
+        assert!(parse_err("auth_timout_secs = 3").ends_with("(did you mean `auth_timeout_secs`?)"));
+        assert!(parse_err("auth_timeout = 3").ends_with("(did you mean `auth_timeout_secs`?)"));
+        assert!(parse_err("Symbols = A").ends_with("(did you mean `symbols`?)"));
+        assert_eq!(
+            parse_err("colour = blue"),
+            "proxy.conf:1: unknown key `colour`"
+        );
+        assert_eq!(
+            parse_err(" = 3"),
+            r#"proxy.conf:1: expected `key = value`, got "= 3""#
+        );
+        assert!(parse_ok(&format!("\u{feff}{MINIMAL}")).upstream == Upstream::Sim);
+    }
+
+    #[test]
+    fn comments() {
+        let c = parse_ok(
+            "# a comment\n   # an indented comment = with equals\n\n\
+             upstream_url = sim # the simulator\n\
+             symbols = EURUSD,GBPUSD\t# two\n\
+             user_keys_file = keys#1.txt\n\
+             subscribe_message = {\"k\":\"{api_key}\", \"tag\":\"#1\"} # kept\n",
+        );
+        assert_eq!(c.upstream, Upstream::Sim);
+        assert_eq!(c.symbols, ["EURUSD", "GBPUSD"]);
+        assert_eq!(c.user_keys_file, PathBuf::from("keys#1.txt"));
+        assert_eq!(
+            c.subscribe_message,
+            r##"{"k":"{api_key}", "tag":"#1"} # kept"##
+        );
+        assert_eq!(c.line_of("upstream_url"), Some(4));
+        // A value that is only a comment is empty.
+        assert!(parse_ok(&format!("{MINIMAL}allowed_origins = # none\n"))
+            .allowed_origins
+            .is_empty());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = "upstream_url = sim\nsymbols = A\nuser_keys_file = users.keys\nupstream_api_key_file = secret/key\n";
+        let c = parse(text, Path::new("/etc/fxproxy/proxy.conf")).unwrap();
+        assert_eq!(c.user_keys_file, PathBuf::from("/etc/fxproxy/users.keys"));
+        assert_eq!(
+            c.upstream_api_key_file,
+            Some(PathBuf::from("/etc/fxproxy/secret/key"))
+        );
+        let c = parse(text, Path::new("conf/proxy.conf")).unwrap();
+        assert_eq!(c.user_keys_file, PathBuf::from("conf/users.keys"));
+        let c = parse(
+            &text.replace("users.keys", "/var/lib/users.keys"),
+            Path::new("/etc/proxy.conf"),
+        )
+        .unwrap();
+        assert_eq!(c.user_keys_file, PathBuf::from("/var/lib/users.keys"));
+    }
+
+    fn reader(files: &[(&str, &str)]) -> impl Fn(&Path) -> io::Result<String> {
+        let files: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+            .collect();
+        move |p: &Path| {
+            files
+                .get(p)
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found"))
+        }
+    }
+
+    fn resolved(extra: &str, cred: Option<&str>, env: Option<&str>) -> Result<Config, ConfigError> {
+        let mut c = parse(
+            &format!("{MINIMAL}{extra}"),
+            Path::new("/etc/fxproxy/proxy.conf"),
+        )?;
+        let files = reader(&[
+            ("/etc/fxproxy/key.txt", "from-file\n"),
+            ("/run/creds/upkey", "from-creds \r\n"),
+            ("/etc/fxproxy/empty", "\n"),
+        ]);
+        resolve_api_key(&mut c, cred.map(OsStr::new), env.map(str::to_string), files)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn api_key_precedence() {
+        let key = |extra: &str, cred, env| {
+            resolved(extra, cred, env)
+                .unwrap()
+                .upstream_api_key
+                .expose()
+                .to_string()
+        };
+        assert_eq!(
+            key("upstream_api_key = inline\n", None, Some("env")),
+            "inline"
+        );
+        // Set explicitly, even to nothing, the file's value wins over the environment.
+        assert_eq!(key("upstream_api_key =\n", None, Some("env")), "");
+        assert_eq!(
+            key("upstream_api_key_file = key.txt\n", None, Some("env")),
+            "from-file"
+        );
+        assert_eq!(key("", None, Some(" env \n")), "env");
+        assert_eq!(key("", None, None), "");
+        assert_eq!(
+            key(
+                "upstream_api_key_file = ${CREDENTIALS_DIRECTORY}/upkey\n",
+                Some("/run/creds"),
+                None
+            ),
+            "from-creds"
+        );
+        let c = resolved(
+            "upstream_api_key_file = ${CREDENTIALS_DIRECTORY}/upkey\n",
+            Some("/run/creds"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.upstream_api_key_file,
+            Some(PathBuf::from("/run/creds/upkey"))
+        );
+    }
+
+    #[test]
+    fn api_key_errors() {
+        let err = |extra: &str, cred| resolved(extra, cred, None).unwrap_err().to_string();
+        assert_eq!(
+            err("upstream_api_key = a\nupstream_api_key_file = key.txt\n", None),
+            "/etc/fxproxy/proxy.conf:5: key `upstream_api_key_file`: `upstream_api_key` is already set on line 4; set only one of the two"
+        );
+        assert_eq!(
+            err("upstream_api_key_file = missing\n", None),
+            "/etc/fxproxy/proxy.conf:4: key `upstream_api_key_file`: cannot read /etc/fxproxy/missing: not found"
+        );
+        assert_eq!(
+            err("upstream_api_key_file = empty\n", None),
+            "/etc/fxproxy/proxy.conf:4: key `upstream_api_key_file`: /etc/fxproxy/empty is empty"
+        );
+        let m = err(
+            "upstream_api_key_file = ${CREDENTIALS_DIRECTORY}/upkey\n",
+            None,
+        );
+        assert!(m.starts_with("/etc/fxproxy/proxy.conf:4: key `upstream_api_key_file`: uses ${CREDENTIALS_DIRECTORY} but"), "{m}");
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_when_it_cannot() {
+        let e = load(Path::new("/nonexistent/fxproxy/proxy.conf")).unwrap_err();
+        assert_eq!(e.line, None);
+        assert!(
+            e.to_string().starts_with(
+                "/nonexistent/fxproxy/proxy.conf: cannot read the configuration file: "
+            ),
+            "{e}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("fxproxy-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("upstream.key"), "k123456789\n").unwrap();
+        let conf = dir.join("proxy.conf");
+        std::fs::write(
+            &conf,
+            format!("{MINIMAL}upstream_api_key_file = upstream.key\n"),
+        )
+        .unwrap();
+        let c = load(&conf).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.upstream_api_key.expose(), "k123456789");
+        assert_eq!(c.user_keys_file, dir.join("users.keys"));
+    }
+
+    #[test]
+    fn subscribe_text_substitutes_once() {
+        let mut c = parse_ok("upstream_url = sim\nsymbols = EURUSD, gbpusd\nuser_keys_file = k\n");
+        c.upstream_api_key = Secret::new("abc{symbols}");
+        assert_eq!(
+            c.subscribe_text(),
+            r#"{"userKey":"abc{symbols}","symbol":"EURUSD,GBPUSD"}"#
+        );
+        c.subscribe_message = "{x} {api_key}{".to_string();
+        assert_eq!(c.subscribe_text(), "{x} abc{symbols}{");
+    }
+
+    #[test]
+    fn keys_are_redacted() {
+        assert_eq!(redacted_key(""), "(none)");
+        assert_eq!(redacted_key("abc"), "…");
+        assert_eq!(redacted_key("abcd"), "a…");
+        assert_eq!(redacted_key("abcdefgh"), "ab…");
+        assert_eq!(redacted_key("abcdefghi"), "abcd…");
+        assert_eq!(redacted_key("ébcdefghijk"), "ébcd…");
+        let mut c = parse_ok(MINIMAL);
+        c.upstream_api_key = Secret::new("supersecretkey");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("supersecretkey"));
+        assert!(debug.contains("Secret(supe…)"));
+    }
+}

@@ -1,0 +1,475 @@
+//! The hub between the upstream and the clients: the list of client queues, the latest quote
+//! per symbol, and the distributor thread that parses each upstream frame once and offers it
+//! to every interested client without ever blocking on one.
+//!
+//! A frame's bytes (`Utf8Bytes`) are reference-counted: every client queue holds the same
+//! allocation. Writers are woken once per batch, and only when they are idle; a writer still busy
+//! with the previous batch picks the new frames up before it parks again.
+
+use crate::keys::KeyStore;
+use crate::metrics::{now_ms, Metrics};
+use crate::protocol;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use log::{debug, warn};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+use tungstenite::Utf8Bytes;
+
+/// Why a client is being told to leave; the writer turns it into a close frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kick {
+    None = 0,
+    SlowConsumer = 1,
+    KeyRevoked = 2,
+    Shutdown = 3,
+}
+
+impl Kick {
+    fn from_u8(v: u8) -> Kick {
+        match v {
+            1 => Kick::SlowConsumer,
+            2 => Kick::KeyRevoked,
+            3 => Kick::Shutdown,
+            _ => Kick::None,
+        }
+    }
+}
+
+/// One authenticated client as the distributor sees it: its queue, what it wants, and how to
+/// wake its writer thread.
+pub struct ClientSlot {
+    pub id: u64,
+    pub key: String,
+    tx: Sender<Utf8Bytes>,
+    /// Indexed by symbol id; `None` means every symbol.
+    wants: Option<Box<[bool]>>,
+    thread: Thread,
+    /// True while the writer is parked or about to park: only then does it need an unpark.
+    idle: AtomicBool,
+    /// Set by the socket watcher when the client sent something (a ping, a close).
+    pub readable: AtomicBool,
+    kick: AtomicU8,
+}
+
+impl ClientSlot {
+    fn wants(&self, symbol: usize) -> bool {
+        self.wants.as_ref().map_or(true, |w| w[symbol])
+    }
+
+    /// Wakes the writer if it is parked. Callers publish their news (a queued frame, a flag)
+    /// before calling, and the writer re-checks after announcing it is idle, so no wake-up is lost.
+    pub fn wake(&self) {
+        if self.idle.swap(false, Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+    }
+
+    pub fn kick(&self, why: Kick) {
+        let _ = self
+            .kick
+            .compare_exchange(0, why as u8, Ordering::SeqCst, Ordering::SeqCst);
+        self.wake();
+    }
+
+    pub fn kicked(&self) -> Kick {
+        Kick::from_u8(self.kick.load(Ordering::SeqCst))
+    }
+
+    /// Announces the writer is about to park. Returns false when there is already work, in
+    /// which case the writer must not park.
+    pub fn going_idle(&self, rx: &Receiver<Utf8Bytes>) -> bool {
+        self.idle.store(true, Ordering::SeqCst);
+        if !rx.is_empty() || self.readable.load(Ordering::SeqCst) || self.kicked() != Kick::None {
+            self.idle.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub fn awake(&self) {
+        self.idle.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Why a client could not join.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JoinError {
+    UnknownSymbol(String),
+    TooManyForKey,
+}
+
+struct HubInner {
+    clients: Vec<Arc<ClientSlot>>,
+    latest: Vec<Option<Utf8Bytes>>,
+    per_key: HashMap<String, usize>,
+}
+
+/// Shared by the distributor, every client thread and the housekeeping thread.
+pub struct Hub {
+    symbols: Vec<String>,
+    index: HashMap<String, usize>,
+    queue_len: usize,
+    max_per_key: usize,
+    next_id: AtomicU64,
+    /// Epoch ms of the last quote per symbol (0: none yet), for `/metrics`.
+    last_quote_ms: Vec<AtomicU64>,
+    metrics: Arc<Metrics>,
+    inner: Mutex<HubInner>,
+}
+
+impl Hub {
+    pub fn new(
+        symbols: &[String],
+        queue_len: usize,
+        max_per_key: usize,
+        metrics: Arc<Metrics>,
+    ) -> Hub {
+        Hub {
+            symbols: symbols.to_vec(),
+            index: symbols
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.clone(), i))
+                .collect(),
+            queue_len,
+            max_per_key,
+            next_id: AtomicU64::new(1),
+            last_quote_ms: symbols.iter().map(|_| AtomicU64::new(0)).collect(),
+            metrics,
+            inner: Mutex::new(HubInner {
+                clients: Vec::new(),
+                latest: vec![None; symbols.len()],
+                per_key: HashMap::new(),
+            }),
+        }
+    }
+
+    pub fn symbol_id(&self, symbol: &str) -> Option<usize> {
+        self.index.get(symbol).copied()
+    }
+
+    pub fn last_quotes(&self) -> Vec<(String, u64)> {
+        self.symbols
+            .iter()
+            .zip(&self.last_quote_ms)
+            .map(|(s, t)| (s.clone(), t.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.inner.lock().clients.len()
+    }
+
+    /// Adds a client. Its queue first gets the latest quote of each of its symbols, in the same
+    /// critical section that adds it to the fan-out list, so the snapshot and the live stream
+    /// meet without a duplicate or a gap.
+    pub fn join(
+        &self,
+        key: &str,
+        symbols: Option<&[String]>,
+        thread: Thread,
+    ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), JoinError> {
+        let wants = match symbols {
+            None => None,
+            Some(list) => {
+                let mut wants = vec![false; self.symbols.len()].into_boxed_slice();
+                for s in list {
+                    let id = self
+                        .symbol_id(s)
+                        .ok_or_else(|| JoinError::UnknownSymbol(s.clone()))?;
+                    wants[id] = true;
+                }
+                Some(wants)
+            }
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let slot = Arc::new(ClientSlot {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            key: key.to_string(),
+            tx,
+            wants,
+            thread,
+            idle: AtomicBool::new(false),
+            readable: AtomicBool::new(false),
+            kick: AtomicU8::new(0),
+        });
+        let mut inner = self.inner.lock();
+        let count = inner.per_key.entry(key.to_string()).or_insert(0);
+        if self.max_per_key > 0 && *count >= self.max_per_key {
+            return Err(JoinError::TooManyForKey);
+        }
+        *count += 1;
+        for (id, frame) in inner.latest.iter().enumerate() {
+            if let Some(frame) = frame {
+                if slot.wants(id) {
+                    // The receiver is alive in this scope, so the send cannot fail.
+                    let _ = slot.tx.send(frame.clone());
+                }
+            }
+        }
+        inner.clients.push(Arc::clone(&slot));
+        Ok((slot, rx))
+    }
+
+    /// Removes a client (its writer is ending). Idempotent.
+    pub fn leave(&self, slot: &ClientSlot) {
+        let mut inner = self.inner.lock();
+        if let Some(pos) = inner.clients.iter().position(|c| c.id == slot.id) {
+            inner.clients.swap_remove(pos);
+        }
+        if let Some(count) = inner.per_key.get_mut(&slot.key) {
+            *count -= 1;
+            if *count == 0 {
+                inner.per_key.remove(&slot.key);
+            }
+        }
+    }
+
+    /// Whether a client may keep its stream under a (reloaded) key file: its key is still
+    /// there and still entitled to every symbol it receives.
+    pub fn still_entitled(&self, client: &ClientSlot, keys: &KeyStore) -> bool {
+        match keys.lookup(&client.key) {
+            None => false,
+            Some(entry) => self
+                .symbols
+                .iter()
+                .enumerate()
+                .all(|(id, symbol)| !client.wants(id) || entry.allows(symbol)),
+        }
+    }
+
+    /// Tells every client matching `pred` to leave with `why`; returns how many.
+    pub fn kick_where(&self, why: Kick, pred: impl Fn(&ClientSlot) -> bool) -> usize {
+        let inner = self.inner.lock();
+        let mut n = 0;
+        for c in inner.clients.iter().filter(|c| pred(c)) {
+            c.kick(why);
+            n += 1;
+        }
+        n
+    }
+
+    /// Offers a batch of quotes (symbol id, frame) to every client that wants them.
+    fn publish(&self, batch: &[(usize, Utf8Bytes)]) {
+        let now = now_ms();
+        let mut inner = self.inner.lock();
+        for (id, frame) in batch {
+            inner.latest[*id] = Some(frame.clone());
+            self.last_quote_ms[*id].store(now, Ordering::Relaxed);
+        }
+        let mut slow = Vec::new();
+        for (pos, client) in inner.clients.iter().enumerate() {
+            let mut queued = false;
+            for (_, frame) in batch.iter().filter(|(id, _)| client.wants(*id)) {
+                // An unbounded (linked-block) channel capped by its length: a bounded one
+                // allocates every slot up front, which thousands of clients cannot afford.
+                if client.tx.len() >= self.queue_len {
+                    slow.push(pos);
+                    break;
+                }
+                let _ = client.tx.send(frame.clone());
+                queued = true;
+            }
+            if queued {
+                client.wake();
+            }
+        }
+        for pos in slow.into_iter().rev() {
+            let client = inner.clients.swap_remove(pos);
+            client.kick(Kick::SlowConsumer);
+            self.metrics
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The distributor thread's body: runs until the upstream side drops its sender.
+pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>, batch_delay: Duration) {
+    let mut batch: Vec<(usize, Utf8Bytes)> = Vec::with_capacity(64);
+    let mut ignored = RateLimited::new(Duration::from_secs(60));
+    loop {
+        let first = match frames.recv() {
+            Ok(frame) => frame,
+            Err(_) => return,
+        };
+        let mut next = Some(first);
+        let deadline = Instant::now() + batch_delay;
+        loop {
+            if let Some(frame) = next.take() {
+                match protocol::quote_symbol(&frame).and_then(|s| hub.symbol_id(&s)) {
+                    Some(id) => batch.push((id, frame)),
+                    None => ignored.note(|n| {
+                        warn!("ignored {n} upstream frame(s) that are not quotes of a configured symbol, e.g. {:.120}", frame.as_str())
+                    }),
+                }
+            }
+            // Take whatever has queued up meanwhile; with a batch delay, wait for more until
+            // the deadline so writers wake (and write) once for several quotes.
+            next = match frames.try_recv() {
+                Ok(frame) => Some(frame),
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) if batch_delay.is_zero() || batch.is_empty() => break,
+                Err(TryRecvError::Empty) => match frames.recv_deadline(deadline) {
+                    Ok(frame) => Some(frame),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if next.is_none() {
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            hub.metrics
+                .quotes_received
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            hub.metrics.last_quote_ms.store(now_ms(), Ordering::Relaxed);
+            hub.publish(&batch);
+            debug!("published {} quote(s)", batch.len());
+            batch.clear();
+        }
+    }
+}
+
+/// Logs at most once per period, counting what it swallowed in between.
+pub struct RateLimited {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    pub fn new(period: Duration) -> RateLimited {
+        RateLimited {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    pub fn note(&mut self, log: impl FnOnce(u64)) {
+        self.suppressed += 1;
+        if self.last.map_or(true, |t| t.elapsed() >= self.period) {
+            log(self.suppressed);
+            self.suppressed = 0;
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(queue_len: usize) -> Arc<Hub> {
+        let symbols = vec!["EURUSD".to_string(), "GBPUSD".to_string()];
+        Arc::new(Hub::new(&symbols, queue_len, 2, Arc::new(Metrics::new())))
+    }
+
+    fn frame(sym: &str, n: u32) -> Utf8Bytes {
+        Utf8Bytes::from(format!(r#"{{"symbol":"{sym}","n":{n}}}"#))
+    }
+
+    fn drain(rx: &Receiver<Utf8Bytes>) -> Vec<String> {
+        rx.try_iter().map(|f| f.as_str().to_string()).collect()
+    }
+
+    #[test]
+    fn snapshot_then_live_without_duplicates() {
+        let hub = hub(16);
+        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
+        hub.publish(&[(0, frame("EURUSD", 2))]);
+        let (_slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
+        hub.publish(&[(1, frame("GBPUSD", 2))]);
+        assert_eq!(
+            drain(&rx),
+            vec![
+                r#"{"symbol":"EURUSD","n":2}"#,
+                r#"{"symbol":"GBPUSD","n":1}"#,
+                r#"{"symbol":"GBPUSD","n":2}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn filters_by_symbol_and_refuses_unknown_ones() {
+        let hub = hub(16);
+        let only = vec!["GBPUSD".to_string()];
+        let (_slot, rx) = hub
+            .join("key-1", Some(&only), std::thread::current())
+            .unwrap();
+        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
+        assert_eq!(drain(&rx), vec![r#"{"symbol":"GBPUSD","n":1}"#]);
+        let bad = vec!["XAUUSD".to_string()];
+        assert_eq!(
+            hub.join("key-1", Some(&bad), std::thread::current()).err(),
+            Some(JoinError::UnknownSymbol("XAUUSD".into()))
+        );
+    }
+
+    #[test]
+    fn a_full_queue_kicks_only_that_client() {
+        let hub = hub(2);
+        let (slow, _slow_rx) = hub.join("key-1", None, std::thread::current()).unwrap();
+        let (fast, fast_rx) = hub.join("key-2", None, std::thread::current()).unwrap();
+        for n in 0..3 {
+            hub.publish(&[(0, frame("EURUSD", n))]);
+            drain(&fast_rx);
+        }
+        assert_eq!(slow.kicked(), Kick::SlowConsumer);
+        assert_eq!(fast.kicked(), Kick::None);
+        assert_eq!(hub.client_count(), 1);
+        assert_eq!(
+            hub.metrics
+                .slow_consumer_disconnects
+                .load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn limits_clients_per_key() {
+        let hub = hub(4);
+        let (a, _ra) = hub.join("key-1", None, std::thread::current()).unwrap();
+        let _b = hub.join("key-1", None, std::thread::current()).unwrap();
+        assert_eq!(
+            hub.join("key-1", None, std::thread::current()).err(),
+            Some(JoinError::TooManyForKey)
+        );
+        hub.leave(&a);
+        assert!(hub.join("key-1", None, std::thread::current()).is_ok());
+    }
+
+    #[test]
+    fn an_idle_writer_is_woken_and_a_busy_one_is_not() {
+        let hub = hub(8);
+        let (slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
+        assert!(slot.going_idle(&rx));
+        hub.publish(&[(0, frame("EURUSD", 1))]);
+        assert!(!slot.idle.load(Ordering::SeqCst), "publishing woke it");
+        assert!(!slot.going_idle(&rx), "queued work keeps it from parking");
+    }
+
+    #[test]
+    fn distributor_parses_and_drops_non_quotes() {
+        let hub = hub(8);
+        let (_slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
+        let (tx, frames) = crossbeam_channel::unbounded();
+        for text in [
+            r#"{"error":"x"}"#,
+            r#"{"symbol":"USDJPY"}"#,
+            r#"{"symbol":"EURUSD"}"#,
+        ] {
+            tx.send(Utf8Bytes::from(text)).unwrap();
+        }
+        drop(tx);
+        run(Arc::clone(&hub), frames, Duration::ZERO);
+        assert_eq!(drain(&rx), vec![r#"{"symbol":"EURUSD"}"#]);
+        assert_eq!(hub.metrics.quotes_received.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,29 @@
+//! fxproxy: one WebSocket connection to a Forex market-data source, fanned out to any number
+//! of authenticated clients. Synchronous and thread-per-connection by design.
+//!
+//! A quote's path, one module each: [`upstream`] reads it, [`distributor`] parses it once and
+//! queues it for every interested client, [`client`] writes it out. [`server`] wires them up.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod distributor;
+pub mod http;
+pub mod keys;
+pub mod logging;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod sim;
+pub mod stop;
+pub mod upstream;
+pub mod watch;
+pub mod watcher;
+
+pub use server::Server;
+
+/// The live quotes page served at `/`.
+pub const PAGE: &str = include_str!("page.html");

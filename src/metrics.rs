@@ -1,0 +1,328 @@
+//! Counters the proxy keeps about itself, the `/metrics` text in Prometheus' exposition
+//! format, the `/healthz` verdict and the periodic status line. Counters are plain atomics
+//! bumped once per batch or per event, never per client per quote under a lock.
+
+use parking_lot::Mutex;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why a client was refused at authentication; each is a label of `fxproxy_auth_failures_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    BadKey,
+    BadMessage,
+    Timeout,
+    Symbol,
+    TooManyForKey,
+}
+
+impl AuthFailure {
+    const ALL: [AuthFailure; 5] = [
+        AuthFailure::BadKey,
+        AuthFailure::BadMessage,
+        AuthFailure::Timeout,
+        AuthFailure::Symbol,
+        AuthFailure::TooManyForKey,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::BadKey => "bad_key",
+            AuthFailure::BadMessage => "bad_message",
+            AuthFailure::Timeout => "timeout",
+            AuthFailure::Symbol => "symbol",
+            AuthFailure::TooManyForKey => "too_many_for_key",
+        }
+    }
+}
+
+/// Where the upstream connection stands, for `/healthz`, `/metrics` and the status line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamState {
+    NotYetConnected,
+    Connected { since_ms: u64 },
+    Reconnecting { since_ms: u64, reason: String },
+    Refused { since_ms: u64 },
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub clients_connected: AtomicU64,
+    pub auth_successes: AtomicU64,
+    auth_failures: [AtomicU64; 5],
+    pub quotes_received: AtomicU64,
+    pub quotes_delivered: AtomicU64,
+    pub slow_consumer_disconnects: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub upstream_connects: AtomicU64,
+    pub upstream_reconnects: AtomicU64,
+    /// Epoch milliseconds of the newest quote from upstream, 0 before the first.
+    pub last_quote_ms: AtomicU64,
+    upstream: Mutex<Option<UpstreamState>>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    pub fn auth_failed(&self, why: AuthFailure) {
+        self.auth_failures[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn auth_failures(&self, why: AuthFailure) -> u64 {
+        self.auth_failures[why as usize].load(Relaxed)
+    }
+
+    pub fn set_upstream(&self, state: UpstreamState) {
+        *self.upstream.lock() = Some(state);
+    }
+
+    pub fn upstream(&self) -> UpstreamState {
+        self.upstream
+            .lock()
+            .clone()
+            .unwrap_or(UpstreamState::NotYetConnected)
+    }
+
+    /// `/healthz`: healthy when the upstream is connected and a quote arrived within `stale`.
+    /// Returns the HTTP status and a one-line JSON body.
+    pub fn health(&self, stale: Duration, now_ms: u64) -> (u16, String) {
+        let last = self.last_quote_ms.load(Relaxed);
+        let age = (last > 0).then(|| now_ms.saturating_sub(last));
+        let age_json = age.map_or("null".to_string(), |a| format!("{:.3}", a as f64 / 1000.0));
+        let (ok, status, detail) = match self.upstream() {
+            UpstreamState::NotYetConnected => (false, "not_connected", String::new()),
+            UpstreamState::Refused { since_ms } => (
+                false,
+                "refused",
+                format!(
+                    ",\"reason\":\"the provider refused the key: connection limit reached\",\"since_ms\":{since_ms}"
+                ),
+            ),
+            UpstreamState::Reconnecting { since_ms, reason } => (
+                false,
+                "reconnecting",
+                format!(
+                    ",\"reason\":{},\"since_ms\":{since_ms}",
+                    serde_json::Value::String(reason)
+                ),
+            ),
+            UpstreamState::Connected { .. } => match age {
+                Some(a) if a <= stale.as_millis() as u64 => (true, "ok", String::new()),
+                Some(_) => (false, "stale", String::new()),
+                None => (false, "no_quote_yet", String::new()),
+            },
+        };
+        let body = format!(
+            "{{\"status\":\"{status}\"{detail},\"last_quote_age_secs\":{age_json},\"clients\":{}}}\n",
+            self.clients_connected.load(Relaxed)
+        );
+        (if ok { 200 } else { 503 }, body)
+    }
+
+    /// `/metrics` in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, symbols: &[(String, u64)], now_ms: u64) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in lines {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let one = |v: u64| vec![(String::new(), v as f64)];
+        let c = |a: &AtomicU64| a.load(Relaxed);
+        metric(
+            "fxproxy_clients_connected",
+            "gauge",
+            "Authenticated clients currently receiving quotes.",
+            &one(c(&self.clients_connected)),
+        );
+        metric(
+            "fxproxy_auth_successes_total",
+            "counter",
+            "Clients that authenticated.",
+            &one(c(&self.auth_successes)),
+        );
+        let failures: Vec<(String, f64)> = AuthFailure::ALL
+            .iter()
+            .map(|f| {
+                (
+                    format!("{{reason=\"{}\"}}", f.label()),
+                    self.auth_failures(*f) as f64,
+                )
+            })
+            .collect();
+        metric(
+            "fxproxy_auth_failures_total",
+            "counter",
+            "Clients refused at authentication, by reason.",
+            &failures,
+        );
+        metric(
+            "fxproxy_quotes_received_total",
+            "counter",
+            "Quotes received from the upstream.",
+            &one(c(&self.quotes_received)),
+        );
+        metric(
+            "fxproxy_quotes_delivered_total",
+            "counter",
+            "Quote frames written to clients.",
+            &one(c(&self.quotes_delivered)),
+        );
+        metric(
+            "fxproxy_slow_consumer_disconnects_total",
+            "counter",
+            "Clients disconnected because their queue was full.",
+            &one(c(&self.slow_consumer_disconnects)),
+        );
+        metric(
+            "fxproxy_rejected_connections_total",
+            "counter",
+            "Connections refused at the handshake (client limit, origin, bad request).",
+            &one(c(&self.rejected_connections)),
+        );
+        metric(
+            "fxproxy_upstream_connects_total",
+            "counter",
+            "Successful connections to the upstream.",
+            &one(c(&self.upstream_connects)),
+        );
+        metric(
+            "fxproxy_upstream_reconnects_total",
+            "counter",
+            "Upstream connections lost and tried again.",
+            &one(c(&self.upstream_reconnects)),
+        );
+        let connected = matches!(self.upstream(), UpstreamState::Connected { .. });
+        metric(
+            "fxproxy_upstream_connected",
+            "gauge",
+            "1 when the upstream connection is up.",
+            &one(connected as u64),
+        );
+        let ages: Vec<(String, f64)> = symbols
+            .iter()
+            .filter(|(_, ms)| *ms > 0)
+            .map(|(sym, ms)| {
+                (
+                    format!("{{symbol=\"{sym}\"}}"),
+                    now_ms.saturating_sub(*ms) as f64 / 1000.0,
+                )
+            })
+            .collect();
+        metric(
+            "fxproxy_last_quote_age_seconds",
+            "gauge",
+            "Seconds since the last quote, per symbol.",
+            &ages,
+        );
+        metric(
+            "fxproxy_process_threads",
+            "gauge",
+            "Threads in the proxy process.",
+            &one(process_threads()),
+        );
+        out
+    }
+
+    /// The periodic status line: rates over `interval` from the counters' previous values.
+    pub fn status_line(&self, prev: &mut [u64; 3], interval: Duration) -> String {
+        let now = [
+            self.quotes_received.load(Relaxed),
+            self.quotes_delivered.load(Relaxed),
+            self.slow_consumer_disconnects.load(Relaxed),
+        ];
+        let secs = interval.as_secs_f64().max(0.001);
+        let rate = |i: usize| (now[i] - prev[i]) as f64 / secs;
+        let line = format!(
+            "status: {} clients, {:.1} quotes/s in, {:.1} quotes/s out, {} slow-consumer drops, upstream {}",
+            self.clients_connected.load(Relaxed),
+            rate(0),
+            rate(1),
+            now[2] - prev[2],
+            describe(&self.upstream()),
+        );
+        *prev = now;
+        line
+    }
+}
+
+fn describe(state: &UpstreamState) -> String {
+    match state {
+        UpstreamState::NotYetConnected => "not yet connected".into(),
+        UpstreamState::Connected { .. } => "connected".into(),
+        UpstreamState::Reconnecting { reason, .. } => format!("reconnecting ({reason})"),
+        UpstreamState::Refused { .. } => "refused by the provider (connection limit)".into(),
+    }
+}
+
+/// Threads in this process, from /proc (0 where there is no /proc).
+pub fn process_threads() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_follows_the_upstream() {
+        let m = Metrics::new();
+        let stale = Duration::from_secs(30);
+        let (code, body) = m.health(stale, 1_000_000);
+        assert_eq!(code, 503);
+        assert!(body.contains("not_connected"), "{body}");
+        m.set_upstream(UpstreamState::Connected { since_ms: 1 });
+        m.last_quote_ms.store(990_000, Relaxed);
+        let (code, body) = m.health(stale, 1_000_000);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.ends_with("}\n") && !body[..body.len() - 1].contains('\n'));
+        let (code, body) = m.health(stale, 1_100_000);
+        assert_eq!((code, body.contains("stale")), (503, true), "{body}");
+        m.set_upstream(UpstreamState::Reconnecting {
+            since_ms: 5,
+            reason: "closed \"by\" peer".into(),
+        });
+        let (code, body) = m.health(stale, 1_000_000);
+        assert_eq!(code, 503);
+        assert!(
+            body.contains(r#""reason":"closed \"by\" peer","since_ms":5"#),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn metrics_have_help_and_type_for_each_family() {
+        let m = Metrics::new();
+        m.auth_failed(AuthFailure::Timeout);
+        let text = m.render(&[("EURUSD".into(), 500)], 1500);
+        assert!(text.contains("# TYPE fxproxy_auth_failures_total counter"));
+        assert!(text.contains("fxproxy_auth_failures_total{reason=\"timeout\"} 1\n"));
+        assert!(text.contains("fxproxy_last_quote_age_seconds{symbol=\"EURUSD\"} 1\n"));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let parts: Vec<&str> = line.split(' ').collect();
+            if parts[3] == "counter" {
+                assert!(parts[2].ends_with("_total"), "{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The upstream protocol in one place: what a quote frame looks like, what the provider's
+//! other texts mean. The proxy serves its clients this same protocol, so `watch`, the
+//! simulator and the page all lean on these definitions too.
+
+use serde::Deserialize;
+
+/// The greeting a TraderMade-style source (and this proxy) sends on connect.
+pub const GREETING: &str = "Connected";
+
+/// The provider's refusal when a key has too many connections (sic: the real provider's words).
+pub const REFUSAL_TOO_MANY: &str = "User Key Used to many times";
+
+/// What a text frame from the source is, decided without a full parse where the first byte
+/// settles it: only frames that start with `{` can be quotes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A JSON object; the distributor parses it once to find the symbol.
+    MaybeQuote,
+    /// The provider's connection-limit refusal.
+    RefusedTooMany,
+    /// Any other text: a greeting, a status line, an error message.
+    Other,
+}
+
+/// Classifies a text frame by its shape alone.
+pub fn classify(text: &str) -> Kind {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        Kind::MaybeQuote
+    } else if trimmed.contains(REFUSAL_TOO_MANY) {
+        Kind::RefusedTooMany
+    } else {
+        Kind::Other
+    }
+}
+
+#[derive(Deserialize)]
+struct QuoteHead<'a> {
+    #[serde(borrow)]
+    symbol: std::borrow::Cow<'a, str>,
+}
+
+/// The symbol of a quote frame: a JSON object with a string `symbol`. Anything else is not a
+/// quote. Other fields are skipped, not built, so this is the one parse a frame gets.
+pub fn quote_symbol(text: &str) -> Option<std::borrow::Cow<'_, str>> {
+    serde_json::from_str::<QuoteHead<'_>>(text)
+        .ok()
+        .map(|head| head.symbol)
+}
+
+/// The auth message a client (or this proxy, as an upstream's client) sends.
+pub fn auth_message(key: &str, symbols: Option<&[String]>) -> String {
+    let mut obj = serde_json::Map::new();
+    obj.insert("userKey".into(), serde_json::Value::String(key.into()));
+    if let Some(symbols) = symbols {
+        obj.insert(
+            "symbol".into(),
+            serde_json::Value::String(symbols.join(",")),
+        );
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_by_shape() {
+        assert_eq!(classify("Connected"), Kind::Other);
+        assert_eq!(classify(" {\"symbol\":\"EURUSD\"}"), Kind::MaybeQuote);
+        assert_eq!(
+            classify("User Key Used to many times"),
+            Kind::RefusedTooMany
+        );
+    }
+
+    #[test]
+    fn finds_the_symbol_of_a_quote() {
+        let q =
+            r#"{"symbol":"EURUSD","ts":"1700000000123","bid":1.09121,"ask":1.09123,"mid":1.09122}"#;
+        assert_eq!(quote_symbol(q).as_deref(), Some("EURUSD"));
+        assert_eq!(
+            quote_symbol(r#"{"symbol":"EUR\u0055SD"}"#).as_deref(),
+            Some("EURUSD")
+        );
+    }
+
+    #[test]
+    fn non_quotes_have_no_symbol() {
+        for text in [
+            "Connected",
+            "{}",
+            r#"{"symbol":5}"#,
+            r#"["symbol"]"#,
+            r#"{"symbol":"EURUSD""#,
+            r#"{"error":"bad key"}"#,
+        ] {
+            assert_eq!(quote_symbol(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn auth_message_escapes_the_key() {
+        assert_eq!(auth_message("a\"b", None), r#"{"userKey":"a\"b"}"#);
+        let syms = vec!["EURUSD".to_string(), "GBPUSD".to_string()];
+        let msg = auth_message("k", Some(&syms));
+        assert!(msg.contains(r#""symbol":"EURUSD,GBPUSD""#), "{msg}");
+    }
+}

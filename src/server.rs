@@ -1,0 +1,358 @@
+//! Wires the proxy together: binds the client port, starts the upstream, distributor, watcher,
+//! accept and housekeeping threads, and takes them all down again in under two seconds.
+
+use crate::client;
+use crate::config::{Config, Upstream};
+use crate::distributor::{self, Hub, Kick};
+use crate::keys::KeyStore;
+use crate::metrics::Metrics;
+use crate::sim::{SimOptions, SimServer};
+use crate::stop::Stop;
+use crate::upstream;
+use crate::watcher::Watcher;
+use log::{error, info, warn};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Stack for each client thread: the writer loop is shallow; measured use is far below this.
+const CLIENT_STACK: usize = 128 * 1024;
+/// Stack for the few service threads (TLS handshakes and logging run there).
+const SERVICE_STACK: usize = 512 * 1024;
+/// How long shutdown waits for clients to take their close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// Threads that are not clients: upstream, distributor, accept, housekeeping, and slack.
+const SERVICE_THREADS: usize = 16;
+/// How often the key file's modification time is looked at.
+const KEY_FILE_CHECK: Duration = Duration::from_secs(2);
+
+/// What every connection thread shares.
+pub struct Context {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub watcher: Arc<Watcher>,
+    pub stop: Arc<Stop>,
+    keys: RwLock<Arc<KeyStore>>,
+    connections: AtomicUsize,
+    threads: Threads,
+}
+
+impl Context {
+    pub fn keys(&self) -> Arc<KeyStore> {
+        Arc::clone(&self.keys.read())
+    }
+
+    /// Takes a place among `max_clients` WebSocket connections, if one is free.
+    pub fn admit(&self) -> Option<Admitted<'_>> {
+        let before = self.connections.fetch_add(1, Ordering::SeqCst);
+        if before >= self.config.max_clients {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Admitted(&self.connections))
+    }
+}
+
+/// A place among `max_clients`, given back on drop.
+pub struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts live threads so shutdown can wait for them with a deadline.
+#[derive(Default)]
+struct Threads {
+    live: Mutex<usize>,
+    done: Condvar,
+}
+
+struct ThreadGuard(Arc<Context>);
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        let mut live = self.0.threads.live.lock();
+        *live -= 1;
+        if *live == 0 {
+            self.0.threads.done.notify_all();
+        }
+    }
+}
+
+fn spawn(
+    ctx: &Arc<Context>,
+    name: String,
+    stack: usize,
+    body: impl FnOnce(&Arc<Context>) + Send + 'static,
+) -> io::Result<()> {
+    *ctx.threads.live.lock() += 1;
+    let guard = ThreadGuard(Arc::clone(ctx));
+    let result = std::thread::Builder::new()
+        .name(name)
+        .stack_size(stack)
+        .spawn(move || {
+            let guard = guard;
+            body(&guard.0);
+        });
+    // On failure the closure, and with it the guard, has been dropped: the count is right.
+    result.map(|_| ())
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    Bind(SocketAddr, io::Error),
+    Keys(String),
+    Thread(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::Keys(e) => write!(f, "{e}"),
+            StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running proxy.
+pub struct Server {
+    ctx: Arc<Context>,
+    addr: SocketAddr,
+    sim: Option<SimServer>,
+}
+
+impl Server {
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let keys = KeyStore::load(&config.user_keys_file).map_err(StartError::Keys)?;
+        let listener =
+            TcpListener::bind(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(
+            &config.symbols,
+            config.client_queue_len,
+            config.max_clients_per_key,
+            Arc::clone(&metrics),
+        ));
+        let (watcher, watcher_thread) = Watcher::start().map_err(StartError::Thread)?;
+        drop(watcher_thread);
+        let sim = match config.upstream {
+            Upstream::Sim => Some(
+                SimServer::start(SimOptions {
+                    listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                    rate: config.sim_rate,
+                    symbols: Vec::new(),
+                })
+                .map_err(StartError::Thread)?,
+            ),
+            Upstream::Url(_) => None,
+        };
+        let url = match (&config.upstream, &sim) {
+            (Upstream::Url(url), _) => url.clone(),
+            (Upstream::Sim, Some(sim)) => format!("ws://{}/", sim.local_addr()),
+            (Upstream::Sim, None) => unreachable!("the simulator was started above"),
+        };
+        let settings = upstream::Settings {
+            url,
+            subscribe: config.subscribe_text(),
+            connect_timeout: config.upstream_connect_timeout,
+            ping_every: config.upstream_ping,
+            stale_after: config.upstream_stale,
+            market_hours: config.market_hours,
+        };
+        let batch_delay = config.batch_delay;
+        let ctx = Arc::new(Context {
+            config,
+            hub,
+            metrics,
+            watcher,
+            stop: Arc::new(Stop::new()),
+            keys: RwLock::new(Arc::new(keys)),
+            connections: AtomicUsize::new(0),
+            threads: Threads::default(),
+        });
+        // The channel from upstream to distributor is bounded: should the distributor ever
+        // fall behind, the upstream read waits and TCP pushes back on the source.
+        let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
+        spawn(&ctx, "distributor".into(), SERVICE_STACK, move |ctx| {
+            distributor::run(Arc::clone(&ctx.hub), frames_rx, batch_delay)
+        })
+        .map_err(StartError::Thread)?;
+        spawn(&ctx, "upstream".into(), SERVICE_STACK, move |ctx| {
+            upstream::run(
+                settings,
+                frames_tx,
+                Arc::clone(&ctx.metrics),
+                Arc::clone(&ctx.stop),
+            )
+        })
+        .map_err(StartError::Thread)?;
+        spawn(&ctx, "accept".into(), SERVICE_STACK, move |ctx| {
+            accept_loop(ctx, listener)
+        })
+        .map_err(StartError::Thread)?;
+        spawn(&ctx, "housekeeping".into(), SERVICE_STACK, housekeeping)
+            .map_err(StartError::Thread)?;
+        info!("listening on {addr}");
+        Ok(Server { ctx, addr, sim })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stop_signal(&self) -> Arc<Stop> {
+        Arc::clone(&self.ctx.stop)
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.ctx.metrics)
+    }
+
+    /// Stops accepting, sends every client close 1001, closes the upstream and waits (at
+    /// most about two seconds in all) for the threads to finish.
+    pub fn shutdown(self) {
+        let started = Instant::now();
+        let ctx = &self.ctx;
+        ctx.stop.set();
+        // A blocking accept() only returns for a connection: make one.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(Ipv4Addr::LOCALHOST.into());
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        let kicked = ctx.hub.kick_where(Kick::Shutdown, |_| true);
+        info!("shutting down: closing {kicked} client(s)");
+        {
+            let deadline = started + SHUTDOWN_GRACE;
+            let mut live = ctx.threads.live.lock();
+            while *live > 0 {
+                if ctx.threads.done.wait_until(&mut live, deadline).timed_out() {
+                    warn!("shutdown: {} thread(s) still busy; leaving them", *live);
+                    break;
+                }
+            }
+        }
+        ctx.watcher.stop();
+        if let Some(sim) = self.sim {
+            sim.stop();
+        }
+        info!("stopped in {:.2} s", started.elapsed().as_secs_f64());
+    }
+}
+
+fn accept_loop(ctx: &Arc<Context>, listener: TcpListener) {
+    let mut next_id: u64 = 0;
+    let mut starved_logged = false;
+    let mut spawn_failures = distributor::RateLimited::new(Duration::from_secs(10));
+    for conn in listener.incoming() {
+        if ctx.stop.is_set() {
+            return;
+        }
+        match conn {
+            Ok(stream) => {
+                starved_logged = false;
+                // Connections still in their handshake count too, so a flood of silent
+                // sockets cannot exhaust threads and descriptors beyond the client limit.
+                if *ctx.threads.live.lock() > ctx.config.max_clients + SERVICE_THREADS {
+                    ctx.metrics
+                        .rejected_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
+                next_id += 1;
+                let peer = stream
+                    .peer_addr()
+                    .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+                let name = format!("client-{next_id}");
+                if let Err(e) = spawn(ctx, name, CLIENT_STACK, move |ctx| {
+                    client::serve(ctx, stream, peer)
+                }) {
+                    spawn_failures.note(|n| {
+                        error!("cannot start a thread for a new client ({n} refused): {e}; raise TasksMax / kernel.threads-max / vm.max_map_count")
+                    });
+                }
+            }
+            Err(e) if is_out_of_descriptors(&e) => {
+                // Keep serving the clients we have; try again after a pause rather than spin.
+                if !starved_logged {
+                    error!("cannot accept new clients: {e}; raise LimitNOFILE (the open-file limit). Existing clients are unaffected; retrying");
+                    starved_logged = true;
+                }
+                if ctx.stop.wait(Duration::from_millis(250)) {
+                    return;
+                }
+            }
+            Err(e) => warn!("accept failed: {e}"),
+        }
+    }
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+/// Re-reads the key file when it changes and writes the periodic status line.
+fn housekeeping(ctx: &Arc<Context>) {
+    let path = ctx.config.user_keys_file.clone();
+    let mut stamp = file_stamp(&path);
+    let mut last_key_check = Instant::now();
+    let mut last_status = Instant::now();
+    let mut counters = [0u64; 3];
+    while !ctx.stop.wait(Duration::from_secs(1)) {
+        if last_key_check.elapsed() >= KEY_FILE_CHECK {
+            last_key_check = Instant::now();
+            let now = file_stamp(&path);
+            if now != stamp {
+                stamp = now;
+                reload_keys(ctx);
+            }
+        }
+        if let Some(every) = ctx.config.status_interval {
+            let elapsed = last_status.elapsed();
+            if elapsed >= every {
+                last_status = Instant::now();
+                info!("{}", ctx.metrics.status_line(&mut counters, elapsed));
+            }
+        }
+    }
+}
+
+/// Modification time, size and inode: an editor that writes a new file and renames it over
+/// the old one changes the inode even within one timestamp tick.
+fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+fn reload_keys(ctx: &Context) {
+    match KeyStore::load(&ctx.config.user_keys_file) {
+        Ok(store) => {
+            let store = Arc::new(store);
+            *ctx.keys.write() = Arc::clone(&store);
+            let kicked = ctx
+                .hub
+                .kick_where(Kick::KeyRevoked, |c| !ctx.hub.still_entitled(c, &store));
+            info!(
+                "reloaded {} client key(s); disconnected {kicked} client(s) whose key was removed or narrowed",
+                store.len()
+            );
+        }
+        Err(e) => error!("key file changed but cannot be used, keeping the previous keys: {e}"),
+    }
+}

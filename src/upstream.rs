@@ -1,0 +1,371 @@
+//! The one connection to the market-data source: connect (TLS for `wss://`), subscribe, read
+//! frames and hand them to the distributor, keep the connection honest (pings, staleness
+//! while the market is open), and reconnect with exponential back-off when it fails.
+
+use crate::config::MarketHours;
+use crate::metrics::{now_ms, Metrics, UpstreamState};
+use crate::protocol::{self, Kind};
+use crate::stop::Stop;
+use crossbeam_channel::Sender;
+use log::{error, info, warn};
+use std::fmt;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
+
+/// How often the reader looks at the clock (pings, staleness, shutdown) while no frame comes.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// A connection that delivered quotes for this long resets the back-off to its start.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// What the upstream thread needs, taken from the config once.
+pub struct Settings {
+    pub url: String,
+    pub subscribe: String,
+    pub connect_timeout: Duration,
+    pub ping_every: Duration,
+    pub stale_after: Duration,
+    pub market_hours: MarketHours,
+}
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// Why one connection ended.
+#[derive(Debug)]
+struct Ended {
+    why: String,
+    refused: bool,
+    healthy: bool,
+}
+
+/// The upstream thread's body: connects and reconnects until `stop` is set; then closes
+/// politely and returns, which drops `frames` and so ends the distributor.
+pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>, stop: Arc<Stop>) {
+    let shown = display_url(&settings.url);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), now_ms());
+    while !stop.is_set() {
+        let ended = match session(&settings, &frames, &metrics, &stop) {
+            Ok(()) => return,
+            Err(ended) => ended,
+        };
+        if ended.healthy {
+            backoff.reset();
+        }
+        let delay = if ended.refused {
+            error!(
+                "upstream {shown} refused the provider key: \"{}\" — the provider's connection limit for this key is reached (another program is using the same key?); waiting {} s before trying again",
+                protocol::REFUSAL_TOO_MANY,
+                backoff.max.as_secs()
+            );
+            metrics.set_upstream(UpstreamState::Refused { since_ms: now_ms() });
+            backoff.saturate()
+        } else {
+            let delay = backoff.next_delay();
+            warn!(
+                "upstream {shown}: {}; reconnecting in {:.1} s",
+                ended.why,
+                delay.as_secs_f64()
+            );
+            metrics.set_upstream(UpstreamState::Reconnecting {
+                since_ms: now_ms(),
+                reason: ended.why,
+            });
+            delay
+        };
+        metrics.upstream_reconnects.fetch_add(1, Ordering::Relaxed);
+        if stop.wait(delay) {
+            return;
+        }
+    }
+}
+
+fn session(
+    settings: &Settings,
+    frames: &Sender<Utf8Bytes>,
+    metrics: &Metrics,
+    stop: &Stop,
+) -> Result<(), Ended> {
+    let shown = display_url(&settings.url);
+    let fail = |why: String| Ended {
+        why,
+        refused: false,
+        healthy: false,
+    };
+    let mut ws = connect(&settings.url, settings.connect_timeout).map_err(fail)?;
+    metrics.upstream_connects.fetch_add(1, Ordering::Relaxed);
+    let connected = Instant::now();
+    let connected_ms = now_ms();
+    metrics.set_upstream(UpstreamState::Connected {
+        since_ms: connected_ms,
+    });
+    ws.send(Message::text(settings.subscribe.clone()))
+        .map_err(|e| fail(format!("sending the subscribe message failed: {e}")))?;
+    info!("upstream {shown}: connected and subscribed");
+    set_read_timeout(&mut ws, CHECK_EVERY);
+
+    let mut last_frame = Instant::now();
+    let mut last_ping = Instant::now();
+    let mut others = crate::distributor::RateLimited::new(Duration::from_secs(60));
+    let mut got_quotes = false;
+    let end = |why: String, refused: bool, got_quotes: bool| Ended {
+        why,
+        refused,
+        healthy: got_quotes && connected.elapsed() >= HEALTHY_AFTER,
+    };
+    loop {
+        if stop.is_set() {
+            let _ = ws.close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "proxy shutting down".into(),
+            }));
+            let _ = ws.flush();
+            return Ok(());
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                last_frame = Instant::now();
+                match protocol::classify(&text) {
+                    Kind::MaybeQuote => {
+                        got_quotes = true;
+                        if frames.send(text).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Kind::RefusedTooMany => {
+                        return Err(end("refused".into(), true, false));
+                    }
+                    Kind::Other if text.as_str() == protocol::GREETING => {}
+                    Kind::Other => others.note(|n| {
+                        info!(
+                            "upstream {shown} sent {n} non-quote text(s), latest: {:.200}",
+                            text.as_str()
+                        )
+                    }),
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                let why = match frame {
+                    Some(f) => format!(
+                        "closed by the source (code {}, \"{}\")",
+                        u16::from(f.code),
+                        f.reason
+                    ),
+                    None => "closed by the source".to_string(),
+                };
+                return Err(end(why, false, got_quotes));
+            }
+            Ok(_) => last_frame = Instant::now(),
+            Err(WsError::Io(e)) if crate::http::is_timeout(&e) => {}
+            Err(e) => return Err(end(format!("connection failed: {e}"), false, got_quotes)),
+        }
+        let now = Instant::now();
+        if now.duration_since(last_ping) >= settings.ping_every {
+            last_ping = now;
+            if let Err(e) = ws.send(Message::Ping(Default::default())) {
+                return Err(end(format!("ping failed: {e}"), false, got_quotes));
+            }
+        }
+        if now.duration_since(last_frame) > settings.ping_every * 2 + CHECK_EVERY {
+            return Err(end("no answer to pings".into(), false, got_quotes));
+        }
+        let now_ms = now_ms();
+        if let Some(open_since) = open_since(settings.market_hours, now_ms) {
+            let last_quote = metrics.last_quote_ms.load(Ordering::Relaxed);
+            let quiet_since = last_quote.max(connected_ms).max(open_since);
+            let quiet = Duration::from_millis(now_ms.saturating_sub(quiet_since));
+            if quiet > settings.stale_after {
+                return Err(end(
+                    format!(
+                        "stale: no quote for {} s while the market is open",
+                        quiet.as_secs()
+                    ),
+                    false,
+                    got_quotes,
+                ));
+            }
+        }
+    }
+}
+
+fn connect(url: &str, timeout: Duration) -> Result<Socket, String> {
+    let uri: tungstenite::http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let host = uri.host().ok_or("the URL has no host")?;
+    let tls = uri.scheme_str() == Some("wss");
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut last_err = format!("{host} resolved to no address");
+    let stream = addrs
+        .iter()
+        .find_map(|addr| match TcpStream::connect_timeout(addr, timeout) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                last_err = format!("cannot connect to {addr}: {e}");
+                None
+            }
+        })
+        .ok_or(last_err)?;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    // Quotes arrive as many small frames; a moderate read buffer suits one busy connection.
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let (ws, _response) = tungstenite::client_tls_with_config(url, stream, Some(config), None)
+        .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+    Ok(ws)
+}
+
+fn set_read_timeout(ws: &mut Socket, timeout: Duration) {
+    let tcp = match ws.get_mut() {
+        MaybeTlsStream::Plain(s) => s,
+        MaybeTlsStream::Rustls(s) => &mut s.sock,
+        _ => return,
+    };
+    let _ = tcp.set_read_timeout(Some(timeout));
+}
+
+/// The URL as it may appear in a log: scheme, host, port and path; a query string (where some
+/// providers put the key) is left out.
+pub fn display_url(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+/// Since when the market has been open (epoch ms), or `None` while it is closed. The FX
+/// market trades from Sunday 21:00 to Friday 22:00 UTC; a quiet feed at the weekend is normal.
+pub fn open_since(hours: MarketHours, now_ms: u64) -> Option<u64> {
+    const HOUR: u64 = 3_600_000;
+    const DAY: u64 = 24 * HOUR;
+    match hours {
+        MarketHours::Always => Some(0),
+        MarketHours::Fx => {
+            // 1970-01-01 was a Thursday; weekday 0 is Sunday.
+            let weekday = (now_ms / DAY + 4) % 7;
+            let into_week = weekday * DAY + now_ms % DAY;
+            let opens = 21 * HOUR;
+            let closes = 5 * DAY + 22 * HOUR;
+            (opens..closes)
+                .contains(&into_week)
+                .then(|| now_ms - (into_week - opens))
+        }
+    }
+}
+
+/// Exponential back-off with jitter: 1 s doubling to the maximum, each delay drawn between
+/// half and all of the current step so many proxies restarting together spread out.
+pub struct Backoff {
+    start: Duration,
+    max: Duration,
+    step: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(start: Duration, max: Duration, seed: u64) -> Backoff {
+        Backoff {
+            start,
+            max,
+            step: start,
+            seed: seed | 1,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        self.jitter(step)
+    }
+
+    /// Jumps to the maximum: hammering a provider that refuses us makes it worse.
+    pub fn saturate(&mut self) -> Duration {
+        self.step = self.max;
+        self.max
+    }
+
+    pub fn reset(&mut self) {
+        self.step = self.start;
+    }
+
+    fn jitter(&mut self, step: Duration) -> Duration {
+        // splitmix64: plenty for spreading reconnects, and no dependency.
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let fraction = 0.5 + (z >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
+        step.mul_f64(fraction)
+    }
+}
+
+impl fmt::Debug for Backoff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Backoff({:?} of {:?})", self.step, self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_maximum() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 42);
+        let mut steps = Vec::new();
+        for _ in 0..10 {
+            steps.push(b.next_delay());
+        }
+        let expected = [1, 2, 4, 8, 16, 32, 60, 60, 60, 60];
+        for (got, step) in steps.iter().zip(expected) {
+            let step = Duration::from_secs(step);
+            assert!(
+                *got >= step / 2 && *got <= step,
+                "{got:?} for step {step:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+        assert_eq!(b.saturate(), Duration::from_secs(60));
+        assert!(b.next_delay() >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn fx_market_hours() {
+        // 2024-01-05 was a Friday.
+        let fri = 1_704_412_800_000u64;
+        let h = 3_600_000u64;
+        assert!(open_since(MarketHours::Fx, fri + 21 * h).is_some());
+        assert_eq!(open_since(MarketHours::Fx, fri + 22 * h), None);
+        assert_eq!(
+            open_since(MarketHours::Fx, fri + 24 * h + 12 * h),
+            None,
+            "Saturday"
+        );
+        let sunday = fri + 2 * 24 * h;
+        assert_eq!(open_since(MarketHours::Fx, sunday + 20 * h), None);
+        assert_eq!(
+            open_since(MarketHours::Fx, sunday + 21 * h + 5),
+            Some(sunday + 21 * h),
+            "opens Sunday 21:00 UTC"
+        );
+        assert_eq!(
+            open_since(MarketHours::Fx, fri + 10 * h),
+            Some(sunday - 7 * 24 * h + 21 * h)
+        );
+        assert_eq!(open_since(MarketHours::Always, sunday), Some(0));
+    }
+
+    #[test]
+    fn urls_in_logs_lose_their_query() {
+        assert_eq!(
+            display_url("wss://feed.example/stream?api_key=secret"),
+            "wss://feed.example/stream"
+        );
+    }
+}

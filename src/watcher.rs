@@ -1,0 +1,93 @@
+//! Wakes a client's writer thread when its socket has something to read (a ping, a close, a
+//! dead connection's EOF), so idle clients cost no CPU and a ping is answered at once.
+//!
+//! The watcher never touches a socket's data: tungstenite cannot share a socket between
+//! threads, so the writer thread that owns the `WebSocket` does every read and write. The
+//! watcher only turns "readable" into a flag and an unpark. One watcher thread serves every
+//! client; it is the reason a client costs one thread, not a reader and a writer.
+
+use crate::distributor::ClientSlot;
+use log::error;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+const WAKE_TOKEN: Token = Token(usize::MAX);
+
+pub struct Watcher {
+    registry: Registry,
+    waker: Waker,
+    stopping: AtomicBool,
+    slots: Mutex<HashMap<usize, Arc<ClientSlot>>>,
+}
+
+impl Watcher {
+    /// Starts the `watcher` thread.
+    pub fn start() -> io::Result<(Arc<Watcher>, JoinHandle<()>)> {
+        let poll = Poll::new()?;
+        let watcher = Arc::new(Watcher {
+            registry: poll.registry().try_clone()?,
+            waker: Waker::new(poll.registry(), WAKE_TOKEN)?,
+            stopping: AtomicBool::new(false),
+            slots: Mutex::new(HashMap::new()),
+        });
+        let inner = Arc::clone(&watcher);
+        let handle = std::thread::Builder::new()
+            .name("watcher".into())
+            .stack_size(128 * 1024)
+            .spawn(move || inner.run(poll))?;
+        Ok((watcher, handle))
+    }
+
+    fn run(&self, mut poll: Poll) {
+        let mut events = Events::with_capacity(1024);
+        while !self.stopping.load(Ordering::Acquire) {
+            if let Err(e) = poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!("socket watcher failed: {e}; clients' pings are now answered only with their next quote");
+                return;
+            }
+            let slots = self.slots.lock();
+            for event in events.iter() {
+                if let Some(slot) = slots.get(&event.token().0) {
+                    slot.readable.store(true, Ordering::SeqCst);
+                    slot.wake();
+                }
+            }
+        }
+    }
+
+    /// Watches `fd` for `slot`'s writer. Edge-triggered: the writer must read until
+    /// `WouldBlock` each time it is woken, and once right after this call for anything that
+    /// arrived before it.
+    pub fn watch(&self, fd: RawFd, slot: &Arc<ClientSlot>) -> io::Result<()> {
+        let token = slot.id as usize;
+        self.slots.lock().insert(token, Arc::clone(slot));
+        let result = self
+            .registry
+            .register(&mut SourceFd(&fd), Token(token), Interest::READABLE);
+        if result.is_err() {
+            self.slots.lock().remove(&token);
+        }
+        result
+    }
+
+    /// Stops watching; call before the socket is closed.
+    pub fn unwatch(&self, fd: RawFd, slot: &ClientSlot) {
+        let _ = self.registry.deregister(&mut SourceFd(&fd));
+        self.slots.lock().remove(&(slot.id as usize));
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+}

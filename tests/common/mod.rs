@@ -1,0 +1,293 @@
+//! Helpers shared by the integration tests: a scriptable test upstream, an in-process proxy
+//! on an ephemeral port, and a WebSocket client that reads with deadlines.
+
+// Each test crate compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+pub mod process;
+
+use fxproxy::config;
+use fxproxy::Server;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+pub const KEY: &str = "test-key-0123456789";
+pub const OTHER_KEY: &str = "other-key-9876543210";
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub fn quote(symbol: &str, n: u64) -> String {
+    format!(
+        r#"{{"symbol":"{symbol}","ts":"{}","bid":1.{n:05},"ask":1.{:05},"mid":1.{n:05}}}"#,
+        1_700_000_000_000u64 + n,
+        n + 2
+    )
+}
+
+enum Ctl {
+    Send(String),
+    Close,
+}
+
+/// A scriptable upstream: accepts the proxy's connections one at a time, greets, records each
+/// subscribe message, then sends what the test tells it to.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    ctl: mpsc::Sender<Ctl>,
+    subscribes: mpsc::Receiver<String>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl TestUpstream {
+    pub fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>();
+        let (sub_tx, sub_rx) = mpsc::channel();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        thread::Builder::new()
+            .name("test-upstream".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { return };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let Ok(mut ws) = tungstenite::accept(stream) else {
+                        continue;
+                    };
+                    if ws.send(Message::text("Connected")).is_err() {
+                        continue;
+                    }
+                    let Ok(Message::Text(sub)) = ws.read() else {
+                        continue;
+                    };
+                    if sub_tx.send(sub.to_string()).is_err() {
+                        return;
+                    }
+                    ws.get_mut()
+                        .set_read_timeout(Some(Duration::from_millis(5)))
+                        .unwrap();
+                    loop {
+                        match ctl_rx.recv_timeout(Duration::from_millis(20)) {
+                            Ok(Ctl::Send(text)) => {
+                                if ws.send(Message::text(text)).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(Ctl::Close) => {
+                                let _ = ws.close(None);
+                                let _ = ws.flush();
+                                break;
+                            }
+                            Err(mpsc::RecvTimeoutError::Timeout) => {}
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
+                        // Answers the proxy's pings and notices its close.
+                        match ws.read() {
+                            Ok(_) => {}
+                            Err(tungstenite::Error::Io(e))
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+            })
+            .unwrap();
+        TestUpstream {
+            addr,
+            ctl: ctl_tx,
+            subscribes: sub_rx,
+            connections,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub fn send(&self, text: &str) {
+        self.ctl.send(Ctl::Send(text.to_string())).unwrap();
+    }
+
+    /// Closes the current connection; the proxy should come back.
+    pub fn close(&self) {
+        self.ctl.send(Ctl::Close).unwrap();
+    }
+
+    /// The next subscribe message the proxy sent, i.e. its next (re)connection.
+    pub fn expect_subscribe(&self) -> String {
+        self.subscribes
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the proxy did not (re)connect and subscribe in time")
+    }
+
+    pub fn no_subscribe_within(&self, d: Duration) -> bool {
+        self.subscribes.recv_timeout(d).is_err()
+    }
+}
+
+/// A unique, empty directory for one test's files.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "fxproxy-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An in-process proxy with its files.
+pub struct TestProxy {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl TestProxy {
+    /// Starts a proxy for `upstream` with the given extra config lines and key file text.
+    pub fn start(upstream: &str, extra: &str, keys: &str) -> TestProxy {
+        let dir = temp_dir("proxy");
+        std::fs::write(dir.join("users.keys"), keys).unwrap();
+        let text = format!(
+            "listen = 127.0.0.1:0\nupstream_url = {upstream}\nsymbols = EURUSD,GBPUSD,USDJPY\nuser_keys_file = users.keys\nstatus_interval_secs = 0\n{extra}\n"
+        );
+        let path = dir.join("proxy.conf");
+        std::fs::write(&path, &text).unwrap();
+        let config = config::parse(&text, &path).unwrap();
+        let server = Server::start(config).unwrap();
+        TestProxy {
+            addr: server.local_addr(),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    pub fn simple(upstream: &TestUpstream) -> TestProxy {
+        TestProxy::start(&upstream.url(), "", &format!("{KEY}\n{OTHER_KEY} EURUSD\n"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A WebSocket client that never waits forever.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).unwrap();
+        Client { ws }
+    }
+
+    /// Connects, expects the greeting, and sends the auth message.
+    pub fn auth(addr: SocketAddr, key: &str, symbols: Option<&str>) -> Client {
+        let mut c = Client::connect(addr);
+        assert_eq!(c.next().expect("greeting"), Message::text("Connected"));
+        let msg = match symbols {
+            Some(s) => format!(r#"{{"userKey":"{key}","symbol":"{s}"}}"#),
+            None => format!(r#"{{"userKey":"{key}"}}"#),
+        };
+        c.ws.send(Message::text(msg)).unwrap();
+        c
+    }
+
+    /// The next message, or None if nothing came before the deadline. Panics on errors.
+    pub fn next_within(&mut self, d: Duration) -> Option<Message> {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            match self.ws.read() {
+                Ok(m) => return Some(m),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+        None
+    }
+
+    pub fn next(&mut self) -> Option<Message> {
+        self.next_within(DEADLINE)
+    }
+
+    /// The next text frame, skipping pings.
+    pub fn next_text(&mut self) -> String {
+        loop {
+            match self.next().expect("a frame before the deadline") {
+                Message::Text(t) => return t.to_string(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the close frame and returns its code and reason; fails on any quote first.
+    pub fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next().expect("a close frame before the deadline") {
+                Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
+                Message::Close(None) => return (1005, String::new()),
+                Message::Text(t) if t.as_str() == "Connected" => {}
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    }
+}
+
+pub fn close_code(code: CloseCode) -> u16 {
+    u16::from(code)
+}
+
+/// Sends a raw HTTP request and returns the whole response.
+pub fn http_get(addr: SocketAddr, raw: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,302 @@
+//! The proxy end to end over real sockets: a test upstream, the proxy in-process on an
+//! ephemeral port, and WebSocket clients that see what a user would.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+#[test]
+fn fans_out_byte_identical_and_in_order_over_one_subscription() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::simple(&up);
+    let sub = up.expect_subscribe();
+    assert!(sub.contains("EURUSD,GBPUSD,USDJPY"), "{sub}");
+    let mut clients: Vec<Client> = (0..4)
+        .map(|_| Client::auth(proxy.addr, KEY, None))
+        .collect();
+    eventually("clients registered", || {
+        proxy
+            .server()
+            .metrics()
+            .clients_connected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 4
+    });
+    let sent: Vec<String> = (0..50)
+        .map(|n| quote(["EURUSD", "GBPUSD", "USDJPY"][n % 3], n as u64))
+        .collect();
+    for q in &sent {
+        up.send(q);
+    }
+    for c in &mut clients {
+        let got: Vec<String> = (0..sent.len()).map(|_| c.next_text()).collect();
+        assert_eq!(got, sent);
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn refusals_carry_their_code_and_reason_and_no_quote() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::simple(&up);
+    up.expect_subscribe();
+    up.send(&quote("EURUSD", 1));
+    // Wait until the quote is the latest, so a leak would show in a refused client's stream.
+    let mut ok = Client::auth(proxy.addr, KEY, None);
+    ok.next_text();
+
+    let cases: Vec<(&str, u16, &str)> = vec![
+        (
+            r#"{"userKey":"wrong-key-123456"}"#,
+            1008,
+            "Authentication failed",
+        ),
+        ("not json", 1008, "Failed to authenticate"),
+        (r#"{"user":"x"}"#, 1008, "Failed to authenticate"),
+        (r#"{"userKey":5}"#, 1008, "Failed to authenticate"),
+        (
+            &*Box::leak(format!(r#"{{"userKey":"{KEY}","symbol":"XAUUSD"}}"#).into_boxed_str()),
+            1008,
+            "Unknown symbol XAUUSD",
+        ),
+        (
+            &*Box::leak(
+                format!(r#"{{"userKey":"{OTHER_KEY}","symbol":"GBPUSD"}}"#).into_boxed_str(),
+            ),
+            1008,
+            "Not entitled to symbol GBPUSD",
+        ),
+    ];
+    for (msg, code, reason) in cases {
+        let mut c = Client::connect(proxy.addr);
+        c.ws.send(Message::text(msg)).unwrap();
+        assert_eq!(c.expect_close(), (code, reason.to_string()), "for {msg}");
+    }
+    let mut bin = Client::connect(proxy.addr);
+    bin.ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+    assert_eq!(bin.expect_close(), (1008, "Failed to authenticate".into()));
+}
+
+#[test]
+fn a_client_that_never_authenticates_is_closed_after_the_timeout() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::start(&up.url(), "auth_timeout_secs = 1", &format!("{KEY}\n"));
+    let mut c = Client::connect(proxy.addr);
+    let started = Instant::now();
+    assert_eq!(c.expect_close(), (1008, "Failed to authenticate".into()));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[test]
+fn symbol_filter_and_entitlement_limit_what_a_client_gets() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::simple(&up);
+    up.expect_subscribe();
+    let mut filtered = Client::auth(proxy.addr, KEY, Some("gbpusd"));
+    let mut entitled = Client::auth(proxy.addr, OTHER_KEY, None);
+    eventually("clients registered", || {
+        proxy
+            .server()
+            .metrics()
+            .clients_connected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 2
+    });
+    for (n, sym) in ["EURUSD", "GBPUSD", "USDJPY", "EURUSD", "GBPUSD"]
+        .iter()
+        .enumerate()
+    {
+        up.send(&quote(sym, n as u64));
+    }
+    assert_eq!(filtered.next_text(), quote("GBPUSD", 1));
+    assert_eq!(filtered.next_text(), quote("GBPUSD", 4));
+    assert_eq!(entitled.next_text(), quote("EURUSD", 0));
+    assert_eq!(entitled.next_text(), quote("EURUSD", 3));
+    assert!(filtered.next_within(Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn a_new_client_first_gets_the_latest_quote_of_each_symbol() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::simple(&up);
+    up.expect_subscribe();
+    let mut first = Client::auth(proxy.addr, KEY, None);
+    up.send(&quote("EURUSD", 1));
+    up.send(&quote("GBPUSD", 2));
+    up.send(&quote("EURUSD", 3));
+    for _ in 0..3 {
+        first.next_text();
+    }
+    let mut late = Client::auth(proxy.addr, KEY, None);
+    let snapshot = [late.next_text(), late.next_text()];
+    assert_eq!(snapshot, [quote("EURUSD", 3), quote("GBPUSD", 2)]);
+    up.send(&quote("USDJPY", 4));
+    assert_eq!(late.next_text(), quote("USDJPY", 4));
+}
+
+#[test]
+fn reconnects_and_resubscribes_after_the_upstream_closes() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::simple(&up);
+    up.expect_subscribe();
+    let mut c = Client::auth(proxy.addr, KEY, None);
+    up.close();
+    let again = up.expect_subscribe();
+    assert!(again.contains("EURUSD"), "{again}");
+    up.send(&quote("EURUSD", 7));
+    assert_eq!(
+        c.next_text(),
+        quote("EURUSD", 7),
+        "clients stay connected across reconnects"
+    );
+}
+
+#[test]
+fn reconnects_when_the_upstream_goes_silent() {
+    let up = TestUpstream::start();
+    let _proxy = TestProxy::start(
+        &up.url(),
+        "upstream_stale_secs = 1\nmarket_hours = always",
+        &format!("{KEY}\n"),
+    );
+    up.expect_subscribe();
+    up.send(&quote("EURUSD", 1));
+    // The test upstream still answers pings; only the quotes stop.
+    up.expect_subscribe();
+}
+
+#[test]
+fn a_slow_client_is_dropped_while_a_reading_client_keeps_up() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::start(&up.url(), "client_queue_len = 8", &format!("{KEY}\n"));
+    up.expect_subscribe();
+    // The slow client authenticates and then never reads again.
+    let mut slow = Client::auth(proxy.addr, KEY, None);
+    let mut fast = Client::auth(proxy.addr, KEY, None);
+    eventually("clients registered", || {
+        proxy
+            .server()
+            .metrics()
+            .clients_connected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 2
+    });
+    let metrics = proxy.server().metrics();
+    // Large frames fill the slow client's socket buffers quickly; then its queue fills.
+    let padding = "x".repeat(32 * 1024);
+    let mut n = 0u64;
+    let started = Instant::now();
+    while metrics
+        .slow_consumer_disconnects
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the slow client was never dropped"
+        );
+        let burst: Vec<String> = (n..n + 20)
+            .map(|i| format!(r#"{{"symbol":"EURUSD","n":{i},"pad":"{padding}"}}"#))
+            .collect();
+        for q in &burst {
+            up.send(q);
+        }
+        for q in &burst {
+            assert_eq!(
+                &fast.next_text(),
+                q,
+                "the reading client gets every quote in order"
+            );
+        }
+        n += 20;
+    }
+    // The reading client still gets quotes promptly.
+    let t = Instant::now();
+    up.send(&quote("GBPUSD", 1));
+    assert_eq!(fast.next_text(), quote("GBPUSD", 1));
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // The slow client, once it reads, finds its quotes cut off by a 1008 close.
+    let mut saw_close = None;
+    let until = Instant::now() + DEADLINE;
+    while saw_close.is_none() && Instant::now() < until {
+        match slow.ws.read() {
+            Ok(Message::Close(Some(f))) => {
+                saw_close = Some((u16::from(f.code), f.reason.to_string()))
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(saw_close, Some((1008, "Slow consumer".to_string())));
+}
+
+#[test]
+fn pings_are_answered_and_closes_noticed_at_once() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::simple(&up);
+    up.expect_subscribe();
+    let mut c = Client::auth(proxy.addr, KEY, None);
+    eventually("client registered", || {
+        proxy
+            .server()
+            .metrics()
+            .clients_connected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1
+    });
+    let t = Instant::now();
+    c.ws.send(Message::Ping(b"hello".to_vec().into())).unwrap();
+    loop {
+        match c
+            .next_within(Duration::from_secs(1))
+            .expect("a pong within 1 s")
+        {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"hello");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(1));
+    c.ws.close(None).unwrap();
+    let t = Instant::now();
+    eventually("the proxy noticed the close", || {
+        proxy
+            .server()
+            .metrics()
+            .clients_connected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+    });
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn shutdown_sends_every_client_going_away() {
+    let up = TestUpstream::start();
+    let mut proxy = TestProxy::simple(&up);
+    up.expect_subscribe();
+    let mut clients: Vec<Client> = (0..3)
+        .map(|_| Client::auth(proxy.addr, KEY, None))
+        .collect();
+    let mut pending = Client::connect(proxy.addr);
+    eventually("clients registered", || {
+        proxy
+            .server()
+            .metrics()
+            .clients_connected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 3
+    });
+    let t = Instant::now();
+    proxy.server.take().unwrap().shutdown();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    for c in &mut clients {
+        assert_eq!(c.expect_close().0, 1001);
+    }
+    assert_eq!(pending.expect_close().0, 1001);
+}
