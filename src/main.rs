@@ -143,6 +143,10 @@ fn run_watch(url: String, key: Option<String>, symbols: Option<Vec<String>>) -> 
     let mut out = std::io::stdout();
     match watch::run(&opts, &mut out, &stop) {
         Ok(()) => ExitCode::SUCCESS,
+        // `fxproxy watch … | head` closing the pipe is a normal way to stop.
+        Err(watch::WatchError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("fxproxy watch: {e}");
             ExitCode::from(1)

@@ -1,20 +1,619 @@
-//! TEMPORARY stand-in until the watch client lands.
+//! The terminal client behind `fxproxy watch URL --key KEY [--symbols A,B]`: it authenticates to
+//! a proxy (or any source speaking the same protocol) and prints one aligned line per quote.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tungstenite::error::UrlError;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// How often a quiet connection looks at the stop flag; short enough that Ctrl-C feels instant.
+const STOP_POLL: Duration = Duration::from_millis(250);
+/// How long to wait for the server to answer our close before leaving anyway.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Close code for a connection that ended without a close frame (RFC 6455 §7.4.1); never sent.
+const ABNORMAL_CLOSURE: u16 = 1006;
+/// Close code standing for a close frame that carried no code (RFC 6455 §7.4.1).
+const NO_STATUS: u16 = 1005;
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// What `fxproxy watch` was asked to do.
+#[derive(Debug, Clone)]
 pub struct WatchOptions {
+    /// `ws://` URL; `wss://` works where the build has TLS support.
     pub url: String,
     pub key: String,
+    /// Only these symbols; `None` (or an empty list) means every symbol the key may see.
     pub symbols: Option<Vec<String>>,
 }
+
+/// Why a watch ended, other than by `stop`.
+#[non_exhaustive]
 #[derive(Debug)]
-pub struct WatchError;
-impl std::fmt::Display for WatchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("x")
+pub enum WatchError {
+    /// No WebSocket connection could be made; the text says to what and why.
+    Connect(String),
+    /// The server refused the key or the subscription (close 1008 before any quote).
+    AuthFailed { reason: String },
+    /// The server closed the connection, or it was lost (code 1006).
+    Closed { code: u16, reason: String },
+    /// Writing the quotes to the output failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for WatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WatchError::Connect(why) => write!(f, "cannot connect: {why}"),
+            WatchError::AuthFailed { reason } if reason.is_empty() => {
+                f.write_str("authentication failed")
+            }
+            WatchError::AuthFailed { reason } => write!(f, "authentication failed: {reason}"),
+            WatchError::Closed { code, reason } if *code == ABNORMAL_CLOSURE => {
+                write!(f, "the connection to the server was lost: {reason}")
+            }
+            WatchError::Closed { code, reason } => {
+                write!(f, "the server closed the connection (code {code}")?;
+                if let Some(meaning) = close_code_meaning(*code) {
+                    write!(f, ", {meaning}")?;
+                }
+                f.write_str(")")?;
+                if !reason.is_empty() {
+                    write!(f, ": {reason}")?;
+                }
+                Ok(())
+            }
+            WatchError::Io(e) => write!(f, "cannot write the quotes: {e}"),
+        }
     }
 }
-pub fn run(
-    _o: &WatchOptions,
-    _out: &mut dyn std::io::Write,
-    _s: &std::sync::atomic::AtomicBool,
-) -> Result<(), WatchError> {
-    Ok(())
+
+impl std::error::Error for WatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WatchError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn close_code_meaning(code: u16) -> Option<&'static str> {
+    match code {
+        1000 => Some("normal closure"),
+        1001 => Some("going away"),
+        1002 => Some("protocol error"),
+        1008 => Some("policy violation"),
+        1011 => Some("server error"),
+        1013 => Some("try again later"),
+        NO_STATUS => Some("no code given"),
+        _ => None,
+    }
+}
+
+/// Connects, authenticates and writes one line per quote to `out` until the server closes or
+/// `stop` is set. Returns `Ok` only when stopped; a server close is an error the user should see.
+pub fn run(opts: &WatchOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<(), WatchError> {
+    let mut ws = connect(&opts.url)?;
+    ws.send(Message::text(auth_message(opts)))
+        .map_err(connection_lost)?;
+    let mut quotes_seen = false;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            close_normally(&mut ws);
+            return Ok(());
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => match format_quote(&text, now_ms()) {
+                Some(line) => {
+                    writeln!(out, "{line}").map_err(WatchError::Io)?;
+                    // Quotes are for watching live, not for when a buffer happens to fill.
+                    out.flush().map_err(WatchError::Io)?;
+                    quotes_seen = true;
+                }
+                None => log::debug!("watch: skipping a frame that is not a quote: {text:.80}"),
+            },
+            Ok(Message::Close(frame)) => {
+                // tungstenite queued our reply; sending it completes the close handshake, and a
+                // failure changes nothing about why we are leaving.
+                let _ = ws.flush();
+                let (code, reason) = frame.map_or((NO_STATUS, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                // Before the first quote, a policy close is the server's answer to our auth
+                // message; after it, it is something else (e.g. a slow-consumer policy).
+                if code == u16::from(CloseCode::Policy) && !quotes_seen {
+                    return Err(WatchError::AuthFailed { reason });
+                }
+                return Err(WatchError::Closed { code, reason });
+            }
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(connection_lost(e)),
+        }
+    }
+}
+
+fn connect(url: &str) -> Result<Socket, WatchError> {
+    // `connect` does TLS itself when the crate is built with a TLS feature, and says so when not.
+    let (mut ws, _response) = tungstenite::connect(url)
+        .map_err(|e| WatchError::Connect(describe_connect_error(url, e)))?;
+    let tcp = match ws.get_mut() {
+        MaybeTlsStream::Plain(stream) => stream,
+        MaybeTlsStream::Rustls(tls) => &mut tls.sock,
+        _ => {
+            return Err(WatchError::Connect(format!(
+                "{url}: unsupported stream type"
+            )))
+        }
+    };
+    tcp.set_read_timeout(Some(STOP_POLL))
+        .map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
+    log::info!("watch: connected to {url}");
+    Ok(ws)
+}
+
+fn describe_connect_error(url: &str, e: tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Url(UrlError::TlsFeatureNotEnabled) => {
+            format!("{url}: this build has no TLS support for wss:// URLs; use a ws:// URL")
+        }
+        tungstenite::Error::Url(UrlError::UnsupportedUrlScheme) => {
+            format!("{url}: the URL must start with ws:// or wss://")
+        }
+        tungstenite::Error::Url(UrlError::UnableToConnect(_)) => {
+            format!("nothing accepted a connection at {url} (refused or unreachable)")
+        }
+        tungstenite::Error::Http(response) => format!(
+            "{url}: the server answered HTTP {} instead of upgrading to WebSocket",
+            response.status()
+        ),
+        other => format!("{url}: {other}"),
+    }
+}
+
+/// A socket error after the connection was made: the server went away without a close frame.
+fn connection_lost(e: tungstenite::Error) -> WatchError {
+    WatchError::Closed {
+        code: ABNORMAL_CLOSURE,
+        reason: e.to_string(),
+    }
+}
+
+/// Socket timeouts surface as WouldBlock on Unix and TimedOut on Windows.
+fn is_timeout(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
+/// The client protocol's first message, built with serde_json so any key is escaped properly.
+fn auth_message(opts: &WatchOptions) -> String {
+    let mut message = serde_json::json!({ "userKey": opts.key });
+    let symbols: Vec<&str> = opts
+        .symbols
+        .iter()
+        .flatten()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !symbols.is_empty() {
+        message["symbol"] = Value::from(symbols.join(","));
+    }
+    message.to_string()
+}
+
+/// Says goodbye with 1000 and waits briefly for the server's answer, so it logs a clean close.
+fn close_normally(ws: &mut Socket) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "watch stopped".into(),
+    };
+    if ws.close(Some(frame)).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One readable, aligned line for a quote frame, or `None` if the frame is not a quote (not a
+/// JSON object with a string `symbol`, such as the greeting `Connected`).
+///
+/// `EURUSD   bid 1.09121  ask 1.09123  spread  0.2 pips  age    3 ms`
+pub fn format_quote(frame: &str, now_ms: u64) -> Option<String> {
+    let value: Value = serde_json::from_str(frame).ok()?;
+    let quote = value.as_object()?;
+    let symbol = quote.get("symbol")?.as_str()?;
+    let bid = quote.get("bid").and_then(price);
+    let ask = quote.get("ask").and_then(price);
+    let (pip, usual_decimals) = pip(symbol);
+    // JSON numbers lose trailing zeros (1.09120 arrives as 1.0912), so both prices get at least
+    // the pair's usual decimals, and the same decimals, for columns that line up.
+    let decimals = [&bid, &ask]
+        .iter()
+        .filter_map(|p| p.as_ref().map(|p| p.decimals))
+        .fold(usual_decimals, usize::max);
+    let show = |p: &Option<Price>| match p {
+        Some(p) => format!("{:>7.*}", decimals, p.value),
+        None => format!("{:>7}", "-"),
+    };
+    let spread = match (&bid, &ask) {
+        (Some(bid), Some(ask)) => format!("{:>4.1}", (ask.value - bid.value) / pip),
+        _ => format!("{:>4}", "-"),
+    };
+    let age = match quote.get("ts").and_then(epoch_ms) {
+        Some(ts) => format!("{:>4} ms", now_ms as i128 - ts as i128),
+        None => format!("{:>4}", "-"),
+    };
+    Some(format!(
+        "{symbol:<8} bid {}  ask {}  spread {spread} pips  age {age}",
+        show(&bid),
+        show(&ask)
+    ))
+}
+
+struct Price {
+    value: f64,
+    decimals: usize,
+}
+
+/// Beyond this many decimals a price is float noise, not information.
+const MAX_DECIMALS: usize = 8;
+
+/// A price sent as a JSON number or as a string of one, with the decimals it was sent with.
+fn price(v: &Value) -> Option<Price> {
+    let text = match v {
+        Value::Number(n) => n.as_f64()?.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        _ => return None,
+    };
+    let value: f64 = text.parse().ok()?;
+    let decimals = text.split_once('.').map_or(0, |(_, frac)| frac.len());
+    Some(Price {
+        value,
+        decimals: decimals.min(MAX_DECIMALS),
+    })
+}
+
+/// `ts` as epoch milliseconds, sent as a string (TraderMade) or as a number.
+fn epoch_ms(v: &Value) -> Option<u64> {
+    match v {
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+/// The pip in price units and the decimals such pairs are quoted with, a tenth of a pip:
+/// the conventional 0.01 for yen pairs, 0.1 for gold, 0.0001 otherwise.
+fn pip(symbol: &str) -> (f64, usize) {
+    let symbol = symbol.to_ascii_uppercase();
+    if symbol.contains("JPY") {
+        (0.01, 3)
+    } else if symbol.contains("XAU") {
+        (0.1, 2)
+    } else {
+        (0.0001, 5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::thread::{self, JoinHandle};
+
+    const NOW: u64 = 1_700_000_000_126;
+
+    #[test]
+    fn formats_a_five_decimal_pair() {
+        let line = format_quote(
+            r#"{"symbol":"EURUSD","ts":"1700000000123","bid":1.09121,"ask":1.09123,"mid":1.09122}"#,
+            NOW,
+        );
+        assert_eq!(
+            line.as_deref(),
+            Some("EURUSD   bid 1.09121  ask 1.09123  spread  0.2 pips  age    3 ms")
+        );
+    }
+
+    #[test]
+    fn formats_a_yen_pair_and_gold_with_their_own_pips() {
+        let line = format_quote(
+            r#"{"symbol":"USDJPY","ts":1700000000000,"bid":150.12,"ask":150.135}"#,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            "USDJPY   bid 150.120  ask 150.135  spread  1.5 pips  age  126 ms"
+        );
+        let line = format_quote(
+            r#"{"symbol":"XAUUSD","ts":"1700000000126","bid":2350.12,"ask":2350.45}"#,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            "XAUUSD   bid 2350.12  ask 2350.45  spread  3.3 pips  age    0 ms"
+        );
+    }
+
+    #[test]
+    fn dropped_trailing_zeros_come_back() {
+        let line = format_quote(r#"{"symbol":"EURUSD","bid":1.0837,"ask":1.0838}"#, NOW);
+        assert_eq!(
+            line.as_deref(),
+            Some("EURUSD   bid 1.08370  ask 1.08380  spread  1.0 pips  age    -")
+        );
+        let line = format_quote(r#"{"symbol":"EURUSD","bid":1.083705,"ask":1.0838}"#, NOW);
+        assert_eq!(
+            line.as_deref(),
+            Some("EURUSD   bid 1.083705  ask 1.083800  spread  1.0 pips  age    -")
+        );
+    }
+
+    #[test]
+    fn missing_fields_show_a_dash() {
+        let line = format_quote(r#"{"symbol":"GBPUSD","bid":"1.27001","ask":1.2701}"#, NOW);
+        assert_eq!(
+            line.as_deref(),
+            Some("GBPUSD   bid 1.27001  ask 1.27010  spread  0.9 pips  age    -")
+        );
+        let line = format_quote(r#"{"symbol":"GBPUSD"}"#, NOW);
+        assert_eq!(
+            line.as_deref(),
+            Some("GBPUSD   bid       -  ask       -  spread    - pips  age    -")
+        );
+    }
+
+    #[test]
+    fn non_quotes_are_none() {
+        for frame in [
+            "Connected",
+            "User Key Used to many times",
+            "[]",
+            r#"{"bid":1.0}"#,
+            r#"{"symbol":7,"bid":1.0}"#,
+            "",
+        ] {
+            assert_eq!(format_quote(frame, NOW), None, "{frame}");
+        }
+    }
+
+    #[test]
+    fn auth_message_escapes_the_key_and_joins_symbols() {
+        let mut opts = WatchOptions {
+            url: String::new(),
+            key: r#"a"b\c"#.to_owned(),
+            symbols: None,
+        };
+        let parsed: Value = serde_json::from_str(&auth_message(&opts)).unwrap();
+        assert_eq!(parsed, serde_json::json!({"userKey": "a\"b\\c"}));
+        opts.symbols = Some(vec!["EURUSD".into(), " USDJPY".into(), String::new()]);
+        let parsed: Value = serde_json::from_str(&auth_message(&opts)).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"userKey": "a\"b\\c", "symbol": "EURUSD,USDJPY"})
+        );
+        opts.symbols = Some(vec![]);
+        assert!(!auth_message(&opts).contains("symbol"));
+    }
+
+    type ServerSide = WebSocket<TcpStream>;
+
+    /// A one-connection WebSocket server on an ephemeral port, running `script`.
+    fn serve_once<T: Send + 'static>(
+        script: impl FnOnce(&mut ServerSide) -> T + Send + 'static,
+    ) -> (String, JoinHandle<T>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let handle = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut ws = tungstenite::accept(stream).unwrap();
+            ws.send(Message::text("Connected")).unwrap();
+            script(&mut ws)
+        });
+        (url, handle)
+    }
+
+    fn read_text(ws: &mut ServerSide) -> String {
+        match ws.read().unwrap() {
+            Message::Text(t) => t.to_string(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    fn close_with(ws: &mut ServerSide, code: CloseCode, reason: &str) {
+        ws.close(Some(CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        }))
+        .unwrap();
+        // Until the client's answer or the socket's end, so the close handshake completes.
+        while ws.read().is_ok() {}
+    }
+
+    fn quote(symbol: &str, bid: &str, ask: &str) -> Message {
+        Message::text(format!(
+            r#"{{"symbol":"{symbol}","ts":"{}","bid":{bid},"ask":{ask}}}"#,
+            now_ms()
+        ))
+    }
+
+    fn watch(url: String, symbols: Option<Vec<String>>) -> (Result<(), WatchError>, String) {
+        let opts = WatchOptions {
+            url,
+            key: r#"se"cret"#.to_owned(),
+            symbols,
+        };
+        let mut out = Vec::new();
+        let result = run(&opts, &mut out, &AtomicBool::new(false));
+        (result, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn prints_a_line_per_quote_until_the_server_closes() {
+        let (url, server) = serve_once(|ws| {
+            let auth = read_text(ws);
+            ws.send(quote("EURUSD", "1.09121", "1.09123")).unwrap();
+            ws.send(Message::text("not a quote")).unwrap();
+            ws.send(quote("USDJPY", "150.120", "150.135")).unwrap();
+            close_with(ws, CloseCode::Away, "proxy shutting down");
+            auth
+        });
+        let (result, out) = watch(url, Some(vec!["EURUSD".into(), "USDJPY".into()]));
+
+        let auth: Value = serde_json::from_str(&server.join().unwrap()).unwrap();
+        assert_eq!(
+            auth,
+            serde_json::json!({"userKey": "se\"cret", "symbol": "EURUSD,USDJPY"})
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(
+            lines[0].starts_with("EURUSD   bid 1.09121  ask 1.09123  spread  0.2 pips  age "),
+            "{out}"
+        );
+        assert!(
+            lines[1].starts_with("USDJPY   bid 150.120  ask 150.135  spread  1.5 pips  age "),
+            "{out}"
+        );
+        match result {
+            Err(e @ WatchError::Closed { code: 1001, .. }) => assert_eq!(
+                e.to_string(),
+                "the server closed the connection (code 1001, going away): proxy shutting down"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_policy_close_before_any_quote_is_an_auth_failure() {
+        let (url, server) = serve_once(|ws| {
+            let auth = read_text(ws);
+            close_with(ws, CloseCode::Policy, "Authentication failed");
+            auth
+        });
+        let (result, out) = watch(url, None);
+        let auth: Value = serde_json::from_str(&server.join().unwrap()).unwrap();
+        assert_eq!(auth, serde_json::json!({"userKey": "se\"cret"}));
+        assert_eq!(out, "");
+        match result {
+            Err(e @ WatchError::AuthFailed { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    "authentication failed: Authentication failed"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_policy_close_after_quotes_is_a_close() {
+        let (url, server) = serve_once(|ws| {
+            read_text(ws);
+            ws.send(quote("EURUSD", "1.09121", "1.09123")).unwrap();
+            close_with(ws, CloseCode::Policy, "too slow");
+        });
+        let (result, _) = watch(url, None);
+        server.join().unwrap();
+        assert!(
+            matches!(&result, Err(WatchError::Closed { code: 1008, reason }) if reason == "too slow"),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_dropped_connection_is_reported_as_lost() {
+        let (url, server) = serve_once(|ws| {
+            read_text(ws);
+        });
+        let (result, _) = watch(url, None);
+        server.join().unwrap();
+        match result {
+            Err(e @ WatchError::Closed { code: 1006, .. }) => {
+                assert!(e
+                    .to_string()
+                    .starts_with("the connection to the server was lost"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stop_ends_a_quiet_watch_promptly_with_a_normal_close() {
+        let (url, server) = serve_once(|ws| {
+            read_text(ws);
+            loop {
+                match ws.read() {
+                    Ok(Message::Close(frame)) => return frame.map(|f| f.code),
+                    Ok(_) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopper = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(300));
+                stop.store(true, Ordering::SeqCst);
+            })
+        };
+        let opts = WatchOptions {
+            url,
+            key: "k".to_owned(),
+            symbols: None,
+        };
+        let started = Instant::now();
+        let result = run(&opts, &mut io::sink(), &stop);
+        assert!(result.is_ok(), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        stopper.join().unwrap();
+        assert_eq!(server.join().unwrap(), Some(CloseCode::Normal));
+    }
+
+    #[test]
+    fn connect_failures_say_what_was_tried() {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        for url in [
+            format!("ws://127.0.0.1:{port}/"),
+            format!("wss://127.0.0.1:{port}/"),
+            format!("http://127.0.0.1:{port}/"),
+        ] {
+            let (result, _) = watch(url.clone(), None);
+            match result {
+                Err(e @ WatchError::Connect(_)) => {
+                    assert!(e.to_string().contains(&url), "{e}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
 }
