@@ -1,0 +1,76 @@
+//! The page served at `GET /`, driven in headless Chromium against the real proxy and its
+//! built-in simulator (`tests/browser/page_test.mjs` does the clicking and looking).
+//!
+//! Needs /usr/bin/chromium, node and `npm ci --prefix tests/browser`; without them the test is
+//! skipped locally and fails under CI. `UPDATE_SCREENSHOT=1` also refreshes docs/page.png.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::process::{command_succeeds, prerequisites_met, run_script, write_keys, Proxy};
+
+const KEY: &str = "demo-key-0123456789";
+const SYMBOLS: &str = "EURUSD,GBPUSD,USDJPY";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+#[test]
+fn page_shows_live_quotes_and_refusals_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scripts = root.join("tests/browser");
+    let mut missing = Vec::new();
+    if !Path::new(CHROMIUM).exists() {
+        missing.push(format!("{CHROMIUM} (apt-get install -y chromium)"));
+    }
+    if !command_succeeds("node", &["--version"]) {
+        missing.push("node (apt-get install -y nodejs npm)".to_owned());
+    }
+    if !scripts.join("node_modules/playwright-core").is_dir() {
+        missing.push("tests/browser/node_modules (npm ci --prefix tests/browser)".to_owned());
+    }
+    if !prerequisites_met("browser page test", &missing) {
+        return;
+    }
+
+    let keys_dir = common::process::temp_dir();
+    let keys = write_keys(&keys_dir, &[KEY]);
+    let proxy = Proxy::spawn(&format!(
+        "upstream_url = sim\nsymbols = {SYMBOLS}\nsim_rate = 50\n\
+         user_keys_file = {}\nlog_level = info\n",
+        keys.display()
+    ));
+    let screenshot = if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
+        root.join("docs/page.png")
+    } else {
+        proxy.dir().join("page.png")
+    };
+
+    let mut node = Command::new("node");
+    node.arg(scripts.join("page_test.mjs"))
+        .arg(proxy.http_url())
+        .arg(KEY)
+        .arg(SYMBOLS)
+        .arg(&screenshot)
+        .env("CHROMIUM", CHROMIUM)
+        .current_dir(&scripts);
+    let run = run_script(node, proxy.dir(), Duration::from_secs(180));
+    let _ = std::fs::remove_dir_all(&keys_dir);
+    assert!(
+        run.success(),
+        "page_test.mjs failed ({:?}):\n{}",
+        run.status,
+        run.output
+    );
+    println!("{}", run.output);
+    assert!(
+        screenshot.is_file(),
+        "no screenshot at {}",
+        screenshot.display()
+    );
+    assert!(
+        !proxy.stderr_text().contains(KEY),
+        "the proxy logged the client key in full"
+    );
+}

@@ -1,0 +1,154 @@
+// Drives the page fxproxy serves at GET / in headless Chromium, the way a person would use it.
+//
+// usage: node page_test.mjs BASE_URL KEY SYMBOLS SCREENSHOT
+//   BASE_URL    the proxy, e.g. http://127.0.0.1:8765   (or env FXPROXY_URL)
+//   KEY         a valid client key                       (or env FXPROXY_KEY)
+//   SYMBOLS     every symbol the proxy carries, A,B,C    (or env FXPROXY_SYMBOLS)
+//   SCREENSHOT  where to save the desktop screenshot     (or env FXPROXY_SCREENSHOT)
+// Uses the system Chromium (/usr/bin/chromium, or env CHROMIUM); playwright downloads no browser.
+// Exits 0 when every check passes, 1 with a message naming the failed check otherwise.
+
+import { chromium } from "playwright-core";
+
+const [baseArg, keyArg, symArg, shotArg] = process.argv.slice(2);
+const base = (baseArg || process.env.FXPROXY_URL || "").replace(/\/+$/, "");
+const key = keyArg || process.env.FXPROXY_KEY;
+const symbols = (symArg || process.env.FXPROXY_SYMBOLS || "").split(",").filter(Boolean).sort();
+const shot = shotArg || process.env.FXPROXY_SCREENSHOT;
+if (!base || !key || symbols.length < 2 || !shot) {
+  console.error("usage: node page_test.mjs BASE_URL KEY SYMBOLS(at least two, comma-separated) SCREENSHOT");
+  process.exit(2);
+}
+const DEADLINE_MS = 15000;
+const origin = new URL(base).origin;
+const wsOrigin = origin.replace(/^http/, "ws");
+
+class CheckFailed extends Error {}
+const fail = msg => { throw new CheckFailed(msg); };
+let step = "start";
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+
+// Every page opened here records what it asks for and what goes wrong in it.
+const opened = [];
+async function openPage(fragment, viewport = { width: 960, height: 360 }) {
+  const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
+  const page = await context.newPage();
+  const rec = { page, requests: [], sockets: [], errors: [] };
+  page.on("request", r => rec.requests.push(r.url()));
+  page.on("websocket", w => rec.sockets.push(w.url()));
+  page.on("pageerror", e => rec.errors.push("page error: " + e.message));
+  page.on("console", m => { if (m.type() === "error") rec.errors.push("console error: " + m.text()); });
+  opened.push(rec);
+  const response = await page.goto(base + "/" + fragment, { timeout: DEADLINE_MS });
+  if (!response || response.status() !== 200) fail(`GET / answered ${response && response.status()}, expected 200`);
+  const type = response.headers()["content-type"] || "";
+  if (!/^text\/html;\s*charset=utf-8$/i.test(type)) fail(`GET / has Content-Type "${type}", expected "text/html; charset=utf-8"`);
+  return rec;
+}
+
+const stateText = page => page.locator("#state").textContent();
+const rowSymbols = page => page.$$eval("tr[data-symbol]", rows => rows.map(r => r.dataset.symbol));
+
+// Polls in the page until fn(arg) is truthy; on time-out, fails with what the page shows.
+async function waitFor(page, what, fn, arg) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: DEADLINE_MS, polling: 100 });
+  } catch (e) {
+    if (!/Timeout/i.test(e.message)) throw e;
+    fail(`${what}: not seen within ${DEADLINE_MS} ms (state "${await stateText(page)}", rows [${await rowSymbols(page)}])`);
+  }
+}
+
+async function waitForRows(page, want) {
+  await waitFor(page, `rows for ${want}`,
+    w => w.every(s => document.querySelector(`tr[data-symbol="${s}"] .bid`)?.textContent), want);
+}
+
+async function waitForTick(page, symbol) {
+  const before = await page.locator(`tr[data-symbol="${symbol}"] .bid`).textContent();
+  await waitFor(page, `a new ${symbol} bid after ${before}`,
+    ([s, b]) => document.querySelector(`tr[data-symbol="${s}"] .bid`)?.textContent !== b, [symbol, before]);
+}
+
+function checkOnlyProxyTraffic(rec) {
+  for (const url of [...rec.requests, ...rec.sockets]) {
+    if (url.startsWith("data:")) continue;
+    const u = new URL(url);
+    if (u.origin !== origin && u.origin !== wsOrigin) fail(`the page made a request outside the proxy: ${url}`);
+    if (u.search.includes(encodeURIComponent(key)) || u.search.includes(key)) fail(`the key appeared in a query string: ${url}`);
+  }
+  for (const url of rec.sockets) {
+    if (new URL(url).origin !== wsOrigin) fail(`WebSocket to ${url}, expected ${wsOrigin}/`);
+  }
+  if (rec.errors.length) fail(rec.errors.join("\n"));
+}
+
+try {
+  step = "good key: every symbol, live, ticking";
+  const good = await openPage(`#key=${encodeURIComponent(key)}`);
+  let page = good.page;
+  await waitForRows(page, symbols);
+  await waitFor(page, '#state "live"', () => document.querySelector("#state").textContent.includes("live"));
+  const got = await rowSymbols(page);
+  if (JSON.stringify(got) !== JSON.stringify(symbols)) fail(`rows are [${got}], expected exactly [${symbols}] in symbol order`);
+  await waitForTick(page, symbols[0]);
+  for (const s of symbols) {
+    const cells = await page.$eval(`tr[data-symbol="${s}"]`, tr =>
+      Object.fromEntries(["bid", "ask", "spread", "change", "age"].map(c => [c, tr.querySelector("." + c).textContent])));
+    const bid = Number(cells.bid), ask = Number(cells.ask);
+    if (!(bid > 0 && ask > 0 && bid <= ask)) fail(`${s}: bid ${cells.bid} / ask ${cells.ask} are not prices with bid <= ask`);
+    if (!/^\d+\.\d$/.test(cells.spread)) fail(`${s}: spread "${cells.spread}" is not pips with one decimal`);
+    if (!/^[+-]?\d+\.\d$/.test(cells.change)) fail(`${s}: change "${cells.change}" is not signed pips with one decimal`);
+    if (!/^\d+(\.\d)? (s|min|h)$/.test(cells.age)) fail(`${s}: age "${cells.age}" is not a duration`);
+  }
+  if (await page.evaluate(() => localStorage.length)) fail("the page stored something in localStorage without 'remember' ticked");
+  await page.screenshot({ path: shot, fullPage: true });
+  checkOnlyProxyTraffic(good);
+  console.log(`ok - good key: rows [${got}], bids tick, screenshot ${shot}`);
+
+  step = "wrong key: refused with the reason, no rows, no retry";
+  const bad = await openPage(`#key=${encodeURIComponent("wrong-" + key)}`);
+  page = bad.page;
+  await waitFor(page, '#state "Authentication failed"',
+    () => document.querySelector("#state").textContent.includes("Authentication failed"));
+  if ((await rowSymbols(page)).length) fail(`a refused page shows rows [${await rowSymbols(page)}]`);
+  // The refusal must stick: watch past the first back-off (about 1 s) for a retry with the same key.
+  await page.waitForTimeout(2500);
+  if (bad.sockets.length !== 1) fail(`the page opened ${bad.sockets.length} WebSockets after a 1008 refusal, expected 1 (no retry with the same key)`);
+  if (!(await stateText(page)).includes("Authentication failed")) fail(`#state changed to "${await stateText(page)}" after the refusal`);
+  checkOnlyProxyTraffic(bad);
+  console.log("ok - wrong key: refused, no rows, no retry");
+
+  step = "symbol filter: only the chosen rows";
+  const want = symbols.slice(0, 2);
+  const filtered = await openPage(`#key=${encodeURIComponent(key)}&symbols=${want.join(",")}`);
+  page = filtered.page;
+  await waitForRows(page, want);
+  await waitForTick(page, want[1]);
+  const only = await rowSymbols(page);
+  if (JSON.stringify(only) !== JSON.stringify(want)) fail(`rows are [${only}], expected only [${want}]`);
+  checkOnlyProxyTraffic(filtered);
+  console.log(`ok - filter: rows [${only}]`);
+
+  step = "phone: 390x844 without sideways scrolling";
+  const phone = await openPage(`#key=${encodeURIComponent(key)}`, { width: 390, height: 844 });
+  page = phone.page;
+  await waitForRows(page, symbols);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (overflow > 0) fail(`the page is ${overflow} px wider than a 390 px phone screen`);
+  if (process.env.FXPROXY_PHONE_SCREENSHOT) await page.screenshot({ path: process.env.FXPROXY_PHONE_SCREENSHOT });
+  checkOnlyProxyTraffic(phone);
+  console.log("ok - phone: fits 390 px");
+
+  console.log("page_test: 4 passed, 0 failed");
+} catch (e) {
+  console.error(`FAILED - ${step}: ${e instanceof CheckFailed ? e.message : e.stack || e}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
