@@ -434,8 +434,14 @@ fn deliver_loop(
             }
             tick = next_tick(ping_every);
         }
-        if slot.going_idle(rx) {
-            std::thread::park_timeout(tick.saturating_duration_since(Instant::now()));
+        let appointment = if written > 0 {
+            ctx.hub.next_batch_wake(Instant::now())
+        } else {
+            None
+        };
+        if slot.going_idle(rx, appointment.is_some()) {
+            let until = appointment.map_or(tick, |a| a.min(tick));
+            std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
             slot.awake();
         }
     }

@@ -4,12 +4,13 @@
 //!
 //! A frame's bytes (`Utf8Bytes`) are reference-counted: every client queue holds the same
 //! allocation. Writers are woken once per batch, and only when they are idle; a writer still busy
-//! with the previous batch picks the new frames up before it parks again.
+//! with the previous batch picks the new frames up before it parks again, and while quotes
+//! stream, writers wake by their own timers just after each batch.
 
 use crate::keys::KeyStore;
 use crate::metrics::{now_ms, Metrics};
 use crate::protocol;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -40,6 +41,13 @@ impl Kick {
     }
 }
 
+// A writer's state, as wakers see it.
+const RUNNING: u8 = 0;
+/// Parked until somebody unparks it (or its keep-alive tick).
+const PARKED: u8 = 1;
+/// Parked until just after the distributor's next batch: nobody needs to unpark it.
+const PARKED_TIMED: u8 = 2;
+
 /// One authenticated client as the distributor sees it: its queue, what it wants, and how to
 /// wake its writer thread.
 pub struct ClientSlot {
@@ -49,8 +57,7 @@ pub struct ClientSlot {
     /// Indexed by symbol id; `None` means every symbol.
     wants: Option<Box<[bool]>>,
     thread: Thread,
-    /// True while the writer is parked or about to park: only then does it need an unpark.
-    idle: AtomicBool,
+    state: AtomicU8,
     /// Set by the socket watcher when the client sent something (a ping, a close).
     pub readable: AtomicBool,
     kick: AtomicU8,
@@ -61,10 +68,25 @@ impl ClientSlot {
         self.wants.as_ref().map_or(true, |w| w[symbol])
     }
 
-    /// Wakes the writer if it is parked. Callers publish their news (a queued frame, a flag)
-    /// before calling, and the writer re-checks after announcing it is idle, so no wake-up is lost.
+    /// Wakes the writer if it is parked, whatever it is waiting for. Callers publish their
+    /// news (a flag, a kick) first, and the writer re-checks after announcing that it parks,
+    /// so no wake-up is lost.
     pub fn wake(&self) {
-        if self.idle.swap(false, Ordering::SeqCst) {
+        if self.state.swap(RUNNING, Ordering::SeqCst) != RUNNING {
+            self.thread.unpark();
+        }
+    }
+
+    /// The distributor's wake after queueing frames: only a writer parked without an
+    /// appointment needs the (costly, serial) unpark; a busy one drains before it parks, and
+    /// a timed one wakes by itself right after the batch.
+    fn offer(&self) {
+        if self.state.load(Ordering::SeqCst) == PARKED
+            && self
+                .state
+                .compare_exchange(PARKED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
             self.thread.unpark();
         }
     }
@@ -80,19 +102,20 @@ impl ClientSlot {
         Kick::from_u8(self.kick.load(Ordering::SeqCst))
     }
 
-    /// Announces the writer is about to park. Returns false when there is already work, in
-    /// which case the writer must not park.
-    pub fn going_idle(&self, rx: &Receiver<Utf8Bytes>) -> bool {
-        self.idle.store(true, Ordering::SeqCst);
+    /// Announces the writer is about to park (`timed`: only until the next batch). Returns
+    /// false when there is already work, in which case the writer must not park.
+    pub fn going_idle(&self, rx: &Receiver<Utf8Bytes>, timed: bool) -> bool {
+        let state = if timed { PARKED_TIMED } else { PARKED };
+        self.state.store(state, Ordering::SeqCst);
         if !rx.is_empty() || self.readable.load(Ordering::SeqCst) || self.kicked() != Kick::None {
-            self.idle.store(false, Ordering::SeqCst);
+            self.state.store(RUNNING, Ordering::SeqCst);
             return false;
         }
         true
     }
 
     pub fn awake(&self) {
-        self.idle.store(false, Ordering::SeqCst);
+        self.state.store(RUNNING, Ordering::SeqCst);
     }
 }
 
@@ -120,6 +143,12 @@ pub struct Hub {
     last_quote_ms: Vec<AtomicU64>,
     metrics: Arc<Metrics>,
     inner: Mutex<HubInner>,
+    /// The batch grid: while quotes stream, busy writers sleep until the next instant
+    /// `epoch + k × batch` and then write all that was queued meanwhile.
+    batch: Duration,
+    epoch: Instant,
+    /// True while quotes come faster than one per `batch`.
+    streaming: AtomicBool,
 }
 
 impl Hub {
@@ -127,6 +156,7 @@ impl Hub {
         symbols: &[String],
         queue_len: usize,
         max_per_key: usize,
+        batch: Duration,
         metrics: Arc<Metrics>,
     ) -> Hub {
         Hub {
@@ -146,7 +176,27 @@ impl Hub {
                 latest: vec![None; symbols.len()],
                 per_key: HashMap::new(),
             }),
+            batch,
+            epoch: Instant::now(),
+            streaming: AtomicBool::new(false),
         }
+    }
+
+    /// The first instant on the batch grid after `now`.
+    pub fn next_tick(&self, now: Instant) -> Instant {
+        let step = self.batch.as_nanos().max(1);
+        let since = now.saturating_duration_since(self.epoch).as_nanos();
+        let k = since / step + 1;
+        self.epoch + Duration::from_nanos((k * step) as u64)
+    }
+
+    /// When a writer that just delivered frames should wake for the next batch, if quotes are
+    /// streaming on the grid; `None` means "wait to be woken".
+    pub fn next_batch_wake(&self, now: Instant) -> Option<Instant> {
+        if self.batch.is_zero() || !self.streaming.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.next_tick(now))
     }
 
     pub fn symbol_id(&self, symbol: &str) -> Option<usize> {
@@ -194,7 +244,7 @@ impl Hub {
             tx,
             wants,
             thread,
-            idle: AtomicBool::new(false),
+            state: AtomicU8::new(RUNNING),
             readable: AtomicBool::new(false),
             kick: AtomicU8::new(0),
         });
@@ -255,7 +305,10 @@ impl Hub {
     }
 
     /// Offers a batch of quotes (symbol id, frame) to every client that wants them.
-    fn publish(&self, batch: &[(usize, Utf8Bytes)]) {
+    /// Queues a batch for every interested client, then wakes those that need it. All queues
+    /// are filled before the first (slow) unpark, so writers woken by their own timers find
+    /// their frames, and the lock is not held across syscalls.
+    fn publish(&self, batch: &[(usize, Utf8Bytes)], woken: &mut Vec<Arc<ClientSlot>>) {
         let now = now_ms();
         let mut inner = self.inner.lock();
         for (id, frame) in batch {
@@ -276,7 +329,7 @@ impl Hub {
                 queued = true;
             }
             if queued {
-                client.wake();
+                woken.push(Arc::clone(client));
             }
         }
         for pos in slow.into_iter().rev() {
@@ -286,42 +339,43 @@ impl Hub {
                 .slow_consumer_disconnects
                 .fetch_add(1, Ordering::Relaxed);
         }
+        drop(inner);
+        for client in woken.drain(..) {
+            client.offer();
+        }
     }
 }
 
 /// The distributor thread's body: runs until the upstream side drops its sender.
-pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>, batch_delay: Duration) {
+///
+/// Every quote is queued for its clients the moment it arrives. While quotes stream faster
+/// than one per batch period, busy writers do not wait for an unpark from here: they sleep
+/// until the next tick of the batch grid and write everything queued meanwhile in one go. A
+/// wake-up and a `send` per client per batch are most of the proxy's CPU, and an unpark from
+/// this one thread to a thousand others is slow and serial; timers wake them in parallel.
+pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
     let mut batch: Vec<(usize, Utf8Bytes)> = Vec::with_capacity(64);
     let mut ignored = RateLimited::new(Duration::from_secs(60));
-    loop {
-        let first = match frames.recv() {
-            Ok(frame) => frame,
-            Err(_) => return,
-        };
-        let mut next = Some(first);
-        let deadline = Instant::now() + batch_delay;
-        loop {
-            if let Some(frame) = next.take() {
-                match protocol::quote_symbol(&frame).and_then(|s| hub.symbol_id(&s)) {
-                    Some(id) => batch.push((id, frame)),
-                    None => ignored.note(|n| {
-                        warn!("ignored {n} upstream frame(s) that are not quotes of a configured symbol, e.g. {:.120}", frame.as_str())
-                    }),
-                }
-            }
-            // Take whatever has queued up meanwhile; with a batch delay, wait for more until
-            // the deadline so writers wake (and write) once for several quotes.
-            next = match frames.try_recv() {
-                Ok(frame) => Some(frame),
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) if batch_delay.is_zero() || batch.is_empty() => break,
-                Err(TryRecvError::Empty) => match frames.recv_deadline(deadline) {
-                    Ok(frame) => Some(frame),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                },
-            };
-            if next.is_none() {
-                break;
+    let mut woken = Vec::new();
+    let mut last_arrival: Option<Instant> = None;
+    // Mean time between arrivals, smoothed over about eight of them.
+    let mut mean_gap = Duration::from_secs(1);
+    while let Ok(first) = frames.recv() {
+        let now = Instant::now();
+        if let Some(last) = last_arrival {
+            mean_gap = (mean_gap * 7 + (now - last)) / 8;
+        }
+        last_arrival = Some(now);
+        hub.streaming.store(
+            !hub.batch.is_zero() && mean_gap < hub.batch,
+            Ordering::Relaxed,
+        );
+        for frame in std::iter::once(first).chain(frames.try_iter()) {
+            match protocol::quote_symbol(&frame).and_then(|s| hub.symbol_id(&s)) {
+                Some(id) => batch.push((id, frame)),
+                None => ignored.note(|n| {
+                    warn!("ignored {n} upstream frame(s) that are not quotes of a configured symbol, e.g. {:.120}", frame.as_str())
+                }),
             }
         }
         if !batch.is_empty() {
@@ -329,7 +383,7 @@ pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>, batch_delay: Duration) {
                 .quotes_received
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             hub.metrics.last_quote_ms.store(now_ms(), Ordering::Relaxed);
-            hub.publish(&batch);
+            hub.publish(&batch, &mut woken);
             debug!("published {} quote(s)", batch.len());
             batch.clear();
         }
@@ -368,7 +422,13 @@ mod tests {
 
     fn hub(queue_len: usize) -> Arc<Hub> {
         let symbols = vec!["EURUSD".to_string(), "GBPUSD".to_string()];
-        Arc::new(Hub::new(&symbols, queue_len, 2, Arc::new(Metrics::new())))
+        Arc::new(Hub::new(
+            &symbols,
+            queue_len,
+            2,
+            Duration::ZERO,
+            Arc::new(Metrics::new()),
+        ))
     }
 
     fn frame(sym: &str, n: u32) -> Utf8Bytes {
@@ -382,10 +442,13 @@ mod tests {
     #[test]
     fn snapshot_then_live_without_duplicates() {
         let hub = hub(16);
-        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
-        hub.publish(&[(0, frame("EURUSD", 2))]);
+        hub.publish(
+            &[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))],
+            &mut Vec::new(),
+        );
+        hub.publish(&[(0, frame("EURUSD", 2))], &mut Vec::new());
         let (_slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
-        hub.publish(&[(1, frame("GBPUSD", 2))]);
+        hub.publish(&[(1, frame("GBPUSD", 2))], &mut Vec::new());
         assert_eq!(
             drain(&rx),
             vec![
@@ -403,7 +466,10 @@ mod tests {
         let (_slot, rx) = hub
             .join("key-1", Some(&only), std::thread::current())
             .unwrap();
-        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
+        hub.publish(
+            &[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))],
+            &mut Vec::new(),
+        );
         assert_eq!(drain(&rx), vec![r#"{"symbol":"GBPUSD","n":1}"#]);
         let bad = vec!["XAUUSD".to_string()];
         assert_eq!(
@@ -418,7 +484,7 @@ mod tests {
         let (slow, _slow_rx) = hub.join("key-1", None, std::thread::current()).unwrap();
         let (fast, fast_rx) = hub.join("key-2", None, std::thread::current()).unwrap();
         for n in 0..3 {
-            hub.publish(&[(0, frame("EURUSD", n))]);
+            hub.publish(&[(0, frame("EURUSD", n))], &mut Vec::new());
             drain(&fast_rx);
         }
         assert_eq!(slow.kicked(), Kick::SlowConsumer);
@@ -449,10 +515,31 @@ mod tests {
     fn an_idle_writer_is_woken_and_a_busy_one_is_not() {
         let hub = hub(8);
         let (slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
-        assert!(slot.going_idle(&rx));
-        hub.publish(&[(0, frame("EURUSD", 1))]);
-        assert!(!slot.idle.load(Ordering::SeqCst), "publishing woke it");
-        assert!(!slot.going_idle(&rx), "queued work keeps it from parking");
+        assert!(slot.going_idle(&rx, false));
+        hub.publish(&[(0, frame("EURUSD", 1))], &mut Vec::new());
+        assert_eq!(
+            slot.state.load(Ordering::SeqCst),
+            RUNNING,
+            "publishing woke it"
+        );
+        assert!(
+            !slot.going_idle(&rx, false),
+            "queued work keeps it from parking"
+        );
+        rx.try_recv().unwrap();
+        assert!(slot.going_idle(&rx, true));
+        hub.publish(&[(0, frame("EURUSD", 2))], &mut Vec::new());
+        assert_eq!(
+            slot.state.load(Ordering::SeqCst),
+            PARKED_TIMED,
+            "a timed writer wakes itself"
+        );
+        slot.wake();
+        assert_eq!(
+            slot.state.load(Ordering::SeqCst),
+            RUNNING,
+            "but a kick or a ping wakes it"
+        );
     }
 
     #[test]
@@ -468,7 +555,7 @@ mod tests {
             tx.send(Utf8Bytes::from(text)).unwrap();
         }
         drop(tx);
-        run(Arc::clone(&hub), frames, Duration::ZERO);
+        run(Arc::clone(&hub), frames);
         assert_eq!(drain(&rx), vec![r#"{"symbol":"EURUSD"}"#]);
         assert_eq!(hub.metrics.quotes_received.load(Ordering::Relaxed), 1);
     }

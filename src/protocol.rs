@@ -43,6 +43,10 @@ struct QuoteHead<'a> {
 /// The symbol of a quote frame: a JSON object with a string `symbol`. Anything else is not a
 /// quote. Other fields are skipped, not built, so this is the one parse a frame gets.
 pub fn quote_symbol(text: &str) -> Option<std::borrow::Cow<'_, str>> {
+    // serde would also read a struct from a JSON array (`["EURUSD"]`); a quote is an object.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
     serde_json::from_str::<QuoteHead<'_>>(text)
         .ok()
         .map(|head| head.symbol)

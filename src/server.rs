@@ -144,6 +144,7 @@ impl Server {
             &config.symbols,
             config.client_queue_len,
             config.max_clients_per_key,
+            config.batch_delay,
             Arc::clone(&metrics),
         ));
         let (watcher, watcher_thread) = Watcher::start().map_err(StartError::Thread)?;
@@ -172,7 +173,6 @@ impl Server {
             stale_after: config.upstream_stale,
             market_hours: config.market_hours,
         };
-        let batch_delay = config.batch_delay;
         let ctx = Arc::new(Context {
             config,
             hub,
@@ -187,7 +187,7 @@ impl Server {
         // fall behind, the upstream read waits and TCP pushes back on the source.
         let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
         spawn(&ctx, "distributor".into(), SERVICE_STACK, move |ctx| {
-            distributor::run(Arc::clone(&ctx.hub), frames_rx, batch_delay)
+            distributor::run(Arc::clone(&ctx.hub), frames_rx)
         })
         .map_err(StartError::Thread)?;
         spawn(&ctx, "upstream".into(), SERVICE_STACK, move |ctx| {

@@ -300,3 +300,41 @@ fn shutdown_sends_every_client_going_away() {
     }
     assert_eq!(pending.expect_close().0, 1001);
 }
+
+#[test]
+fn batching_on_the_grid_loses_and_reorders_nothing() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::start(&up.url(), "batch_delay_ms = 20", &format!("{KEY}\n"));
+    up.expect_subscribe();
+    let mut clients: Vec<Client> = (0..3)
+        .map(|_| Client::auth(proxy.addr, KEY, None))
+        .collect();
+    eventually("clients registered", || {
+        proxy
+            .server()
+            .metrics()
+            .clients_connected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 3
+    });
+    // Faster than one quote per batch period, so writers move onto the batch grid.
+    let sent: Vec<String> = (0..300)
+        .map(|n| quote(["EURUSD", "GBPUSD"][n % 2], n as u64))
+        .collect();
+    for q in &sent {
+        up.send(q);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for c in &mut clients {
+        let got: Vec<String> = (0..sent.len()).map(|_| c.next_text()).collect();
+        assert_eq!(got, sent);
+    }
+    // Once the stream stops, a lone quote is still delivered promptly.
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    up.send(&quote("USDJPY", 1));
+    for c in &mut clients {
+        assert_eq!(c.next_text(), quote("USDJPY", 1));
+    }
+    assert!(t.elapsed() < Duration::from_millis(500));
+}
