@@ -435,7 +435,7 @@ fn deliver_loop(
             tick = next_tick(ping_every);
         }
         let appointment = if written > 0 {
-            ctx.hub.next_batch_wake(Instant::now())
+            ctx.hub.next_batch_wake(slot, Instant::now())
         } else {
             None
         };
@@ -443,6 +443,7 @@ fn deliver_loop(
             let until = appointment.map_or(tick, |a| a.min(tick));
             std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
             slot.awake();
+            slot.help_wake();
         }
     }
 }

@@ -201,7 +201,7 @@ impl Config {
             http_endpoints: true,
             page: true,
             status_interval: Some(Duration::from_secs(60)),
-            batch_delay: Duration::ZERO,
+            batch_delay: Duration::from_millis(20),
             sim_rate: 20,
             log_level: LogLevel::Info,
         }
@@ -765,7 +765,7 @@ mod tests {
         assert!(c.http_endpoints);
         assert!(c.page);
         assert_eq!(c.status_interval, Some(Duration::from_secs(60)));
-        assert_eq!(c.batch_delay, Duration::ZERO);
+        assert_eq!(c.batch_delay, Duration::from_millis(20));
         assert_eq!(c.sim_rate, 20);
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.line_of("symbols"), Some(2));
@@ -783,7 +783,7 @@ mod tests {
              upstream_connect_timeout_secs = 10\nupstream_ping_secs = 15\nmarket_hours = fx\n\
              client_queue_len = 1024\nclient_ping_secs = 30\nmax_clients = 10000\n\
              max_clients_per_key = 0\nmax_message_bytes = 4096\nallowed_origins =\n\
-             http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 0\n\
+             http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 20\n\
              sim_rate = 20\nlog_level = info\n"
         );
         let c = parse_ok(&text);

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -58,6 +58,8 @@ pub struct ClientSlot {
     wants: Option<Box<[bool]>>,
     thread: Thread,
     state: AtomicU8,
+    /// A wake-up chain this writer was woken from and should help along.
+    chain: Mutex<Option<Arc<WakeChain>>>,
     /// Set by the socket watcher when the client sent something (a ping, a close).
     pub readable: AtomicBool,
     kick: AtomicU8,
@@ -77,17 +79,30 @@ impl ClientSlot {
         }
     }
 
-    /// The distributor's wake after queueing frames: only a writer parked without an
-    /// appointment needs the (costly, serial) unpark; a busy one drains before it parks, and
-    /// a timed one wakes by itself right after the batch.
-    fn offer(&self) {
-        if self.state.load(Ordering::SeqCst) == PARKED
-            && self
-                .state
-                .compare_exchange(PARKED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
+    /// Whether the distributor must wake this writer for new frames: only one parked without
+    /// an appointment. A busy one drains before it parks; a timed one wakes by itself.
+    fn needs_wake(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == PARKED
+    }
+
+    /// Wakes a writer parked without an appointment, handing it `chain` to help along.
+    fn wake_from(&self, chain: &Arc<WakeChain>) {
+        if self
+            .state
+            .compare_exchange(PARKED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
         {
+            *self.chain.lock() = Some(Arc::clone(chain));
             self.thread.unpark();
+        }
+    }
+
+    /// Called by the writer when it wakes: if it was woken from a chain, it wakes the next
+    /// few writers of that chain before its own work.
+    pub fn help_wake(&self) {
+        let chain = self.chain.lock().take();
+        if let Some(chain) = chain {
+            chain.wake_some(CHAIN_FANOUT);
         }
     }
 
@@ -107,6 +122,8 @@ impl ClientSlot {
     pub fn going_idle(&self, rx: &Receiver<Utf8Bytes>, timed: bool) -> bool {
         let state = if timed { PARKED_TIMED } else { PARKED };
         self.state.store(state, Ordering::SeqCst);
+        // Pairs with the distributor's fence between filling queues and reading states.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if !rx.is_empty() || self.readable.load(Ordering::SeqCst) || self.kicked() != Kick::None {
             self.state.store(RUNNING, Ordering::SeqCst);
             return false;
@@ -116,6 +133,39 @@ impl ClientSlot {
 
     pub fn awake(&self) {
         self.state.store(RUNNING, Ordering::SeqCst);
+    }
+}
+
+/// Deliveries per second above which writers batch (see `Hub::worth_batching`): at a few
+/// microseconds of wake-up and send per delivery, below this the proxy needs well under a
+/// tenth of a core however it wakes its writers.
+const BATCH_ABOVE: f64 = 50_000.0;
+
+/// How many groups the writers' batch grid is staggered into.
+const PHASES: u64 = 8;
+
+/// How many more writers each writer woken from a chain wakes.
+const CHAIN_FANOUT: usize = 2;
+
+/// The writers one batch must unpark. An unpark costs several microseconds here and the woken
+/// thread often preempts its waker, so one thread waking thousands in turn is slow; instead
+/// each woken writer wakes a couple more, and the wake-ups spread over every core like a tree.
+pub struct WakeChain {
+    slots: Vec<Arc<ClientSlot>>,
+    next: AtomicUsize,
+}
+
+impl WakeChain {
+    /// Wakes up to `n` writers not yet claimed; returns false once the chain is exhausted.
+    fn wake_some(self: &Arc<Self>, n: usize) -> bool {
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            match self.slots.get(i) {
+                Some(slot) => slot.wake_from(self),
+                None => return false,
+            }
+        }
+        true
     }
 }
 
@@ -183,20 +233,37 @@ impl Hub {
     }
 
     /// The first instant on the batch grid after `now`.
-    pub fn next_tick(&self, now: Instant) -> Instant {
-        let step = self.batch.as_nanos().max(1);
-        let since = now.saturating_duration_since(self.epoch).as_nanos();
-        let k = since / step + 1;
-        self.epoch + Duration::from_nanos((k * step) as u64)
+    /// Batching pays when quotes come faster than one per batch period and waking every
+    /// writer for every quote would cost real CPU; below `BATCH_ABOVE` deliveries a second
+    /// each quote goes out at once.
+    fn worth_batching(&self, mean_gap: Duration) -> bool {
+        if self.batch.is_zero() || mean_gap >= self.batch {
+            return false;
+        }
+        let clients = self.inner.lock().clients.len() as f64;
+        clients / mean_gap.as_secs_f64().max(1e-6) > BATCH_ABOVE
     }
 
-    /// When a writer that just delivered frames should wake for the next batch, if quotes are
-    /// streaming on the grid; `None` means "wait to be woken".
-    pub fn next_batch_wake(&self, now: Instant) -> Option<Instant> {
+    fn next_tick(&self, now: Instant, phase: u64) -> Instant {
+        let step = self.batch.as_nanos().max(1);
+        let offset = step * u128::from(phase % PHASES) / u128::from(PHASES);
+        let since = now.saturating_duration_since(self.epoch).as_nanos();
+        let next = match since.checked_sub(offset) {
+            Some(past) => (past / step + 1) * step + offset,
+            None => offset,
+        };
+        self.epoch + Duration::from_nanos(next as u64)
+    }
+
+    /// When a writer that just delivered frames should wake for its next batch, if quotes are
+    /// streaming; `None` means "wait to be woken". Writers are spread over `PHASES` offsets of
+    /// the grid: all of them waking at one instant would starve everything else on the host
+    /// (the upstream reader, the distributor, the clients themselves) for the whole burst.
+    pub fn next_batch_wake(&self, slot: &ClientSlot, now: Instant) -> Option<Instant> {
         if self.batch.is_zero() || !self.streaming.load(Ordering::Relaxed) {
             return None;
         }
-        Some(self.next_tick(now))
+        Some(self.next_tick(now, slot.id))
     }
 
     pub fn symbol_id(&self, symbol: &str) -> Option<usize> {
@@ -245,6 +312,7 @@ impl Hub {
             wants,
             thread,
             state: AtomicU8::new(RUNNING),
+            chain: Mutex::new(None),
             readable: AtomicBool::new(false),
             kick: AtomicU8::new(0),
         });
@@ -308,7 +376,7 @@ impl Hub {
     /// Queues a batch for every interested client, then wakes those that need it. All queues
     /// are filled before the first (slow) unpark, so writers woken by their own timers find
     /// their frames, and the lock is not held across syscalls.
-    fn publish(&self, batch: &[(usize, Utf8Bytes)], woken: &mut Vec<Arc<ClientSlot>>) {
+    fn publish(&self, batch: &[(usize, Utf8Bytes)]) {
         let now = now_ms();
         let mut inner = self.inner.lock();
         for (id, frame) in batch {
@@ -316,6 +384,7 @@ impl Hub {
             self.last_quote_ms[*id].store(now, Ordering::Relaxed);
         }
         let mut slow = Vec::new();
+        let mut woken = Vec::new();
         for (pos, client) in inner.clients.iter().enumerate() {
             let mut queued = false;
             for (_, frame) in batch.iter().filter(|(id, _)| client.wants(*id)) {
@@ -340,8 +409,15 @@ impl Hub {
                 .fetch_add(1, Ordering::Relaxed);
         }
         drop(inner);
-        for client in woken.drain(..) {
-            client.offer();
+        // After every queue is filled: a writer that parks meanwhile sees its frames.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        woken.retain(|c| c.needs_wake());
+        if !woken.is_empty() {
+            let chain = Arc::new(WakeChain {
+                slots: woken,
+                next: AtomicUsize::new(0),
+            });
+            while chain.wake_some(CHAIN_FANOUT) {}
         }
     }
 }
@@ -356,7 +432,6 @@ impl Hub {
 pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
     let mut batch: Vec<(usize, Utf8Bytes)> = Vec::with_capacity(64);
     let mut ignored = RateLimited::new(Duration::from_secs(60));
-    let mut woken = Vec::new();
     let mut last_arrival: Option<Instant> = None;
     // Mean time between arrivals, smoothed over about eight of them.
     let mut mean_gap = Duration::from_secs(1);
@@ -366,10 +441,8 @@ pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
             mean_gap = (mean_gap * 7 + (now - last)) / 8;
         }
         last_arrival = Some(now);
-        hub.streaming.store(
-            !hub.batch.is_zero() && mean_gap < hub.batch,
-            Ordering::Relaxed,
-        );
+        hub.streaming
+            .store(hub.worth_batching(mean_gap), Ordering::Relaxed);
         for frame in std::iter::once(first).chain(frames.try_iter()) {
             match protocol::quote_symbol(&frame).and_then(|s| hub.symbol_id(&s)) {
                 Some(id) => batch.push((id, frame)),
@@ -383,7 +456,7 @@ pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
                 .quotes_received
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             hub.metrics.last_quote_ms.store(now_ms(), Ordering::Relaxed);
-            hub.publish(&batch, &mut woken);
+            hub.publish(&batch);
             debug!("published {} quote(s)", batch.len());
             batch.clear();
         }
@@ -442,13 +515,10 @@ mod tests {
     #[test]
     fn snapshot_then_live_without_duplicates() {
         let hub = hub(16);
-        hub.publish(
-            &[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))],
-            &mut Vec::new(),
-        );
-        hub.publish(&[(0, frame("EURUSD", 2))], &mut Vec::new());
+        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
+        hub.publish(&[(0, frame("EURUSD", 2))]);
         let (_slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
-        hub.publish(&[(1, frame("GBPUSD", 2))], &mut Vec::new());
+        hub.publish(&[(1, frame("GBPUSD", 2))]);
         assert_eq!(
             drain(&rx),
             vec![
@@ -466,10 +536,7 @@ mod tests {
         let (_slot, rx) = hub
             .join("key-1", Some(&only), std::thread::current())
             .unwrap();
-        hub.publish(
-            &[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))],
-            &mut Vec::new(),
-        );
+        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
         assert_eq!(drain(&rx), vec![r#"{"symbol":"GBPUSD","n":1}"#]);
         let bad = vec!["XAUUSD".to_string()];
         assert_eq!(
@@ -484,7 +551,7 @@ mod tests {
         let (slow, _slow_rx) = hub.join("key-1", None, std::thread::current()).unwrap();
         let (fast, fast_rx) = hub.join("key-2", None, std::thread::current()).unwrap();
         for n in 0..3 {
-            hub.publish(&[(0, frame("EURUSD", n))], &mut Vec::new());
+            hub.publish(&[(0, frame("EURUSD", n))]);
             drain(&fast_rx);
         }
         assert_eq!(slow.kicked(), Kick::SlowConsumer);
@@ -516,7 +583,7 @@ mod tests {
         let hub = hub(8);
         let (slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
         assert!(slot.going_idle(&rx, false));
-        hub.publish(&[(0, frame("EURUSD", 1))], &mut Vec::new());
+        hub.publish(&[(0, frame("EURUSD", 1))]);
         assert_eq!(
             slot.state.load(Ordering::SeqCst),
             RUNNING,
@@ -528,7 +595,7 @@ mod tests {
         );
         rx.try_recv().unwrap();
         assert!(slot.going_idle(&rx, true));
-        hub.publish(&[(0, frame("EURUSD", 2))], &mut Vec::new());
+        hub.publish(&[(0, frame("EURUSD", 2))]);
         assert_eq!(
             slot.state.load(Ordering::SeqCst),
             PARKED_TIMED,
@@ -540,6 +607,62 @@ mod tests {
             RUNNING,
             "but a kick or a ping wakes it"
         );
+    }
+
+    #[test]
+    fn batch_ticks_are_staggered_over_the_grid() {
+        let symbols = vec!["EURUSD".to_string()];
+        let hub = Hub::new(
+            &symbols,
+            8,
+            0,
+            Duration::from_millis(16),
+            Arc::new(Metrics::new()),
+        );
+        let now = hub.epoch + Duration::from_millis(33);
+        let ticks: Vec<Duration> = (0..PHASES)
+            .map(|phase| hub.next_tick(now, phase) - hub.epoch)
+            .collect();
+        // Phase p ticks at k x 16 ms + p x 2 ms: the next one after 33 ms.
+        let ms = |d: &Duration| d.as_millis() as u64;
+        assert_eq!(
+            ticks.iter().map(ms).collect::<Vec<_>>(),
+            vec![48, 34, 36, 38, 40, 42, 44, 46]
+        );
+        assert!(ticks
+            .iter()
+            .all(|t| *t > Duration::from_millis(33) && *t <= Duration::from_millis(49)));
+    }
+
+    #[test]
+    fn batching_needs_a_fast_feed_and_many_deliveries() {
+        let hub = hub_with_batch(Duration::from_millis(20));
+        assert!(!hub.worth_batching(Duration::from_millis(5)), "no clients");
+        let joined: Vec<_> = (0..300)
+            .map(|_| hub.join("key-1", None, std::thread::current()).unwrap())
+            .collect();
+        assert!(hub.worth_batching(Duration::from_millis(5)), "300 x 200/s");
+        assert!(
+            !hub.worth_batching(Duration::from_millis(25)),
+            "slower than the period"
+        );
+        assert!(
+            !hub.worth_batching(Duration::from_millis(10)),
+            "300 x 100/s is little work"
+        );
+        let (slot, _) = &joined[0];
+        assert!(
+            hub.next_batch_wake(slot, Instant::now()).is_none(),
+            "not streaming yet"
+        );
+        hub.streaming.store(true, Ordering::Relaxed);
+        let wake = hub.next_batch_wake(slot, Instant::now()).unwrap();
+        assert!(wake <= Instant::now() + Duration::from_millis(20));
+    }
+
+    fn hub_with_batch(batch: Duration) -> Arc<Hub> {
+        let symbols = vec!["EURUSD".to_string()];
+        Arc::new(Hub::new(&symbols, 8, 0, batch, Arc::new(Metrics::new())))
     }
 
     #[test]
