@@ -405,3 +405,72 @@ fn check_config_names_file_line_and_key() {
         String::from_utf8_lossy(&shipped.stderr)
     );
 }
+
+#[test]
+fn running_out_of_descriptors_keeps_the_connected_clients_served() {
+    let dir = temp_dir("fds");
+    std::fs::write(dir.join("users.keys"), format!("{KEY}\n")).unwrap();
+    let mut proxy = Proxy::spawn_with_fd_limit(
+        &format!(
+            "upstream_url = sim\nsymbols = EURUSD\nsim_rate = 50\nuser_keys_file = {}\n",
+            dir.join("users.keys").display()
+        ),
+        48,
+    );
+    // Connect until the proxy has no descriptor left for the next one.
+    let mut clients = Vec::new();
+    while !proxy.wait_for_log("cannot accept new clients", Duration::from_millis(1)) {
+        assert!(
+            clients.len() < 48,
+            "the fd limit never bit:\n{}",
+            proxy.stderr_text()
+        );
+        let stream = std::net::TcpStream::connect(proxy.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        match tungstenite::client(format!("ws://{}/", proxy.addr), stream) {
+            Ok((ws, _)) => {
+                let mut c = Client { ws };
+                c.ws.send(Message::text(format!(r#"{{"userKey":"{KEY}"}}"#)))
+                    .unwrap();
+                c.ws.get_mut()
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                clients.push(c);
+            }
+            Err(_) => break, // the handshake was never answered: this one was not accepted
+        }
+    }
+    assert!(
+        proxy.wait_for_log("cannot accept new clients", DEADLINE),
+        "{}",
+        proxy.stderr_text()
+    );
+    // Those already connected keep receiving quotes.
+    for c in clients.iter_mut().take(5) {
+        let q = c.next_text();
+        let q = if q == "Connected" { c.next_text() } else { q };
+        assert!(q.contains("EURUSD"), "{q}");
+    }
+    // Logged once, however long it lasts.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        proxy
+            .stderr_text()
+            .matches("cannot accept new clients")
+            .count(),
+        1
+    );
+    // Free some descriptors: new clients are accepted again.
+    clients.truncate(clients.len().saturating_sub(10));
+    let mut late = Client::auth(proxy.addr, KEY, None);
+    assert!(late.next_text().contains("EURUSD"));
+    proxy.signal("TERM");
+    assert_eq!(
+        proxy
+            .wait_exit(Duration::from_secs(3))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}

@@ -204,10 +204,12 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
-        stream
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).unwrap();
+        // Short reads from here on, so `next_within` can keep to its deadline.
+        ws.get_ref()
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).unwrap();
         Client { ws }
     }
 

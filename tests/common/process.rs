@@ -39,12 +39,30 @@ impl Proxy {
 
     /// As [`Proxy::spawn`], with extra environment variables for the process.
     pub fn spawn_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+        Proxy::start(config, env, None)
+    }
+
+    /// As [`Proxy::spawn`], with the process's open-file limit lowered to `limit`.
+    pub fn spawn_with_fd_limit(config: &str, limit: u32) -> Proxy {
+        Proxy::start(config, &[], Some(limit))
+    }
+
+    fn start(config: &str, env: &[(&str, &str)], fd_limit: Option<u32>) -> Proxy {
         let dir = temp_dir();
         let config_path = dir.join("proxy.conf");
         fs::write(&config_path, format!("listen = 127.0.0.1:0\n{config}"))
             .unwrap_or_else(|e| panic!("writing {}: {e}", config_path.display()));
 
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fxproxy"));
+        let mut cmd = match fd_limit {
+            None => Command::new(env!("CARGO_BIN_EXE_fxproxy")),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_fxproxy"));
+                sh
+            }
+        };
         cmd.arg("--config")
             .arg(&config_path)
             .current_dir(&dir)

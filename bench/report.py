@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from fxbench's JSON lines (called by bench/run-sweep.sh).
+
+    python3 bench/report.py --results bench/results.jsonl --out BENCHMARKS.md \
+        --command 'bench/run-sweep.sh' --loadavg '0.12 0.30 0.40'
+
+Standard library only. The section "## Where the time goes" of an existing BENCHMARKS.md is
+kept as it is: the proxy engineer writes it from profiles, and a new sweep must not erase it.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+
+WHERE = "## Where the time goes"
+PLACEHOLDER = (
+    f"{WHERE}\n\n"
+    "<!-- Placeholder, filled in by the proxy engineer from profiles (perf, /proc). "
+    "bench/run-sweep.sh keeps this section as it is when it regenerates the file. -->\n"
+)
+
+
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def utc(ts):
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def proxy_build(root, rows):
+    exe = os.path.join(root, "target", "release", "fxproxy")
+    version = sh(exe, "--version") if os.path.exists(exe) else ""
+    built = sorted({r["binary_built_unix"] for r in rows if r.get("binary_built_unix")})
+    if not built:
+        return version or "not run"
+    when = ", ".join(utc(b) for b in built)
+    note = " — the binary was rebuilt during the sweep" if len(built) > 1 else ""
+    return f"{version or 'fxproxy'}, binary written {when} UTC{note}"
+
+
+def machine(loadavg, root, rows):
+    mem = ""
+    for line in sh("free", "-h").splitlines():
+        if line.startswith("Mem:"):
+            mem = line.split()[1]
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return [
+        ("cores (`nproc`)", sh("nproc") or str(os.cpu_count())),
+        ("memory (`free -h` total)", mem),
+        ("kernel (`uname -r`)", platform.release()),
+        ("CPU model", cpu),
+        ("load average when the sweep started", loadavg or "?"),
+        ("fxproxy", proxy_build(root, rows)),
+        ("rustc", sh("rustc", "--version")),
+        ("python3 / node", f"{platform.python_version()} / {sh('node', '--version')}"),
+    ]
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def num(v, fmt="{:.3f}"):
+    return "—" if v is None else fmt.format(v)
+
+
+def row(r):
+    head = [r["impl"], str(r["clients"]), f"{r['rate']:g}"]
+    if r.get("error"):
+        msg = r["error"].splitlines()[0][:120].replace("|", "\\|")
+        return head + [f"failed: {msg}"] + ["—"] * (len(COLUMNS) - 4)
+    up = f"{r['up']}/{r['clients']}"
+    notes = []
+    if r.get("disconnected"):
+        notes.append(f"{r['disconnected']} dropped")
+    if r.get("failed"):
+        notes.append(f"{r['failed']} failed")
+    if r.get("stalled"):
+        notes.append(f"{r['stalled']} stalled")
+    if notes:
+        up += " (" + ", ".join(notes) + ")"
+    if r["rate"] == 0:
+        cpu = num(r.get("proxy_cpu_pct_window"), "{:.2f} % CPU idle")
+    else:
+        cpu = num(r.get("cpu_us_per_delivery"), "{:.2f}")
+    return head + [
+        up,
+        num(r.get("connect_s"), "{:.2f}"),
+        num(r.get("delivered_per_s"), "{:,.0f}"),
+        str(r.get("lost", 0)),
+        num(r.get("p50_ms")),
+        num(r.get("p99_ms")),
+        num(r.get("p999_ms")),
+        num(r.get("max_ms")),
+        cpu,
+        num(r.get("rss_mb"), "{:.1f}"),
+        "—" if r.get("threads") is None else str(r["threads"]),
+        num(r.get("loadgen_cpu_pct_window"), "{:.0f} %"),
+        num(r.get("other_cpu_pct_window"), "{:.0f} %"),
+    ]
+
+
+COLUMNS = [
+    "impl", "clients", "rate /s", "connected", "connect s", "delivered /s", "lost",
+    "p50 ms", "p99 ms", "p99.9 ms", "max ms", "proxy CPU µs / delivery", "RSS MB", "threads",
+    "loadgen CPU", "other CPU",
+]
+
+
+def kept_section(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return PLACEHOLDER
+    m = re.search(rf"^{re.escape(WHERE)}\n.*?(?=^## |\Z)", text, re.S | re.M)
+    return m.group(0).rstrip() + "\n" if m else PLACEHOLDER
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--results", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--command", required=True)
+    p.add_argument("--mode", default="small")
+    p.add_argument("--loadavg", default="")
+    p.add_argument("--svg", default="bench/latency.svg", help="path of the plot, relative to --out")
+    a = p.parse_args()
+
+    rows = load(a.results)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    md = [
+        "# Benchmarks",
+        "",
+        f"Generated by `bench/run-sweep.sh` ({a.mode} sweep) on {when}. Regenerate with the command "
+        "below; only the section *Where the time goes* is written by hand, and it is kept.",
+        "",
+        "```sh",
+        a.command,
+        "```",
+        "",
+        "## Machine",
+        "",
+    ]
+    md += [f"- {k}: {v}" for k, v in machine(a.loadavg, os.path.dirname(os.path.abspath(a.out)), rows)]
+    md += [
+        "",
+        "The proxy and the load generator share these cores. *loadgen CPU* is fxbench's own "
+        "use (clients and feed) in the recording window, in % of one core; *other CPU* is what "
+        "every other process on the machine used meanwhile (builds, tests): a run where it is "
+        "high was disturbed and its latencies are not the proxy's alone.",
+        "",
+        "## Results",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" if i < 1 else "---:" for i in range(len(COLUMNS))) + "|",
+    ]
+    md += ["| " + " | ".join(row(r)) + " |" for r in rows]
+    md += [
+        "",
+        f"![p99 latency against clients, one line per implementation and rate]({a.svg})",
+        "",
+        "## What is measured",
+        "",
+        "`bench/` holds `fxbench`, a separate cargo package (a tokio load generator; the proxy "
+        "itself stays synchronous). For each run it:",
+        "",
+        "- starts its own **feed source** on 127.0.0.1, speaking the upstream protocol: greets "
+        "`Connected`, waits for the subscribe message, then sends quotes of about 100 bytes at "
+        "`rate` quotes/s in total, each with a `seq` rising by one and `sent_ns`, the quote's "
+        "*scheduled* send time (start + seq × interval). A feed held back by a slow proxy "
+        "therefore shows the stall as latency instead of hiding it (no coordinated omission);",
+        "- starts the implementation with that feed as its upstream (fxproxy with a generated "
+        "`proxy.conf`; the alternatives with `--upstream`), and connects `clients` WebSocket "
+        "clients, 200 attempts in flight at a time, each sending `{\"userKey\": ...}`;",
+        "- **connected** = clients open at the end that received quotes (on an idle feed: "
+        "open at the end); *dropped* = closed by the proxy during the run; *stalled* = open but "
+        "without a quote for the last second. **connect s** = from the first attempt until "
+        "the last client had completed its handshake and sent its key;",
+        "- after a 2 s warm-up, records for 10 s: **latency** = client receive time − `sent_ns` "
+        "(HDR histogram over every quote every client received in the window), **lost** = "
+        "sequence gaps inside the window, **delivered /s** = quotes received by all clients "
+        "in the window ÷ its length;",
+        "- **proxy CPU µs / delivery** = the proxy process's utime + stime over the whole run "
+        "(connect phase included) ÷ every quote every client received in that time; on an idle "
+        "feed (rate 0) the column gives the proxy's CPU % in the window instead. **RSS** and "
+        "**threads** are read from /proc/PID/status at the end of the window.",
+        "",
+        "The alternatives, measured the same way: `python-tutorial` is "
+        "`bench/alternatives/tutorial_proxy.py` (Python `websockets`, the tutorial shape: "
+        "a client set and `asyncio.gather` of one send per client per quote); `node-ws` is "
+        "`bench/alternatives/ws_fanout.mjs` (Node `ws`, for-each-client `send`).",
+        "",
+        kept_section(a.out).rstrip(),
+        "",
+        "## Reproducing one run",
+        "",
+        "```sh",
+        "cargo build --release && (cd bench && cargo build --release)",
+        "cd bench",
+        "./target/release/fxbench --clients 1000 --rate 200            # fxproxy, generated config",
+        "./target/release/fxbench --clients 1000 --rate 200 --label node-ws \\",
+        "    --peer 'node alternatives/ws_fanout.mjs --upstream {feed} --port {port} --key {key}'",
+        "./target/release/fxbench --url ws://127.0.0.1:8765/ --key KEY --pid PID --feed-port 9000",
+        "    # a running proxy whose upstream_url is ws://127.0.0.1:9000",
+        "./target/release/fxbench --help",
+        "```",
+        "",
+    ]
+    with open(a.out, "w") as f:
+        f.write("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
