@@ -74,9 +74,6 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     logging::init(config.log_level.name());
-    // rustls needs one process-wide crypto provider; ring is the one compiled in. An error
-    // only means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let signal = match termination_signal() {
         Ok(s) => s,
         Err(code) => return code,

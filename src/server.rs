@@ -133,6 +133,9 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
+        // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
+        // in. An error only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let keys = KeyStore::load(&config.user_keys_file).map_err(StartError::Keys)?;
         let listener =
             TcpListener::bind(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;

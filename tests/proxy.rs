@@ -338,3 +338,20 @@ fn batching_on_the_grid_loses_and_reorders_nothing() {
     }
     assert!(t.elapsed() < Duration::from_millis(500));
 }
+
+#[test]
+fn a_connection_limit_refusal_backs_off_to_the_maximum() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::simple(&up);
+    up.expect_subscribe();
+    up.send("User Key Used to many times");
+    eventually("the refusal reported by /healthz", || {
+        let r = http_get(proxy.addr, "GET /healthz HTTP/1.1\r\n\r\n");
+        r.contains("\"status\":\"refused\"")
+    });
+    // The back-off jumps to its 60 s maximum rather than starting at 1 s.
+    assert!(
+        up.no_subscribe_within(Duration::from_secs(3)),
+        "reconnected too soon"
+    );
+}

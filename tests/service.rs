@@ -474,3 +474,31 @@ fn running_out_of_descriptors_keeps_the_connected_clients_served() {
         Some(0)
     );
 }
+
+#[test]
+fn a_status_line_is_logged_every_interval() {
+    let dir = temp_dir("status");
+    std::fs::write(dir.join("users.keys"), format!("{KEY}\n")).unwrap();
+    let proxy = Proxy::spawn(&format!(
+        "upstream_url = sim\nsymbols = EURUSD\nsim_rate = 50\nstatus_interval_secs = 1\nuser_keys_file = {}\n",
+        dir.join("users.keys").display()
+    ));
+    let mut c = Client::auth(proxy.addr, KEY, None);
+    c.next_text();
+    assert!(
+        proxy.wait_for_log("status: 1 clients", DEADLINE),
+        "{}",
+        proxy.stderr_text()
+    );
+    let log = proxy.stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("status: 1 clients"))
+        .unwrap();
+    assert!(
+        line.contains("quotes/s in")
+            && line.contains("slow-consumer drops")
+            && line.contains("upstream connected"),
+        "{line}"
+    );
+}
