@@ -16,14 +16,7 @@ fn fans_out_byte_identical_and_in_order_over_one_subscription() {
     let mut clients: Vec<Client> = (0..4)
         .map(|_| Client::auth(proxy.addr, KEY, None))
         .collect();
-    eventually("clients registered", || {
-        proxy
-            .server()
-            .metrics()
-            .clients_connected
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 4
-    });
+    proxy.wait_for_clients(4);
     let sent: Vec<String> = (0..50)
         .map(|n| quote(["EURUSD", "GBPUSD", "USDJPY"][n % 3], n as u64))
         .collect();
@@ -96,14 +89,7 @@ fn symbol_filter_and_entitlement_limit_what_a_client_gets() {
     up.expect_subscribe();
     let mut filtered = Client::auth(proxy.addr, KEY, Some("gbpusd"));
     let mut entitled = Client::auth(proxy.addr, OTHER_KEY, None);
-    eventually("clients registered", || {
-        proxy
-            .server()
-            .metrics()
-            .clients_connected
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 2
-    });
+    proxy.wait_for_clients(2);
     for (n, sym) in ["EURUSD", "GBPUSD", "USDJPY", "EURUSD", "GBPUSD"]
         .iter()
         .enumerate()
@@ -175,14 +161,7 @@ fn a_slow_client_is_dropped_while_a_reading_client_keeps_up() {
     // The slow client authenticates and then never reads again.
     let mut slow = Client::auth(proxy.addr, KEY, None);
     let mut fast = Client::auth(proxy.addr, KEY, None);
-    eventually("clients registered", || {
-        proxy
-            .server()
-            .metrics()
-            .clients_connected
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 2
-    });
+    proxy.wait_for_clients(2);
     let metrics = proxy.server().metrics();
     // Large frames fill the slow client's socket buffers quickly; then its queue fills.
     let padding = "x".repeat(32 * 1024);
@@ -239,14 +218,7 @@ fn pings_are_answered_and_closes_noticed_at_once() {
     let proxy = TestProxy::simple(&up);
     up.expect_subscribe();
     let mut c = Client::auth(proxy.addr, KEY, None);
-    eventually("client registered", || {
-        proxy
-            .server()
-            .metrics()
-            .clients_connected
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 1
-    });
+    proxy.wait_for_clients(1);
     let t = Instant::now();
     c.ws.send(Message::Ping(b"hello".to_vec().into())).unwrap();
     loop {
@@ -264,14 +236,7 @@ fn pings_are_answered_and_closes_noticed_at_once() {
     assert!(t.elapsed() < Duration::from_secs(1));
     c.ws.close(None).unwrap();
     let t = Instant::now();
-    eventually("the proxy noticed the close", || {
-        proxy
-            .server()
-            .metrics()
-            .clients_connected
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 0
-    });
+    proxy.wait_for_clients(0);
     assert!(t.elapsed() < Duration::from_secs(1));
 }
 
@@ -284,14 +249,7 @@ fn shutdown_sends_every_client_going_away() {
         .map(|_| Client::auth(proxy.addr, KEY, None))
         .collect();
     let mut pending = Client::connect(proxy.addr);
-    eventually("clients registered", || {
-        proxy
-            .server()
-            .metrics()
-            .clients_connected
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 3
-    });
+    proxy.wait_for_clients(3);
     let t = Instant::now();
     proxy.server.take().unwrap().shutdown();
     assert!(t.elapsed() < Duration::from_secs(2));
@@ -306,18 +264,12 @@ fn batching_on_the_grid_loses_and_reorders_nothing() {
     let up = TestUpstream::start();
     let proxy = TestProxy::start(&up.url(), "batch_delay_ms = 20", &format!("{KEY}\n"));
     up.expect_subscribe();
-    let mut clients: Vec<Client> = (0..3)
+    // 60 clients at a quote a millisecond: over 50,000 deliveries a second and faster than
+    // one quote per batch period, so the writers move onto the batch grid.
+    let mut clients: Vec<Client> = (0..60)
         .map(|_| Client::auth(proxy.addr, KEY, None))
         .collect();
-    eventually("clients registered", || {
-        proxy
-            .server()
-            .metrics()
-            .clients_connected
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 3
-    });
-    // Faster than one quote per batch period, so writers move onto the batch grid.
+    proxy.wait_for_clients(60);
     let sent: Vec<String> = (0..300)
         .map(|n| quote(["EURUSD", "GBPUSD"][n % 2], n as u64))
         .collect();

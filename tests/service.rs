@@ -5,7 +5,6 @@ mod common;
 
 use common::process::Proxy;
 use common::*;
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 use tungstenite::Message;
 
@@ -145,9 +144,7 @@ fn metrics_move_when_clients_connect_and_quotes_flow() {
     let mut b = Client::auth(proxy.addr, KEY, None);
     let mut bad = Client::auth(proxy.addr, "wrong-key-123456", None);
     assert_eq!(bad.expect_close().0, 1008);
-    eventually("two clients", || {
-        proxy.server().metrics().clients_connected.load(SeqCst) == 2
-    });
+    proxy.wait_for_clients(2);
     for n in 0..5 {
         up.send(&quote("EURUSD", n));
     }
@@ -179,9 +176,7 @@ fn removing_a_key_disconnects_its_clients() {
     up.expect_subscribe();
     let mut doomed = Client::auth(proxy.addr, OTHER_KEY, None);
     let mut kept = Client::auth(proxy.addr, KEY, None);
-    eventually("two clients", || {
-        proxy.server().metrics().clients_connected.load(SeqCst) == 2
-    });
+    proxy.wait_for_clients(2);
     // A broken file keeps the old keys.
     std::fs::write(proxy.dir.join("users.keys"), "short\n").unwrap();
     std::fs::write(proxy.dir.join("users.keys"), format!("{KEY}\n")).unwrap();
@@ -204,9 +199,7 @@ fn a_key_file_that_fails_to_parse_keeps_the_old_keys() {
     let proxy = TestProxy::simple(&up);
     up.expect_subscribe();
     let mut c = Client::auth(proxy.addr, KEY, None);
-    eventually("client", || {
-        proxy.server().metrics().clients_connected.load(SeqCst) == 1
-    });
+    proxy.wait_for_clients(1);
     std::fs::write(proxy.dir.join("users.keys"), "short\n").unwrap();
     // Past one reload period (2 s), the client is still served and the key still works.
     std::thread::sleep(Duration::from_secs(3));
@@ -243,9 +236,7 @@ fn max_clients_per_key() {
     );
     up.expect_subscribe();
     let _a = Client::auth(proxy.addr, KEY, None);
-    eventually("client", || {
-        proxy.server().metrics().clients_connected.load(SeqCst) == 1
-    });
+    proxy.wait_for_clients(1);
     let mut second = Client::auth(proxy.addr, KEY, None);
     assert_eq!(
         second.expect_close(),

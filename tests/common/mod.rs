@@ -185,6 +185,14 @@ impl TestProxy {
     pub fn server(&self) -> &Server {
         self.server.as_ref().unwrap()
     }
+
+    /// Waits until exactly `n` clients are authenticated and registered for quotes.
+    pub fn wait_for_clients(&self, n: u64) {
+        let metrics = self.server().metrics();
+        eventually(&format!("{n} registered client(s)"), || {
+            metrics.clients_connected.load(Ordering::SeqCst) == n
+        });
+    }
 }
 
 impl Drop for TestProxy {
