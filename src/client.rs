@@ -83,7 +83,7 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
         http::respond_and_close(&mut stream, &resp);
         return;
     }
-    let Some(_slot) = ctx.admit() else {
+    let Some(_admitted) = ctx.admit() else {
         ctx.metrics
             .rejected_connections
             .fetch_add(1, Ordering::Relaxed);

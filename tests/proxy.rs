@@ -307,3 +307,26 @@ fn a_connection_limit_refusal_backs_off_to_the_maximum() {
         "reconnected too soon"
     );
 }
+
+#[test]
+fn a_proxy_can_feed_another_proxy() {
+    let up = TestUpstream::start();
+    let first = TestProxy::simple(&up);
+    up.expect_subscribe();
+    // The second proxy subscribes to the first with one of its client keys, as it would to
+    // the provider: the client protocol is the upstream protocol.
+    let second = TestProxy::start(
+        &first.url(),
+        &format!("upstream_api_key = {KEY}"),
+        &format!("{OTHER_KEY}\n"),
+    );
+    first.wait_for_clients(1);
+    let mut c = Client::auth(second.addr, OTHER_KEY, None);
+    second.wait_for_clients(1);
+    up.send(&quote("EURUSD", 5));
+    assert_eq!(
+        c.next_text(),
+        quote("EURUSD", 5),
+        "byte for byte through both"
+    );
+}
