@@ -173,8 +173,8 @@ fn ws_config(ctx: &Context) -> WebSocketConfig {
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_CHUNK)
         // Writes block (with a timeout) rather than pile up: the buffer holds at most one
-        // chunk and one frame, whatever the peer does.
-        .max_write_buffer_size(WRITE_CHUNK + max.max(64 * 1024))
+        // chunk and one frame (with its header), whatever the peer does.
+        .max_write_buffer_size(WRITE_CHUNK + crate::upstream::MAX_UPSTREAM_FRAME + 16)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }

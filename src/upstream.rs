@@ -18,6 +18,9 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
+/// The largest frame taken from the source. A quote is about 100 bytes; anything near this is
+/// a misbehaving source, and every client's write buffer must be able to hold one frame.
+pub const MAX_UPSTREAM_FRAME: usize = 1 << 20;
 /// How often the reader looks at the clock (pings, staleness, shutdown) while no frame comes.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// A connection that delivered quotes for this long resets the back-off to its start.
@@ -216,7 +219,10 @@ fn connect(url: &str, timeout: Duration) -> Result<Socket, String> {
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     // Quotes arrive as many small frames; a moderate read buffer suits one busy connection.
-    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(MAX_UPSTREAM_FRAME))
+        .max_frame_size(Some(MAX_UPSTREAM_FRAME));
     let (ws, _response) = tungstenite::client_tls_with_config(url, stream, Some(config), None)
         .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
     Ok(ws)
