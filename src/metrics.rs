@@ -56,6 +56,8 @@ pub struct Metrics {
     pub slow_consumer_disconnects: AtomicU64,
     pub http_requests: AtomicU64,
     pub rejected_connections: AtomicU64,
+    pub key_reloads: AtomicU64,
+    pub key_reload_failures: AtomicU64,
     pub upstream_connects: AtomicU64,
     pub upstream_reconnects: AtomicU64,
     /// Epoch milliseconds of the newest quote from upstream, 0 before the first.
@@ -192,6 +194,18 @@ impl Metrics {
             "counter",
             "Connections refused at the handshake (client limit, origin, bad request).",
             &one(c(&self.rejected_connections)),
+        );
+        metric(
+            "fxproxy_key_file_reloads_total",
+            "counter",
+            "Times the client key file changed, by outcome (failed: kept the previous keys).",
+            &[
+                ("{result=\"ok\"}".to_string(), c(&self.key_reloads) as f64),
+                (
+                    "{result=\"failed\"}".to_string(),
+                    c(&self.key_reload_failures) as f64,
+                ),
+            ],
         );
         metric(
             "fxproxy_upstream_connects_total",

@@ -346,6 +346,7 @@ fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
 fn reload_keys(ctx: &Context) {
     match KeyStore::load(&ctx.config.user_keys_file) {
         Ok(store) => {
+            ctx.metrics.key_reloads.fetch_add(1, Ordering::Relaxed);
             let store = Arc::new(store);
             *ctx.keys.write() = Arc::clone(&store);
             let kicked = ctx
@@ -356,6 +357,11 @@ fn reload_keys(ctx: &Context) {
                 store.len()
             );
         }
-        Err(e) => error!("key file changed but cannot be used, keeping the previous keys: {e}"),
+        Err(e) => {
+            ctx.metrics
+                .key_reload_failures
+                .fetch_add(1, Ordering::Relaxed);
+            error!("key file changed but cannot be used, keeping the previous keys: {e}")
+        }
     }
 }

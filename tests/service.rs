@@ -201,12 +201,26 @@ fn a_key_file_that_fails_to_parse_keeps_the_old_keys() {
     let mut c = Client::auth(proxy.addr, KEY, None);
     proxy.wait_for_clients(1);
     std::fs::write(proxy.dir.join("users.keys"), "short\n").unwrap();
-    // Past one reload period (2 s), the client is still served and the key still works.
-    std::thread::sleep(Duration::from_secs(3));
+    eventually("the failed reload counted", || {
+        let text = http_get(proxy.addr, "GET /metrics HTTP/1.1\r\n\r\n");
+        metric(
+            body_of(&text),
+            "fxproxy_key_file_reloads_total{result=\"failed\"}",
+        ) == 1.0
+    });
+    // The client is still served and the key still works for new connections.
     up.send(&quote("EURUSD", 2));
     assert_eq!(c.next_text(), quote("EURUSD", 2));
     let mut fresh = Client::auth(proxy.addr, KEY, None);
     assert_eq!(fresh.next_text(), quote("EURUSD", 2));
+    let text = http_get(proxy.addr, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(
+        metric(
+            body_of(&text),
+            "fxproxy_key_file_reloads_total{result=\"ok\"}"
+        ),
+        0.0
+    );
 }
 
 #[test]
