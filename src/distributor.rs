@@ -336,6 +336,8 @@ impl Hub {
 
     /// Removes a client (its writer is ending). Idempotent.
     pub fn leave(&self, slot: &ClientSlot) {
+        // A chain this writer never got to help holds the slot itself: break the cycle.
+        drop(slot.chain.lock().take());
         let mut inner = self.inner.lock();
         if let Some(pos) = inner.clients.iter().position(|c| c.id == slot.id) {
             inner.clients.swap_remove(pos);
