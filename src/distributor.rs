@@ -8,7 +8,7 @@
 //! stream, writers wake by their own timers just after each batch.
 
 use crate::keys::KeyStore;
-use crate::metrics::{now_ms, Metrics};
+use crate::metrics::{now_ms, Metrics, Padded};
 use crate::protocol;
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
@@ -193,11 +193,17 @@ pub struct Hub {
     last_quote_ms: Vec<AtomicU64>,
     metrics: Arc<Metrics>,
     inner: Mutex<HubInner>,
-    /// The batch grid: while quotes stream, busy writers sleep until the next instant
-    /// `epoch + k × batch` and then write all that was queued meanwhile.
+    grid: Padded<Grid>,
+}
+
+/// The batch grid: while quotes stream, busy writers sleep until the next instant
+/// `epoch + k × batch` (staggered by phase) and then write all that was queued meanwhile. Every
+/// writer reads this on every batch, so it lives on cache lines of its own, away from the
+/// lock and counters the distributor writes on every quote.
+struct Grid {
     batch: Duration,
     epoch: Instant,
-    /// True while quotes come faster than one per `batch`.
+    /// True while batching pays (see `Hub::worth_batching`); written only when it changes.
     streaming: AtomicBool,
 }
 
@@ -226,9 +232,11 @@ impl Hub {
                 latest: vec![None; symbols.len()],
                 per_key: HashMap::new(),
             }),
-            batch,
-            epoch: Instant::now(),
-            streaming: AtomicBool::new(false),
+            grid: Padded(Grid {
+                batch,
+                epoch: Instant::now(),
+                streaming: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -237,7 +245,7 @@ impl Hub {
     /// writer for every quote would cost real CPU; below `BATCH_ABOVE` deliveries a second
     /// each quote goes out at once.
     fn worth_batching(&self, mean_gap: Duration) -> bool {
-        if self.batch.is_zero() || mean_gap >= self.batch {
+        if self.grid.batch.is_zero() || mean_gap >= self.grid.batch {
             return false;
         }
         let clients = self.inner.lock().clients.len() as f64;
@@ -245,14 +253,14 @@ impl Hub {
     }
 
     fn next_tick(&self, now: Instant, phase: u64) -> Instant {
-        let step = self.batch.as_nanos().max(1);
+        let step = self.grid.batch.as_nanos().max(1);
         let offset = step * u128::from(phase % PHASES) / u128::from(PHASES);
-        let since = now.saturating_duration_since(self.epoch).as_nanos();
+        let since = now.saturating_duration_since(self.grid.epoch).as_nanos();
         let next = match since.checked_sub(offset) {
             Some(past) => (past / step + 1) * step + offset,
             None => offset,
         };
-        self.epoch + Duration::from_nanos(next as u64)
+        self.grid.epoch + Duration::from_nanos(next as u64)
     }
 
     /// When a writer that just delivered frames should wake for its next batch, if quotes are
@@ -260,7 +268,7 @@ impl Hub {
     /// the grid: all of them waking at one instant would starve everything else on the host
     /// (the upstream reader, the distributor, the clients themselves) for the whole burst.
     pub fn next_batch_wake(&self, slot: &ClientSlot, now: Instant) -> Option<Instant> {
-        if self.batch.is_zero() || !self.streaming.load(Ordering::Relaxed) {
+        if self.grid.batch.is_zero() || !self.grid.streaming.load(Ordering::Relaxed) {
             return None;
         }
         Some(self.next_tick(now, slot.id))
@@ -443,8 +451,10 @@ pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
             mean_gap = (mean_gap * 7 + (now - last)) / 8;
         }
         last_arrival = Some(now);
-        hub.streaming
-            .store(hub.worth_batching(mean_gap), Ordering::Relaxed);
+        let streaming = hub.worth_batching(mean_gap);
+        if hub.grid.streaming.load(Ordering::Relaxed) != streaming {
+            hub.grid.streaming.store(streaming, Ordering::Relaxed);
+        }
         for frame in std::iter::once(first).chain(frames.try_iter()) {
             match protocol::quote_symbol(&frame).and_then(|s| hub.symbol_id(&s)) {
                 Some(id) => batch.push((id, frame)),
@@ -621,9 +631,9 @@ mod tests {
             Duration::from_millis(16),
             Arc::new(Metrics::new()),
         );
-        let now = hub.epoch + Duration::from_millis(33);
+        let now = hub.grid.epoch + Duration::from_millis(33);
         let ticks: Vec<Duration> = (0..PHASES)
-            .map(|phase| hub.next_tick(now, phase) - hub.epoch)
+            .map(|phase| hub.next_tick(now, phase) - hub.grid.epoch)
             .collect();
         // Phase p ticks at k x 16 ms + p x 2 ms: the next one after 33 ms.
         let ms = |d: &Duration| d.as_millis() as u64;
@@ -657,7 +667,7 @@ mod tests {
             hub.next_batch_wake(slot, Instant::now()).is_none(),
             "not streaming yet"
         );
-        hub.streaming.store(true, Ordering::Relaxed);
+        hub.grid.streaming.store(true, Ordering::Relaxed);
         let wake = hub.next_batch_wake(slot, Instant::now()).unwrap();
         assert!(wake <= Instant::now() + Duration::from_millis(20));
     }

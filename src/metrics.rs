@@ -46,13 +46,27 @@ pub enum UpstreamState {
     Refused { since_ms: u64 },
 }
 
+/// A value alone on its cache lines: a counter every writer thread bumps must not share a line
+/// with what the distributor writes on every quote, or each bump and each quote evict the other.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub clients_connected: AtomicU64,
     pub auth_successes: AtomicU64,
     auth_failures: [AtomicU64; 5],
     pub quotes_received: AtomicU64,
-    pub quotes_delivered: AtomicU64,
+    /// Bumped by every writer after each batch.
+    pub quotes_delivered: Padded<AtomicU64>,
     pub slow_consumer_disconnects: AtomicU64,
     pub http_requests: AtomicU64,
     pub rejected_connections: AtomicU64,
