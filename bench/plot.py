@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Draws p99 latency against clients, one line per implementation and feed rate, as SVG.
 
-    python3 bench/plot.py bench/results.jsonl bench/latency.svg
+    python3 bench/plot.py bench/results-small.jsonl bench/latency.svg
 
 Standard library only. Reads the JSON lines fxbench appends with --json; runs that failed or
 had no latency samples (an idle feed) are left out. Both axes are logarithmic: client counts
