@@ -3,9 +3,13 @@
 //! to every interested client without ever blocking on one.
 //!
 //! A frame's bytes (`Utf8Bytes`) are reference-counted: every client queue holds the same
-//! allocation. Writers are woken once per batch, and only when they are idle; a writer still busy
-//! with the previous batch picks the new frames up before it parks again, and while quotes
-//! stream, writers wake by their own timers just after each batch.
+//! allocation. How writers learn of new frames is where the CPU goes (a wake-up and a `send`
+//! per client per batch are most of it), so:
+//! - a writer still busy with earlier frames is not woken: it drains its queue before parking;
+//! - under heavy load writers are not woken at all: each sleeps until its next tick on a
+//!   batch grid staggered over `PHASES` offsets, and writes everything queued meanwhile;
+//! - otherwise the writers to wake form a chain in which each woken writer wakes two more, so
+//!   the unparks spread over every core instead of queueing behind this one thread.
 
 use crate::keys::KeyStore;
 use crate::metrics::{now_ms, Metrics, Padded};
