@@ -30,12 +30,6 @@ use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
 /// How often a thread waiting for a request or an auth message looks at the stop flag.
 const STOP_SLICE: Duration = Duration::from_millis(250);
-/// Reads per syscall; clients send little (an auth message, pings), so 1 KiB is plenty and
-/// thousands of clients do not each pin tungstenite's default 128 KiB.
-const READ_BUFFER: usize = 1024;
-/// Frames are buffered until this many bytes, then written; a batch ends in one flush. Kept
-/// small because the buffer keeps its capacity for the life of the connection.
-const WRITE_CHUNK: usize = 4096;
 /// A write that cannot make progress for this long means the peer is gone or hopeless.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the peer's answer to our close frame.
@@ -169,12 +163,16 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
 
 fn ws_config(ctx: &Context) -> WebSocketConfig {
     let max = ctx.config.max_message_bytes;
+    // Clients send little (an auth message, pings), so a small read buffer is plenty and
+    // thousands of clients do not each pin tungstenite's default 128 KiB. Frames are buffered
+    // up to the write buffer size, then written; a batch ends in one flush.
+    let chunk = ctx.config.client_write_buffer_bytes;
     WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_CHUNK)
+        .read_buffer_size(ctx.config.client_read_buffer_bytes)
+        .write_buffer_size(chunk)
         // Writes block (with a timeout) rather than pile up: the buffer holds at most one
         // chunk and one frame (with its header), whatever the peer does.
-        .max_write_buffer_size(WRITE_CHUNK + crate::upstream::MAX_UPSTREAM_FRAME + 16)
+        .max_write_buffer_size(chunk + crate::upstream::MAX_UPSTREAM_FRAME + 16)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }

@@ -45,6 +45,8 @@ const KEYS: &[&str] = &[
     "max_clients",
     "max_clients_per_key",
     "max_message_bytes",
+    "client_read_buffer_bytes",
+    "client_write_buffer_bytes",
     "allowed_origins",
     "http_endpoints",
     "page",
@@ -156,6 +158,10 @@ pub struct Config {
     /// 0 means unlimited.
     pub max_clients_per_key: usize,
     pub max_message_bytes: usize,
+    /// Bytes read from a client socket at a time (tungstenite allocates this up front).
+    pub client_read_buffer_bytes: usize,
+    /// Frames are buffered up to this many bytes before a write; the buffer keeps its size.
+    pub client_write_buffer_bytes: usize,
     /// Lower-case `scheme://host[:port]` without a trailing `/`; empty means any origin.
     pub allowed_origins: Vec<String>,
     pub http_endpoints: bool,
@@ -197,6 +203,8 @@ impl Config {
             max_clients: 10_000,
             max_clients_per_key: 0,
             max_message_bytes: 4096,
+            client_read_buffer_bytes: 1024,
+            client_write_buffer_bytes: 4096,
             allowed_origins: Vec::new(),
             http_endpoints: true,
             page: true,
@@ -440,6 +448,12 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
             c.max_clients_per_key = count(v, " (0 for unlimited)", 0, 1_000_000)?
         }
         "max_message_bytes" => c.max_message_bytes = count(v, " of bytes", 128, 16_777_216)?,
+        "client_read_buffer_bytes" => {
+            c.client_read_buffer_bytes = count(v, " of bytes", 256, 1_048_576)?
+        }
+        "client_write_buffer_bytes" => {
+            c.client_write_buffer_bytes = count(v, " of bytes", 256, 1_048_576)?
+        }
         "allowed_origins" => c.allowed_origins = parse_origins(v)?,
         "http_endpoints" => c.http_endpoints = boolean(v)?,
         "page" => c.page = boolean(v)?,
@@ -783,6 +797,7 @@ mod tests {
              upstream_connect_timeout_secs = 10\nupstream_ping_secs = 15\nmarket_hours = fx\n\
              client_queue_len = 1024\nclient_ping_secs = 30\nmax_clients = 10000\n\
              max_clients_per_key = 0\nmax_message_bytes = 4096\nallowed_origins =\n\
+             client_read_buffer_bytes = 1024\nclient_write_buffer_bytes = 4096\n\
              http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 20\n\
              sim_rate = 20\nlog_level = info\n"
         );
@@ -796,6 +811,19 @@ mod tests {
         assert_eq!(strip(&c), strip(&d));
         // Every key but the file variant of the API key was set, and each has a parser.
         assert_eq!(c.key_lines.len(), KEYS.len() - 1);
+    }
+
+    #[test]
+    fn the_shipped_proxy_conf_parses_and_lists_every_key() {
+        let shipped = include_str!("../proxy.conf");
+        parse(shipped, Path::new("proxy.conf")).expect("the shipped proxy.conf parses");
+        for key in KEYS {
+            let listed = shipped.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(key) && l[key.len()..].trim_start().starts_with('=')
+            });
+            assert!(listed, "proxy.conf does not list `{key}`");
+        }
     }
 
     #[test]
