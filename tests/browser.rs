@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::{command_succeeds, prerequisites_met, run_script, write_keys, Proxy};
+use common::process::{
+    command_succeeds, prerequisites_met, run_script, simulator_config, write_keys, Proxy,
+};
 
 const KEY: &str = "demo-key-0123456789";
 const SYMBOLS: &str = "EURUSD,GBPUSD,USDJPY";
@@ -36,11 +38,7 @@ fn page_shows_live_quotes_and_refusals_in_chromium() {
 
     let keys_dir = common::process::temp_dir();
     let keys = write_keys(&keys_dir, &[KEY]);
-    let proxy = Proxy::spawn(&format!(
-        "upstream_url = sim\nsymbols = {SYMBOLS}\nsim_rate = 50\n\
-         user_keys_file = {}\nlog_level = info\n",
-        keys.display()
-    ));
+    let proxy = Proxy::spawn(&simulator_config(&keys, SYMBOLS));
     let screenshot = if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
         root.join("docs/page.png")
     } else {
@@ -57,13 +55,7 @@ fn page_shows_live_quotes_and_refusals_in_chromium() {
         .current_dir(&scripts);
     let run = run_script(node, proxy.dir(), Duration::from_secs(180));
     let _ = std::fs::remove_dir_all(&keys_dir);
-    assert!(
-        run.success(),
-        "page_test.mjs failed ({:?}):\n{}",
-        run.status,
-        run.output
-    );
-    println!("{}", run.output);
+    run.assert_success("page_test.mjs");
     assert!(
         screenshot.is_file(),
         "no screenshot at {}",

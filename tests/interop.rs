@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::{command_succeeds, prerequisites_met, run_script, write_keys, Proxy};
+use common::process::{
+    command_succeeds, prerequisites_met, run_script, simulator_config, write_keys, Proxy,
+};
 
 const KEY: &str = "demo-key-0123456789";
 const SYMBOLS: &str = "EURUSD,GBPUSD,USDJPY";
@@ -25,11 +27,7 @@ fn run_client(program: &str, script: &str) {
     let dir = interop_dir();
     let keys_dir = common::process::temp_dir();
     let keys = write_keys(&keys_dir, &[KEY]);
-    let proxy = Proxy::spawn(&format!(
-        "upstream_url = sim\nsymbols = {SYMBOLS}\nsim_rate = 50\n\
-         user_keys_file = {}\nlog_level = info\n",
-        keys.display()
-    ));
+    let proxy = Proxy::spawn(&simulator_config(&keys, SYMBOLS));
     let mut cmd = Command::new(program);
     cmd.arg(dir.join(script))
         .arg(proxy.ws_url())
@@ -38,13 +36,7 @@ fn run_client(program: &str, script: &str) {
         .current_dir(&dir);
     let run = run_script(cmd, proxy.dir(), Duration::from_secs(90));
     let _ = std::fs::remove_dir_all(&keys_dir);
-    assert!(
-        run.success(),
-        "{script} failed ({:?}):\n{}",
-        run.status,
-        run.output
-    );
-    println!("{}", run.output);
+    run.assert_success(script);
 }
 
 #[test]

@@ -286,7 +286,27 @@ pub struct ScriptRun {
     pub output: String,
 }
 
+/// proxy.conf text for a proxy on the built-in simulator with one key file.
+pub fn simulator_config(keys: &Path, symbols: &str) -> String {
+    format!(
+        "upstream_url = sim\nsymbols = {symbols}\nsim_rate = 50\n\
+         user_keys_file = {}\nlog_level = info\n",
+        keys.display()
+    )
+}
+
 impl ScriptRun {
+    /// Fails the test with the script's output unless it succeeded; prints it otherwise.
+    pub fn assert_success(&self, what: &str) {
+        assert!(
+            self.success(),
+            "{what} failed ({:?}):\n{}",
+            self.status,
+            self.output
+        );
+        println!("{}", self.output);
+    }
+
     pub fn success(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
