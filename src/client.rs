@@ -327,6 +327,7 @@ fn authenticate(
 enum End {
     Kicked(Kick),
     ClientClosed,
+    TooBig,
     PingTimeout,
     Failed(String),
 }
@@ -338,6 +339,7 @@ impl End {
             End::Kicked(Kick::KeyRevoked) => Some((CloseCode::Policy, "Authentication failed")),
             End::Kicked(_) => Some((CloseCode::Away, "Server shutting down")),
             End::PingTimeout => Some((CloseCode::Away, "Ping timeout")),
+            End::TooBig => Some((CloseCode::Size, "Message too big")),
             End::ClientClosed | End::Failed(_) => None,
         }
     }
@@ -351,6 +353,7 @@ impl std::fmt::Display for End {
             End::Kicked(_) => f.write_str("server shutting down"),
             End::ClientClosed => f.write_str("closed by the client"),
             End::PingTimeout => f.write_str("no answer to two pings"),
+            End::TooBig => f.write_str("sent a message over max_message_bytes"),
             End::Failed(e) => write!(f, "{e}"),
         }
     }
@@ -461,6 +464,7 @@ fn read_pass(ws: &mut WebSocket<TcpStream>) -> Result<bool, End> {
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                 break Err(End::ClientClosed)
             }
+            Err(WsError::Capacity(_)) => break Err(End::TooBig),
             Err(WsError::Protocol(
                 tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
             )) => break Err(End::Failed("connection reset without a close frame".into())),

@@ -330,3 +330,15 @@ fn a_proxy_can_feed_another_proxy() {
         "byte for byte through both"
     );
 }
+
+#[test]
+fn an_oversized_message_after_auth_is_closed_with_1009() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::start(&up.url(), "max_message_bytes = 256", &format!("{KEY}\n"));
+    up.expect_subscribe();
+    let mut c = Client::auth(proxy.addr, KEY, None);
+    proxy.wait_for_clients(1);
+    c.ws.send(Message::text("x".repeat(1000))).unwrap();
+    assert_eq!(c.expect_close(), (1009, "Message too big".to_string()));
+    proxy.wait_for_clients(0);
+}
