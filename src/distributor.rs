@@ -184,6 +184,9 @@ struct HubInner {
     clients: Vec<Arc<ClientSlot>>,
     latest: Vec<Option<Utf8Bytes>>,
     per_key: HashMap<String, usize>,
+    /// Scratch for `publish`: positions of the clients a batch was queued for, kept to reuse
+    /// its allocation.
+    queued: Vec<usize>,
 }
 
 /// Shared by the distributor, every client thread and the housekeeping thread.
@@ -235,6 +238,7 @@ impl Hub {
                 clients: Vec::new(),
                 latest: vec![None; symbols.len()],
                 per_key: HashMap::new(),
+                queued: Vec::new(),
             }),
             grid: Padded(Grid {
                 batch,
@@ -398,10 +402,9 @@ impl Hub {
             self.last_quote_ms[*id].store(now, Ordering::Relaxed);
         }
         let mut slow = Vec::new();
-        let mut woken = Vec::new();
+        let mut queued = std::mem::take(&mut inner.queued);
         for (pos, client) in inner.clients.iter().enumerate() {
-            let mut queued = false;
-            for (_, frame) in batch.iter().filter(|(id, _)| client.wants(*id)) {
+            for (n, (_, frame)) in batch.iter().filter(|(id, _)| client.wants(*id)).enumerate() {
                 // An unbounded (linked-block) channel capped by its length: a bounded one
                 // allocates every slot up front, which thousands of clients cannot afford.
                 if client.tx.len() >= self.queue_len {
@@ -409,12 +412,22 @@ impl Hub {
                     break;
                 }
                 let _ = client.tx.send(frame.clone());
-                queued = true;
-            }
-            if queued {
-                woken.push(Arc::clone(client));
+                if n == 0 {
+                    queued.push(pos);
+                }
             }
         }
+        // After every queue is filled, so a writer that parks meanwhile sees its frames. Only
+        // writers parked without an appointment are taken (and their slots cloned) for waking:
+        // under load that is almost none of them.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let woken: Vec<Arc<ClientSlot>> = queued
+            .drain(..)
+            .map(|pos| &inner.clients[pos])
+            .filter(|c| c.needs_wake())
+            .cloned()
+            .collect();
+        inner.queued = queued;
         for pos in slow.into_iter().rev() {
             let client = inner.clients.swap_remove(pos);
             client.kick(Kick::SlowConsumer);
@@ -423,9 +436,6 @@ impl Hub {
                 .fetch_add(1, Ordering::Relaxed);
         }
         drop(inner);
-        // After every queue is filled: a writer that parks meanwhile sees its frames.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        woken.retain(|c| c.needs_wake());
         if !woken.is_empty() {
             let chain = Arc::new(WakeChain {
                 slots: woken,
