@@ -189,7 +189,9 @@ fn serve_http(ctx: &Context, stream: &mut TcpStream, request: &Request) {
                 http::response(status, "application/json", &body, head_only)
             }
             "/metrics" if ctx.config.http_endpoints => {
-                let body = ctx.metrics.render(&ctx.hub.last_quotes(), now_ms());
+                let body = ctx
+                    .metrics
+                    .render(&ctx.hub.last_quotes(), ctx.hub.batching(), now_ms());
                 http::response(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -260,6 +260,11 @@ impl Hub {
         clients / mean_gap.as_secs_f64().max(1e-6) > BATCH_ABOVE
     }
 
+    /// Whether writers are on the batch grid now.
+    pub fn batching(&self) -> bool {
+        self.grid.streaming.load(Ordering::Relaxed)
+    }
+
     fn next_tick(&self, now: Instant, phase: u64) -> Instant {
         let step = self.grid.batch.as_nanos().max(1);
         let offset = step * u128::from(phase % PHASES) / u128::from(PHASES);

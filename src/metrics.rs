@@ -147,7 +147,7 @@ impl Metrics {
     }
 
     /// `/metrics` in the Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self, symbols: &[(String, u64)], now_ms: u64) -> String {
+    pub fn render(&self, symbols: &[(String, u64)], batching: bool, now_ms: u64) -> String {
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -257,6 +257,12 @@ impl Metrics {
             &ages,
         );
         metric(
+            "fxproxy_batching",
+            "gauge",
+            "1 while writers send quotes in batches on the batch_delay_ms grid (heavy load).",
+            &one(batching as u64),
+        );
+        metric(
             "fxproxy_process_threads",
             "gauge",
             "Threads in the proxy process.",
@@ -342,7 +348,7 @@ mod tests {
     fn metrics_have_help_and_type_for_each_family() {
         let m = Metrics::new();
         m.auth_failed(AuthFailure::Timeout);
-        let text = m.render(&[("EURUSD".into(), 500)], 1500);
+        let text = m.render(&[("EURUSD".into(), 500)], false, 1500);
         assert!(text.contains("# TYPE fxproxy_auth_failures_total counter"));
         assert!(text.contains("fxproxy_auth_failures_total{reason=\"timeout\"} 1\n"));
         assert!(text.contains("fxproxy_last_quote_age_seconds{symbol=\"EURUSD\"} 1\n"));

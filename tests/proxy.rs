@@ -156,14 +156,15 @@ fn reconnects_when_the_upstream_goes_silent() {
 #[test]
 fn a_slow_client_is_dropped_while_a_reading_client_keeps_up() {
     let up = TestUpstream::start();
-    let proxy = TestProxy::start(&up.url(), "client_queue_len = 8", &format!("{KEY}\n"));
+    let proxy = TestProxy::start(&up.url(), "client_queue_len = 64", &format!("{KEY}\n"));
     up.expect_subscribe();
     // The slow client authenticates and then never reads again.
     let mut slow = Client::auth(proxy.addr, KEY, None);
     let mut fast = Client::auth(proxy.addr, KEY, None);
     proxy.wait_for_clients(2);
     let metrics = proxy.server().metrics();
-    // Large frames fill the slow client's socket buffers quickly; then its queue fills.
+    // Large frames fill the slow client's socket buffers quickly; then its queue fills. The
+    // queue holds more than one burst, so the reading client is never near its bound.
     let padding = "x".repeat(32 * 1024);
     let mut n = 0u64;
     let started = Instant::now();
@@ -264,19 +265,25 @@ fn batching_on_the_grid_loses_and_reorders_nothing() {
     let up = TestUpstream::start();
     let proxy = TestProxy::start(&up.url(), "batch_delay_ms = 20", &format!("{KEY}\n"));
     up.expect_subscribe();
-    // 60 clients at a quote a millisecond: over 50,000 deliveries a second and faster than
+    // 100 clients at a quote a millisecond: over 50,000 deliveries a second and faster than
     // one quote per batch period, so the writers move onto the batch grid.
-    let mut clients: Vec<Client> = (0..60)
+    let mut clients: Vec<Client> = (0..100)
         .map(|_| Client::auth(proxy.addr, KEY, None))
         .collect();
-    proxy.wait_for_clients(60);
+    proxy.wait_for_clients(100);
     let sent: Vec<String> = (0..300)
         .map(|n| quote(["EURUSD", "GBPUSD"][n % 2], n as u64))
         .collect();
-    for q in &sent {
+    let mut saw_batching = false;
+    for (n, q) in sent.iter().enumerate() {
         up.send(q);
         std::thread::sleep(Duration::from_millis(1));
+        if n % 50 == 49 {
+            saw_batching |= http_get(proxy.addr, "GET /metrics HTTP/1.1\r\n\r\n")
+                .contains("\nfxproxy_batching 1\n");
+        }
     }
+    assert!(saw_batching, "the writers never went onto the batch grid");
     for c in &mut clients {
         let got: Vec<String> = (0..sent.len()).map(|_| c.next_text()).collect();
         assert_eq!(got, sent);

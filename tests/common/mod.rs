@@ -85,18 +85,18 @@ impl TestUpstream {
                                 let _ = ws.flush();
                                 break;
                             }
-                            Err(mpsc::RecvTimeoutError::Timeout) => {}
+                            // Between sends: answer the proxy's pings, notice its close.
+                            Err(mpsc::RecvTimeoutError::Timeout) => match ws.read() {
+                                Ok(_) => {}
+                                Err(tungstenite::Error::Io(e))
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            },
                             Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                        }
-                        // Answers the proxy's pings and notices its close.
-                        match ws.read() {
-                            Ok(_) => {}
-                            Err(tungstenite::Error::Io(e))
-                                if matches!(
-                                    e.kind(),
-                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                ) => {}
-                            Err(_) => break,
                         }
                     }
                 }
