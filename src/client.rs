@@ -17,10 +17,11 @@ use crate::metrics::{now_ms, AuthFailure};
 use crate::protocol::GREETING;
 use crate::server::Context;
 use crossbeam_channel::Receiver;
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::io::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,9 +36,15 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the peer's answer to our close frame.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
-/// Serves one accepted connection to its end.
-pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection to its end. `id` names it among the pending connections.
+pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
     let _ = stream.set_nodelay(true);
+    let (pending, evicted) = ctx.pending.enter(id, &stream);
+    if evicted > 0 {
+        debug!(
+            "{peer}: {evicted} unauthenticated connection(s) dropped to make room (max_pending_connections)"
+        );
+    }
     let deadline = Instant::now() + ctx.config.handshake_timeout;
     let stopping = || ctx.stop.is_set();
     let (request, leftover) = match http::read_head(&mut stream, deadline, STOP_SLICE, &stopping) {
@@ -91,12 +98,11 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
     };
     let accept = match http::accept_upgrade(&request) {
         Ok(a) => a,
-        Err(why) => {
+        Err(refusal) => {
             ctx.metrics
                 .rejected_connections
                 .fetch_add(1, Ordering::Relaxed);
-            let resp = http::response(400, "text/plain", &format!("{why}\n"), false);
-            http::respond_and_close(&mut stream, &resp);
+            http::respond_and_close(&mut stream, &refusal.response());
             return;
         }
     };
@@ -106,16 +112,49 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut ws =
         WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config(ctx)));
-    if ws.send(Message::text(GREETING)).is_err() {
-        return;
-    }
-    let auth = match authenticate(ctx, &mut ws, peer) {
-        Ok(auth) => auth,
-        Err(Refusal { code, reason }) => {
-            close(&mut ws, code, reason);
-            return;
+    let mut budget = Budget::new(ctx.config.max_client_messages_per_sec);
+    // A bug while serving this client must not leave it hanging, nor take others down: the
+    // client is told (1011), the slot and the watch are released by their guards as the
+    // panic unwinds, and every other client goes on.
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        if ctx.echo {
+            drop(pending);
+            echo(ctx, &mut ws, &mut budget)
+        } else {
+            session(ctx, &mut ws, peer, pending, &mut budget)
+        }
+    }));
+    let last_words = match outcome {
+        Ok(words) => words,
+        Err(payload) => {
+            ctx.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
+            error!(
+                "{peer}: internal error while serving this client ({}); closing it with 1011",
+                crate::server::panic_message(&*payload)
+            );
+            Some((CloseCode::Error, "Internal error".to_string()))
         }
     };
+    if let Some((code, reason)) = last_words {
+        close(&mut ws, code, reason);
+    }
+}
+
+/// Greets, authenticates and delivers quotes until the client leaves. Returns the close
+/// frame still owed to the client, if any.
+fn session(
+    ctx: &Context,
+    ws: &mut WebSocket<TcpStream>,
+    peer: SocketAddr,
+    pending: crate::pending::Member<'_>,
+    budget: &mut Budget,
+) -> Option<(CloseCode, String)> {
+    ws.send(Message::text(GREETING)).ok()?;
+    let auth = match authenticate(ctx, ws, peer, budget) {
+        Ok(auth) => auth,
+        Err(Refusal(words)) => return words,
+    };
+    drop(pending);
     let (slot, rx) = match ctx
         .hub
         .join(&auth.key, auth.symbols.as_deref(), std::thread::current())
@@ -131,14 +170,11 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
             };
             ctx.metrics.auth_failed(why);
             warn!("{peer}: refused key {}: {reason}", redacted_key(&auth.key));
-            close(&mut ws, CloseCode::Policy, reason);
-            return;
+            return Some((CloseCode::Policy, reason));
         }
     };
+    let member = Member::new(ctx, slot);
     ctx.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
-    ctx.metrics
-        .clients_connected
-        .fetch_add(1, Ordering::Relaxed);
     info!(
         "{peer}: authenticated key {} for {}",
         redacted_key(&auth.key),
@@ -147,17 +183,144 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) {
             .map_or("all symbols".to_string(), |s| s.join(","))
     );
     let started = Instant::now();
-    let end = deliver(ctx, &mut ws, &slot, &rx);
-    ctx.hub.leave(&slot);
-    ctx.metrics
-        .clients_connected
-        .fetch_sub(1, Ordering::Relaxed);
+    let end = deliver(ctx, ws, &member.slot, &rx, budget);
+    drop(member);
     info!(
         "{peer}: disconnected after {:.1} s: {end}",
         started.elapsed().as_secs_f64()
     );
-    if let Some((code, reason)) = end.close_frame() {
-        close(&mut ws, code, reason.to_string());
+    if let End::ProtocolError(code, _) = &end {
+        ctx.metrics.protocol_error(u16::from(*code));
+    }
+    if matches!(end, End::Flood) {
+        ctx.metrics
+            .flood_disconnects
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    end.close_frame()
+        .map(|(code, reason)| (code, reason.to_string()))
+}
+
+/// A client's place in the hub, given back (and counted out) however the session ends,
+/// a panic included.
+struct Member<'a> {
+    ctx: &'a Context,
+    slot: Arc<ClientSlot>,
+}
+
+impl<'a> Member<'a> {
+    fn new(ctx: &'a Context, slot: Arc<ClientSlot>) -> Member<'a> {
+        ctx.metrics
+            .clients_connected
+            .fetch_add(1, Ordering::Relaxed);
+        Member { ctx, slot }
+    }
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        self.ctx.hub.leave(&self.slot);
+        self.ctx
+            .metrics
+            .clients_connected
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The test-only echo service: every text or binary message goes back as it came. Reads,
+/// limits and errors take the same paths as a real client's.
+fn echo(
+    ctx: &Context,
+    ws: &mut WebSocket<TcpStream>,
+    budget: &mut Budget,
+) -> Option<(CloseCode, String)> {
+    loop {
+        if ctx.stop.is_set() {
+            return Some((CloseCode::Away, "Server shutting down".into()));
+        }
+        let _ = ws.get_mut().set_read_timeout(Some(STOP_SLICE));
+        let message = match ws.read() {
+            Ok(m) => m,
+            Err(WsError::Io(e)) if http::is_timeout(&e) => continue,
+            Err(e) => return read_failure(ctx, &e),
+        };
+        if !budget.take(Instant::now()) {
+            return Some((CloseCode::Policy, TOO_MANY.into()));
+        }
+        let sent = match message {
+            Message::Text(_) | Message::Binary(_) => ws.send(message),
+            // Queued pongs and the reply to a close go out with the flush.
+            _ => ws.flush(),
+        };
+        match sent {
+            Ok(()) => {}
+            Err(WsError::ConnectionClosed) => return None,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The close frame owed to a client whose frame could not be read: 1002 for a protocol
+/// error, 1007 for invalid UTF-8, 1009 for a message over `max_message_bytes`. `None` when
+/// the connection itself is gone and nobody is left to tell.
+pub fn close_for_read_error(e: &WsError) -> Option<(CloseCode, &'static str)> {
+    use tungstenite::error::ProtocolError;
+    match e {
+        WsError::Capacity(_) => Some((CloseCode::Size, "Message too big")),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "Invalid UTF-8")),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some((CloseCode::Protocol, "Protocol error")),
+        _ => None,
+    }
+}
+
+/// What to tell a client after a failed read outside the writer loop, counted and logged.
+fn read_failure(ctx: &Context, e: &WsError) -> Option<(CloseCode, String)> {
+    let (code, reason) = close_for_read_error(e)?;
+    ctx.metrics.protocol_error(u16::from(code));
+    Some((code, reason.to_string()))
+}
+
+const TOO_MANY: &str = "Too many messages";
+
+/// How many messages a client may send: `rate` a second, in bursts of up to `rate`. Clients
+/// of a feed send almost nothing (an auth message, a ping now and then), so a client that
+/// sends a stream of messages is broken or hostile, and reading them costs everyone CPU.
+pub struct Budget {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Budget {
+    /// `rate` 0 means no limit.
+    pub fn new(rate: u32) -> Budget {
+        let rate = if rate == 0 {
+            f64::INFINITY
+        } else {
+            f64::from(rate)
+        };
+        Budget {
+            rate,
+            tokens: rate,
+            last: Instant::now(),
+        }
+    }
+
+    /// Spends one message; false when the budget is spent.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if self.rate.is_infinite() {
+            return true;
+        }
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -189,9 +352,12 @@ fn serve_http(ctx: &Context, stream: &mut TcpStream, request: &Request) {
                 http::response(status, "application/json", &body, head_only)
             }
             "/metrics" if ctx.config.http_endpoints => {
-                let body = ctx
-                    .metrics
-                    .render(&ctx.hub.last_quotes(), ctx.hub.batching(), now_ms());
+                let body = ctx.metrics.render(
+                    &ctx.hub.last_quotes(),
+                    ctx.hub.batching(),
+                    ctx.pending.evictions.load(Ordering::Relaxed),
+                    now_ms(),
+                );
                 http::response(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -208,10 +374,8 @@ fn serve_http(ctx: &Context, stream: &mut TcpStream, request: &Request) {
     http::respond_and_close(stream, &resp);
 }
 
-struct Refusal {
-    code: CloseCode,
-    reason: String,
-}
+/// A refused client and the close frame it is owed (none if it is gone).
+struct Refusal(Option<(CloseCode, String)>);
 
 fn refuse(ctx: &Context, peer: SocketAddr, why: AuthFailure, detail: &str) -> Refusal {
     ctx.metrics.auth_failed(why);
@@ -220,10 +384,7 @@ fn refuse(ctx: &Context, peer: SocketAddr, why: AuthFailure, detail: &str) -> Re
         AuthFailure::BadKey => "Authentication failed",
         _ => "Failed to authenticate",
     };
-    Refusal {
-        code: CloseCode::Policy,
-        reason: reason.to_string(),
-    }
+    Refusal(Some((CloseCode::Policy, reason.to_string())))
 }
 
 fn unknown_symbol(symbol: &str) -> String {
@@ -237,14 +398,15 @@ fn authenticate(
     ctx: &Context,
     ws: &mut WebSocket<TcpStream>,
     peer: SocketAddr,
+    budget: &mut Budget,
 ) -> Result<AuthRequest, Refusal> {
     let deadline = Instant::now() + ctx.config.auth_timeout;
     let text = loop {
         if ctx.stop.is_set() {
-            return Err(Refusal {
-                code: CloseCode::Away,
-                reason: "Server shutting down".into(),
-            });
+            return Err(Refusal(Some((
+                CloseCode::Away,
+                "Server shutting down".into(),
+            ))));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -256,29 +418,36 @@ fn authenticate(
             ));
         }
         let _ = ws.get_mut().set_read_timeout(Some(left.min(STOP_SLICE)));
-        match ws.read() {
-            Ok(Message::Text(text)) => break text,
-            Ok(Message::Ping(_) | Message::Pong(_)) => {
+        let message = match ws.read() {
+            Ok(m) => m,
+            Err(WsError::Io(e)) if http::is_timeout(&e) => continue,
+            Err(e) => {
+                let words = read_failure(ctx, &e);
+                match &words {
+                    Some((code, _)) => {
+                        warn!("{peer}: closed before auth with {}: {e}", u16::from(*code))
+                    }
+                    None => debug!("{peer}: gone before auth: {e}"),
+                }
+                return Err(Refusal(words));
+            }
+        };
+        if !budget.take(Instant::now()) {
+            ctx.metrics
+                .flood_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            warn!("{peer}: closed before auth: too many messages");
+            return Err(Refusal(Some((CloseCode::Policy, TOO_MANY.into()))));
+        }
+        match message {
+            Message::Text(text) => break text,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 let _ = ws.flush();
             }
-            Ok(Message::Close(_)) => {
-                return Err(Refusal {
-                    code: CloseCode::Normal,
-                    reason: String::new(),
-                })
-            }
-            Ok(_) => return Err(refuse(ctx, peer, AuthFailure::BadMessage, "a binary frame")),
-            Err(WsError::Io(e)) if http::is_timeout(&e) => continue,
-            Err(WsError::Capacity(e)) => {
-                return Err(refuse(ctx, peer, AuthFailure::BadMessage, &e.to_string()))
-            }
-            Err(e) => {
-                return Err(refuse(
-                    ctx,
-                    peer,
-                    AuthFailure::BadMessage,
-                    &format!("connection failed before auth: {e}"),
-                ))
+            // tungstenite has queued the reply; the flush in `close` sends it.
+            Message::Close(_) => return Err(Refusal(None)),
+            Message::Binary(_) => {
+                return Err(refuse(ctx, peer, AuthFailure::BadMessage, "a binary frame"))
             }
         }
     };
@@ -302,10 +471,7 @@ fn authenticate(
         if ctx.hub.symbol_id(symbol).is_none() {
             ctx.metrics.auth_failed(AuthFailure::Symbol);
             warn!("{peer}: refused: symbol {symbol:.32} is not carried");
-            return Err(Refusal {
-                code: CloseCode::Policy,
-                reason: unknown_symbol(symbol),
-            });
+            return Err(Refusal(Some((CloseCode::Policy, unknown_symbol(symbol)))));
         }
         if !entry.allows(symbol) {
             ctx.metrics.auth_failed(AuthFailure::Symbol);
@@ -313,10 +479,10 @@ fn authenticate(
                 "{peer}: refused: key {} is not entitled to {symbol}",
                 redacted_key(&request.key)
             );
-            return Err(Refusal {
-                code: CloseCode::Policy,
-                reason: format!("Not entitled to symbol {symbol}"),
-            });
+            return Err(Refusal(Some((
+                CloseCode::Policy,
+                format!("Not entitled to symbol {symbol}"),
+            ))));
         }
     }
     Ok(AuthRequest {
@@ -329,7 +495,9 @@ fn authenticate(
 enum End {
     Kicked(Kick),
     ClientClosed,
-    TooBig,
+    /// A frame that broke the protocol (1002), invalid UTF-8 (1007) or was too big (1009).
+    ProtocolError(CloseCode, &'static str),
+    Flood,
     PingTimeout,
     Failed(String),
 }
@@ -341,7 +509,8 @@ impl End {
             End::Kicked(Kick::KeyRevoked) => Some((CloseCode::Policy, "Authentication failed")),
             End::Kicked(_) => Some((CloseCode::Away, "Server shutting down")),
             End::PingTimeout => Some((CloseCode::Away, "Ping timeout")),
-            End::TooBig => Some((CloseCode::Size, "Message too big")),
+            End::ProtocolError(code, reason) => Some((*code, reason)),
+            End::Flood => Some((CloseCode::Policy, TOO_MANY)),
             End::ClientClosed | End::Failed(_) => None,
         }
     }
@@ -355,7 +524,10 @@ impl std::fmt::Display for End {
             End::Kicked(_) => f.write_str("server shutting down"),
             End::ClientClosed => f.write_str("closed by the client"),
             End::PingTimeout => f.write_str("no answer to two pings"),
-            End::TooBig => f.write_str("sent a message over max_message_bytes"),
+            End::ProtocolError(code, reason) => {
+                write!(f, "{reason} (close {})", u16::from(*code))
+            }
+            End::Flood => f.write_str("sent more than max_client_messages_per_sec"),
             End::Failed(e) => write!(f, "{e}"),
         }
     }
@@ -376,16 +548,29 @@ fn deliver(
     ws: &mut WebSocket<TcpStream>,
     slot: &Arc<ClientSlot>,
     rx: &Receiver<Utf8Bytes>,
+    budget: &mut Budget,
 ) -> End {
     let fd = ws.get_ref().as_raw_fd();
     if let Err(e) = ctx.watcher.watch(fd, slot) {
         return End::Failed(format!("cannot watch the socket: {e}"));
     }
+    let _watched = Watched { ctx, fd, slot };
     // Anything that arrived with or after the auth message came before the watch began.
     slot.readable.store(true, Ordering::SeqCst);
-    let end = deliver_loop(ctx, ws, slot, rx);
-    ctx.watcher.unwatch(fd, slot);
-    end
+    deliver_loop(ctx, ws, slot, rx, budget)
+}
+
+/// The socket's registration with the watcher, undone however the writer loop ends.
+struct Watched<'a> {
+    ctx: &'a Context,
+    fd: std::os::unix::io::RawFd,
+    slot: &'a ClientSlot,
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.ctx.watcher.unwatch(self.fd, self.slot);
+    }
 }
 
 fn deliver_loop(
@@ -393,6 +578,7 @@ fn deliver_loop(
     ws: &mut WebSocket<TcpStream>,
     slot: &ClientSlot,
     rx: &Receiver<Utf8Bytes>,
+    budget: &mut Budget,
 ) -> End {
     let ping_every = ctx.config.client_ping;
     let mut tick = next_tick(ping_every);
@@ -413,6 +599,8 @@ fn deliver_loop(
             }
         }
         if written > 0 {
+            #[cfg(test)]
+            tests::maybe_fail(&slot.key);
             if let Err(e) = ws.flush() {
                 return End::Failed(format!("write failed: {e}"));
             }
@@ -421,7 +609,7 @@ fn deliver_loop(
                 .fetch_add(written, Ordering::Relaxed);
         }
         if slot.readable.swap(false, Ordering::SeqCst) {
-            match read_pass(ws) {
+            match read_pass(ws, budget) {
                 Ok(true) => last_heard = Instant::now(),
                 Ok(false) => {}
                 Err(end) => return end,
@@ -453,7 +641,7 @@ fn deliver_loop(
 
 /// Reads everything the client has sent without blocking: tungstenite queues the pong for a
 /// ping and the reply to a close; both are flushed here. Returns whether anything arrived.
-fn read_pass(ws: &mut WebSocket<TcpStream>) -> Result<bool, End> {
+fn read_pass(ws: &mut WebSocket<TcpStream>, budget: &mut Budget) -> Result<bool, End> {
     if let Err(e) = ws.get_mut().set_nonblocking(true) {
         return Err(End::Failed(e.to_string()));
     }
@@ -461,16 +649,18 @@ fn read_pass(ws: &mut WebSocket<TcpStream>) -> Result<bool, End> {
     let result = loop {
         match ws.read() {
             Ok(Message::Close(_)) => break Err(End::ClientClosed),
+            Ok(_) if !budget.take(Instant::now()) => break Err(End::Flood),
             Ok(_) => heard = true,
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break Ok(heard),
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                 break Err(End::ClientClosed)
             }
-            Err(WsError::Capacity(_)) => break Err(End::TooBig),
-            Err(WsError::Protocol(
-                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            )) => break Err(End::Failed("connection reset without a close frame".into())),
-            Err(e) => break Err(End::Failed(format!("read failed: {e}"))),
+            Err(e) => {
+                break Err(match close_for_read_error(&e) {
+                    Some((code, reason)) => End::ProtocolError(code, reason),
+                    None => End::Failed(format!("read failed: {e}")),
+                })
+            }
         }
     };
     if let Err(e) = ws.get_mut().set_nonblocking(false) {
@@ -506,5 +696,122 @@ fn close(ws: &mut WebSocket<TcpStream>, code: CloseCode, reason: String) {
             Ok(_) => continue,
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::Server;
+    use std::cell::Cell;
+
+    /// The key whose writer panics after queuing its first frame (see [`maybe_fail`]).
+    const PANIC_KEY: &str = "panic-in-the-writer-key";
+
+    /// A fault injected into the writer loop, in unit tests only.
+    pub fn maybe_fail(key: &str) {
+        thread_local!(static FAILED: Cell<bool> = const { Cell::new(false) });
+        if key == PANIC_KEY && !FAILED.with(|f| f.replace(true)) {
+            panic!("injected fault");
+        }
+    }
+
+    #[test]
+    fn the_budget_allows_bursts_up_to_the_rate_then_refills() {
+        let start = Instant::now();
+        let mut b = Budget::new(10);
+        b.last = start;
+        assert!((0..10).all(|_| b.take(start)));
+        assert!(!b.take(start));
+        assert!(b.take(start + Duration::from_millis(100)), "one refilled");
+        assert!(!b.take(start + Duration::from_millis(100)));
+        let mut unlimited = Budget::new(0);
+        assert!((0..100_000).all(|_| unlimited.take(start)));
+    }
+
+    #[test]
+    fn read_errors_map_to_close_codes() {
+        use tungstenite::error::{CapacityError, ProtocolError};
+        let code = |e: WsError| close_for_read_error(&e).map(|(c, _)| u16::from(c));
+        assert_eq!(
+            code(WsError::Capacity(CapacityError::MessageTooLong {
+                size: 2,
+                max_size: 1
+            })),
+            Some(1009)
+        );
+        assert_eq!(code(WsError::Utf8("bad".into())), Some(1007));
+        assert_eq!(
+            code(WsError::Protocol(ProtocolError::UnmaskedFrameFromClient)),
+            Some(1002)
+        );
+        assert_eq!(
+            code(WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake
+            )),
+            None
+        );
+        assert_eq!(code(WsError::ConnectionClosed), None);
+    }
+
+    fn read_text(ws: &mut WebSocket<TcpStream>) -> Message {
+        loop {
+            match ws.read().expect("a message") {
+                Message::Ping(_) | Message::Pong(_) => {}
+                m => return m,
+            }
+        }
+    }
+
+    fn connect(addr: SocketAddr, key: &str) -> WebSocket<TcpStream> {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).unwrap();
+        assert_eq!(read_text(&mut ws), Message::text(GREETING));
+        ws.send(Message::text(format!(r#"{{"userKey":"{key}"}}"#)))
+            .unwrap();
+        ws
+    }
+
+    #[test]
+    fn a_panic_while_serving_one_client_closes_only_that_client_with_1011() {
+        let dir = std::env::temp_dir().join(format!("fxproxy-panic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("keys"),
+            format!("good-key-0123456789\n{PANIC_KEY}\n"),
+        )
+        .unwrap();
+        let text = "listen = 127.0.0.1:0\nupstream_url = sim\nsim_rate = 200\nsymbols = EURUSD\n\
+                    user_keys_file = keys\nstatus_interval_secs = 0\n";
+        let cfg = config::parse(text, &dir.join("proxy.conf")).unwrap();
+        let server = Server::start(cfg).unwrap();
+        let addr = server.local_addr();
+        let metrics = server.metrics();
+        let mut good = connect(addr, "good-key-0123456789");
+        let mut bad = connect(addr, PANIC_KEY);
+        // It may get a quote or two first: they were queued before the fault.
+        let mut first = read_text(&mut bad);
+        while let Message::Text(_) = first {
+            first = read_text(&mut bad);
+        }
+        match first {
+            Message::Close(Some(f)) => {
+                assert_eq!(f.code, CloseCode::Error);
+                assert_eq!(f.reason.as_str(), "Internal error");
+            }
+            other => panic!("expected close 1011, got {other:?}"),
+        }
+        // The other client goes on receiving, and the failed one has left the hub.
+        for _ in 0..20 {
+            assert!(matches!(read_text(&mut good), Message::Text(_)));
+        }
+        assert_eq!(metrics.internal_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.clients_connected.load(Ordering::Relaxed), 1);
+        server.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

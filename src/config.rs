@@ -39,12 +39,16 @@ const KEYS: &[&str] = &[
     "upstream_stale_secs",
     "upstream_connect_timeout_secs",
     "upstream_ping_secs",
+    "upstream_backoff_min_ms",
+    "upstream_backoff_max_secs",
     "market_hours",
     "client_queue_len",
     "client_ping_secs",
     "max_clients",
     "max_clients_per_key",
+    "max_pending_connections",
     "max_message_bytes",
+    "max_client_messages_per_sec",
     "client_read_buffer_bytes",
     "client_write_buffer_bytes",
     "allowed_origins",
@@ -150,6 +154,9 @@ pub struct Config {
     pub upstream_stale: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_ping: Duration,
+    /// The first reconnect delay; it doubles (with jitter) up to `upstream_backoff_max`.
+    pub upstream_backoff_min: Duration,
+    pub upstream_backoff_max: Duration,
     pub market_hours: MarketHours,
     pub client_queue_len: usize,
     /// Idle clients are pinged this often; a client silent for two of these is dropped.
@@ -157,7 +164,12 @@ pub struct Config {
     pub max_clients: usize,
     /// 0 means unlimited.
     pub max_clients_per_key: usize,
+    /// Connections still in their HTTP request, WebSocket handshake or auth; when full, the
+    /// oldest is dropped to make room for the newcomer.
+    pub max_pending_connections: usize,
     pub max_message_bytes: usize,
+    /// Messages (pings included) an authenticated client may send per second; 0 is no limit.
+    pub max_client_messages_per_sec: u32,
     /// Bytes read from a client socket at a time (tungstenite allocates this up front).
     pub client_read_buffer_bytes: usize,
     /// Frames are buffered up to this many bytes before a write; the buffer keeps its size.
@@ -197,12 +209,16 @@ impl Config {
             upstream_stale: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_ping: Duration::from_secs(15),
+            upstream_backoff_min: Duration::from_millis(1000),
+            upstream_backoff_max: Duration::from_secs(60),
             market_hours: MarketHours::Fx,
             client_queue_len: 1024,
             client_ping: Duration::from_secs(30),
             max_clients: 10_000,
             max_clients_per_key: 0,
+            max_pending_connections: 512,
             max_message_bytes: 4096,
+            max_client_messages_per_sec: 50,
             client_read_buffer_bytes: 1024,
             client_write_buffer_bytes: 4096,
             allowed_origins: Vec::new(),
@@ -397,6 +413,16 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         config.key_lines.push((known, line_no));
     }
 
+    if config.upstream_backoff_min > config.upstream_backoff_max {
+        return Err(config.error_at(
+            "upstream_backoff_min_ms",
+            format!(
+                "the first reconnect delay ({} ms) is longer than upstream_backoff_max_secs ({} s)",
+                config.upstream_backoff_min.as_millis(),
+                config.upstream_backoff_max.as_secs()
+            ),
+        ));
+    }
     for key in REQUIRED {
         if config.line_of(key).is_none() {
             return Err(ConfigError {
@@ -434,6 +460,13 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
         "upstream_stale_secs" => c.upstream_stale = secs(v, 1, 86_400)?,
         "upstream_connect_timeout_secs" => c.upstream_connect_timeout = secs(v, 1, 300)?,
         "upstream_ping_secs" => c.upstream_ping = secs(v, 1, 3600)?,
+        "upstream_backoff_min_ms" => {
+            let n = whole(v, 10, 60_000).ok_or_else(|| {
+                format!("expected a whole number of milliseconds from 10 to 60000, got {v:?}")
+            })?;
+            c.upstream_backoff_min = Duration::from_millis(n);
+        }
+        "upstream_backoff_max_secs" => c.upstream_backoff_max = secs(v, 1, 3600)?,
         "market_hours" => {
             c.market_hours = match v.to_ascii_lowercase().as_str() {
                 "fx" => MarketHours::Fx,
@@ -447,7 +480,15 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
         "max_clients_per_key" => {
             c.max_clients_per_key = count(v, " (0 for unlimited)", 0, 1_000_000)?
         }
+        "max_pending_connections" => c.max_pending_connections = count(v, "", 1, 1_000_000)?,
         "max_message_bytes" => c.max_message_bytes = count(v, " of bytes", 128, 16_777_216)?,
+        "max_client_messages_per_sec" => {
+            c.max_client_messages_per_sec = whole(v, 0, 1_000_000)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    format!("expected 0 (no limit) or a whole number from 1 to 1000000, got {v:?}")
+                })?
+        }
         "client_read_buffer_bytes" => {
             c.client_read_buffer_bytes = count(v, " of bytes", 256, 1_048_576)?
         }
@@ -769,12 +810,16 @@ mod tests {
         assert_eq!(c.upstream_stale, Duration::from_secs(30));
         assert_eq!(c.upstream_connect_timeout, Duration::from_secs(10));
         assert_eq!(c.upstream_ping, Duration::from_secs(15));
+        assert_eq!(c.upstream_backoff_min, Duration::from_secs(1));
+        assert_eq!(c.upstream_backoff_max, Duration::from_secs(60));
         assert_eq!(c.market_hours, MarketHours::Fx);
         assert_eq!(c.client_queue_len, 1024);
         assert_eq!(c.client_ping, Duration::from_secs(30));
         assert_eq!(c.max_clients, 10_000);
         assert_eq!(c.max_clients_per_key, 0);
+        assert_eq!(c.max_pending_connections, 512);
         assert_eq!(c.max_message_bytes, 4096);
+        assert_eq!(c.max_client_messages_per_sec, 50);
         assert!(c.allowed_origins.is_empty());
         assert!(c.http_endpoints);
         assert!(c.page);
@@ -795,8 +840,10 @@ mod tests {
              subscribe_message = {DEFAULT_SUBSCRIBE_MESSAGE}\nauth_timeout_secs = 10\n\
              handshake_timeout_secs = 5\nupstream_stale_secs = 30\n\
              upstream_connect_timeout_secs = 10\nupstream_ping_secs = 15\nmarket_hours = fx\n\
+             upstream_backoff_min_ms = 1000\nupstream_backoff_max_secs = 60\n\
              client_queue_len = 1024\nclient_ping_secs = 30\nmax_clients = 10000\n\
-             max_clients_per_key = 0\nmax_message_bytes = 4096\nallowed_origins =\n\
+             max_clients_per_key = 0\nmax_pending_connections = 512\n\
+             max_message_bytes = 4096\nmax_client_messages_per_sec = 50\nallowed_origins =\n\
              client_read_buffer_bytes = 1024\nclient_write_buffer_bytes = 4096\n\
              http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 20\n\
              sim_rate = 20\nlog_level = info\n"

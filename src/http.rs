@@ -186,20 +186,70 @@ pub fn respond_and_close(stream: &mut TcpStream, bytes: &[u8]) {
     }
 }
 
+/// Why an upgrade request was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpgradeRefusal {
+    pub reason: &'static str,
+    /// The client asked for a protocol version other than 13: answer 426 and name ours.
+    pub wrong_version: bool,
+}
+
+impl UpgradeRefusal {
+    fn bad(reason: &'static str) -> UpgradeRefusal {
+        UpgradeRefusal {
+            reason,
+            wrong_version: false,
+        }
+    }
+
+    /// 400, or 426 with `Sec-WebSocket-Version: 13` as RFC 6455 (4.4) asks.
+    pub fn response(&self) -> Vec<u8> {
+        let body = format!("{}\n", self.reason);
+        let mut out = response(
+            if self.wrong_version { 426 } else { 400 },
+            "text/plain",
+            &body,
+            false,
+        );
+        if self.wrong_version {
+            // After the status line: the header goes in before the blank line.
+            if let Some(end) = out.windows(2).position(|w| w == b"\r\n") {
+                out.splice(end + 2..end + 2, *b"Sec-WebSocket-Version: 13\r\n");
+            }
+        }
+        out
+    }
+}
+
 /// The 101 response accepting a WebSocket upgrade, or why the request is not a valid one.
-pub fn accept_upgrade(request: &Request) -> Result<Vec<u8>, &'static str> {
+pub fn accept_upgrade(request: &Request) -> Result<Vec<u8>, UpgradeRefusal> {
     if request.method != "GET" {
-        return Err("WebSocket upgrade must use GET");
+        return Err(UpgradeRefusal::bad("WebSocket upgrade must use GET"));
     }
     if !request.header_has_token("Connection", "upgrade") {
-        return Err("missing Connection: Upgrade");
+        return Err(UpgradeRefusal::bad("missing Connection: Upgrade"));
     }
     if request.header("Sec-WebSocket-Version") != Some("13") {
-        return Err("unsupported Sec-WebSocket-Version (13 is required)");
+        return Err(UpgradeRefusal {
+            reason: "unsupported Sec-WebSocket-Version (13 is required)",
+            wrong_version: true,
+        });
     }
+    // The key is 16 random bytes in base64: 24 characters ending in `==`.
     let key = request
         .header("Sec-WebSocket-Key")
-        .ok_or("missing Sec-WebSocket-Key")?;
+        .filter(|k| !k.is_empty())
+        .ok_or(UpgradeRefusal::bad("missing Sec-WebSocket-Key"))?;
+    if key.len() != 24
+        || !key.ends_with("==")
+        || !key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    {
+        return Err(UpgradeRefusal::bad(
+            "Sec-WebSocket-Key is not 16 bytes in base64",
+        ));
+    }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     Ok(format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -234,6 +284,25 @@ mod tests {
         let resp = String::from_utf8(accept_upgrade(&req).unwrap()).unwrap();
         // The RFC 6455 example key and its accept value.
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn refuses_bad_upgrades_with_the_right_status() {
+        let with = |from: &str, to: &str| parse_head(UPGRADE.replace(from, to).as_bytes()).unwrap();
+        let version = accept_upgrade(&with("Version: 13", "Version: 8")).unwrap_err();
+        let text = String::from_utf8(version.response()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"));
+        for (from, to) in [
+            ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "short"),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ!="),
+            ("keep-alive, Upgrade", "keep-alive"),
+        ] {
+            let refusal = accept_upgrade(&with(from, to)).unwrap_err();
+            let text = String::from_utf8(refusal.response()).unwrap();
+            assert!(text.starts_with("HTTP/1.1 400 "), "{to:?}: {text}");
+            assert!(text.ends_with(&format!("{}\n", refusal.reason)));
+        }
     }
 
     #[test]

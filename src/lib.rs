@@ -15,6 +15,7 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
+pub mod pending;
 pub mod protocol;
 pub mod server;
 pub mod sim;

@@ -25,3 +25,20 @@ pub fn init(level: &str) {
     // Only fails when a logger is already set (tests starting several servers): keep that one.
     let _ = WriteLogger::init(filter, config.build(), std::io::stderr());
 }
+
+/// Sends panics to the log, with the thread's name and the place in the code, instead of
+/// stderr's bare text: in the journal they then carry a time and a level like every other
+/// error. What happens next is up to the thread's owner (see `server` and `client`).
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let message = crate::server::panic_message(info.payload());
+        let place = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        log::error!(
+            "panic in thread '{}'{place}: {message}",
+            thread.name().unwrap_or("unnamed")
+        );
+    }));
+}

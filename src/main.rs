@@ -74,11 +74,12 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     logging::init(config.log_level.name());
+    logging::log_panics();
     let signal = match termination_signal() {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let server = match Server::start(config) {
+    let server = match Server::start_with_alarm(config, Arc::clone(&signal)) {
         Ok(s) => s,
         Err(e @ fxproxy::server::StartError::Keys(_)) => {
             log::error!("{e}");
@@ -90,9 +91,16 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     while !signal.wait(Duration::from_secs(3600)) {}
-    log::info!("termination signal received");
+    let failed = server.failed();
+    if !failed {
+        log::info!("termination signal received");
+    }
     server.shutdown();
-    ExitCode::SUCCESS
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn run_sim(listen: std::net::SocketAddr, rate: u32, symbols: Vec<String>) -> ExitCode {

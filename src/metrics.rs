@@ -74,10 +74,19 @@ pub struct Metrics {
     pub key_reload_failures: AtomicU64,
     pub upstream_connects: AtomicU64,
     pub upstream_reconnects: AtomicU64,
+    /// Clients closed for a protocol error (1002), invalid UTF-8 (1007) or size (1009).
+    pub protocol_errors: [AtomicU64; 3],
+    /// Clients closed for sending more than `max_client_messages_per_sec`.
+    pub flood_disconnects: AtomicU64,
+    /// Client connections closed after an internal error (a panic) while serving them.
+    pub internal_errors: AtomicU64,
     /// Epoch milliseconds of the newest quote from upstream, 0 before the first.
     pub last_quote_ms: AtomicU64,
     upstream: Mutex<Option<UpstreamState>>,
 }
+
+/// The close codes counted in `protocol_errors`, in its order.
+pub const PROTOCOL_CLOSE_CODES: [u16; 3] = [1002, 1007, 1009];
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -147,7 +156,20 @@ impl Metrics {
     }
 
     /// `/metrics` in the Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self, symbols: &[(String, u64)], batching: bool, now_ms: u64) -> String {
+    /// Counts a client closed with `code`, if it is one of [`PROTOCOL_CLOSE_CODES`].
+    pub fn protocol_error(&self, code: u16) {
+        if let Some(i) = PROTOCOL_CLOSE_CODES.iter().position(|c| *c == code) {
+            self.protocol_errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn render(
+        &self,
+        symbols: &[(String, u64)],
+        batching: bool,
+        pending_evictions: u64,
+        now_ms: u64,
+    ) -> String {
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -232,6 +254,35 @@ impl Metrics {
             "counter",
             "Upstream connections lost and tried again.",
             &one(c(&self.upstream_reconnects)),
+        );
+        let protocol: Vec<(String, f64)> = PROTOCOL_CLOSE_CODES
+            .iter()
+            .zip(&self.protocol_errors)
+            .map(|(code, n)| (format!("{{close_code=\"{code}\"}}"), c(n) as f64))
+            .collect();
+        metric(
+            "fxproxy_client_protocol_errors_total",
+            "counter",
+            "Clients closed for a protocol error (1002), invalid UTF-8 (1007) or a message over max_message_bytes (1009).",
+            &protocol,
+        );
+        metric(
+            "fxproxy_client_flood_disconnects_total",
+            "counter",
+            "Clients closed for sending more than max_client_messages_per_sec.",
+            &one(c(&self.flood_disconnects)),
+        );
+        metric(
+            "fxproxy_pending_evictions_total",
+            "counter",
+            "Unauthenticated connections dropped to make room under max_pending_connections.",
+            &one(pending_evictions),
+        );
+        metric(
+            "fxproxy_internal_errors_total",
+            "counter",
+            "Client connections closed with 1011 after an internal error (a bug: see the log).",
+            &one(c(&self.internal_errors)),
         );
         let connected = matches!(self.upstream(), UpstreamState::Connected { .. });
         metric(
@@ -348,7 +399,7 @@ mod tests {
     fn metrics_have_help_and_type_for_each_family() {
         let m = Metrics::new();
         m.auth_failed(AuthFailure::Timeout);
-        let text = m.render(&[("EURUSD".into(), 500)], false, 1500);
+        let text = m.render(&[("EURUSD".into(), 500)], false, 0, 1500);
         assert!(text.contains("# TYPE fxproxy_auth_failures_total counter"));
         assert!(text.contains("fxproxy_auth_failures_total{reason=\"timeout\"} 1\n"));
         assert!(text.contains("fxproxy_last_quote_age_seconds{symbol=\"EURUSD\"} 1\n"));

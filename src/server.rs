@@ -6,6 +6,7 @@ use crate::config::{Config, Upstream};
 use crate::distributor::{self, Hub, Kick};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
+use crate::pending::Pending;
 use crate::sim::{SimOptions, SimServer};
 use crate::stop::Stop;
 use crate::upstream;
@@ -15,7 +16,8 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,9 +39,17 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub watcher: Arc<Watcher>,
     pub stop: Arc<Stop>,
+    /// Connections not yet authenticated, bounded by `max_pending_connections`.
+    pub pending: Pending,
+    /// Test-only echo service (see [`Server::start_echo`]).
+    pub echo: bool,
     keys: RwLock<Arc<KeyStore>>,
     connections: AtomicUsize,
     threads: Threads,
+    /// Set when a service thread died of a panic; the process should stop with an error.
+    failed: AtomicBool,
+    /// Told when `failed` is set, so whoever waits for a signal wakes up too.
+    alarm: Arc<Stop>,
 }
 
 impl Context {
@@ -83,6 +93,39 @@ impl Drop for ThreadGuard {
         if *live == 0 {
             self.0.threads.done.notify_all();
         }
+    }
+}
+
+/// Starts a service thread. Should one panic, the proxy cannot go on correctly (no quotes, no
+/// new clients): the panic is logged, the failure recorded and the alarm raised, so the
+/// process shuts down with close 1001 for every client and exits 1, and the service manager
+/// starts it again. A silent half-working proxy would be worse.
+fn spawn_service(
+    ctx: &Arc<Context>,
+    name: &str,
+    body: impl FnOnce(&Arc<Context>) + Send + 'static,
+) -> io::Result<()> {
+    let thread = name.to_string();
+    spawn(ctx, thread.clone(), SERVICE_STACK, move |ctx| {
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| body(ctx))) {
+            error!(
+                "internal error: the {thread} thread failed ({}); stopping so the service manager can restart fxproxy",
+                panic_message(&*payload)
+            );
+            ctx.failed.store(true, Ordering::SeqCst);
+            ctx.alarm.set();
+        }
+    })
+}
+
+/// The text of a panic's payload, for the log.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "no message"
     }
 }
 
@@ -133,6 +176,25 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
+        Server::start_with(config, Arc::new(Stop::new()), false)
+    }
+
+    /// Starts the proxy; `alarm` is set if it fails on its own (a service thread panicked),
+    /// so a caller waiting for a termination signal on it wakes up and shuts down.
+    pub fn start_with_alarm(config: Config, alarm: Arc<Stop>) -> Result<Server, StartError> {
+        Server::start_with(config, alarm, false)
+    }
+
+    /// For tests only: every accepted connection goes through the production accept path
+    /// (request parsing, limits, handshake, timeouts, buffer sizes, message budget and the
+    /// mapping of protocol errors to close codes), but instead of the greeting and the auth
+    /// it echoes each message back. This is what the Autobahn fuzzing client expects.
+    #[doc(hidden)]
+    pub fn start_echo(config: Config) -> Result<Server, StartError> {
+        Server::start_with(config, Arc::new(Stop::new()), true)
+    }
+
+    fn start_with(config: Config, alarm: Arc<Stop>, echo: bool) -> Result<Server, StartError> {
         // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
         // in. An error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -175,25 +237,32 @@ impl Server {
             ping_every: config.upstream_ping,
             stale_after: config.upstream_stale,
             market_hours: config.market_hours,
+            backoff_min: config.upstream_backoff_min,
+            backoff_max: config.upstream_backoff_max,
         };
+        let config_pending = config.max_pending_connections;
         let ctx = Arc::new(Context {
             config,
             hub,
             metrics,
             watcher,
             stop: Arc::new(Stop::new()),
+            pending: Pending::new(config_pending),
+            echo,
             keys: RwLock::new(Arc::new(keys)),
             connections: AtomicUsize::new(0),
             threads: Threads::default(),
+            failed: AtomicBool::new(false),
+            alarm,
         });
         // The channel from upstream to distributor is bounded: should the distributor ever
         // fall behind, the upstream read waits and TCP pushes back on the source.
         let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
-        spawn(&ctx, "distributor".into(), SERVICE_STACK, move |ctx| {
+        spawn_service(&ctx, "distributor", move |ctx| {
             distributor::run(Arc::clone(&ctx.hub), frames_rx)
         })
         .map_err(StartError::Thread)?;
-        spawn(&ctx, "upstream".into(), SERVICE_STACK, move |ctx| {
+        spawn_service(&ctx, "upstream", move |ctx| {
             upstream::run(
                 settings,
                 frames_tx,
@@ -202,12 +271,9 @@ impl Server {
             )
         })
         .map_err(StartError::Thread)?;
-        spawn(&ctx, "accept".into(), SERVICE_STACK, move |ctx| {
-            accept_loop(ctx, listener)
-        })
-        .map_err(StartError::Thread)?;
-        spawn(&ctx, "housekeeping".into(), SERVICE_STACK, housekeeping)
+        spawn_service(&ctx, "accept", move |ctx| accept_loop(ctx, listener))
             .map_err(StartError::Thread)?;
+        spawn_service(&ctx, "housekeeping", housekeeping).map_err(StartError::Thread)?;
         info!("listening on {addr}");
         Ok(Server { ctx, addr, sim })
     }
@@ -222,6 +288,11 @@ impl Server {
 
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.ctx.metrics)
+    }
+
+    /// Whether a service thread failed (see [`Server::start_with_alarm`]).
+    pub fn failed(&self) -> bool {
+        self.ctx.failed.load(Ordering::SeqCst)
     }
 
     /// Stops accepting, sends every client close 1001, closes the upstream and waits (at
@@ -267,9 +338,11 @@ fn accept_loop(ctx: &Arc<Context>, listener: TcpListener) {
         match conn {
             Ok(stream) => {
                 starved_logged = false;
-                // Connections still in their handshake count too, so a flood of silent
-                // sockets cannot exhaust threads and descriptors beyond the client limit.
-                if *ctx.threads.live.lock() > ctx.config.max_clients + SERVICE_THREADS {
+                // A last line of defence for threads and descriptors: connections in their
+                // handshake are bounded apart (`Pending`), the oldest making room for new.
+                let most =
+                    ctx.config.max_clients + ctx.config.max_pending_connections + SERVICE_THREADS;
+                if *ctx.threads.live.lock() > most {
                     ctx.metrics
                         .rejected_connections
                         .fetch_add(1, Ordering::Relaxed);
@@ -281,8 +354,9 @@ fn accept_loop(ctx: &Arc<Context>, listener: TcpListener) {
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                 let name = format!("client-{next_id}");
+                let id = next_id;
                 if let Err(e) = spawn(ctx, name, CLIENT_STACK, move |ctx| {
-                    client::serve(ctx, stream, peer)
+                    client::serve(ctx, stream, peer, id)
                 }) {
                     spawn_failures.note(|n| {
                         error!("cannot start a thread for a new client ({n} refused): {e}; raise TasksMax / kernel.threads-max / vm.max_map_count")

@@ -34,6 +34,8 @@ pub struct Settings {
     pub ping_every: Duration,
     pub stale_after: Duration,
     pub market_hours: MarketHours,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
 }
 
 type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -50,7 +52,7 @@ struct Ended {
 /// politely and returns, which drops `frames` and so ends the distributor.
 pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>, stop: Arc<Stop>) {
     let shown = display_url(&settings.url);
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), now_ms());
+    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max, now_ms());
     while !stop.is_set() {
         let ended = match session(&settings, &frames, &metrics, &stop) {
             Ok(()) => return,
@@ -61,9 +63,9 @@ pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>,
         }
         let delay = if ended.refused {
             error!(
-                "upstream {shown} refused the provider key: \"{}\" — the provider's connection limit for this key is reached (another program is using the same key?); waiting {} s before trying again",
+                "upstream {shown} refused the provider key: \"{}\" — the provider's connection limit for this key is reached (another program is using the same key?); waiting {:.1} s before trying again",
                 protocol::REFUSAL_TOO_MANY,
-                backoff.max.as_secs()
+                backoff.max.as_secs_f64()
             );
             metrics.set_upstream(UpstreamState::Refused { since_ms: now_ms() });
             backoff.saturate()
@@ -263,7 +265,7 @@ pub fn open_since(hours: MarketHours, now_ms: u64) -> Option<u64> {
     }
 }
 
-/// Exponential back-off with jitter: 1 s doubling to the maximum, each delay drawn between
+/// Exponential back-off with jitter: the start (1 s by default) doubling to the maximum, each delay drawn between
 /// half and all of the current step so many proxies restarting together spread out.
 pub struct Backoff {
     start: Duration,
