@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod raw_ws;
 
 use fxproxy::config;
 use fxproxy::Server;
