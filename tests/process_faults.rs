@@ -161,8 +161,11 @@ fn sigterm_under_full_load_gives_every_client_1001_and_exits_0_within_2_s() {
     let delivered = Arc::new(AtomicU64::new(0));
     let quit = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (receiving, delivered, quit) =
-            (Arc::clone(&receiving), Arc::clone(&delivered), Arc::clone(&quit));
+        let (receiving, delivered, quit) = (
+            Arc::clone(&receiving),
+            Arc::clone(&delivered),
+            Arc::clone(&quit),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         thread::Builder::new()
             .name("clients".into())
