@@ -46,10 +46,24 @@ pub struct Context {
     keys: RwLock<Arc<KeyStore>>,
     connections: AtomicUsize,
     threads: Threads,
-    /// Set when a service thread died of a panic; the process should stop with an error.
+    /// Raised when a service thread fails; the process should stop with an error.
+    failure: Arc<Failure>,
+}
+
+/// A service thread's failure: recorded, logged, and told to whoever waits on the alarm.
+struct Failure {
     failed: AtomicBool,
-    /// Told when `failed` is set, so whoever waits for a signal wakes up too.
     alarm: Arc<Stop>,
+}
+
+impl Failure {
+    fn raise(&self, thread: &str, why: &str) {
+        error!(
+            "internal error: the {thread} thread failed ({why}); stopping so the service manager can restart fxproxy"
+        );
+        self.failed.store(true, Ordering::SeqCst);
+        self.alarm.set();
+    }
 }
 
 impl Context {
@@ -108,12 +122,7 @@ fn spawn_service(
     let thread = name.to_string();
     spawn(ctx, thread.clone(), SERVICE_STACK, move |ctx| {
         if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| body(ctx))) {
-            error!(
-                "internal error: the {thread} thread failed ({}); stopping so the service manager can restart fxproxy",
-                panic_message(&*payload)
-            );
-            ctx.failed.store(true, Ordering::SeqCst);
-            ctx.alarm.set();
+            ctx.failure.raise(&thread, panic_message(&*payload));
         }
     })
 }
@@ -212,7 +221,13 @@ impl Server {
             config.batch_delay,
             Arc::clone(&metrics),
         ));
-        let (watcher, watcher_thread) = Watcher::start().map_err(StartError::Thread)?;
+        let failure = Arc::new(Failure {
+            failed: AtomicBool::new(false),
+            alarm,
+        });
+        let on_failure = Arc::clone(&failure);
+        let (watcher, watcher_thread) = Watcher::start(move |why| on_failure.raise("watcher", why))
+            .map_err(StartError::Thread)?;
         drop(watcher_thread);
         let sim = match config.upstream {
             Upstream::Sim => Some(
@@ -252,8 +267,7 @@ impl Server {
             keys: RwLock::new(Arc::new(keys)),
             connections: AtomicUsize::new(0),
             threads: Threads::default(),
-            failed: AtomicBool::new(false),
-            alarm,
+            failure,
         });
         // The channel from upstream to distributor is bounded: should the distributor ever
         // fall behind, the upstream read waits and TCP pushes back on the source.
@@ -292,7 +306,7 @@ impl Server {
 
     /// Whether a service thread failed (see [`Server::start_with_alarm`]).
     pub fn failed(&self) -> bool {
-        self.ctx.failed.load(Ordering::SeqCst)
+        self.ctx.failure.failed.load(Ordering::SeqCst)
     }
 
     /// Stops accepting, sends every client close 1001, closes the upstream and waits (at
@@ -437,5 +451,28 @@ fn reload_keys(ctx: &Context) {
                 .fetch_add(1, Ordering::Relaxed);
             error!("key file changed but cannot be used, keeping the previous keys: {e}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_service_thread_raises_the_alarm_and_marks_the_server_failed() {
+        let dir = std::env::temp_dir().join(format!("fxproxy-failure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("keys"), "a-client-key-123\n").unwrap();
+        let text = "listen = 127.0.0.1:0\nupstream_url = sim\nsymbols = EURUSD\n\
+                    user_keys_file = keys\nstatus_interval_secs = 0\n";
+        let config = crate::config::parse(text, &dir.join("proxy.conf")).unwrap();
+        let alarm = Arc::new(Stop::new());
+        let server = Server::start_with_alarm(config, Arc::clone(&alarm)).unwrap();
+        assert!(!server.failed());
+        spawn_service(&server.ctx, "test-fault", |_| panic!("injected fault")).unwrap();
+        assert!(alarm.wait(Duration::from_secs(10)), "the alarm is raised");
+        assert!(server.failed());
+        server.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,7 +7,6 @@
 //! client; it is the reason a client costs one thread, not a reader and a writer.
 
 use crate::distributor::ClientSlot;
-use log::error;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use parking_lot::Mutex;
@@ -28,8 +27,11 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Starts the `watcher` thread.
-    pub fn start() -> io::Result<(Arc<Watcher>, JoinHandle<()>)> {
+    /// Starts the `watcher` thread. Without it no client's ping would be answered, so should
+    /// it fail (an error from the poll, or a panic), `on_failure` is called with why.
+    pub fn start(
+        on_failure: impl FnOnce(&str) + Send + 'static,
+    ) -> io::Result<(Arc<Watcher>, JoinHandle<()>)> {
         let poll = Poll::new()?;
         let watcher = Arc::new(Watcher {
             registry: poll.registry().try_clone()?,
@@ -41,19 +43,24 @@ impl Watcher {
         let handle = std::thread::Builder::new()
             .name("watcher".into())
             .stack_size(128 * 1024)
-            .spawn(move || inner.run(poll))?;
+            .spawn(move || {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.run(poll))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => on_failure(&format!("the socket poll failed: {e}")),
+                    Err(payload) => on_failure(crate::server::panic_message(&*payload)),
+                }
+            })?;
         Ok((watcher, handle))
     }
 
-    fn run(&self, mut poll: Poll) {
+    fn run(&self, mut poll: Poll) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         while !self.stopping.load(Ordering::Acquire) {
             if let Err(e) = poll.poll(&mut events, None) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                error!("socket watcher failed: {e}; clients' pings are now answered only with their next quote");
-                return;
+                return Err(e);
             }
             let slots = self.slots.lock();
             for event in events.iter() {
@@ -63,6 +70,7 @@ impl Watcher {
                 }
             }
         }
+        Ok(())
     }
 
     /// Watches `fd` for `slot`'s writer. Edge-triggered: the writer must read until
