@@ -6,6 +6,7 @@
 
 pub mod process;
 pub mod raw_ws;
+pub mod relay;
 
 use fxproxy::config;
 use fxproxy::Server;
