@@ -234,6 +234,11 @@ fn echo(
     ws: &mut WebSocket<TcpStream>,
     budget: &mut Budget,
 ) -> Option<(CloseCode, String)> {
+    // The write buffer is capped near one upstream frame, the biggest thing a real client is
+    // sent; an echo must fit the biggest message a client may send, or a send over the cap
+    // fails and the connection is dropped without a close frame.
+    let most = ctx.config.client_write_buffer_bytes + ctx.config.max_message_bytes + 16;
+    ws.set_config(|c| c.max_write_buffer_size = c.max_write_buffer_size.max(most));
     loop {
         if ctx.stop.is_set() {
             return Some((CloseCode::Away, "Server shutting down".into()));
@@ -686,15 +691,29 @@ fn close(ws: &mut WebSocket<TcpStream>, code: CloseCode, reason: String) {
         return;
     }
     let until = Instant::now() + CLOSE_LINGER;
+    // After 1009 tungstenite's reader has the oversized frame's header and not its payload,
+    // and cannot go on (it asserts in debug builds and reports a reset in release, and the
+    // unread rest would turn our close into a reset). So the peer is told we are done (FIN
+    // after the close frame, as RFC 6455 has the server close first) and raw bytes are
+    // dropped until it closes too.
+    let raw = code == CloseCode::Size;
+    if raw {
+        let _ = ws.get_mut().shutdown(std::net::Shutdown::Write);
+    }
+    let mut sink = [0u8; 4096];
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
         }
         let _ = ws.get_mut().set_read_timeout(Some(left));
-        match ws.read() {
-            Ok(_) => continue,
-            Err(_) => return,
+        let more = if raw {
+            matches!(io::Read::read(ws.get_mut(), &mut sink), Ok(n) if n > 0)
+        } else {
+            ws.read().is_ok()
+        };
+        if !more {
+            return;
         }
     }
 }
