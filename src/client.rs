@@ -84,7 +84,7 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
         http::respond_and_close(&mut stream, &resp);
         return;
     }
-    let Some(_admitted) = ctx.admit() else {
+    let Some(_admitted) = ctx.admit().or_else(|| make_room(ctx)) else {
         ctx.metrics
             .rejected_connections
             .fetch_add(1, Ordering::Relaxed);
@@ -96,6 +96,7 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
         http::respond_and_close(&mut stream, &resp);
         return;
     };
+    pending.holds_a_place();
     let accept = match http::accept_upgrade(&request) {
         Ok(a) => a,
         Err(refusal) => {
@@ -137,6 +138,27 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
     };
     if let Some((code, reason)) = last_words {
         close(&mut ws, code, reason);
+    }
+}
+
+/// With every `max_clients` place taken, gives the newcomer the place of the oldest
+/// connection still waiting to authenticate, if any holds one (see [`crate::pending`]): else
+/// a flood of upgrades that never authenticate would turn real clients away for as long as
+/// `auth_timeout_secs`, again and again.
+fn make_room(ctx: &Context) -> Option<crate::server::Admitted<'_>> {
+    if !ctx.pending.evict_oldest_holding_a_place() {
+        return None;
+    }
+    // The evicted thread's read fails at once; the place is free when its thread unwinds.
+    let until = Instant::now() + Duration::from_secs(1);
+    loop {
+        if let Some(place) = ctx.admit() {
+            return Some(place);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -422,8 +444,7 @@ fn authenticate(
                 "no auth message in time",
             ));
         }
-        let _ = ws.get_mut().set_read_timeout(Some(left.min(STOP_SLICE)));
-        let message = match ws.read() {
+        let message = match read_some(ws, left.min(STOP_SLICE)) {
             Ok(m) => m,
             Err(WsError::Io(e)) if http::is_timeout(&e) => continue,
             Err(e) => {
@@ -449,8 +470,11 @@ fn authenticate(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 let _ = ws.flush();
             }
-            // tungstenite has queued the reply; the flush in `close` sends it.
-            Message::Close(_) => return Err(Refusal(None)),
+            // The client started the closing handshake: send the reply tungstenite queued.
+            Message::Close(_) => {
+                let _ = ws.flush();
+                return Err(Refusal(None));
+            }
             Message::Binary(_) => {
                 return Err(refuse(ctx, peer, AuthFailure::BadMessage, "a binary frame"))
             }
@@ -494,6 +518,23 @@ fn authenticate(
         key: request.key,
         symbols: (!wanted.is_empty()).then_some(wanted),
     })
+}
+
+/// Reads a message if one is complete, else waits up to `wait` for more bytes and returns a
+/// timeout. A blocking `read` returns only with a whole message, so a peer that trickles the
+/// fragments (or the bytes) of a message that never ends would hold it, and the thread,
+/// past any deadline; tungstenite keeps the partial message between calls.
+fn read_some(ws: &mut WebSocket<TcpStream>, wait: Duration) -> Result<Message, WsError> {
+    ws.get_mut().set_nonblocking(true)?;
+    let result = ws.read();
+    ws.get_mut().set_nonblocking(false)?;
+    if let Err(WsError::Io(e)) = &result {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            ws.get_mut().set_read_timeout(Some(wait))?;
+            let _ = ws.get_ref().peek(&mut [0u8; 1]);
+        }
+    }
+    result
 }
 
 /// Why a writer loop ended.

@@ -12,10 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct Pending {
     max: usize,
-    /// Oldest first. Each holds a second handle to the socket, so it can be shut down from
-    /// here while its own thread blocks in a read.
-    members: Mutex<VecDeque<(u64, TcpStream)>>,
+    /// Oldest first.
+    members: Mutex<VecDeque<Entry>>,
     pub evictions: AtomicU64,
+}
+
+struct Entry {
+    id: u64,
+    /// A second handle to the socket, so it can be shut down from here while its own thread
+    /// blocks in a read.
+    handle: TcpStream,
+    /// Upgraded, so it holds one of the `max_clients` places until it authenticates or goes.
+    holds_place: bool,
 }
 
 impl Pending {
@@ -37,16 +45,35 @@ impl Pending {
         if let Ok(handle) = stream.try_clone() {
             let mut members = self.members.lock();
             while members.len() >= self.max {
-                if let Some((_, oldest)) = members.pop_front() {
+                if let Some(oldest) = members.pop_front() {
                     // Its thread's blocked read returns at once and the thread ends.
-                    let _ = oldest.shutdown(Shutdown::Both);
+                    let _ = oldest.handle.shutdown(Shutdown::Both);
                     evicted += 1;
                 }
             }
-            members.push_back((id, handle));
+            members.push_back(Entry {
+                id,
+                handle,
+                holds_place: false,
+            });
         }
         self.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
         (Member { set: self, id }, evicted)
+    }
+
+    /// Shuts down the oldest member that holds a `max_clients` place, so that a newcomer can
+    /// have the place once its thread has gone: upgrades that never authenticate must not
+    /// keep real clients out any more than silent sockets may. False if none holds one.
+    pub fn evict_oldest_holding_a_place(&self) -> bool {
+        let mut members = self.members.lock();
+        let Some(i) = members.iter().position(|m| m.holds_place) else {
+            return false;
+        };
+        if let Some(oldest) = members.remove(i) {
+            let _ = oldest.handle.shutdown(Shutdown::Both);
+        }
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     pub fn len(&self) -> usize {
@@ -64,10 +91,20 @@ pub struct Member<'a> {
     id: u64,
 }
 
+impl Member<'_> {
+    /// Records that this connection now holds one of the `max_clients` places.
+    pub fn holds_a_place(&self) {
+        let mut members = self.set.members.lock();
+        if let Some(m) = members.iter_mut().find(|m| m.id == self.id) {
+            m.holds_place = true;
+        }
+    }
+}
+
 impl Drop for Member<'_> {
     fn drop(&mut self) {
         let mut members = self.set.members.lock();
-        if let Some(i) = members.iter().position(|(id, _)| *id == self.id) {
+        if let Some(i) = members.iter().position(|m| m.id == self.id) {
             members.remove(i);
         }
     }
@@ -105,6 +142,25 @@ mod tests {
         // Its guard leaving later finds nothing to remove and disturbs no one.
         drop(m1);
         assert_eq!(pending.len(), 2);
+    }
+
+    #[test]
+    fn only_a_member_holding_a_place_gives_it_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pending = Pending::new(4);
+        let (_c1, s1) = pair(&listener);
+        let (_c2, s2) = pair(&listener);
+        let (_m1, _) = pending.enter(1, &s1);
+        let (m2, _) = pending.enter(2, &s2);
+        assert!(!pending.evict_oldest_holding_a_place());
+        m2.holds_a_place();
+        assert!(pending.evict_oldest_holding_a_place());
+        assert_eq!(pending.len(), 1);
+        let mut s2 = s2;
+        let mut buf = [0u8; 8];
+        assert_eq!(s2.read(&mut buf).unwrap(), 0);
+        assert!(!pending.evict_oldest_holding_a_place());
+        assert_eq!(pending.evictions.load(Ordering::Relaxed), 1);
     }
 
     #[test]
