@@ -149,17 +149,9 @@ fn make_room(ctx: &Context) -> Option<crate::server::Admitted<'_>> {
     if !ctx.pending.evict_oldest_holding_a_place() {
         return None;
     }
-    // The evicted thread's read fails at once; the place is free when its thread unwinds.
-    let until = Instant::now() + Duration::from_secs(1);
-    loop {
-        if let Some(place) = ctx.admit() {
-            return Some(place);
-        }
-        if Instant::now() >= until {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    // The evicted connection gives its place back as its thread unwinds, a moment from now;
+    // the newcomer has it already, so for that moment there is one place too many.
+    Some(ctx.take_place())
 }
 
 /// Greets, authenticates and delivers quotes until the client leaves. Returns the close
@@ -697,7 +689,14 @@ fn read_pass(ws: &mut WebSocket<TcpStream>, budget: &mut Budget) -> Result<bool,
             Ok(Message::Close(_)) => break Err(End::ClientClosed),
             Ok(_) if !budget.take(Instant::now()) => break Err(End::Flood),
             Ok(_) => heard = true,
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break Ok(heard),
+            // A wake-up that completed no message is charged as one: a peer sending endless
+            // fragments of a message that never ends costs reads like a flood of messages.
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !heard && !budget.take(Instant::now()) {
+                    break Err(End::Flood);
+                }
+                break Ok(heard);
+            }
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                 break Err(End::ClientClosed)
             }
@@ -731,16 +730,15 @@ fn close(ws: &mut WebSocket<TcpStream>, code: CloseCode, reason: String) {
     if ws.close(Some(frame)).is_err() {
         return;
     }
+    // The peer is told we are done (FIN after the close frame: RFC 6455 has the server
+    // close the TCP connection first), and what it still sends, its close reply included, is
+    // read as raw bytes and dropped until it closes too or the linger is over. Raw, because
+    // after an error (1002, 1007, 1009) tungstenite's reader may be stuck mid-frame, and
+    // because a WebSocket read returns only with a whole message: a peer trickling bytes
+    // would hold the thread past any deadline. Unread bytes at close would turn our close
+    // frame into a reset.
+    let _ = ws.get_mut().shutdown(std::net::Shutdown::Write);
     let until = Instant::now() + CLOSE_LINGER;
-    // After 1009 tungstenite's reader has the oversized frame's header and not its payload,
-    // and cannot go on (it asserts in debug builds and reports a reset in release, and the
-    // unread rest would turn our close into a reset). So the peer is told we are done (FIN
-    // after the close frame, as RFC 6455 has the server close first) and raw bytes are
-    // dropped until it closes too.
-    let raw = code == CloseCode::Size;
-    if raw {
-        let _ = ws.get_mut().shutdown(std::net::Shutdown::Write);
-    }
     let mut sink = [0u8; 4096];
     loop {
         let left = until.saturating_duration_since(Instant::now());
@@ -748,12 +746,7 @@ fn close(ws: &mut WebSocket<TcpStream>, code: CloseCode, reason: String) {
             return;
         }
         let _ = ws.get_mut().set_read_timeout(Some(left));
-        let more = if raw {
-            matches!(io::Read::read(ws.get_mut(), &mut sink), Ok(n) if n > 0)
-        } else {
-            ws.read().is_ok()
-        };
-        if !more {
+        if !matches!(io::Read::read(ws.get_mut(), &mut sink), Ok(n) if n > 0) {
             return;
         }
     }

@@ -80,6 +80,13 @@ impl Context {
         }
         Some(Admitted(&self.connections))
     }
+
+    /// Takes a place whether or not one is free: for a newcomer taking over the place of a
+    /// connection that is being evicted and has yet to give it back.
+    pub fn take_place(&self) -> Admitted<'_> {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        Admitted(&self.connections)
+    }
 }
 
 /// A place among `max_clients`, given back on drop.
