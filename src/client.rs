@@ -11,6 +11,7 @@
 
 use crate::auth::{self, AuthRequest};
 use crate::config::redacted_key;
+use crate::deadline::DeadlineStream;
 use crate::distributor::{ClientSlot, JoinError, Kick};
 use crate::http::{self, HeadError, Request};
 use crate::metrics::{now_ms, AuthFailure};
@@ -29,9 +30,13 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
+/// A client connection once upgraded: writes run against a deadline (see [`DeadlineStream`]).
+type Socket = WebSocket<DeadlineStream>;
+
 /// How often a thread waiting for a request or an auth message looks at the stop flag.
 const STOP_SLICE: Duration = Duration::from_millis(250);
-/// A write that cannot make progress for this long means the peer is gone or hopeless.
+/// A write that cannot make progress for this long, or a batch of writes that takes this
+/// long in all, means the peer is gone or hopeless.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the peer's answer to our close frame.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
@@ -111,8 +116,13 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
         return;
     }
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut ws =
-        WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config(ctx)));
+    let mut ws = WebSocket::from_partially_read(
+        DeadlineStream::new(stream),
+        leftover,
+        Role::Server,
+        Some(ws_config(ctx)),
+    );
+    ws.get_mut().arm(WRITE_TIMEOUT);
     let mut budget = Budget::new(ctx.config.max_client_messages_per_sec);
     // A bug while serving this client must not leave it hanging, nor take others down: the
     // client is told (1011), the slot and the watch are released by their guards as the
@@ -158,7 +168,7 @@ fn make_room(ctx: &Context) -> Option<crate::server::Admitted<'_>> {
 /// frame still owed to the client, if any.
 fn session(
     ctx: &Context,
-    ws: &mut WebSocket<TcpStream>,
+    ws: &mut Socket,
     peer: SocketAddr,
     pending: crate::pending::Member<'_>,
     budget: &mut Budget,
@@ -243,11 +253,7 @@ impl Drop for Member<'_> {
 
 /// The test-only echo service: every text or binary message goes back as it came. Reads,
 /// limits and errors take the same paths as a real client's.
-fn echo(
-    ctx: &Context,
-    ws: &mut WebSocket<TcpStream>,
-    budget: &mut Budget,
-) -> Option<(CloseCode, String)> {
+fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<(CloseCode, String)> {
     // The write buffer is capped near one upstream frame, the biggest thing a real client is
     // sent; an echo must fit the biggest message a client may send, or a send over the cap
     // fails and the connection is dropped without a close frame.
@@ -415,7 +421,7 @@ fn unknown_symbol(symbol: &str) -> String {
 /// Reads the auth message within `auth_timeout` and checks it against the key file.
 fn authenticate(
     ctx: &Context,
-    ws: &mut WebSocket<TcpStream>,
+    ws: &mut Socket,
     peer: SocketAddr,
     budget: &mut Budget,
 ) -> Result<AuthRequest, Refusal> {
@@ -516,7 +522,7 @@ fn authenticate(
 /// timeout. A blocking `read` returns only with a whole message, so a peer that trickles the
 /// fragments (or the bytes) of a message that never ends would hold it, and the thread,
 /// past any deadline; tungstenite keeps the partial message between calls.
-fn read_some(ws: &mut WebSocket<TcpStream>, wait: Duration) -> Result<Message, WsError> {
+fn read_some(ws: &mut Socket, wait: Duration) -> Result<Message, WsError> {
     ws.get_mut().set_nonblocking(true)?;
     let result = ws.read();
     ws.get_mut().set_nonblocking(false)?;
@@ -583,7 +589,7 @@ fn next_tick(period: Duration) -> Instant {
 /// The writer loop: delivers queued frames, answers the client, keeps the connection alive.
 fn deliver(
     ctx: &Context,
-    ws: &mut WebSocket<TcpStream>,
+    ws: &mut Socket,
     slot: &Arc<ClientSlot>,
     rx: &Receiver<Utf8Bytes>,
     budget: &mut Budget,
@@ -613,7 +619,7 @@ impl Drop for Watched<'_> {
 
 fn deliver_loop(
     ctx: &Context,
-    ws: &mut WebSocket<TcpStream>,
+    ws: &mut Socket,
     slot: &ClientSlot,
     rx: &Receiver<Utf8Bytes>,
     budget: &mut Budget,
@@ -626,6 +632,8 @@ fn deliver_loop(
         if kick != Kick::None {
             return End::Kicked(kick);
         }
+        // Whatever this round writes (quotes, a pong, a ping) must be taken in time.
+        ws.get_mut().arm(WRITE_TIMEOUT);
         let mut written = 0u64;
         while let Ok(frame) = rx.try_recv() {
             if let Err(e) = ws.write(Message::Text(frame)) {
@@ -679,7 +687,7 @@ fn deliver_loop(
 
 /// Reads everything the client has sent without blocking: tungstenite queues the pong for a
 /// ping and the reply to a close; both are flushed here. Returns whether anything arrived.
-fn read_pass(ws: &mut WebSocket<TcpStream>, budget: &mut Budget) -> Result<bool, End> {
+fn read_pass(ws: &mut Socket, budget: &mut Budget) -> Result<bool, End> {
     if let Err(e) = ws.get_mut().set_nonblocking(true) {
         return Err(End::Failed(e.to_string()));
     }
@@ -721,8 +729,9 @@ fn read_pass(ws: &mut WebSocket<TcpStream>, budget: &mut Budget) -> Result<bool,
 
 /// Sends a close frame and waits briefly for the peer's answer, so the frame is not lost to
 /// a reset when the socket closes with unread data.
-fn close(ws: &mut WebSocket<TcpStream>, code: CloseCode, reason: String) {
+fn close(ws: &mut Socket, code: CloseCode, reason: String) {
     let _ = ws.get_mut().set_write_timeout(Some(Duration::from_secs(1)));
+    ws.get_mut().arm(Duration::from_secs(1));
     let frame = CloseFrame {
         code,
         reason: reason.into(),

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod deadline;
 pub mod distributor;
 pub mod http;
 pub mod keys;
