@@ -3,12 +3,14 @@
 //! while the market is open), and reconnect with exponential back-off when it fails.
 
 use crate::config::MarketHours;
+use crate::distributor::RateLimited;
 use crate::metrics::{now_ms, Metrics, UpstreamState};
 use crate::protocol::{self, Kind};
 use crate::stop::Stop;
 use crossbeam_channel::Sender;
 use log::{error, info, warn};
 use std::fmt;
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
+use tungstenite::{Error as WsError, HandshakeError, Message, Utf8Bytes, WebSocket};
 
 /// The largest frame taken from the source. A quote is about 100 bytes; anything near this is
 /// a misbehaving source, and every client's write buffer must be able to hold one frame.
@@ -38,7 +40,86 @@ pub struct Settings {
     pub backoff_max: Duration,
 }
 
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+type Socket = WebSocket<MaybeTlsStream<Timed>>;
+
+/// The TCP stream under the upstream WebSocket. Until the handshake is done every read and
+/// write counts against one deadline, so `upstream_connect_timeout_secs` bounds the TCP, TLS
+/// and WebSocket handshake together: with a timeout per read alone, a source that trickles
+/// its answer a byte at a time would hold the proxy in the handshake for ever.
+struct Timed {
+    tcp: TcpStream,
+    /// When the handshake must be over; `None` once it is.
+    deadline: Option<Instant>,
+    limit: Duration,
+}
+
+impl Timed {
+    /// Sets the socket's timeouts to what is left before the deadline.
+    fn arm(&self) -> io::Result<()> {
+        let Some(deadline) = self.deadline else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.too_slow());
+        }
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.set_write_timeout(Some(left))
+    }
+
+    /// A timeout in the handshake is final: not `WouldBlock`, which tungstenite would take for
+    /// a non-blocking socket and report as an interrupted handshake.
+    fn explain(&self, e: io::Error) -> io::Error {
+        if self.deadline.is_some() && crate::http::is_timeout(&e) {
+            self.too_slow()
+        } else {
+            e
+        }
+    }
+
+    fn too_slow(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no complete handshake within the connect timeout ({} s)",
+                self.limit.as_secs_f64()
+            ),
+        )
+    }
+
+    /// The handshake is done: reads from here wait `read_timeout` at most, so the session
+    /// can look at the clock between frames.
+    fn handshake_done(&mut self, read_timeout: Duration) {
+        self.deadline = None;
+        let _ = self.tcp.set_read_timeout(Some(read_timeout));
+        let _ = self.tcp.set_write_timeout(Some(self.limit));
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.tcp.read(buf).map_err(|e| self.explain(e))
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.tcp.write(buf).map_err(|e| self.explain(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// What the source sent that is not a quote, logged at most once a minute each. They outlive
+/// a connection: a source that sends a notice on every connect is not logged on every connect.
+struct Ignored {
+    texts: RateLimited,
+    binary: RateLimited,
+}
 
 /// Why one connection ended.
 #[derive(Debug)]
@@ -53,8 +134,12 @@ struct Ended {
 pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>, stop: Arc<Stop>) {
     let shown = display_url(&settings.url);
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max, now_ms());
+    let mut ignored = Ignored {
+        texts: RateLimited::new(Duration::from_secs(60)),
+        binary: RateLimited::new(Duration::from_secs(60)),
+    };
     while !stop.is_set() {
-        let ended = match session(&settings, &frames, &metrics, &stop) {
+        let ended = match session(&settings, &frames, &metrics, &stop, &mut ignored) {
             Ok(()) => return,
             Err(ended) => ended,
         };
@@ -94,6 +179,7 @@ fn session(
     frames: &Sender<Utf8Bytes>,
     metrics: &Metrics,
     stop: &Stop,
+    ignored: &mut Ignored,
 ) -> Result<(), Ended> {
     let shown = display_url(&settings.url);
     let fail = |why: String| Ended {
@@ -111,11 +197,9 @@ fn session(
     ws.send(Message::text(settings.subscribe.clone()))
         .map_err(|e| fail(format!("sending the subscribe message failed: {e}")))?;
     info!("upstream {shown}: connected and subscribed");
-    set_read_timeout(&mut ws, CHECK_EVERY);
 
     let mut last_frame = Instant::now();
     let mut last_ping = Instant::now();
-    let mut others = crate::distributor::RateLimited::new(Duration::from_secs(60));
     let mut got_quotes = false;
     let end = |why: String, refused: bool, got_quotes: bool| Ended {
         why,
@@ -145,7 +229,7 @@ fn session(
                         return Err(end("refused".into(), true, false));
                     }
                     Kind::Other if text.as_str() == protocol::GREETING => {}
-                    Kind::Other => others.note(|n| {
+                    Kind::Other => ignored.texts.note(|n| {
                         info!(
                             "upstream {shown} sent {n} non-quote text(s), latest: {:.200}",
                             text.as_str()
@@ -153,7 +237,18 @@ fn session(
                     }),
                 }
             }
+            Ok(Message::Binary(data)) => {
+                last_frame = Instant::now();
+                ignored.binary.note(|n| {
+                    warn!(
+                        "upstream {shown} sent {n} binary frame(s), ignored: quotes are text frames (latest: {} bytes)",
+                        data.len()
+                    )
+                });
+            }
             Ok(Message::Close(frame)) => {
+                // Answer the close, as the protocol asks; tungstenite has queued the reply.
+                let _ = ws.flush();
                 let why = match frame {
                     Some(f) => format!(
                         "closed by the source (code {}, \"{}\")",
@@ -198,6 +293,7 @@ fn session(
 }
 
 fn connect(url: &str, timeout: Duration) -> Result<Socket, String> {
+    let deadline = Instant::now() + timeout;
     let uri: tungstenite::http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let host = uri.host().ok_or("the URL has no host")?;
     let tls = uri.scheme_str() == Some("wss");
@@ -218,25 +314,55 @@ fn connect(url: &str, timeout: Duration) -> Result<Socket, String> {
         })
         .ok_or(last_err)?;
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
+    let stream = Timed {
+        tcp: stream,
+        deadline: Some(deadline),
+        limit: timeout,
+    };
     // Quotes arrive as many small frames; a moderate read buffer suits one busy connection.
     let config = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_UPSTREAM_FRAME))
         .max_frame_size(Some(MAX_UPSTREAM_FRAME));
-    let (ws, _response) = tungstenite::client_tls_with_config(url, stream, Some(config), None)
-        .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
-    Ok(ws)
+    match tungstenite::client_tls_with_config(url, stream, Some(config), None) {
+        Ok((mut ws, _response)) => {
+            if let Some(stream) = timed(&mut ws) {
+                stream.handshake_done(CHECK_EVERY);
+            }
+            Ok(ws)
+        }
+        Err(HandshakeError::Failure(e)) => Err(handshake_failure(&e, tls)),
+        Err(HandshakeError::Interrupted(_)) => Err("WebSocket handshake interrupted".into()),
+    }
 }
 
-fn set_read_timeout(ws: &mut Socket, timeout: Duration) {
-    let tcp = match ws.get_mut() {
-        MaybeTlsStream::Plain(s) => s,
-        MaybeTlsStream::Rustls(s) => &mut s.sock,
-        _ => return,
-    };
-    let _ = tcp.set_read_timeout(Some(timeout));
+/// Why the TLS or WebSocket handshake failed, in words that name the cause. rustls does its
+/// handshake inside tungstenite's first write and read, so its errors arrive as I/O errors,
+/// and an I/O error on a `wss://` connection may have come in either handshake.
+fn handshake_failure(e: &WsError, tls: bool) -> String {
+    match e {
+        WsError::Http(response) => format!(
+            "the source refused the WebSocket handshake with HTTP {}",
+            response.status()
+        ),
+        WsError::Tls(e) => format!("TLS handshake failed: {e}"),
+        WsError::Io(io) if from_rustls(io) => format!("TLS handshake failed: {io}"),
+        e if tls => format!("TLS or WebSocket handshake failed: {e}"),
+        e => format!("WebSocket handshake failed: {e}"),
+    }
+}
+
+fn from_rustls(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
+fn timed(ws: &mut Socket) -> Option<&mut Timed> {
+    match ws.get_mut() {
+        MaybeTlsStream::Plain(s) => Some(s),
+        MaybeTlsStream::Rustls(s) => Some(&mut s.sock),
+        // tungstenite's enum is non-exhaustive; this build has only the two above.
+        _ => None,
+    }
 }
 
 /// The URL as it may appear in a log: scheme, host, port and path; a query string (where some
