@@ -25,8 +25,11 @@ use tungstenite::{Error as WsError, HandshakeError, Message, Utf8Bytes, WebSocke
 pub const MAX_UPSTREAM_FRAME: usize = 1 << 20;
 /// How often the reader looks at the clock (pings, staleness, shutdown) while no frame comes.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
-/// A connection that delivered quotes for this long resets the back-off to its start.
-const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// A connection that delivered quotes for this long resets the back-off to its start. Long
+/// enough that a source which accepts and soon drops us is not hammered; short enough that a
+/// provider which cuts every connection after half a minute (some do) is rejoined at once,
+/// not after a back-off grown to its maximum.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// What the upstream thread needs, taken from the config once.
 pub struct Settings {
