@@ -665,14 +665,6 @@ fn raw_http(addr: SocketAddr, request: &[u8]) -> (String, Duration) {
     )
 }
 
-fn status_of(response: &str) -> u16 {
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Connections that never finish their handshake.
 // ---------------------------------------------------------------------------------------------

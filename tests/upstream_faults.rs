@@ -177,6 +177,14 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Every client receives exactly `quotes`, in order, next; any other frame (a close, a
 /// non-quote) fails the test.
+/// Sends `quotes` from the upstream and expects every client to receive them, in order.
+fn send_and_expect(up: &TestUpstream, clients: &mut [Client], quotes: Vec<String>) {
+    for q in &quotes {
+        up.send(q);
+    }
+    expect_quotes(clients, &quotes);
+}
+
 fn expect_quotes(clients: &mut [Client], quotes: &[String]) {
     for (i, c) in clients.iter_mut().enumerate() {
         for q in quotes {
@@ -537,11 +545,7 @@ fn refused_connection_backs_off_retries_and_recovers() {
     let rig = Rig::start(&relay.ws_url(), &[]);
     let mut clients = rig.clients(2);
     up.expect_subscribe();
-    let first = quotes(0, 2);
-    for q in &first {
-        up.send(q);
-    }
-    expect_quotes(&mut clients, &first);
+    send_and_expect(&up, &mut clients, quotes(0, 2));
 
     // Nothing listens at the upstream's address any more.
     drop(relay);
@@ -558,11 +562,7 @@ fn refused_connection_backs_off_retries_and_recovers() {
         back.is_some()
     });
     up.expect_subscribe();
-    let fresh = quotes(2, 3);
-    for q in &fresh {
-        up.send(q);
-    }
-    expect_quotes(&mut clients, &fresh);
+    send_and_expect(&up, &mut clients, quotes(2, 3));
 }
 
 #[test]
@@ -696,11 +696,7 @@ fn upstream_reset_is_followed_by_a_reconnect() {
     let rig = Rig::start(&relay.ws_url(), &[("upstream_ping_secs", "1")]);
     let mut clients = rig.clients(2);
     up.expect_subscribe();
-    let first = quotes(0, 2);
-    for q in &first {
-        up.send(q);
-    }
-    expect_quotes(&mut clients, &first);
+    send_and_expect(&up, &mut clients, quotes(0, 2));
 
     relay.set_mode(Mode::Reset);
     // The live connection, then at least two attempts at the handshake.
@@ -712,11 +708,7 @@ fn upstream_reset_is_followed_by_a_reconnect() {
 
     relay.set_mode(Mode::PassThrough);
     up.expect_subscribe();
-    let fresh = quotes(2, 3);
-    for q in &fresh {
-        up.send(q);
-    }
-    expect_quotes(&mut clients, &fresh);
+    send_and_expect(&up, &mut clients, quotes(2, 3));
 }
 
 #[test]
@@ -753,11 +745,7 @@ fn upstream_silent_with_the_socket_open_is_dropped() {
 
     relay.set_mode(Mode::PassThrough);
     up.expect_subscribe();
-    let fresh = quotes(1, 3);
-    for q in &fresh {
-        up.send(q);
-    }
-    expect_quotes(&mut clients, &fresh);
+    send_and_expect(&up, &mut clients, quotes(1, 3));
 }
 
 #[test]
@@ -772,11 +760,7 @@ fn upstream_answering_pings_but_sending_no_quotes_is_stale() {
     // The test upstream answers the proxy's pings; only quotes stop.
     up.expect_subscribe();
     rig.wait_for_log("stale: no quote for 1 s while the market is open");
-    let fresh = quotes(1, 3);
-    for q in &fresh {
-        up.send(q);
-    }
-    expect_quotes(&mut clients, &fresh);
+    send_and_expect(&up, &mut clients, quotes(1, 3));
 }
 
 #[test]
@@ -796,11 +780,7 @@ fn upstream_cut_mid_frame_is_followed_by_a_reconnect() {
     rig.wait_for_log("Connection reset without closing handshake");
     relay.set_mode(Mode::PassThrough);
     up.expect_subscribe();
-    let fresh = quotes(1, 3);
-    for q in &fresh {
-        up.send(q);
-    }
-    expect_quotes(&mut clients, &fresh);
+    send_and_expect(&up, &mut clients, quotes(1, 3));
 }
 
 #[test]

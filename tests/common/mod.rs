@@ -285,6 +285,15 @@ pub fn close_code(code: CloseCode) -> u16 {
     u16::from(code)
 }
 
+/// The status code of an HTTP response.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
 /// Sends a raw HTTP request and returns the whole response.
 pub fn http_get(addr: SocketAddr, raw: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
