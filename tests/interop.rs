@@ -1,9 +1,11 @@
 //! Clients written with common WebSocket libraries — Python `websockets` and Node `ws` — work
 //! against the real proxy unchanged: they authenticate, get quotes, ping, are refused with 1008
 //! for a wrong key, and close cleanly (`tests/interop/client.py`, `tests/interop/client.mjs`).
+//! And a hostile peer nobody here wrote, `slowhttptest` in slowloris mode, does not take the
+//! service down.
 //!
-//! Needs `pip install -r tests/interop/requirements.txt` and `npm ci --prefix tests/interop`;
-//! without them a test is skipped locally and fails under CI.
+//! Needs `pip install -r tests/interop/requirements.txt`, `npm ci --prefix tests/interop` and
+//! `apt-get install slowhttptest`; without them a test is skipped locally and fails under CI.
 
 mod common;
 
@@ -66,4 +68,89 @@ fn node_ws_client() {
         return;
     }
     run_client("node", "client.mjs");
+}
+
+/// Reads a `Threads:` count from /proc for the proxy process.
+fn threads_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `slowhttptest`, the Debian package, in slowloris mode: 1,000 connections that send their
+/// headers a fragment a second. The proxy must stay available throughout (the tool's own
+/// probe and a WebSocket client that authenticates and receives quotes mid-attack), and give
+/// back every thread afterwards.
+#[test]
+fn slowhttptest_slowloris_does_not_take_the_service_down() {
+    let mut missing = Vec::new();
+    if !command_succeeds("sh", &["-c", "command -v slowhttptest"]) {
+        missing.push("slowhttptest (apt-get install -y slowhttptest)".to_owned());
+    }
+    if !prerequisites_met("slowhttptest slowloris", &missing) {
+        return;
+    }
+    let keys_dir = common::process::temp_dir();
+    let keys = write_keys(&keys_dir, &[KEY]);
+    let proxy = Proxy::spawn(&format!(
+        "{}max_pending_connections = 64\nhandshake_timeout_secs = 2\nstatus_interval_secs = 0\n",
+        simulator_config(&keys, SYMBOLS)
+    ));
+    let mut healthy = common::Client::auth(proxy.addr, KEY, None);
+    healthy.next_text();
+    let baseline = threads_of(proxy.pid());
+
+    let stats = proxy.dir().join("slowloris");
+    let mut cmd = Command::new("slowhttptest");
+    cmd.args([
+        "-H", "-c", "1000", "-r", "500", "-i", "1", "-l", "6", "-p", "2", "-g",
+    ])
+    .arg("-o")
+    .arg(&stats)
+    .arg("-u")
+    .arg(format!("{}/healthz", proxy.http_url()));
+    let dir = proxy.dir().to_path_buf();
+    let attack = std::thread::spawn(move || run_script(cmd, &dir, Duration::from_secs(60)));
+
+    // Mid-attack, a new client gets in and is served, and the connected one keeps receiving.
+    let mut attacked_at = None;
+    common::eventually("the attack's statistics file", || {
+        stats.with_extension("csv").exists()
+    });
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let mut c = common::Client::auth(proxy.addr, KEY, None);
+        c.next_text();
+        attacked_at.get_or_insert(started.elapsed());
+        healthy.next_text();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let run = attack.join().expect("the slowhttptest thread");
+    run.assert_success("slowhttptest");
+    let csv = std::fs::read_to_string(stats.with_extension("csv")).expect("the statistics");
+    // Seconds,Closed,Pending,Connected,Service Available: the last is 0 when the probe failed.
+    let rows: Vec<Vec<u64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').filter_map(|v| v.trim().parse().ok()).collect())
+        .collect();
+    assert!(rows.len() >= 5, "{csv}");
+    assert!(
+        rows.iter().all(|r| r.len() == 5 && r[4] > 0),
+        "service unavailable:\n{csv}"
+    );
+    let peak = rows.iter().map(|r| r[3]).max().unwrap_or(0);
+    eprintln!(
+        "slowloris: 1,000 connections; at most {peak} held open at once; a new client served in {:?}; service available every second",
+        attacked_at.unwrap_or_default()
+    );
+    assert!(
+        common::process::poll(Duration::from_secs(10), || threads_of(proxy.pid())
+            <= baseline),
+        "threads {} after the attack, {baseline} before",
+        threads_of(proxy.pid())
+    );
+    let _ = std::fs::remove_dir_all(&keys_dir);
 }
