@@ -15,8 +15,9 @@ use crate::deadline::DeadlineStream;
 use crate::distributor::{ClientSlot, JoinError, Kick};
 use crate::http::{self, HeadError, Request};
 use crate::metrics::{now_ms, AuthFailure};
+use crate::pending::Member;
 use crate::protocol::GREETING;
-use crate::server::Context;
+use crate::server::{Admitted, Context};
 use crossbeam_channel::Receiver;
 use log::{debug, error, info, warn};
 use std::io::{self, Write};
@@ -50,71 +51,9 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
             "{peer}: {evicted} unauthenticated connection(s) dropped to make room (max_pending_connections)"
         );
     }
-    let deadline = Instant::now() + ctx.config.handshake_timeout;
-    let stopping = || ctx.stop.is_set();
-    let (request, leftover) = match http::read_head(&mut stream, deadline, STOP_SLICE, &stopping) {
-        Ok(r) => r,
-        Err(HeadError::Malformed(why)) => {
-            debug!("{peer}: bad request: {why}");
-            let body = format!("bad request: {why}\n");
-            http::respond_and_close(
-                &mut stream,
-                &http::response(400, "text/plain", &body, false),
-            );
-            return;
-        }
-        Err(HeadError::TooLarge) => {
-            let resp = http::response(431, "text/plain", "request head too large\n", false);
-            http::respond_and_close(&mut stream, &resp);
-            return;
-        }
-        Err(e) => {
-            debug!("{peer}: no request: {e:?}");
-            return;
-        }
-    };
-    if !request.is_websocket_upgrade() {
-        serve_http(ctx, &mut stream, &request);
-        return;
-    }
-    if !http::origin_allowed(&request, &ctx.config.allowed_origins) {
-        ctx.metrics
-            .rejected_connections
-            .fetch_add(1, Ordering::Relaxed);
-        warn!(
-            "{peer}: refused: Origin {:?} is not in allowed_origins",
-            request.header("Origin").unwrap_or("")
-        );
-        let resp = http::response(403, "text/plain", "origin not allowed\n", false);
-        http::respond_and_close(&mut stream, &resp);
-        return;
-    }
-    let Some(_admitted) = ctx.admit().or_else(|| make_room(ctx)) else {
-        ctx.metrics
-            .rejected_connections
-            .fetch_add(1, Ordering::Relaxed);
-        warn!(
-            "{peer}: refused: max_clients ({}) reached",
-            ctx.config.max_clients
-        );
-        let resp = http::response(503, "text/plain", "too many clients\n", false);
-        http::respond_and_close(&mut stream, &resp);
+    let Some((_admitted, leftover)) = handshake(ctx, &mut stream, peer, &pending) else {
         return;
     };
-    pending.holds_a_place();
-    let accept = match http::accept_upgrade(&request) {
-        Ok(a) => a,
-        Err(refusal) => {
-            ctx.metrics
-                .rejected_connections
-                .fetch_add(1, Ordering::Relaxed);
-            http::respond_and_close(&mut stream, &refusal.response());
-            return;
-        }
-    };
-    if stream.write_all(&accept).is_err() {
-        return;
-    }
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut ws = WebSocket::from_partially_read(
         DeadlineStream::new(stream),
@@ -151,11 +90,84 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
     }
 }
 
+/// The HTTP part of a connection: reads the request within `handshake_timeout_secs`,
+/// answers a plain request or a refused upgrade itself (and returns `None`), or accepts the
+/// upgrade and returns the place taken among `max_clients` and any bytes read past the request.
+fn handshake<'a>(
+    ctx: &'a Context,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    pending: &Member<'_>,
+) -> Option<(Admitted<'a>, Vec<u8>)> {
+    let deadline = Instant::now() + ctx.config.handshake_timeout;
+    let stopping = || ctx.stop.is_set();
+    let (request, leftover) = match http::read_head(stream, deadline, STOP_SLICE, &stopping) {
+        Ok(r) => r,
+        Err(HeadError::Malformed(why)) => {
+            debug!("{peer}: bad request: {why}");
+            let body = format!("bad request: {why}\n");
+            http::respond_and_close(stream, &http::response(400, "text/plain", &body, false));
+            return None;
+        }
+        Err(HeadError::TooLarge) => {
+            let resp = http::response(431, "text/plain", "request head too large\n", false);
+            http::respond_and_close(stream, &resp);
+            return None;
+        }
+        Err(e) => {
+            debug!("{peer}: no request: {e:?}");
+            return None;
+        }
+    };
+    if !request.is_websocket_upgrade() {
+        serve_http(ctx, stream, &request);
+        return None;
+    }
+    if !http::origin_allowed(&request, &ctx.config.allowed_origins) {
+        ctx.metrics
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(
+            "{peer}: refused: Origin {:?} is not in allowed_origins",
+            request.header("Origin").unwrap_or("")
+        );
+        let resp = http::response(403, "text/plain", "origin not allowed\n", false);
+        http::respond_and_close(stream, &resp);
+        return None;
+    }
+    // Checked before a place is taken: a malformed upgrade must not displace a waiting one.
+    let accept = match http::accept_upgrade(&request) {
+        Ok(a) => a,
+        Err(refusal) => {
+            ctx.metrics
+                .rejected_connections
+                .fetch_add(1, Ordering::Relaxed);
+            http::respond_and_close(stream, &refusal.response());
+            return None;
+        }
+    };
+    let Some(admitted) = ctx.admit().or_else(|| make_room(ctx)) else {
+        ctx.metrics
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(
+            "{peer}: refused: max_clients ({}) reached",
+            ctx.config.max_clients
+        );
+        let resp = http::response(503, "text/plain", "too many clients\n", false);
+        http::respond_and_close(stream, &resp);
+        return None;
+    };
+    pending.holds_a_place();
+    stream.write_all(&accept).ok()?;
+    Some((admitted, leftover))
+}
+
 /// With every `max_clients` place taken, gives the newcomer the place of the oldest
 /// connection still waiting to authenticate, if any holds one (see [`crate::pending`]): else
 /// a flood of upgrades that never authenticate would turn real clients away for as long as
 /// `auth_timeout_secs`, again and again.
-fn make_room(ctx: &Context) -> Option<crate::server::Admitted<'_>> {
+fn make_room(ctx: &Context) -> Option<Admitted<'_>> {
     if !ctx.pending.evict_oldest_holding_a_place() {
         return None;
     }
@@ -170,7 +182,7 @@ fn session(
     ctx: &Context,
     ws: &mut Socket,
     peer: SocketAddr,
-    pending: crate::pending::Member<'_>,
+    pending: Member<'_>,
     budget: &mut Budget,
 ) -> Option<(CloseCode, String)> {
     ws.send(Message::text(GREETING)).ok()?;
@@ -197,7 +209,7 @@ fn session(
             return Some((CloseCode::Policy, reason));
         }
     };
-    let member = Member::new(ctx, slot);
+    let subscription = Subscription::new(ctx, slot);
     ctx.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
     info!(
         "{peer}: authenticated key {} for {}",
@@ -207,8 +219,8 @@ fn session(
             .map_or("all symbols".to_string(), |s| s.join(","))
     );
     let started = Instant::now();
-    let end = deliver(ctx, ws, &member.slot, &rx, budget);
-    drop(member);
+    let end = deliver(ctx, ws, &subscription.slot, &rx, budget);
+    drop(subscription);
     info!(
         "{peer}: disconnected after {:.1} s: {end}",
         started.elapsed().as_secs_f64()
@@ -227,21 +239,21 @@ fn session(
 
 /// A client's place in the hub, given back (and counted out) however the session ends,
 /// a panic included.
-struct Member<'a> {
+struct Subscription<'a> {
     ctx: &'a Context,
     slot: Arc<ClientSlot>,
 }
 
-impl<'a> Member<'a> {
-    fn new(ctx: &'a Context, slot: Arc<ClientSlot>) -> Member<'a> {
+impl<'a> Subscription<'a> {
+    fn new(ctx: &'a Context, slot: Arc<ClientSlot>) -> Subscription<'a> {
         ctx.metrics
             .clients_connected
             .fetch_add(1, Ordering::Relaxed);
-        Member { ctx, slot }
+        Subscription { ctx, slot }
     }
 }
 
-impl Drop for Member<'_> {
+impl Drop for Subscription<'_> {
     fn drop(&mut self) {
         self.ctx.hub.leave(&self.slot);
         self.ctx
