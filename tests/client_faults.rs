@@ -8,6 +8,10 @@
 mod common;
 
 use common::process::Proxy;
+use common::raw_ws::{
+    client_frame, frame, parse_frame as parse_server_frame, Frame as ServerFrame, BINARY, CLOSE,
+    CONT, PING, PONG, TEXT,
+};
 use common::*;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -341,43 +345,6 @@ fn assert_threads_return(pid: u32, clients: u64, baseline: u64) {
 // that sees exactly what the proxy sent.
 // ---------------------------------------------------------------------------------------------
 
-const CONT: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
-
-/// One client frame as bytes on the wire. `rsv` is the three reserved bits (0 to 7).
-fn frame(fin: bool, rsv: u8, opcode: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
-    let mask_bit = u8::from(masked) << 7;
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        let key = [0x37, 0xfa, 0x21, 0x3d];
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
-}
-
-/// A whole, masked client frame: what a well-behaved client sends.
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    frame(true, 0, opcode, true, payload)
-}
-
 fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
     let mut p = code.to_be_bytes().to_vec();
     p.extend_from_slice(reason);
@@ -386,14 +353,6 @@ fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
 
 fn auth_text(symbols: &str) -> String {
     format!(r#"{{"userKey":"{KEY}","symbol":"{symbols}"}}"#)
-}
-
-/// A frame as the proxy sent it.
-#[derive(Debug)]
-struct ServerFrame {
-    fin: bool,
-    opcode: u8,
-    payload: Vec<u8>,
 }
 
 /// How a raw connection ended.
@@ -620,35 +579,6 @@ impl Raw {
         self.s.set_nonblocking(false).unwrap();
         open
     }
-}
-
-/// Splits one unmasked frame off the front of `buf`: the frame and the bytes it took.
-fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    assert_eq!(buf[1] & 0x80, 0, "the proxy masked a frame");
-    let (len, mut at) = match buf[1] & 0x7F {
-        126 => (
-            u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize,
-            4,
-        ),
-        127 => (
-            u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
-    };
-    let payload = buf.get(at..at + len)?.to_vec();
-    at += len;
-    Some((
-        ServerFrame {
-            fin: buf[0] & 0x80 != 0,
-            opcode: buf[0] & 0x0F,
-            payload,
-        },
-        at,
-    ))
 }
 
 /// Sends `request` on a fresh connection and reads the response to its end.

@@ -12,7 +12,7 @@
 mod common;
 
 use common::process::{poll, temp_dir, write_keys, Proxy};
-use common::raw_ws::{self, client_message};
+use common::raw_ws::{self, client_frame};
 use common::{quote, Client, TestUpstream, KEY};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -130,19 +130,19 @@ fn misbehave(addr: SocketAddr, n: u64) {
         }
         5 => {
             if let Some(mut s) = raw_upgrade(addr) {
-                let _ = s.write_all(&client_message(raw_ws::BINARY, b"\x00\x01"));
+                let _ = s.write_all(&client_frame(raw_ws::BINARY, b"\x00\x01"));
                 drain(s);
             }
         }
         6 => {
             if let Some(mut s) = raw_upgrade(addr) {
-                let _ = s.write_all(&client_message(raw_ws::TEXT, &[b'x'; 8192]));
+                let _ = s.write_all(&client_frame(raw_ws::TEXT, &[b'x'; 8192]));
                 drain(s);
             }
         }
         7 => {
             if let Some(mut s) = raw_upgrade(addr) {
-                let _ = s.write_all(&client_message(raw_ws::TEXT, b"{\"userKey\":\"\xff\xfe\"}"));
+                let _ = s.write_all(&client_frame(raw_ws::TEXT, b"{\"userKey\":\"\xff\xfe\"}"));
                 drain(s);
             }
         }
@@ -150,8 +150,8 @@ fn misbehave(addr: SocketAddr, n: u64) {
             // Authenticates, then floods pings until it is closed.
             if let Some(mut s) = raw_upgrade(addr) {
                 let auth = format!(r#"{{"userKey":"{KEY}"}}"#);
-                let _ = s.write_all(&client_message(raw_ws::TEXT, auth.as_bytes()));
-                let ping = client_message(raw_ws::PING, b"flood");
+                let _ = s.write_all(&client_frame(raw_ws::TEXT, auth.as_bytes()));
+                let ping = client_frame(raw_ws::PING, b"flood");
                 for _ in 0..500 {
                     if s.write_all(&ping).is_err() {
                         break;

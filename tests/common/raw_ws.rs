@@ -5,6 +5,7 @@
 // Each test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub const CONT: u8 = 0x0;
 pub const TEXT: u8 = 0x1;
 pub const BINARY: u8 = 0x2;
 pub const CLOSE: u8 = 0x8;
@@ -47,65 +48,72 @@ impl FrameReader {
 
     /// The next complete frame, if the bytes so far hold one.
     pub fn next_frame(&mut self) -> Option<Frame> {
-        let b = &self.buf[self.pos..];
-        if b.len() < 2 {
-            return None;
-        }
-        let fin = b[0] & 0x80 != 0;
-        let opcode = b[0] & 0x0F;
-        assert_eq!(b[1] & 0x80, 0, "a server frame must not be masked");
-        let (len, head) = match b[1] & 0x7F {
-            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&b[2..10]);
-                (u64::from_be_bytes(n) as usize, 10)
-            }
-            126 | 127 => return None,
-            n => (n as usize, 2),
-        };
-        if b.len() < head + len {
-            return None;
-        }
-        let payload = b[head..head + len].to_vec();
-        self.pos += head + len;
-        Some(Frame {
-            fin,
-            opcode,
-            payload,
-        })
+        let (frame, used) = parse_frame(&self.buf[self.pos..])?;
+        self.pos += used;
+        Some(frame)
     }
 }
 
-/// A masked client frame. `first_byte` is FIN, RSV1-3 and the opcode as they go on the wire,
-/// so tests can set reserved bits or send unknown opcodes.
-pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![first_byte];
+/// Splits one server frame (unmasked) off the front of `buf`: the frame and the bytes it took.
+pub fn parse_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    let b = buf;
+    if b.len() < 2 {
+        return None;
+    }
+    assert_eq!(b[1] & 0x80, 0, "a server frame must not be masked");
+    let (len, head) = match b[1] & 0x7F {
+        126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+        127 if b.len() >= 10 => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&b[2..10]);
+            (u64::from_be_bytes(n) as usize, 10)
+        }
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    let payload = b.get(head..head + len)?.to_vec();
+    let frame = Frame {
+        fin: b[0] & 0x80 != 0,
+        opcode: b[0] & 0x0F,
+        payload,
+    };
+    Some((frame, head + len))
+}
+
+/// One client frame as bytes on the wire, any flags allowed: `rsv` is the three reserved bits
+/// (0 to 7), and `masked = false` makes the unmasked frame a client must never send.
+pub fn frame(fin: bool, rsv: u8, opcode: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
+    let mask_bit = u8::from(masked) << 7;
     match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 126 => out.push(mask_bit | n as u8),
         n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
+            out.push(mask_bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(0x80 | 127);
+            out.push(mask_bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    if masked {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+    } else {
+        out.extend_from_slice(payload);
+    }
     out
 }
 
-/// A final, masked client frame of `opcode`.
-pub fn client_message(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    client_frame(0x80 | opcode, payload)
+/// A whole, masked client frame: what a well-behaved client sends.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    frame(true, 0, opcode, true, payload)
 }
 
 /// A masked close frame with `code`, as a client answers the server's close.
 pub fn client_close(code: u16) -> Vec<u8> {
-    client_message(CLOSE, &code.to_be_bytes())
+    client_frame(CLOSE, &code.to_be_bytes())
 }
 
 #[cfg(test)]
