@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::process::Proxy;
+use common::process::{proc_status, Proxy};
 use common::raw_ws::{
     client_frame, frame, parse_frame as parse_server_frame, Frame as ServerFrame, BINARY, CLOSE,
     CONT, PING, PONG, TEXT,
@@ -281,17 +281,6 @@ fn wait_registered(addr: SocketAddr, n: usize) {
     eventually(&format!("{n} registered client(s)"), || {
         metric_of(addr, "fxproxy_clients_connected") == n as f64
     });
-}
-
-/// A line of /proc/PID/status, e.g. `Threads:` or `VmRSS:`, as a number.
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn threads(pid: u32) -> u64 {

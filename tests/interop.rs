@@ -14,7 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::process::{
-    command_succeeds, prerequisites_met, run_script, simulator_config, write_keys, Proxy,
+    command_succeeds, prerequisites_met, proc_status, run_script, simulator_config, write_keys,
+    Proxy,
 };
 
 const KEY: &str = "demo-key-0123456789";
@@ -70,15 +71,6 @@ fn node_ws_client() {
     run_client("node", "client.mjs");
 }
 
-/// Reads a `Threads:` count from /proc for the proxy process.
-fn threads_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// `slowhttptest`, the Debian package, in slowloris mode: 1,000 connections that send their
 /// headers a fragment a second. The proxy must stay available throughout (the tool's own
 /// probe and a WebSocket client that authenticates and receives quotes mid-attack), and give
@@ -100,7 +92,7 @@ fn slowhttptest_slowloris_does_not_take_the_service_down() {
     ));
     let mut healthy = common::Client::auth(proxy.addr, KEY, None);
     healthy.next_text();
-    let baseline = threads_of(proxy.pid());
+    let baseline = proc_status(proxy.pid(), "Threads:");
 
     let stats = proxy.dir().join("slowloris");
     let mut cmd = Command::new("slowhttptest");
@@ -147,10 +139,12 @@ fn slowhttptest_slowloris_does_not_take_the_service_down() {
         attacked_at.unwrap_or_default()
     );
     assert!(
-        common::process::poll(Duration::from_secs(10), || threads_of(proxy.pid())
-            <= baseline),
+        common::process::poll(Duration::from_secs(10), || proc_status(
+            proxy.pid(),
+            "Threads:"
+        ) <= baseline),
         "threads {} after the attack, {baseline} before",
-        threads_of(proxy.pid())
+        proc_status(proxy.pid(), "Threads:")
     );
     let _ = std::fs::remove_dir_all(&keys_dir);
 }

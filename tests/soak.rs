@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::process::{poll, temp_dir, write_keys, Proxy};
+use common::process::{open_fds, poll, proc_status, temp_dir, write_keys, Proxy};
 use common::raw_ws::{self, client_frame};
 use common::{quote, Client, TestUpstream, KEY};
 use std::collections::HashMap;
@@ -27,19 +27,6 @@ const HEALTHY: usize = 20;
 const QUOTES_PER_SEC: u64 = 300;
 const UPSTREAM_RESTART_EVERY: Duration = Duration::from_secs(3);
 
-/// A value from /proc/PID/status, e.g. `Threads` or `VmRSS` (in kB).
-fn status_field(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn open_fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     at: f64,
@@ -51,8 +38,8 @@ struct Sample {
 fn sample(pid: u32, start: Instant) -> Sample {
     Sample {
         at: start.elapsed().as_secs_f64(),
-        threads: status_field(pid, "Threads"),
-        rss_kib: status_field(pid, "VmRSS"),
+        threads: proc_status(pid, "Threads:"),
+        rss_kib: proc_status(pid, "VmRSS:"),
         fds: open_fds(pid),
     }
 }

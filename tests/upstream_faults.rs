@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::process::{write_keys, Proxy};
+use common::process::{open_fds, proc_status, write_keys, Proxy};
 use common::relay::{Mode, Relay};
 use common::*;
 use std::fs;
@@ -879,27 +879,6 @@ fn provider_refusal_backs_off_to_the_maximum_then_reconnects() {
 
 // ---------------------------------------------------------------------------------------------
 // 3. Many restarts: nothing leaks.
-
-/// A value from /proc/PID/status, in its unit (kB for memory).
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{field} missing from /proc/{pid}/status"))
-}
-
-fn open_fds(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("/proc/PID/fd")
-        .count()
-}
 
 #[test]
 fn fifty_upstream_restarts_under_100_clients_leak_no_thread_memory_or_descriptor() {

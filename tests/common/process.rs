@@ -213,6 +213,29 @@ fn parse_listening(line: &str) -> Option<SocketAddr> {
         .ok()
 }
 
+/// A number from /proc/PID/status: `field` with its colon, e.g. `"Threads:"` or `"VmRSS:"`
+/// (in kB).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{field} missing from /proc/{pid}/status"))
+}
+
+/// How many descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count() as u64
+}
+
 /// Calls `done` every 10 ms until it returns true (then true) or `deadline` passes (false).
 pub fn poll(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
