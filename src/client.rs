@@ -86,6 +86,13 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
         }
     };
     if let Some((code, reason)) = last_words {
+        // Counted here, whichever phase closed the client: before or after auth, or echo.
+        ctx.metrics.protocol_error(u16::from(code));
+        if reason == TOO_MANY {
+            ctx.metrics
+                .flood_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
         close(&mut ws, code, reason);
     }
 }
@@ -225,14 +232,6 @@ fn session(
         "{peer}: disconnected after {:.1} s: {end}",
         started.elapsed().as_secs_f64()
     );
-    if let End::ProtocolError(code, _) = &end {
-        ctx.metrics.protocol_error(u16::from(*code));
-    }
-    if matches!(end, End::Flood) {
-        ctx.metrics
-            .flood_disconnects
-            .fetch_add(1, Ordering::Relaxed);
-    }
     end.close_frame()
         .map(|(code, reason)| (code, reason.to_string()))
 }
@@ -279,7 +278,7 @@ fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<(CloseCod
         let message = match ws.read() {
             Ok(m) => m,
             Err(WsError::Io(e)) if http::is_timeout(&e) => continue,
-            Err(e) => return read_failure(ctx, &e),
+            Err(e) => return read_failure(&e),
         };
         if !budget.take(Instant::now()) {
             return Some((CloseCode::Policy, TOO_MANY.into()));
@@ -289,10 +288,10 @@ fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<(CloseCod
             // Queued pongs and the reply to a close go out with the flush.
             _ => ws.flush(),
         };
-        match sent {
-            Ok(()) => {}
-            Err(WsError::ConnectionClosed) => return None,
-            Err(_) => return None,
+        // Closed (after the closing handshake) or failed: either way nobody is left to tell.
+        if let Err(e) = sent {
+            debug!("echo connection ended: {e}");
+            return None;
         }
     }
 }
@@ -311,11 +310,9 @@ pub fn close_for_read_error(e: &WsError) -> Option<(CloseCode, &'static str)> {
     }
 }
 
-/// What to tell a client after a failed read outside the writer loop, counted and logged.
-fn read_failure(ctx: &Context, e: &WsError) -> Option<(CloseCode, String)> {
-    let (code, reason) = close_for_read_error(e)?;
-    ctx.metrics.protocol_error(u16::from(code));
-    Some((code, reason.to_string()))
+/// [`close_for_read_error`] with the reason owned, as refusals carry it.
+fn read_failure(e: &WsError) -> Option<(CloseCode, String)> {
+    close_for_read_error(e).map(|(code, reason)| (code, reason.to_string()))
 }
 
 const TOO_MANY: &str = "Too many messages";
@@ -458,7 +455,7 @@ fn authenticate(
             Ok(m) => m,
             Err(WsError::Io(e)) if http::is_timeout(&e) => continue,
             Err(e) => {
-                let words = read_failure(ctx, &e);
+                let words = read_failure(&e);
                 match &words {
                     Some((code, _)) => {
                         warn!("{peer}: closed before auth with {}: {e}", u16::from(*code))
@@ -469,9 +466,6 @@ fn authenticate(
             }
         };
         if !budget.take(Instant::now()) {
-            ctx.metrics
-                .flood_disconnects
-                .fetch_add(1, Ordering::Relaxed);
             warn!("{peer}: closed before auth: too many messages");
             return Err(Refusal(Some((CloseCode::Policy, TOO_MANY.into()))));
         }

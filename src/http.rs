@@ -156,8 +156,19 @@ fn reason_phrase(status: u16) -> &'static str {
 
 /// A complete response that closes the connection.
 pub fn response(status: u16, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
+    response_with(status, "", content_type, body, head_only)
+}
+
+/// As [`response`], with `extra` header lines (each ending in CRLF) after the status line.
+fn response_with(
+    status: u16,
+    extra: &str,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         reason_phrase(status),
         body.len()
     )
@@ -205,19 +216,17 @@ impl UpgradeRefusal {
     /// 400, or 426 with `Sec-WebSocket-Version: 13` as RFC 6455 (4.4) asks.
     pub fn response(&self) -> Vec<u8> {
         let body = format!("{}\n", self.reason);
-        let mut out = response(
-            if self.wrong_version { 426 } else { 400 },
-            "text/plain",
-            &body,
-            false,
-        );
         if self.wrong_version {
-            // After the status line: the header goes in before the blank line.
-            if let Some(end) = out.windows(2).position(|w| w == b"\r\n") {
-                out.splice(end + 2..end + 2, *b"Sec-WebSocket-Version: 13\r\n");
-            }
+            response_with(
+                426,
+                "Sec-WebSocket-Version: 13\r\n",
+                "text/plain",
+                &body,
+                false,
+            )
+        } else {
+            response(400, "text/plain", &body, false)
         }
-        out
     }
 }
 

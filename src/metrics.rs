@@ -155,7 +155,6 @@ impl Metrics {
         (if ok { 200 } else { 503 }, body)
     }
 
-    /// `/metrics` in the Prometheus text exposition format (version 0.0.4).
     /// Counts a client closed with `code`, if it is one of [`PROTOCOL_CLOSE_CODES`].
     pub fn protocol_error(&self, code: u16) {
         if let Some(i) = PROTOCOL_CLOSE_CODES.iter().position(|c| *c == code) {
@@ -163,6 +162,7 @@ impl Metrics {
         }
     }
 
+    /// `/metrics` in the Prometheus text exposition format (version 0.0.4).
     pub fn render(
         &self,
         symbols: &[(String, u64)],

@@ -76,12 +76,9 @@ impl Pending {
         true
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.members.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -171,6 +168,6 @@ mod tests {
         let (m, _) = pending.enter(7, &s);
         assert_eq!(pending.len(), 1);
         drop(m);
-        assert!(pending.is_empty());
+        assert_eq!(pending.len(), 0);
     }
 }
