@@ -1,78 +1,77 @@
-//! One client connection, on its own thread from accept to close: the HTTP request (a plain
-//! request is answered and closed; an upgrade becomes a WebSocket), the greeting and the auth
-//! message, then the writer loop that delivers quotes until the client leaves.
+//! One authenticated client, on its own thread until it leaves: it joins the hub (the
+//! snapshot, then the live stream), and its writer loop delivers quotes.
 //!
 //! The writer also reads. tungstenite cannot read and write one socket from two threads, so
 //! this thread owns the `WebSocket`. It sleeps in `park_timeout` and wakes when the
 //! distributor queued frames (it drains the queue, writes every frame into one buffer and
-//! flushes once), when the watcher saw the socket readable (it reads without blocking until
-//! there is nothing left: pings are answered, a close is noticed), or on the keep-alive grid
+//! flushes once), when the watcher saw the socket readable (it reads until there is nothing
+//! left: pings are answered, a close is noticed) or writable again, or on the keep-alive grid
 //! (it pings, and drops a peer that has not answered two pings).
+//!
+//! How far behind a client is cannot be seen in the kernel: a client that stops reading goes
+//! on taking bytes into its own receive buffer, which the kernel grows to megabytes, so
+//! nothing blocks for minutes while it shows ever older prices. So the writer asks: after
+//! every [`PROBE_BYTES`] it sends (and whenever the socket is full) it sends a ping, which the
+//! client's WebSocket library answers only once it has read everything before it. A client
+//! that has not answered within `max_client_lag_secs` is that far behind and is closed with
+//! 1008 `Slow consumer`, as is one whose queue fills; and no client is sent more than
+//! [`UNPROVEN_BYTES`] beyond what it has proven to have read, so its lag shows in its queue.
+//!
+//! The socket is non-blocking and the kernel holds at most
+//! [`crate::admission::CLIENT_UNSENT_BYTES`] unsent for it. When the socket takes no more,
+//! the writer stops taking frames and waits for it to drain: new quotes wait in the queue.
 
-use crate::auth::{self, AuthRequest};
+use crate::budget::Budget;
+use crate::closes::{self, Owed, SLOW_CONSUMER, TOO_MANY};
 use crate::config::redacted_key;
-use crate::deadline::DeadlineStream;
-use crate::distributor::{ClientSlot, JoinError, Kick};
-use crate::http::{self, HeadError, Request};
+use crate::context::Context;
+use crate::distributor::{ClientSlot, Idle, JoinError, Kick};
+use crate::handshake::{unknown_symbol, Admitted};
 use crate::metrics::{now_ms, AuthFailure};
-use crate::pending::Member;
-use crate::protocol::GREETING;
-use crate::server::{Admitted, Context};
+use crate::stream::ClientStream;
 use crossbeam_channel::Receiver;
 use log::{debug, error, info, warn};
-use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
-/// A client connection once upgraded: writes run against a deadline (see [`DeadlineStream`]).
-type Socket = WebSocket<DeadlineStream>;
+type Socket = WebSocket<ClientStream>;
 
-/// How often a thread waiting for a request or an auth message looks at the stop flag.
-const STOP_SLICE: Duration = Duration::from_millis(250);
-/// A write that cannot make progress for this long, or a batch of writes that takes this
-/// long in all, means the peer is gone or hopeless.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After this many bytes sent since its last answered ping, a client is pinged again.
+pub const PROBE_BYTES: u64 = 32 * 1024;
+/// A client is sent no more than this many bytes it has not been proven to have read: past
+/// that, quotes wait in its queue, where they count against `client_queue_len` and show in
+/// `/metrics`, instead of piling up unseen in its kernel's receive buffer.
+pub const UNPROVEN_BYTES: u64 = 2 * PROBE_BYTES;
+/// How long our last writes (what was buffered, and the close frame) may take.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long to wait for the peer's answer to our close frame.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// How often the echo service (tests only) looks at the stop flag.
+const STOP_SLICE: Duration = Duration::from_millis(250);
 
-/// Serves one accepted connection to its end. `id` names it among the pending connections.
-pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
-    let _ = stream.set_nodelay(true);
-    let (pending, evicted) = ctx.pending.enter(id, &stream);
-    if evicted > 0 {
-        debug!(
-            "{peer}: {evicted} unauthenticated connection(s) dropped to make room (max_pending_connections)"
-        );
-    }
-    let Some((_admitted, leftover)) = handshake(ctx, &mut stream, peer, &pending) else {
-        return;
-    };
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut ws = WebSocket::from_partially_read(
-        DeadlineStream::new(stream),
-        leftover,
-        Role::Server,
-        Some(ws_config(ctx)),
-    );
-    ws.get_mut().arm(WRITE_TIMEOUT);
-    let mut budget = Budget::new(ctx.config.max_client_messages_per_sec);
+/// Serves one admitted connection to its end.
+pub fn serve(ctx: &Context, admitted: Admitted) {
+    let Admitted {
+        mut ws,
+        peer,
+        mut budget,
+        auth,
+        ..
+    } = admitted;
     // A bug while serving this client must not leave it hanging, nor take others down: the
     // client is told (1011), the slot and the watch are released by their guards as the
     // panic unwinds, and every other client goes on.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        if ctx.echo {
-            drop(pending);
-            echo(ctx, &mut ws, &mut budget)
-        } else {
-            session(ctx, &mut ws, peer, pending, &mut budget)
-        }
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| match auth {
+        Some(auth) => session(ctx, &mut ws, peer, auth, &mut budget),
+        None => echo(ctx, &mut ws, &mut budget),
     }));
     let last_words = match outcome {
         Ok(words) => words,
@@ -80,13 +79,13 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
             ctx.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
             error!(
                 "{peer}: internal error while serving this client ({}); closing it with 1011",
-                crate::server::panic_message(&*payload)
+                crate::threads::panic_message(&*payload)
             );
             Some((CloseCode::Error, "Internal error".to_string()))
         }
     };
     if let Some((code, reason)) = last_words {
-        // Counted here, whichever phase closed the client: before or after auth, or echo.
+        // Counted here, whichever way the session ended.
         ctx.metrics.protocol_error(u16::from(code));
         if reason == TOO_MANY {
             ctx.metrics
@@ -97,107 +96,15 @@ pub fn serve(ctx: &Context, mut stream: TcpStream, peer: SocketAddr, id: u64) {
     }
 }
 
-/// The HTTP part of a connection: reads the request within `handshake_timeout_secs`,
-/// answers a plain request or a refused upgrade itself (and returns `None`), or accepts the
-/// upgrade and returns the place taken among `max_clients` and any bytes read past the request.
-fn handshake<'a>(
-    ctx: &'a Context,
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    pending: &Member<'_>,
-) -> Option<(Admitted<'a>, Vec<u8>)> {
-    let deadline = Instant::now() + ctx.config.handshake_timeout;
-    let stopping = || ctx.stop.is_set();
-    let (request, leftover) = match http::read_head(stream, deadline, STOP_SLICE, &stopping) {
-        Ok(r) => r,
-        Err(HeadError::Malformed(why)) => {
-            debug!("{peer}: bad request: {why}");
-            let body = format!("bad request: {why}\n");
-            http::respond_and_close(stream, &http::response(400, "text/plain", &body, false));
-            return None;
-        }
-        Err(HeadError::TooLarge) => {
-            let resp = http::response(431, "text/plain", "request head too large\n", false);
-            http::respond_and_close(stream, &resp);
-            return None;
-        }
-        Err(e) => {
-            debug!("{peer}: no request: {e:?}");
-            return None;
-        }
-    };
-    if !request.is_websocket_upgrade() {
-        serve_http(ctx, stream, &request);
-        return None;
-    }
-    if !http::origin_allowed(&request, &ctx.config.allowed_origins) {
-        ctx.metrics
-            .rejected_connections
-            .fetch_add(1, Ordering::Relaxed);
-        warn!(
-            "{peer}: refused: Origin {:?} is not in allowed_origins",
-            request.header("Origin").unwrap_or("")
-        );
-        let resp = http::response(403, "text/plain", "origin not allowed\n", false);
-        http::respond_and_close(stream, &resp);
-        return None;
-    }
-    // Checked before a place is taken: a malformed upgrade must not displace a waiting one.
-    let accept = match http::accept_upgrade(&request) {
-        Ok(a) => a,
-        Err(refusal) => {
-            ctx.metrics
-                .rejected_connections
-                .fetch_add(1, Ordering::Relaxed);
-            http::respond_and_close(stream, &refusal.response());
-            return None;
-        }
-    };
-    let Some(admitted) = ctx.admit().or_else(|| make_room(ctx)) else {
-        ctx.metrics
-            .rejected_connections
-            .fetch_add(1, Ordering::Relaxed);
-        warn!(
-            "{peer}: refused: max_clients ({}) reached",
-            ctx.config.max_clients
-        );
-        let resp = http::response(503, "text/plain", "too many clients\n", false);
-        http::respond_and_close(stream, &resp);
-        return None;
-    };
-    pending.holds_a_place();
-    stream.write_all(&accept).ok()?;
-    Some((admitted, leftover))
-}
-
-/// With every `max_clients` place taken, gives the newcomer the place of the oldest
-/// connection still waiting to authenticate, if any holds one (see [`crate::pending`]): else
-/// a flood of upgrades that never authenticate would turn real clients away for as long as
-/// `auth_timeout_secs`, again and again.
-fn make_room(ctx: &Context) -> Option<Admitted<'_>> {
-    if !ctx.pending.evict_oldest_holding_a_place() {
-        return None;
-    }
-    // The evicted connection gives its place back as its thread unwinds, a moment from now;
-    // the newcomer has it already, so for that moment there is one place too many.
-    Some(ctx.take_place())
-}
-
-/// Greets, authenticates and delivers quotes until the client leaves. Returns the close
-/// frame still owed to the client, if any.
+/// Joins the hub and delivers quotes until the client leaves. Returns the close frame still
+/// owed to the client, if any.
 fn session(
     ctx: &Context,
     ws: &mut Socket,
     peer: SocketAddr,
-    pending: Member<'_>,
+    auth: crate::auth::AuthRequest,
     budget: &mut Budget,
-) -> Option<(CloseCode, String)> {
-    ws.send(Message::text(GREETING)).ok()?;
-    let auth = match authenticate(ctx, ws, peer, budget) {
-        Ok(auth) => auth,
-        Err(Refusal(words)) => return words,
-    };
-    drop(pending);
+) -> Option<Owed> {
     let (slot, rx) = match ctx
         .hub
         .join(&auth.key, auth.symbols.as_deref(), std::thread::current())
@@ -232,6 +139,16 @@ fn session(
         "{peer}: disconnected after {:.1} s: {end}",
         started.elapsed().as_secs_f64()
     );
+    if end.is_slow_consumer() {
+        if let End::Lagging(_) = end {
+            ctx.metrics
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // The kernel holds our unsent bytes up to the low-water mark; lift it so the close
+        // frame gets in behind them and reaches the client if it ever reads again.
+        let _ = socket2::SockRef::from(&**ws.get_ref()).set_tcp_notsent_lowat(i32::MAX as u32);
+    }
     end.close_frame()
         .map(|(code, reason)| (code, reason.to_string()))
 }
@@ -264,21 +181,24 @@ impl Drop for Subscription<'_> {
 
 /// The test-only echo service: every text or binary message goes back as it came. Reads,
 /// limits and errors take the same paths as a real client's.
-fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<(CloseCode, String)> {
+fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<Owed> {
     // The write buffer is capped near one upstream frame, the biggest thing a real client is
     // sent; an echo must fit the biggest message a client may send, or a send over the cap
     // fails and the connection is dropped without a close frame.
     let most = ctx.config.client_write_buffer_bytes + ctx.config.max_message_bytes + 16;
     ws.set_config(|c| c.max_write_buffer_size = c.max_write_buffer_size.max(most));
+    if ws.get_mut().set_nonblocking(false).is_err() {
+        return None;
+    }
     loop {
         if ctx.stop.is_set() {
-            return Some((CloseCode::Away, "Server shutting down".into()));
+            return Some((CloseCode::Away, closes::SHUTTING_DOWN.into()));
         }
         let _ = ws.get_mut().set_read_timeout(Some(STOP_SLICE));
         let message = match ws.read() {
             Ok(m) => m,
-            Err(WsError::Io(e)) if http::is_timeout(&e) => continue,
-            Err(e) => return read_failure(&e),
+            Err(WsError::Io(e)) if crate::http::is_timeout(&e) => continue,
+            Err(e) => return closes::read_failure(&e),
         };
         if !budget.take(Instant::now()) {
             return Some((CloseCode::Policy, TOO_MANY.into()));
@@ -296,254 +216,11 @@ fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<(CloseCod
     }
 }
 
-/// The close frame owed to a client whose frame could not be read: 1002 for a protocol
-/// error, 1007 for invalid UTF-8, 1009 for a message over `max_message_bytes`. `None` when
-/// the connection itself is gone and nobody is left to tell.
-pub fn close_for_read_error(e: &WsError) -> Option<(CloseCode, &'static str)> {
-    use tungstenite::error::ProtocolError;
-    match e {
-        WsError::Capacity(_) => Some((CloseCode::Size, "Message too big")),
-        WsError::Utf8(_) => Some((CloseCode::Invalid, "Invalid UTF-8")),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Protocol(_) => Some((CloseCode::Protocol, "Protocol error")),
-        _ => None,
-    }
-}
-
-/// [`close_for_read_error`] with the reason owned, as refusals carry it.
-fn read_failure(e: &WsError) -> Option<(CloseCode, String)> {
-    close_for_read_error(e).map(|(code, reason)| (code, reason.to_string()))
-}
-
-const TOO_MANY: &str = "Too many messages";
-
-/// How many messages a client may send: `rate` a second, in bursts of up to `rate`. Clients
-/// of a feed send almost nothing (an auth message, a ping now and then), so a client that
-/// sends a stream of messages is broken or hostile, and reading them costs everyone CPU.
-pub struct Budget {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Budget {
-    /// `rate` 0 means no limit.
-    pub fn new(rate: u32) -> Budget {
-        let rate = if rate == 0 {
-            f64::INFINITY
-        } else {
-            f64::from(rate)
-        };
-        Budget {
-            rate,
-            tokens: rate,
-            last: Instant::now(),
-        }
-    }
-
-    /// Spends one message; false when the budget is spent.
-    pub fn take(&mut self, now: Instant) -> bool {
-        if self.rate.is_infinite() {
-            return true;
-        }
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-fn ws_config(ctx: &Context) -> WebSocketConfig {
-    let max = ctx.config.max_message_bytes;
-    // Clients send little (an auth message, pings), so a small read buffer is plenty and
-    // thousands of clients do not each pin tungstenite's default 128 KiB. Frames are buffered
-    // up to the write buffer size, then written; a batch ends in one flush.
-    let chunk = ctx.config.client_write_buffer_bytes;
-    WebSocketConfig::default()
-        .read_buffer_size(ctx.config.client_read_buffer_bytes)
-        .write_buffer_size(chunk)
-        // Writes block (with a timeout) rather than pile up: the buffer holds at most one
-        // chunk and one frame (with its header), whatever the peer does.
-        .max_write_buffer_size(chunk + crate::upstream::MAX_UPSTREAM_FRAME + 16)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-}
-
-fn serve_http(ctx: &Context, stream: &mut TcpStream, request: &Request) {
-    ctx.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
-    let head_only = request.method == "HEAD";
-    let resp = if request.method != "GET" && !head_only {
-        http::response(405, "text/plain", "only GET is served here\n", false)
-    } else {
-        match request.route() {
-            "/healthz" if ctx.config.http_endpoints => {
-                let (status, body) = ctx.metrics.health(ctx.config.upstream_stale, now_ms());
-                http::response(status, "application/json", &body, head_only)
-            }
-            "/metrics" if ctx.config.http_endpoints => {
-                let body = ctx.metrics.render(
-                    &ctx.hub.last_quotes(),
-                    ctx.hub.batching(),
-                    ctx.pending.evictions.load(Ordering::Relaxed),
-                    now_ms(),
-                );
-                http::response(
-                    200,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    &body,
-                    head_only,
-                )
-            }
-            "/" if ctx.config.page => {
-                http::response(200, "text/html; charset=utf-8", crate::PAGE, head_only)
-            }
-            _ => http::response(404, "text/plain", "not found\n", head_only),
-        }
-    };
-    http::respond_and_close(stream, &resp);
-}
-
-/// A refused client and the close frame it is owed (none if it is gone).
-struct Refusal(Option<(CloseCode, String)>);
-
-fn refuse(ctx: &Context, peer: SocketAddr, why: AuthFailure, detail: &str) -> Refusal {
-    ctx.metrics.auth_failed(why);
-    warn!("{peer}: authentication refused: {detail}");
-    let reason = match why {
-        AuthFailure::BadKey => "Authentication failed",
-        _ => "Failed to authenticate",
-    };
-    Refusal(Some((CloseCode::Policy, reason.to_string())))
-}
-
-fn unknown_symbol(symbol: &str) -> String {
-    // A close reason is at most 123 bytes; the symbol came from the client.
-    let shown: String = symbol.chars().take(32).collect();
-    format!("Unknown symbol {shown}")
-}
-
-/// Reads the auth message within `auth_timeout` and checks it against the key file.
-fn authenticate(
-    ctx: &Context,
-    ws: &mut Socket,
-    peer: SocketAddr,
-    budget: &mut Budget,
-) -> Result<AuthRequest, Refusal> {
-    let deadline = Instant::now() + ctx.config.auth_timeout;
-    let text = loop {
-        if ctx.stop.is_set() {
-            return Err(Refusal(Some((
-                CloseCode::Away,
-                "Server shutting down".into(),
-            ))));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(refuse(
-                ctx,
-                peer,
-                AuthFailure::Timeout,
-                "no auth message in time",
-            ));
-        }
-        let message = match read_some(ws, left.min(STOP_SLICE)) {
-            Ok(m) => m,
-            Err(WsError::Io(e)) if http::is_timeout(&e) => continue,
-            Err(e) => {
-                let words = read_failure(&e);
-                match &words {
-                    Some((code, _)) => {
-                        warn!("{peer}: closed before auth with {}: {e}", u16::from(*code))
-                    }
-                    None => debug!("{peer}: gone before auth: {e}"),
-                }
-                return Err(Refusal(words));
-            }
-        };
-        if !budget.take(Instant::now()) {
-            warn!("{peer}: closed before auth: too many messages");
-            return Err(Refusal(Some((CloseCode::Policy, TOO_MANY.into()))));
-        }
-        match message {
-            Message::Text(text) => break text,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
-                let _ = ws.flush();
-            }
-            // The client started the closing handshake: send the reply tungstenite queued.
-            Message::Close(_) => {
-                let _ = ws.flush();
-                return Err(Refusal(None));
-            }
-            Message::Binary(_) => {
-                return Err(refuse(ctx, peer, AuthFailure::BadMessage, "a binary frame"))
-            }
-        }
-    };
-    let request = auth::parse_auth(&text)
-        .map_err(|e| refuse(ctx, peer, AuthFailure::BadMessage, &e.to_string()))?;
-    let keys = ctx.keys();
-    let Some(entry) = keys.lookup(&request.key) else {
-        return Err(refuse(
-            ctx,
-            peer,
-            AuthFailure::BadKey,
-            &format!("unknown key {}", redacted_key(&request.key)),
-        ));
-    };
-    let wanted: Vec<String> = request
-        .symbols
-        .clone()
-        .or_else(|| entry.symbols.clone())
-        .unwrap_or_default();
-    for symbol in &wanted {
-        if ctx.hub.symbol_id(symbol).is_none() {
-            ctx.metrics.auth_failed(AuthFailure::Symbol);
-            warn!("{peer}: refused: symbol {symbol:.32} is not carried");
-            return Err(Refusal(Some((CloseCode::Policy, unknown_symbol(symbol)))));
-        }
-        if !entry.allows(symbol) {
-            ctx.metrics.auth_failed(AuthFailure::Symbol);
-            warn!(
-                "{peer}: refused: key {} is not entitled to {symbol}",
-                redacted_key(&request.key)
-            );
-            return Err(Refusal(Some((
-                CloseCode::Policy,
-                format!("Not entitled to symbol {symbol}"),
-            ))));
-        }
-    }
-    Ok(AuthRequest {
-        key: request.key,
-        symbols: (!wanted.is_empty()).then_some(wanted),
-    })
-}
-
-/// Reads a message if one is complete, else waits up to `wait` for more bytes and returns a
-/// timeout. A blocking `read` returns only with a whole message, so a peer that trickles the
-/// fragments (or the bytes) of a message that never ends would hold it, and the thread,
-/// past any deadline; tungstenite keeps the partial message between calls.
-fn read_some(ws: &mut Socket, wait: Duration) -> Result<Message, WsError> {
-    ws.get_mut().set_nonblocking(true)?;
-    let result = ws.read();
-    ws.get_mut().set_nonblocking(false)?;
-    if let Err(WsError::Io(e)) = &result {
-        if e.kind() == io::ErrorKind::WouldBlock {
-            ws.get_mut().set_read_timeout(Some(wait))?;
-            let _ = ws.get_ref().peek(&mut [0u8; 1]);
-        }
-    }
-    result
-}
-
 /// Why a writer loop ended.
 enum End {
     Kicked(Kick),
+    /// A ping sent with quotes before it went unanswered this long.
+    Lagging(Duration),
     ClientClosed,
     /// A frame that broke the protocol (1002), invalid UTF-8 (1007) or was too big (1009).
     ProtocolError(CloseCode, &'static str),
@@ -553,11 +230,17 @@ enum End {
 }
 
 impl End {
+    fn is_slow_consumer(&self) -> bool {
+        matches!(self, End::Kicked(Kick::SlowConsumer) | End::Lagging(_))
+    }
+
     fn close_frame(&self) -> Option<(CloseCode, &'static str)> {
         match self {
-            End::Kicked(Kick::SlowConsumer) => Some((CloseCode::Policy, "Slow consumer")),
+            End::Kicked(Kick::SlowConsumer) | End::Lagging(_) => {
+                Some((CloseCode::Policy, SLOW_CONSUMER))
+            }
             End::Kicked(Kick::KeyRevoked) => Some((CloseCode::Policy, "Authentication failed")),
-            End::Kicked(_) => Some((CloseCode::Away, "Server shutting down")),
+            End::Kicked(_) => Some((CloseCode::Away, closes::SHUTTING_DOWN)),
             End::PingTimeout => Some((CloseCode::Away, "Ping timeout")),
             End::ProtocolError(code, reason) => Some((*code, reason)),
             End::Flood => Some((CloseCode::Policy, TOO_MANY)),
@@ -570,6 +253,11 @@ impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             End::Kicked(Kick::SlowConsumer) => f.write_str("slow consumer (queue full)"),
+            End::Lagging(behind) => write!(
+                f,
+                "slow consumer (at least {:.1} s behind: a ping sent after quotes went unanswered)",
+                behind.as_secs_f64()
+            ),
             End::Kicked(Kick::KeyRevoked) => f.write_str("key removed from the key file"),
             End::Kicked(_) => f.write_str("server shutting down"),
             End::ClientClosed => f.write_str("closed by the client"),
@@ -607,7 +295,8 @@ fn deliver(
     let _watched = Watched { ctx, fd, slot };
     // Anything that arrived with or after the auth message came before the watch began.
     slot.readable.store(true, Ordering::SeqCst);
-    deliver_loop(ctx, ws, slot, rx, budget)
+    let mut blocked = Blocked::new(ctx);
+    deliver_loop(ctx, ws, slot, rx, budget, &mut blocked, &mut Probe::new())
 }
 
 /// The socket's registration with the watcher, undone however the writer loop ends.
@@ -623,14 +312,139 @@ impl Drop for Watched<'_> {
     }
 }
 
+/// Whether the client's socket takes bytes; counted in `fxproxy_writers_blocked` while it
+/// does not.
+struct Blocked<'a> {
+    ctx: &'a Context,
+    blocked: bool,
+}
+
+impl<'a> Blocked<'a> {
+    fn new(ctx: &'a Context) -> Blocked<'a> {
+        Blocked {
+            ctx,
+            blocked: false,
+        }
+    }
+
+    fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// A write would block: from now on new frames wait in the queue.
+    fn block(&mut self) {
+        if !self.blocked {
+            self.blocked = true;
+            let gauge = &self.ctx.metrics.writers_blocked;
+            gauge.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn unblock(&mut self) {
+        if self.blocked {
+            self.blocked = false;
+            let gauge = &self.ctx.metrics.writers_blocked;
+            gauge.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Our pings and what their answers prove: that the client has read everything sent before.
+struct Probe {
+    /// Payload of the next ping: a counter, so that a pong can be matched to its ping.
+    next: u64,
+    /// The ping awaiting its pong: its counter, when it was sent, and whether bytes were sent
+    /// before it that no answer had yet proven read (then it is overdue after the lag limit).
+    out: Option<(u64, Instant, bool)>,
+    /// Bytes sent (into the kernel) that the last answered ping proves read.
+    proven: u64,
+    /// Bytes sent when the outstanding ping went out.
+    at_send: u64,
+}
+
+impl Probe {
+    fn new() -> Probe {
+        Probe {
+            next: 1,
+            out: None,
+            proven: 0,
+            at_send: 0,
+        }
+    }
+
+    /// Whether a ping should go now: none is out, and enough has been sent unproven (or the
+    /// socket is full with unproven bytes).
+    fn due(&self, sent: u64, blocked: bool) -> bool {
+        let unproven = sent - self.proven;
+        self.out.is_none() && (unproven >= PROBE_BYTES || (blocked && unproven > 0))
+    }
+
+    /// A ping is going out now; its payload.
+    fn sending(&mut self, sent: u64, now: Instant) -> [u8; 8] {
+        let id = self.next;
+        self.next += 1;
+        self.out = Some((id, now, sent > self.proven));
+        self.at_send = sent;
+        id.to_be_bytes()
+    }
+
+    /// A pong arrived; true if it answers the outstanding ping.
+    fn answered(&mut self, payload: &[u8]) -> bool {
+        match self.out {
+            Some((id, _, _)) if payload == id.to_be_bytes() => {
+                self.out = None;
+                self.proven = self.at_send;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How long an overdue ping has gone unanswered, if one is overdue.
+    fn overdue(&self, limit: Duration, now: Instant) -> Option<Duration> {
+        match self.out {
+            Some((_, sent, true)) if now.duration_since(sent) >= limit => {
+                Some(now.duration_since(sent))
+            }
+            _ => None,
+        }
+    }
+
+    /// When the outstanding ping becomes overdue, if it can.
+    fn deadline(&self, limit: Duration) -> Option<Instant> {
+        match self.out {
+            Some((_, sent, true)) => Some(sent + limit),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.unblock();
+    }
+}
+
+/// Writes out what tungstenite has buffered; `Ok(false)` when the socket is full.
+fn flush(ws: &mut Socket) -> Result<bool, End> {
+    match ws.flush() {
+        Ok(()) => Ok(true),
+        Err(e) if closes::would_block(&e) => Ok(false),
+        Err(e) => Err(End::Failed(format!("write failed: {e}"))),
+    }
+}
+
 fn deliver_loop(
     ctx: &Context,
     ws: &mut Socket,
     slot: &ClientSlot,
     rx: &Receiver<Utf8Bytes>,
     budget: &mut Budget,
+    blocked: &mut Blocked,
+    probe: &mut Probe,
 ) -> End {
     let ping_every = ctx.config.client_ping;
+    let lag_limit = ctx.config.max_client_lag;
     let mut tick = next_tick(ping_every);
     let mut last_heard = Instant::now();
     loop {
@@ -638,52 +452,103 @@ fn deliver_loop(
         if kick != Kick::None {
             return End::Kicked(kick);
         }
-        // Whatever this round writes (quotes, a pong, a ping) must be taken in time.
-        ws.get_mut().arm(WRITE_TIMEOUT);
-        let mut written = 0u64;
-        while let Ok(frame) = rx.try_recv() {
-            if let Err(e) = ws.write(Message::Text(frame)) {
-                return End::Failed(format!("write failed: {e}"));
-            }
-            written += 1;
-            if slot.kicked() != Kick::None {
-                break;
+        if blocked.is_blocked() && slot.writable.swap(false, Ordering::SeqCst) {
+            match flush(ws) {
+                Ok(true) => blocked.unblock(),
+                Ok(false) => {}
+                Err(end) => return end,
             }
         }
-        if written > 0 {
-            #[cfg(test)]
-            tests::maybe_fail(&slot.key);
-            if let Err(e) = ws.flush() {
-                return End::Failed(format!("write failed: {e}"));
+        let mut written = 0u64;
+        let unproven = ws.get_ref().written() - probe.proven;
+        let held_back = unproven >= UNPROVEN_BYTES;
+        if !blocked.is_blocked() && !held_back {
+            while let Ok(frame) = rx.try_recv() {
+                written += 1;
+                match ws.write(Message::Text(frame)) {
+                    Ok(()) => {}
+                    // The frame is buffered; the socket takes no more for now.
+                    Err(e) if closes::would_block(&e) => {
+                        blocked.block();
+                        break;
+                    }
+                    Err(e) => return End::Failed(format!("write failed: {e}")),
+                }
+                if slot.kicked() != Kick::None {
+                    break;
+                }
             }
-            ctx.metrics
-                .quotes_delivered
-                .fetch_add(written, Ordering::Relaxed);
+            if written > 0 {
+                #[cfg(test)]
+                tests::maybe_fail(&slot.key);
+                if !blocked.is_blocked() {
+                    match flush(ws) {
+                        Ok(true) => {}
+                        Ok(false) => blocked.block(),
+                        Err(end) => return end,
+                    }
+                }
+                ctx.metrics
+                    .quotes_delivered
+                    .fetch_add(written, Ordering::Relaxed);
+            }
         }
         if slot.readable.swap(false, Ordering::SeqCst) {
-            match read_pass(ws, budget) {
+            match read_pass(ws, budget, probe) {
                 Ok(true) => last_heard = Instant::now(),
                 Ok(false) => {}
                 Err(end) => return end,
             }
         }
         let now = Instant::now();
-        if now >= tick {
+        if let Some(behind) = probe.overdue(lag_limit, now) {
+            return End::Lagging(behind);
+        }
+        let keep_alive = now >= tick;
+        if keep_alive {
             if now.duration_since(last_heard) > ping_every * 2 {
                 return End::PingTimeout;
             }
-            if let Err(e) = ws.send(Message::Ping(Default::default())) {
-                return End::Failed(format!("ping failed: {e}"));
-            }
             tick = next_tick(ping_every);
         }
-        let appointment = if written > 0 {
-            ctx.hub.next_batch_wake(slot, Instant::now())
+        let sent = ws.get_ref().written();
+        if probe.due(sent, blocked.is_blocked()) || (keep_alive && probe.out.is_none()) {
+            let payload = probe.sending(sent, now);
+            match ws.write(Message::Ping(payload.to_vec().into())) {
+                Ok(()) => {}
+                // Buffered behind what the socket has not taken yet.
+                Err(e) if closes::would_block(&e) => blocked.block(),
+                Err(e) => return End::Failed(format!("ping failed: {e}")),
+            }
+            if !blocked.is_blocked() {
+                match flush(ws) {
+                    Ok(true) => {}
+                    Ok(false) => blocked.block(),
+                    Err(end) => return end,
+                }
+            }
+        }
+        let mut until = tick;
+        if let Some(t) = probe.deadline(lag_limit) {
+            until = until.min(t);
+        }
+        let idle = if blocked.is_blocked() {
+            Idle::Writable
+        } else if ws.get_ref().written() - probe.proven >= UNPROVEN_BYTES {
+            Idle::Reply
         } else {
-            None
+            match (written > 0)
+                .then(|| ctx.hub.next_batch_wake(slot, Instant::now()))
+                .flatten()
+            {
+                Some(appointment) => {
+                    until = until.min(appointment);
+                    Idle::Batch
+                }
+                None => Idle::Frames,
+            }
         };
-        if slot.going_idle(rx, appointment.is_some()) {
-            let until = appointment.map_or(tick, |a| a.min(tick));
+        if slot.going_idle(rx, idle) {
             std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
             slot.awake();
             slot.help_wake();
@@ -693,19 +558,18 @@ fn deliver_loop(
 
 /// Reads everything the client has sent without blocking: tungstenite queues the pong for a
 /// ping and the reply to a close; both are flushed here. Returns whether anything arrived.
-fn read_pass(ws: &mut Socket, budget: &mut Budget) -> Result<bool, End> {
-    if let Err(e) = ws.get_mut().set_nonblocking(true) {
-        return Err(End::Failed(e.to_string()));
-    }
+fn read_pass(ws: &mut Socket, budget: &mut Budget, probe: &mut Probe) -> Result<bool, End> {
     let mut heard = false;
     let result = loop {
         match ws.read() {
             Ok(Message::Close(_)) => break Err(End::ClientClosed),
+            // The answer to our own ping is not the client's doing: it costs no budget.
+            Ok(Message::Pong(payload)) if probe.answered(&payload) => heard = true,
             Ok(_) if !budget.take(Instant::now()) => break Err(End::Flood),
             Ok(_) => heard = true,
             // A wake-up that completed no message is charged as one: a peer sending endless
             // fragments of a message that never ends costs reads like a flood of messages.
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if closes::would_block(&e) => {
                 if !heard && !budget.take(Instant::now()) {
                     break Err(End::Flood);
                 }
@@ -715,19 +579,18 @@ fn read_pass(ws: &mut Socket, budget: &mut Budget) -> Result<bool, End> {
                 break Err(End::ClientClosed)
             }
             Err(e) => {
-                break Err(match close_for_read_error(&e) {
+                break Err(match closes::close_for_read_error(&e) {
                     Some((code, reason)) => End::ProtocolError(code, reason),
                     None => End::Failed(format!("read failed: {e}")),
                 })
             }
         }
     };
-    if let Err(e) = ws.get_mut().set_nonblocking(false) {
-        return Err(End::Failed(e.to_string()));
-    }
-    // Sends the pong, or completes the closing handshake the client started.
+    // Sends the pong, or completes the closing handshake the client started; a full socket
+    // keeps them buffered for the next flush.
     match ws.flush() {
         Ok(()) | Err(WsError::ConnectionClosed) => result,
+        Err(e) if closes::would_block(&e) => result,
         Err(e) if result.is_ok() => Err(End::Failed(format!("write failed: {e}"))),
         Err(_) => result,
     }
@@ -736,8 +599,13 @@ fn read_pass(ws: &mut Socket, budget: &mut Budget) -> Result<bool, End> {
 /// Sends a close frame and waits briefly for the peer's answer, so the frame is not lost to
 /// a reset when the socket closes with unread data.
 fn close(ws: &mut Socket, code: CloseCode, reason: String) {
-    let _ = ws.get_mut().set_write_timeout(Some(Duration::from_secs(1)));
-    ws.get_mut().arm(Duration::from_secs(1));
+    // The last writes may wait, briefly: what is buffered must go out before the close frame.
+    let stream = ws.get_mut();
+    if stream.set_nonblocking(false).is_err()
+        || stream.set_write_timeout(Some(CLOSE_WRITE_TIMEOUT)).is_err()
+    {
+        return;
+    }
     let frame = CloseFrame {
         code,
         reason: reason.into(),
@@ -761,7 +629,7 @@ fn close(ws: &mut Socket, code: CloseCode, reason: String) {
             return;
         }
         let _ = ws.get_mut().set_read_timeout(Some(left));
-        if !matches!(io::Read::read(ws.get_mut(), &mut sink), Ok(n) if n > 0) {
+        if !matches!(io::Read::read(&mut **ws.get_mut(), &mut sink), Ok(n) if n > 0) {
             return;
         }
     }
@@ -771,8 +639,10 @@ fn close(ws: &mut Socket, code: CloseCode, reason: String) {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::protocol::GREETING;
     use crate::Server;
     use std::cell::Cell;
+    use std::net::TcpStream;
 
     /// The key whose writer panics after queuing its first frame (see [`maybe_fail`]).
     const PANIC_KEY: &str = "panic-in-the-writer-key";
@@ -786,41 +656,28 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_allows_bursts_up_to_the_rate_then_refills() {
-        let start = Instant::now();
-        let mut b = Budget::new(10);
-        b.last = start;
-        assert!((0..10).all(|_| b.take(start)));
-        assert!(!b.take(start));
-        assert!(b.take(start + Duration::from_millis(100)), "one refilled");
-        assert!(!b.take(start + Duration::from_millis(100)));
-        let mut unlimited = Budget::new(0);
-        assert!((0..100_000).all(|_| unlimited.take(start)));
-    }
-
-    #[test]
-    fn read_errors_map_to_close_codes() {
-        use tungstenite::error::{CapacityError, ProtocolError};
-        let code = |e: WsError| close_for_read_error(&e).map(|(c, _)| u16::from(c));
+    fn a_ping_goes_out_after_enough_unproven_bytes_and_its_answer_proves_them_read() {
+        let now = Instant::now();
+        let limit = Duration::from_secs(5);
+        let mut p = Probe::new();
+        assert!(!p.due(PROBE_BYTES - 1, false));
+        assert!(p.due(10, true), "a full socket asks at once");
+        assert!(p.due(PROBE_BYTES, false));
+        let payload = p.sending(PROBE_BYTES, now);
+        assert!(!p.due(3 * PROBE_BYTES, false), "one ping at a time");
+        assert_eq!(p.deadline(limit), Some(now + limit));
+        assert_eq!(p.overdue(limit, now + Duration::from_secs(4)), None);
+        assert!(!p.answered(b"another"), "only its own answer counts");
         assert_eq!(
-            code(WsError::Capacity(CapacityError::MessageTooLong {
-                size: 2,
-                max_size: 1
-            })),
-            Some(1009)
+            p.overdue(limit, now + Duration::from_secs(6)),
+            Some(Duration::from_secs(6))
         );
-        assert_eq!(code(WsError::Utf8("bad".into())), Some(1007));
-        assert_eq!(
-            code(WsError::Protocol(ProtocolError::UnmaskedFrameFromClient)),
-            Some(1002)
-        );
-        assert_eq!(
-            code(WsError::Protocol(
-                ProtocolError::ResetWithoutClosingHandshake
-            )),
-            None
-        );
-        assert_eq!(code(WsError::ConnectionClosed), None);
+        assert!(p.answered(&payload));
+        assert_eq!(p.overdue(limit, now + Duration::from_secs(60)), None);
+        assert!(!p.due(PROBE_BYTES + 10, false), "proven up to the ping");
+        // A keep-alive ping with nothing unproven before it is never overdue.
+        p.sending(PROBE_BYTES, now);
+        assert_eq!(p.deadline(limit), None);
     }
 
     fn read_text(ws: &mut WebSocket<TcpStream>) -> Message {

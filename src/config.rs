@@ -43,6 +43,7 @@ const KEYS: &[&str] = &[
     "upstream_backoff_max_secs",
     "market_hours",
     "client_queue_len",
+    "max_client_lag_secs",
     "client_ping_secs",
     "max_clients",
     "max_clients_per_key",
@@ -159,13 +160,17 @@ pub struct Config {
     pub upstream_backoff_max: Duration,
     pub market_hours: MarketHours,
     pub client_queue_len: usize,
+    /// A client that has not answered a ping sent after quotes within this long is that far
+    /// behind, and a slow consumer.
+    pub max_client_lag: Duration,
     /// Idle clients are pinged this often; a client silent for two of these is dropped.
     pub client_ping: Duration,
     pub max_clients: usize,
     /// 0 means unlimited.
     pub max_clients_per_key: usize,
-    /// Connections still in their HTTP request, WebSocket handshake or auth; when full, the
-    /// oldest is dropped to make room for the newcomer.
+    /// Connections still in their HTTP request, WebSocket handshake or auth (they hold a
+    /// descriptor, not a thread); when full, the oldest past a short grace is dropped to make
+    /// room, else newcomers wait in the listen queue. Unset: max_clients, at least 10,000.
     pub max_pending_connections: usize,
     pub max_message_bytes: usize,
     /// Messages (pings included) an authenticated client may send per second; 0 is no limit.
@@ -213,10 +218,11 @@ impl Config {
             upstream_backoff_max: Duration::from_secs(60),
             market_hours: MarketHours::Fx,
             client_queue_len: 1024,
+            max_client_lag: Duration::from_secs(5),
             client_ping: Duration::from_secs(30),
             max_clients: 10_000,
             max_clients_per_key: 0,
-            max_pending_connections: 512,
+            max_pending_connections: 10_000,
             max_message_bytes: 4096,
             max_client_messages_per_sec: 50,
             client_read_buffer_bytes: 1024,
@@ -423,6 +429,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    // Unset, it follows max_clients upward: a storm of max_clients connecting at once must
+    // never find the pending set full.
+    if config.line_of("max_pending_connections").is_none() {
+        config.max_pending_connections = config.max_pending_connections.max(config.max_clients);
+    }
     for key in REQUIRED {
         if config.line_of(key).is_none() {
             return Err(ConfigError {
@@ -475,6 +486,7 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
             }
         }
         "client_queue_len" => c.client_queue_len = count(v, "", 1, 1_000_000)?,
+        "max_client_lag_secs" => c.max_client_lag = secs(v, 1, 3600)?,
         "client_ping_secs" => c.client_ping = secs(v, 1, 3600)?,
         "max_clients" => c.max_clients = count(v, "", 1, 1_000_000)?,
         "max_clients_per_key" => {
@@ -796,6 +808,23 @@ mod tests {
     }
 
     #[test]
+    fn unset_max_pending_connections_follows_max_clients_upward() {
+        let base = "upstream_url = sim\nsymbols = EURUSD\nuser_keys_file = k\n";
+        let with = |extra: &str| {
+            parse(&format!("{base}{extra}"), Path::new("proxy.conf"))
+                .unwrap()
+                .max_pending_connections
+        };
+        assert_eq!(with(""), 10_000);
+        assert_eq!(with("max_clients = 8\n"), 10_000);
+        assert_eq!(with("max_clients = 20000\n"), 20_000);
+        assert_eq!(
+            with("max_clients = 20000\nmax_pending_connections = 32\n"),
+            32
+        );
+    }
+
+    #[test]
     fn defaults_apply_to_unset_keys() {
         let c = parse_ok(MINIMAL);
         assert_eq!(c.listen, "127.0.0.1:8765".parse().unwrap());
@@ -814,10 +843,11 @@ mod tests {
         assert_eq!(c.upstream_backoff_max, Duration::from_secs(60));
         assert_eq!(c.market_hours, MarketHours::Fx);
         assert_eq!(c.client_queue_len, 1024);
+        assert_eq!(c.max_client_lag, Duration::from_secs(5));
         assert_eq!(c.client_ping, Duration::from_secs(30));
         assert_eq!(c.max_clients, 10_000);
         assert_eq!(c.max_clients_per_key, 0);
-        assert_eq!(c.max_pending_connections, 512);
+        assert_eq!(c.max_pending_connections, 10_000);
         assert_eq!(c.max_message_bytes, 4096);
         assert_eq!(c.max_client_messages_per_sec, 50);
         assert!(c.allowed_origins.is_empty());
@@ -841,8 +871,8 @@ mod tests {
              handshake_timeout_secs = 5\nupstream_stale_secs = 30\n\
              upstream_connect_timeout_secs = 10\nupstream_ping_secs = 15\nmarket_hours = fx\n\
              upstream_backoff_min_ms = 1000\nupstream_backoff_max_secs = 60\n\
-             client_queue_len = 1024\nclient_ping_secs = 30\nmax_clients = 10000\n\
-             max_clients_per_key = 0\nmax_pending_connections = 512\n\
+             client_queue_len = 1024\nmax_client_lag_secs = 5\nclient_ping_secs = 30\nmax_clients = 10000\n\
+             max_clients_per_key = 0\nmax_pending_connections = 10000\n\
              max_message_bytes = 4096\nmax_client_messages_per_sec = 50\nallowed_origins =\n\
              client_read_buffer_bytes = 1024\nclient_write_buffer_bytes = 4096\n\
              http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 20\n\

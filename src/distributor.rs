@@ -12,7 +12,7 @@
 //!   the unparks spread over every core instead of queueing behind this one thread.
 
 use crate::keys::KeyStore;
-use crate::metrics::{now_ms, Metrics, Padded};
+use crate::metrics::{now_ms, Metrics, Padded, QueueStats};
 use crate::protocol;
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
@@ -51,6 +51,23 @@ const RUNNING: u8 = 0;
 const PARKED: u8 = 1;
 /// Parked until just after the distributor's next batch: nobody needs to unpark it.
 const PARKED_TIMED: u8 = 2;
+/// Parked while the client cannot take more (its socket is full, or it has not answered a
+/// ping after many bytes): new frames wait in the queue (that is what it is for) and only
+/// the socket turning writable, a read or a kick wake it.
+const PARKED_BLOCKED: u8 = 3;
+
+/// What a writer waits for when it parks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// New frames (the distributor wakes it), a read, a kick or its keep-alive tick.
+    Frames,
+    /// Its next tick on the batch grid: nobody needs to wake it for frames.
+    Batch,
+    /// Its socket turning writable again: frames meanwhile wait in the queue.
+    Writable,
+    /// Something from its client (the answer to a ping): frames meanwhile wait in the queue.
+    Reply,
+}
 
 /// One authenticated client as the distributor sees it: its queue, what it wants, and how to
 /// wake its writer thread.
@@ -66,6 +83,8 @@ pub struct ClientSlot {
     chain: Mutex<Option<Arc<WakeChain>>>,
     /// Set by the socket watcher when the client sent something (a ping, a close).
     pub readable: AtomicBool,
+    /// Set by the socket watcher when the client's socket takes bytes again.
+    pub writable: AtomicBool,
     kick: AtomicU8,
 }
 
@@ -121,14 +140,23 @@ impl ClientSlot {
         Kick::from_u8(self.kick.load(Ordering::SeqCst))
     }
 
-    /// Announces the writer is about to park (`timed`: only until the next batch). Returns
-    /// false when there is already work, in which case the writer must not park.
-    pub fn going_idle(&self, rx: &Receiver<Utf8Bytes>, timed: bool) -> bool {
-        let state = if timed { PARKED_TIMED } else { PARKED };
+    /// Announces the writer is about to park, waiting for `what`. Returns false when there is
+    /// already work, in which case the writer must not park.
+    pub fn going_idle(&self, rx: &Receiver<Utf8Bytes>, what: Idle) -> bool {
+        let state = match what {
+            Idle::Frames => PARKED,
+            Idle::Batch => PARKED_TIMED,
+            Idle::Writable | Idle::Reply => PARKED_BLOCKED,
+        };
         self.state.store(state, Ordering::SeqCst);
         // Pairs with the distributor's fence between filling queues and reading states.
         std::sync::atomic::fence(Ordering::SeqCst);
-        if !rx.is_empty() || self.readable.load(Ordering::SeqCst) || self.kicked() != Kick::None {
+        let work = match what {
+            Idle::Writable => self.writable.load(Ordering::SeqCst),
+            Idle::Reply => false,
+            Idle::Frames | Idle::Batch => !rx.is_empty(),
+        };
+        if work || self.readable.load(Ordering::SeqCst) || self.kicked() != Kick::None {
             self.state.store(RUNNING, Ordering::SeqCst);
             return false;
         }
@@ -303,6 +331,18 @@ impl Hub {
         self.inner.lock().clients.len()
     }
 
+    /// How far behind the clients are: the depth of every queue, summed up into
+    /// [`QueueStats`]. Taken under the hub lock, which the distributor wants on every batch,
+    /// so only a length is read per client.
+    pub fn queue_stats(&self) -> QueueStats {
+        let mut stats = QueueStats::new(self.queue_len);
+        let inner = self.inner.lock();
+        for client in &inner.clients {
+            stats.add(client.tx.len());
+        }
+        stats
+    }
+
     /// Adds a client. Its queue first gets the latest quote of each of its symbols, in the same
     /// critical section that adds it to the fan-out list, so the snapshot and the live stream
     /// meet without a duplicate or a gap.
@@ -335,6 +375,7 @@ impl Hub {
             state: AtomicU8::new(RUNNING),
             chain: Mutex::new(None),
             readable: AtomicBool::new(false),
+            writable: AtomicBool::new(false),
             kick: AtomicU8::new(0),
         });
         let mut inner = self.inner.lock();
@@ -613,7 +654,7 @@ mod tests {
     fn an_idle_writer_is_woken_and_a_busy_one_is_not() {
         let hub = hub(8);
         let (slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
-        assert!(slot.going_idle(&rx, false));
+        assert!(slot.going_idle(&rx, Idle::Frames));
         hub.publish(&[(0, frame("EURUSD", 1))]);
         assert_eq!(
             slot.state.load(Ordering::SeqCst),
@@ -621,11 +662,11 @@ mod tests {
             "publishing woke it"
         );
         assert!(
-            !slot.going_idle(&rx, false),
+            !slot.going_idle(&rx, Idle::Frames),
             "queued work keeps it from parking"
         );
         rx.try_recv().unwrap();
-        assert!(slot.going_idle(&rx, true));
+        assert!(slot.going_idle(&rx, Idle::Batch));
         hub.publish(&[(0, frame("EURUSD", 2))]);
         assert_eq!(
             slot.state.load(Ordering::SeqCst),
@@ -638,6 +679,38 @@ mod tests {
             RUNNING,
             "but a kick or a ping wakes it"
         );
+    }
+
+    #[test]
+    fn a_blocked_writer_waits_for_its_socket_not_for_frames() {
+        let hub = hub(8);
+        let (slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
+        assert!(slot.going_idle(&rx, Idle::Writable));
+        hub.publish(&[(0, frame("EURUSD", 1))]);
+        assert_eq!(
+            slot.state.load(Ordering::SeqCst),
+            PARKED_BLOCKED,
+            "new frames wait in the queue"
+        );
+        slot.writable.store(true, Ordering::SeqCst);
+        slot.wake();
+        assert!(!slot.going_idle(&rx, Idle::Writable), "writable again");
+        slot.writable.store(false, Ordering::SeqCst);
+        assert!(slot.going_idle(&rx, Idle::Reply));
+        slot.readable.store(true, Ordering::SeqCst);
+        assert!(!slot.going_idle(&rx, Idle::Reply), "a reply came");
+    }
+
+    #[test]
+    fn queue_stats_cover_every_client() {
+        let hub = hub(4);
+        let (_a, _ra) = hub.join("key-1", None, std::thread::current()).unwrap();
+        let (_b, rb) = hub.join("key-2", None, std::thread::current()).unwrap();
+        hub.publish(&[(0, frame("EURUSD", 1))]);
+        hub.publish(&[(0, frame("EURUSD", 2)), (1, frame("GBPUSD", 1))]);
+        rb.try_recv().unwrap();
+        let stats = hub.queue_stats();
+        assert_eq!((stats.count, stats.sum, stats.behind), (2, 5, 1));
     }
 
     #[test]

@@ -1,14 +1,15 @@
-//! Just enough HTTP/1.1 for the client port: read a request head with a deadline, parse it,
-//! answer plain requests (`/healthz`, `/metrics`, the page) and accept WebSocket upgrades.
-//! Doing the upgrade here rather than inside tungstenite lets one port serve both, and lets
-//! the proxy refuse a connection (client limit, origin) with a proper HTTP status.
+//! Just enough HTTP/1.1 for the client port: parse a request head (with `httparse`, the
+//! parser hyper uses) within our own limits, build the answers to plain requests, and accept
+//! WebSocket upgrades. Doing the upgrade here rather than inside tungstenite lets one port
+//! serve both, and lets the proxy refuse a connection (client limit, origin) with a proper
+//! HTTP status. No I/O here: the admission loop reads and writes (see [`crate::admission`]).
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::io;
 
 /// Request heads larger than this are refused: no browser or client library needs more.
 pub const MAX_HEAD: usize = 8 * 1024;
+/// Header lines at most; more is refused like an oversized head.
+const MAX_HEADERS: usize = 64;
 
 #[derive(Debug)]
 pub struct Request {
@@ -44,90 +45,64 @@ impl Request {
     }
 }
 
-#[derive(Debug)]
+/// Why a request head was refused: 400 for `Malformed`, 431 for `TooLarge`.
+#[derive(Debug, PartialEq, Eq)]
 pub enum HeadError {
     Malformed(&'static str),
     TooLarge,
-    TimedOut,
-    Closed,
-    Stopping,
-    Io(io::Error),
 }
 
-/// Where the head ends (index just past the blank line), if it is complete.
-pub fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
-
-/// Parses a complete request head (request line and headers, ending in a blank line).
-pub fn parse_head(head: &[u8]) -> Result<Request, &'static str> {
-    let text = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8")?;
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().ok_or("empty request")?;
-    let mut parts = request_line.split(' ');
-    let (method, path, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(p), Some(v), None) => (m, p, v),
-        _ => return Err("malformed request line"),
+/// Parses the request head at the start of `buf`: `Ok(None)` while it is incomplete,
+/// `Ok(Some((request, length)))` once the blank line has arrived (bytes past `length` belong
+/// to what follows, such as a first WebSocket frame).
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let length = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::Malformed("unsupported HTTP version"))
+        }
+        Err(e) => return Err(HeadError::Malformed(malformed(e))),
     };
+    if length > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    // httparse takes any token as a method; methods are upper case (RFC 9110 9.1).
+    let method = parsed.method.unwrap_or("");
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err("malformed method");
+        return Err(HeadError::Malformed("malformed method"));
     }
+    let path = parsed.path.unwrap_or("");
     if !path.starts_with('/') {
-        return Err("request target must be a path");
+        return Err(HeadError::Malformed("request target must be a path"));
     }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err("unsupported HTTP version");
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| HeadError::Malformed("header value is not UTF-8"))?;
+        fields.push((h.name.to_string(), value.trim().to_string()));
     }
-    let mut headers = Vec::new();
-    for line in lines.take_while(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or("malformed header line")?;
-        if name.is_empty() || name.contains(|c: char| c.is_whitespace()) {
-            return Err("malformed header name");
-        }
-        headers.push((name.to_string(), value.trim().to_string()));
-    }
-    Ok(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        headers,
-    })
+    Ok(Some((
+        Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            headers: fields,
+        },
+        length,
+    )))
 }
 
-/// Reads one request head within `deadline`, in slices so `stopping` is seen within
-/// `slice`. Returns the request and any bytes read past its head (a client may send its
-/// first WebSocket frame right behind the upgrade request).
-pub fn read_head(
-    stream: &mut TcpStream,
-    deadline: Instant,
-    slice: Duration,
-    stopping: &dyn Fn() -> bool,
-) -> Result<(Request, Vec<u8>), HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if stopping() {
-            return Err(HeadError::Stopping);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HeadError::TimedOut);
-        }
-        stream
-            .set_read_timeout(Some(left.min(slice)))
-            .map_err(HeadError::Io)?;
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(HeadError::Closed),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if is_timeout(&e) => continue,
-            Err(e) => return Err(HeadError::Io(e)),
-        }
-        if let Some(end) = head_end(&buf) {
-            let request = parse_head(&buf[..end]).map_err(HeadError::Malformed)?;
-            return Ok((request, buf.split_off(end)));
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
+fn malformed(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "malformed header name",
+        httparse::Error::HeaderValue => "malformed header value",
+        httparse::Error::NewLine => "malformed line ending",
+        httparse::Error::Status | httparse::Error::Token => "malformed request line",
+        _ => "malformed request",
     }
 }
 
@@ -160,7 +135,7 @@ pub fn response(status: u16, content_type: &str, body: &str, head_only: bool) ->
 }
 
 /// As [`response`], with `extra` header lines (each ending in CRLF) after the status line.
-fn response_with(
+pub fn response_with(
     status: u16,
     extra: &str,
     content_type: &str,
@@ -177,24 +152,6 @@ fn response_with(
         out.extend_from_slice(body.as_bytes());
     }
     out
-}
-
-/// Writes a response, then closes gently: shut the write side and read what the client still
-/// sends, so the kernel does not answer unread bytes with a reset that eats the response.
-pub fn respond_and_close(stream: &mut TcpStream, bytes: &[u8]) {
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(bytes).is_ok() {
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut sink = [0u8; 512];
-        let until = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < until {
-            match stream.read(&mut sink) {
-                Ok(n) if n > 0 => continue,
-                _ => break,
-            }
-        }
-    }
 }
 
 /// Why an upgrade request was not accepted.
@@ -283,11 +240,16 @@ pub fn origin_allowed(request: &Request, allowed: &[String]) -> bool {
 mod tests {
     use super::*;
 
+    /// A complete head, parsed.
+    fn head(text: &[u8]) -> Request {
+        parse_head(text).unwrap().expect("a complete head").0
+    }
+
     const UPGRADE: &str = "GET /feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://Dash.Example/\r\n\r\n";
 
     #[test]
     fn parses_a_websocket_upgrade() {
-        let req = parse_head(UPGRADE.as_bytes()).unwrap();
+        let req = head(UPGRADE.as_bytes());
         assert_eq!((req.method.as_str(), req.route()), ("GET", "/feed"));
         assert!(req.is_websocket_upgrade());
         let resp = String::from_utf8(accept_upgrade(&req).unwrap()).unwrap();
@@ -297,7 +259,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_upgrades_with_the_right_status() {
-        let with = |from: &str, to: &str| parse_head(UPGRADE.replace(from, to).as_bytes()).unwrap();
+        let with = |from: &str, to: &str| head(UPGRADE.replace(from, to).as_bytes());
         let version = accept_upgrade(&with("Version: 13", "Version: 8")).unwrap_err();
         let text = String::from_utf8(version.response()).unwrap();
         assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"));
@@ -316,11 +278,11 @@ mod tests {
 
     #[test]
     fn checks_origins() {
-        let req = parse_head(UPGRADE.as_bytes()).unwrap();
+        let req = head(UPGRADE.as_bytes());
         assert!(origin_allowed(&req, &[]));
         assert!(origin_allowed(&req, &["https://dash.example".into()]));
         assert!(!origin_allowed(&req, &["https://other.example".into()]));
-        let plain = parse_head(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let plain = head(b"GET / HTTP/1.1\r\n\r\n");
         assert!(origin_allowed(&plain, &["https://other.example".into()]));
     }
 
@@ -335,13 +297,20 @@ mod tests {
         ] {
             assert!(parse_head(bad.as_bytes()).is_err(), "{bad:?}");
         }
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+        let (_, length) = parse_head(b"GET / HTTP/1.1\r\n\r\nrest").unwrap().unwrap();
+        assert_eq!(length, 18);
+        assert!(parse_head(b"GET / HTTP/1.1\r\n").unwrap().is_none());
+        assert!(parse_head(b"GET / HT").unwrap().is_none());
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(parse_head(long.as_bytes()).err(), Some(HeadError::TooLarge));
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse_head(many.as_bytes()).err(), Some(HeadError::TooLarge));
     }
 
     #[test]
     fn query_strings_are_not_part_of_the_route() {
-        let req = parse_head(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n").unwrap();
+        let req = head(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n");
         assert_eq!(req.route(), "/metrics");
     }
 

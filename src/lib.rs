@@ -2,25 +2,35 @@
 //! of authenticated clients. Synchronous and thread-per-connection by design.
 //!
 //! A quote's path, one module each: [`upstream`] reads it, [`distributor`] parses it once and
-//! queues it for every interested client, [`client`] writes it out. [`server`] wires them up.
+//! queues it for every interested client, [`client`] writes it out. A client gets there
+//! through [`admission`] (accept, HTTP, upgrade, auth: [`handshake`]), which gives it a thread
+//! only once it has authenticated. [`server`] wires them up.
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod auth;
+pub mod budget;
+pub mod ceiling;
 pub mod cli;
 pub mod client;
+pub mod closes;
 pub mod config;
-pub mod deadline;
+pub mod context;
 pub mod distributor;
+pub mod endpoints;
+pub mod handshake;
 pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
-pub mod pending;
+pub mod places;
 pub mod protocol;
 pub mod server;
 pub mod sim;
 pub mod stop;
+pub mod stream;
+pub mod threads;
 pub mod upstream;
 pub mod watch;
 pub mod watcher;

@@ -32,7 +32,7 @@ pub fn init(level: &str) {
 pub fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
-        let message = crate::server::panic_message(info.payload());
+        let message = crate::threads::panic_message(info.payload());
         let place = info
             .location()
             .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));

@@ -37,6 +37,13 @@ fn main() -> ExitCode {
                     c.symbols.len(),
                     keys.len()
                 );
+                // What this host would let the proxy have, as the start-up log says it.
+                let (line, warnings) =
+                    fxproxy::server::capacity_report(&c, &fxproxy::ceiling::measure());
+                println!("{line}");
+                for w in warnings {
+                    eprintln!("fxproxy: warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

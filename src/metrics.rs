@@ -37,6 +37,129 @@ impl AuthFailure {
     }
 }
 
+/// Why a connection was refused at the handshake; each is a label of
+/// `fxproxy_rejected_connections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// `max_clients` connections are open (HTTP 503).
+    MaxClients,
+    /// The process has as many threads as the kernel lets it have (HTTP 503).
+    ThreadCeiling,
+    /// An `Origin` not in `allowed_origins` (HTTP 403).
+    Origin,
+    /// A malformed request or upgrade (HTTP 400, 426, 431).
+    BadRequest,
+    /// The kernel refused a thread for an authenticated client (close 1013).
+    NoThread,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 5] = [
+        Rejection::MaxClients,
+        Rejection::ThreadCeiling,
+        Rejection::Origin,
+        Rejection::BadRequest,
+        Rejection::NoThread,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::MaxClients => "max_clients",
+            Rejection::ThreadCeiling => "thread_ceiling",
+            Rejection::Origin => "origin",
+            Rejection::BadRequest => "bad_request",
+            Rejection::NoThread => "no_thread",
+        }
+    }
+}
+
+/// Why an unauthenticated connection was dropped to make room; each is a label of
+/// `fxproxy_pending_evictions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// `max_pending_connections` were pending and this one had been for longer than the grace.
+    PendingFull,
+    /// Every `max_clients` place was taken and this upgrade had not authenticated within the
+    /// grace: a newcomer got its place.
+    Place,
+}
+
+impl Eviction {
+    const ALL: [Eviction; 2] = [Eviction::PendingFull, Eviction::Place];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Eviction::PendingFull => "pending_full",
+            Eviction::Place => "place",
+        }
+    }
+}
+
+/// What `/metrics` shows besides the counters kept here: read from the hub, the admission
+/// loop and the kernel when it is scraped.
+pub struct View<'a> {
+    /// Epoch ms of the last quote, per symbol (0: none yet).
+    pub symbols: &'a [(String, u64)],
+    pub batching: bool,
+    pub queues: &'a QueueStats,
+    /// The listen queue: connections waiting for `accept`, and its length.
+    pub backlog: Option<(u64, u64)>,
+    /// `max_clients` places taken (upgraded connections and client threads not yet gone),
+    /// and how many there are (`max_clients`, or fewer under the thread ceiling).
+    pub places: (u64, u64),
+    /// Threads fxproxy started that the kernel still holds.
+    pub threads_live: u64,
+    pub now_ms: u64,
+}
+
+/// Queue depths over every client: a cumulative histogram (Prometheus style) and how many
+/// are more than half full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Upper bounds of the buckets, in frames; the last is the queue length itself.
+    pub bounds: Vec<usize>,
+    /// Clients with at most `bounds[i]` frames queued.
+    pub cumulative: Vec<u64>,
+    pub sum: u64,
+    pub count: u64,
+    /// Clients with more than half of `client_queue_len` queued.
+    pub behind: u64,
+    queue_len: usize,
+}
+
+impl QueueStats {
+    pub fn new(queue_len: usize) -> QueueStats {
+        let mut bounds: Vec<usize> = [0, 1, 4, 16, 64, 256]
+            .into_iter()
+            .filter(|b| *b < queue_len / 2)
+            .collect();
+        bounds.push(queue_len / 2);
+        bounds.push(queue_len);
+        bounds.dedup();
+        QueueStats {
+            cumulative: vec![0; bounds.len()],
+            bounds,
+            sum: 0,
+            count: 0,
+            behind: 0,
+            queue_len,
+        }
+    }
+
+    pub fn add(&mut self, depth: usize) {
+        for (bound, n) in self.bounds.iter().zip(self.cumulative.iter_mut()) {
+            if depth <= *bound {
+                *n += 1;
+            }
+        }
+        self.sum += depth as u64;
+        self.count += 1;
+        if depth * 2 > self.queue_len {
+            self.behind += 1;
+        }
+    }
+}
+
 /// Where the upstream connection stands, for `/healthz`, `/metrics` and the status line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpstreamState {
@@ -68,8 +191,18 @@ pub struct Metrics {
     /// Bumped by every writer after each batch.
     pub quotes_delivered: Padded<AtomicU64>,
     pub slow_consumer_disconnects: AtomicU64,
+    /// Writers whose client's socket takes no more bytes right now (a gauge).
+    pub writers_blocked: AtomicU64,
     pub http_requests: AtomicU64,
-    pub rejected_connections: AtomicU64,
+    /// Connections refused at the handshake, by [`Rejection`].
+    rejected: [AtomicU64; 5],
+    /// Connections accepted and not yet authenticated (or answered), a gauge.
+    pub pending_connections: AtomicU64,
+    /// Unauthenticated connections dropped to make room, by [`Eviction`].
+    evictions: [AtomicU64; 2],
+    /// Times accepting paused because every pending connection was still young: newcomers
+    /// waited in the kernel's listen queue.
+    pub accept_pauses: AtomicU64,
     pub key_reloads: AtomicU64,
     pub key_reload_failures: AtomicU64,
     pub upstream_connects: AtomicU64,
@@ -106,6 +239,22 @@ impl Metrics {
 
     pub fn auth_failures(&self, why: AuthFailure) -> u64 {
         self.auth_failures[why as usize].load(Relaxed)
+    }
+
+    pub fn rejected(&self, why: Rejection) {
+        self.rejected[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn rejections(&self, why: Rejection) -> u64 {
+        self.rejected[why as usize].load(Relaxed)
+    }
+
+    pub fn evicted(&self, why: Eviction) {
+        self.evictions[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn evictions(&self, why: Eviction) -> u64 {
+        self.evictions[why as usize].load(Relaxed)
     }
 
     pub fn set_upstream(&self, state: UpstreamState) {
@@ -163,14 +312,17 @@ impl Metrics {
     }
 
     /// `/metrics` in the Prometheus text exposition format (version 0.0.4).
-    pub fn render(
-        &self,
-        symbols: &[(String, u64)],
-        batching: bool,
-        pending_evictions: u64,
-        now_ms: u64,
-    ) -> String {
-        let mut out = String::with_capacity(2048);
+    pub fn render(&self, view: &View) -> String {
+        let View {
+            symbols,
+            batching,
+            queues,
+            backlog,
+            places,
+            threads_live,
+            now_ms,
+        } = *view;
+        let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -225,11 +377,20 @@ impl Metrics {
             "Clients disconnected because their queue was full.",
             &one(c(&self.slow_consumer_disconnects)),
         );
+        let rejected: Vec<(String, f64)> = Rejection::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.label()),
+                    self.rejections(*r) as f64,
+                )
+            })
+            .collect();
         metric(
             "fxproxy_rejected_connections_total",
             "counter",
-            "Connections refused at the handshake (client limit, origin, bad request).",
-            &one(c(&self.rejected_connections)),
+            "Connections refused at the handshake, by reason (max_clients and thread_ceiling: 503; origin: 403; bad_request: 400/426/431; no_thread: close 1013).",
+            &rejected,
         );
         metric(
             "fxproxy_key_file_reloads_total",
@@ -272,11 +433,85 @@ impl Metrics {
             "Clients closed for sending more than max_client_messages_per_sec.",
             &one(c(&self.flood_disconnects)),
         );
+        let evictions: Vec<(String, f64)> = Eviction::ALL
+            .iter()
+            .map(|e| {
+                (
+                    format!("{{reason=\"{}\"}}", e.label()),
+                    self.evictions(*e) as f64,
+                )
+            })
+            .collect();
         metric(
             "fxproxy_pending_evictions_total",
             "counter",
-            "Unauthenticated connections dropped to make room under max_pending_connections.",
-            &one(pending_evictions),
+            "Unauthenticated connections dropped to make room, by reason (pending_full: max_pending_connections; place: max_clients), each only after the grace.",
+            &evictions,
+        );
+        metric(
+            "fxproxy_pending_connections",
+            "gauge",
+            "Connections accepted and still in their HTTP request, WebSocket handshake or auth (no thread yet).",
+            &one(c(&self.pending_connections)),
+        );
+        metric(
+            "fxproxy_accept_pauses_total",
+            "counter",
+            "Times accepting paused because max_pending_connections were pending and all were young; newcomers waited in the listen queue.",
+            &one(c(&self.accept_pauses)),
+        );
+        if let Some((used, max)) = backlog {
+            metric(
+                "fxproxy_accept_backlog",
+                "gauge",
+                "The kernel's listen queue: connections waiting to be accepted (used) and its length (max).",
+                &[
+                    ("{kind=\"used\"}".to_string(), used as f64),
+                    ("{kind=\"max\"}".to_string(), max as f64),
+                ],
+            );
+        }
+        metric(
+            "fxproxy_client_places",
+            "gauge",
+            "Places among max_clients: taken (upgraded connections, and client threads until the kernel has let them go) and limit (max_clients, or fewer under the thread ceiling).",
+            &[
+                ("{kind=\"taken\"}".to_string(), places.0 as f64),
+                ("{kind=\"limit\"}".to_string(), places.1 as f64),
+            ],
+        );
+        metric(
+            "fxproxy_threads_started",
+            "gauge",
+            "Threads fxproxy started that the kernel still holds (running or winding down).",
+            &one(threads_live),
+        );
+        metric(
+            "fxproxy_writers_blocked",
+            "gauge",
+            "Clients whose socket takes no more bytes right now (their queue absorbs the quotes).",
+            &one(c(&self.writers_blocked)),
+        );
+        let mut depth: Vec<(String, f64)> = queues
+            .bounds
+            .iter()
+            .zip(&queues.cumulative)
+            .map(|(b, n)| (format!("_bucket{{le=\"{b}\"}}"), *n as f64))
+            .collect();
+        depth.push(("_bucket{le=\"+Inf\"}".to_string(), queues.count as f64));
+        depth.push(("_sum".to_string(), queues.sum as f64));
+        depth.push(("_count".to_string(), queues.count as f64));
+        metric(
+            "fxproxy_client_queue_depth",
+            "histogram",
+            "Frames queued per client, over every client at the time of the scrape (client_queue_len full is a slow consumer).",
+            &depth,
+        );
+        metric(
+            "fxproxy_clients_behind",
+            "gauge",
+            "Clients with more than half of client_queue_len queued.",
+            &one(queues.behind),
         );
         metric(
             "fxproxy_internal_errors_total",
@@ -323,7 +558,7 @@ impl Metrics {
     }
 
     /// The periodic status line: rates over `interval` from the counters' previous values.
-    pub fn status_line(&self, prev: &mut [u64; 3], interval: Duration) -> String {
+    pub fn status_line(&self, prev: &mut [u64; 3], interval: Duration, behind: u64) -> String {
         let now = [
             self.quotes_received.load(Relaxed),
             self.quotes_delivered.load(Relaxed),
@@ -332,8 +567,10 @@ impl Metrics {
         let secs = interval.as_secs_f64().max(0.001);
         let rate = |i: usize| (now[i] - prev[i]) as f64 / secs;
         let line = format!(
-            "status: {} clients, {:.1} quotes/s in, {:.1} quotes/s out, {} slow-consumer drops, upstream {}",
+            "status: {} clients ({behind} more than half behind, {} blocked), {} pending, {:.1} quotes/s in, {:.1} quotes/s out, {} slow-consumer drops, upstream {}",
             self.clients_connected.load(Relaxed),
+            self.writers_blocked.load(Relaxed),
+            self.pending_connections.load(Relaxed),
             rate(0),
             rate(1),
             now[2] - prev[2],
@@ -396,13 +633,37 @@ mod tests {
     }
 
     #[test]
+    fn queue_stats_count_depths_and_clients_behind() {
+        let mut stats = QueueStats::new(1024);
+        assert_eq!(stats.bounds, vec![0, 1, 4, 16, 64, 256, 512, 1024]);
+        for depth in [0, 0, 3, 600, 1024] {
+            stats.add(depth);
+        }
+        assert_eq!(stats.cumulative, vec![2, 2, 3, 3, 3, 3, 3, 5]);
+        assert_eq!((stats.sum, stats.count, stats.behind), (1627, 5, 2));
+        assert_eq!(QueueStats::new(8).bounds, vec![0, 1, 4, 8]);
+    }
+
+    #[test]
     fn metrics_have_help_and_type_for_each_family() {
         let m = Metrics::new();
         m.auth_failed(AuthFailure::Timeout);
-        let text = m.render(&[("EURUSD".into(), 500)], false, 0, 1500);
+        let queues = QueueStats::new(1024);
+        let text = m.render(&View {
+            symbols: &[("EURUSD".into(), 500)],
+            batching: false,
+            queues: &queues,
+            backlog: Some((3, 4096)),
+            places: (2, 10_000),
+            threads_live: 9,
+            now_ms: 1500,
+        });
         assert!(text.contains("# TYPE fxproxy_auth_failures_total counter"));
         assert!(text.contains("fxproxy_auth_failures_total{reason=\"timeout\"} 1\n"));
         assert!(text.contains("fxproxy_last_quote_age_seconds{symbol=\"EURUSD\"} 1\n"));
+        assert!(text.contains("fxproxy_accept_backlog{kind=\"used\"} 3\n"));
+        assert!(text.contains("fxproxy_client_queue_depth_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("# TYPE fxproxy_client_queue_depth histogram\n"));
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let parts: Vec<&str> = line.split(' ').collect();
             if parts[3] == "counter" {

@@ -4,6 +4,10 @@
 
 use serde::Deserialize;
 
+/// The largest frame taken from the source. A quote is about 100 bytes; anything near this is
+/// a misbehaving source, and every client's write buffer must be able to hold one frame.
+pub const MAX_UPSTREAM_FRAME: usize = 1 << 20;
+
 /// The greeting a TraderMade-style source (and this proxy) sends on connect.
 pub const GREETING: &str = "Connected";
 

@@ -1,54 +1,43 @@
-//! Wires the proxy together: binds the client port, starts the upstream, distributor, watcher,
-//! accept and housekeeping threads, and takes them all down again in under two seconds.
+//! Wires the proxy together: binds the client port, works out the thread ceiling, starts the
+//! upstream, distributor, watcher, admission and housekeeping threads, hands each admitted
+//! client a thread of its own, and takes them all down again in under two seconds.
 
+use crate::admission::{Admission, HandOff};
+use crate::ceiling::{self, Ceiling};
 use crate::client;
 use crate::config::{Config, Upstream};
+use crate::context::Context;
 use crate::distributor::{self, Hub, Kick};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
-use crate::pending::Pending;
+use crate::places::Places;
 use crate::sim::{SimOptions, SimServer};
 use crate::stop::Stop;
+use crate::threads::{panic_message, Threads};
 use crate::upstream;
 use crate::watcher::Watcher;
 use log::{error, info, warn};
-use parking_lot::{Condvar, Mutex, RwLock};
+use mio::Waker;
+use parking_lot::Mutex;
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Stack for each client thread: the writer loop is shallow; measured use is far below this.
-const CLIENT_STACK: usize = 128 * 1024;
+pub const CLIENT_STACK: usize = 128 * 1024;
 /// Stack for the few service threads (TLS handshakes and logging run there).
 const SERVICE_STACK: usize = 512 * 1024;
 /// How long shutdown waits for clients to take their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
-/// Threads that are not clients: upstream, distributor, accept, housekeeping, and slack.
-const SERVICE_THREADS: usize = 16;
+/// Threads that are not clients: main, upstream, distributor, watcher, admission,
+/// housekeeping, reaper, the signal handler, the simulator's, and slack.
+pub const SERVICE_THREADS: u64 = 16;
 /// How often the key file's modification time is looked at.
 const KEY_FILE_CHECK: Duration = Duration::from_secs(2);
-
-/// What every connection thread shares.
-pub struct Context {
-    pub config: Config,
-    pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
-    pub watcher: Arc<Watcher>,
-    pub stop: Arc<Stop>,
-    /// Connections not yet authenticated, bounded by `max_pending_connections`.
-    pub pending: Pending,
-    /// Test-only echo service (see [`Server::start_echo`]).
-    pub echo: bool,
-    keys: RwLock<Arc<KeyStore>>,
-    connections: AtomicUsize,
-    threads: Threads,
-    /// Raised when a service thread fails; the process should stop with an error.
-    failure: Arc<Failure>,
-}
 
 /// A service thread's failure: recorded, logged, and told to whoever waits on the alarm.
 struct Failure {
@@ -66,102 +55,28 @@ impl Failure {
     }
 }
 
-impl Context {
-    pub fn keys(&self) -> Arc<KeyStore> {
-        Arc::clone(&self.keys.read())
-    }
-
-    /// Takes a place among `max_clients` WebSocket connections, if one is free.
-    pub fn admit(&self) -> Option<Admitted<'_>> {
-        let before = self.connections.fetch_add(1, Ordering::SeqCst);
-        if before >= self.config.max_clients {
-            self.connections.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(Admitted(&self.connections))
-    }
-
-    /// Takes a place whether or not one is free: for a newcomer taking over the place of a
-    /// connection that is being evicted and has yet to give it back.
-    pub fn take_place(&self) -> Admitted<'_> {
-        self.connections.fetch_add(1, Ordering::SeqCst);
-        Admitted(&self.connections)
-    }
-}
-
-/// A place among `max_clients`, given back on drop.
-pub struct Admitted<'a>(&'a AtomicUsize);
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Counts live threads so shutdown can wait for them with a deadline.
-#[derive(Default)]
-struct Threads {
-    live: Mutex<usize>,
-    done: Condvar,
-}
-
-struct ThreadGuard(Arc<Context>);
-
-impl Drop for ThreadGuard {
-    fn drop(&mut self) {
-        let mut live = self.0.threads.live.lock();
-        *live -= 1;
-        if *live == 0 {
-            self.0.threads.done.notify_all();
-        }
-    }
-}
-
 /// Starts a service thread. Should one panic, the proxy cannot go on correctly (no quotes, no
 /// new clients): the panic is logged, the failure recorded and the alarm raised, so the
 /// process shuts down with close 1001 for every client and exits 1, and the service manager
 /// starts it again. A silent half-working proxy would be worse.
 fn spawn_service(
-    ctx: &Arc<Context>,
+    threads: &Threads,
+    failure: &Arc<Failure>,
     name: &str,
-    body: impl FnOnce(&Arc<Context>) + Send + 'static,
+    body: impl FnOnce() + Send + 'static,
 ) -> io::Result<()> {
     let thread = name.to_string();
-    spawn(ctx, thread.clone(), SERVICE_STACK, move |ctx| {
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| body(ctx))) {
-            ctx.failure.raise(&thread, panic_message(&*payload));
-        }
-    })
-}
-
-/// The text of a panic's payload, for the log.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "no message"
-    }
-}
-
-fn spawn(
-    ctx: &Arc<Context>,
-    name: String,
-    stack: usize,
-    body: impl FnOnce(&Arc<Context>) + Send + 'static,
-) -> io::Result<()> {
-    *ctx.threads.live.lock() += 1;
-    let guard = ThreadGuard(Arc::clone(ctx));
-    let result = std::thread::Builder::new()
-        .name(name)
-        .stack_size(stack)
-        .spawn(move || {
-            let guard = guard;
-            body(&guard.0);
-        });
-    // On failure the closure, and with it the guard, has been dropped: the count is right.
-    result.map(|_| ())
+    let failure = Arc::clone(failure);
+    threads.spawn(
+        thread.clone(),
+        SERVICE_STACK,
+        move || {
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(body)) {
+                failure.raise(&thread, panic_message(&*payload));
+            }
+        },
+        || {},
+    )
 }
 
 #[derive(Debug)]
@@ -183,11 +98,33 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// What the start-up log and `--check-config` say about the thread ceiling and `max_clients`.
+pub fn capacity_report(config: &Config, ceiling: &Ceiling) -> (String, Vec<String>) {
+    let clients = ceiling.clients(SERVICE_THREADS);
+    let serving = (config.max_clients as u64).min(clients);
+    let line = format!(
+        "thread ceiling: {ceiling}; serving at most {serving} clients ({})",
+        if serving < config.max_clients as u64 {
+            "the thread ceiling"
+        } else {
+            "max_clients"
+        }
+    );
+    let warnings = ceiling.warnings(
+        config.max_clients as u64,
+        config.max_pending_connections as u64,
+        SERVICE_THREADS,
+    );
+    (line, warnings)
+}
+
 /// A running proxy.
 pub struct Server {
     ctx: Arc<Context>,
     addr: SocketAddr,
     sim: Option<SimServer>,
+    admission: Arc<Waker>,
+    failure: Arc<Failure>,
 }
 
 impl Server {
@@ -220,6 +157,18 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen, e))?;
+        let admission = Admission::new(listener).map_err(|e| StartError::Bind(addr, e))?;
+        // Measured before the clients come: what the kernel lets this process have.
+        let ceiling = ceiling::measure();
+        let (line, warnings) = capacity_report(&config, &ceiling);
+        info!("{line}");
+        for w in warnings {
+            warn!("{w}");
+        }
+        let places = Places::new(
+            config.max_clients,
+            usize::try_from(ceiling.clients(SERVICE_THREADS)).unwrap_or(usize::MAX),
+        );
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(
             &config.symbols,
@@ -236,6 +185,7 @@ impl Server {
         let (watcher, watcher_thread) = Watcher::start(move |why| on_failure.raise("watcher", why))
             .map_err(StartError::Thread)?;
         drop(watcher_thread);
+        let threads = Threads::start().map_err(StartError::Thread)?;
         let sim = match config.upstream {
             Upstream::Sim => Some(
                 SimServer::start(SimOptions {
@@ -262,41 +212,46 @@ impl Server {
             backoff_min: config.upstream_backoff_min,
             backoff_max: config.upstream_backoff_max,
         };
-        let config_pending = config.max_pending_connections;
-        let ctx = Arc::new(Context {
-            config,
-            hub,
-            metrics,
-            watcher,
-            stop: Arc::new(Stop::new()),
-            pending: Pending::new(config_pending),
-            echo,
-            keys: RwLock::new(Arc::new(keys)),
-            connections: AtomicUsize::new(0),
-            threads: Threads::default(),
-            failure,
-        });
+        let ctx = Arc::new(Context::new(
+            config, hub, metrics, watcher, threads, ceiling, places, addr, keys, echo,
+        ));
         // The channel from upstream to distributor is bounded: should the distributor ever
         // fall behind, the upstream read waits and TCP pushes back on the source.
         let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
-        spawn_service(&ctx, "distributor", move |ctx| {
-            distributor::run(Arc::clone(&ctx.hub), frames_rx)
+        let threads = &ctx.threads;
+        let hub = Arc::clone(&ctx.hub);
+        spawn_service(threads, &failure, "distributor", move || {
+            distributor::run(hub, frames_rx)
         })
         .map_err(StartError::Thread)?;
-        spawn_service(&ctx, "upstream", move |ctx| {
-            upstream::run(
-                settings,
-                frames_tx,
-                Arc::clone(&ctx.metrics),
-                Arc::clone(&ctx.stop),
-            )
+        let (metrics, stop) = (Arc::clone(&ctx.metrics), Arc::clone(&ctx.stop));
+        spawn_service(threads, &failure, "upstream", move || {
+            upstream::run(settings, frames_tx, metrics, stop)
         })
         .map_err(StartError::Thread)?;
-        spawn_service(&ctx, "accept", move |ctx| accept_loop(ctx, listener))
-            .map_err(StartError::Thread)?;
-        spawn_service(&ctx, "housekeeping", housekeeping).map_err(StartError::Thread)?;
+        let waker = admission.waker();
+        let admission_ctx = Arc::clone(&ctx);
+        let admission_failure = Arc::clone(&failure);
+        spawn_service(threads, &failure, "admission", move || {
+            let hand_off = hand_off(Arc::clone(&admission_ctx));
+            if let Err(e) = admission.run(&admission_ctx, hand_off) {
+                admission_failure.raise("admission", &format!("the socket poll failed: {e}"));
+            }
+        })
+        .map_err(StartError::Thread)?;
+        let housekeeping_ctx = Arc::clone(&ctx);
+        spawn_service(threads, &failure, "housekeeping", move || {
+            housekeeping(&housekeeping_ctx)
+        })
+        .map_err(StartError::Thread)?;
         info!("listening on {addr}");
-        Ok(Server { ctx, addr, sim })
+        Ok(Server {
+            ctx,
+            addr,
+            sim,
+            admission: waker,
+            failure,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -313,7 +268,7 @@ impl Server {
 
     /// Whether a service thread failed (see [`Server::start_with_alarm`]).
     pub fn failed(&self) -> bool {
-        self.ctx.failure.failed.load(Ordering::SeqCst)
+        self.failure.failed.load(Ordering::SeqCst)
     }
 
     /// Stops accepting, sends every client close 1001, closes the upstream and waits (at
@@ -322,25 +277,15 @@ impl Server {
         let started = Instant::now();
         let ctx = &self.ctx;
         ctx.stop.set();
-        // A blocking accept() only returns for a connection: make one.
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(Ipv4Addr::LOCALHOST.into());
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        let _ = self.admission.wake();
         let kicked = ctx.hub.kick_where(Kick::Shutdown, |_| true);
         info!("shutting down: closing {kicked} client(s)");
-        {
-            let deadline = started + SHUTDOWN_GRACE;
-            let mut live = ctx.threads.live.lock();
-            while *live > 0 {
-                if ctx.threads.done.wait_until(&mut live, deadline).timed_out() {
-                    warn!("shutdown: {} thread(s) still busy; leaving them", *live);
-                    break;
-                }
-            }
+        let left = ctx.threads.wait_all(started + SHUTDOWN_GRACE);
+        if left > 0 {
+            warn!("shutdown: {left} thread(s) still busy; leaving them");
         }
         ctx.watcher.stop();
+        ctx.threads.stop_reaper();
         if let Some(sim) = self.sim {
             sim.stop();
         }
@@ -348,60 +293,36 @@ impl Server {
     }
 }
 
-fn accept_loop(ctx: &Arc<Context>, listener: TcpListener) {
-    let mut next_id: u64 = 0;
-    let mut starved_logged = false;
-    let mut spawn_failures = distributor::RateLimited::new(Duration::from_secs(10));
-    for conn in listener.incoming() {
-        if ctx.stop.is_set() {
-            return;
+/// Starts each admitted client's thread. Should the kernel refuse it, the connection comes
+/// back to the admission loop, which closes it with 1013.
+fn hand_off(ctx: Arc<Context>) -> HandOff {
+    Box::new(move |admitted, place| {
+        let name = format!("client-{}", admitted.id);
+        // The connection goes to the thread through this cell, so that it can be had back if
+        // the thread never starts.
+        let cell = Arc::new(Mutex::new(Some(admitted)));
+        let inside = Arc::clone(&cell);
+        let thread_ctx = Arc::clone(&ctx);
+        let started = ctx.threads.spawn(
+            name,
+            CLIENT_STACK,
+            move || {
+                let admitted = inside.lock().take();
+                if let Some(admitted) = admitted {
+                    client::serve(&thread_ctx, *admitted);
+                }
+            },
+            // The place is given back only once the thread is gone.
+            move || drop(place),
+        );
+        match started {
+            Err(e) => match cell.lock().take() {
+                Some(admitted) => Err((e, admitted)),
+                None => Ok(()),
+            },
+            Ok(()) => Ok(()),
         }
-        match conn {
-            Ok(stream) => {
-                starved_logged = false;
-                // A last line of defence for threads and descriptors: connections in their
-                // handshake are bounded apart (`Pending`), the oldest making room for new.
-                let most =
-                    ctx.config.max_clients + ctx.config.max_pending_connections + SERVICE_THREADS;
-                if *ctx.threads.live.lock() > most {
-                    ctx.metrics
-                        .rejected_connections
-                        .fetch_add(1, Ordering::Relaxed);
-                    drop(stream);
-                    continue;
-                }
-                next_id += 1;
-                let peer = stream
-                    .peer_addr()
-                    .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
-                let name = format!("client-{next_id}");
-                let id = next_id;
-                if let Err(e) = spawn(ctx, name, CLIENT_STACK, move |ctx| {
-                    client::serve(ctx, stream, peer, id)
-                }) {
-                    spawn_failures.note(|n| {
-                        error!("cannot start a thread for a new client ({n} refused): {e}; raise TasksMax / kernel.threads-max / vm.max_map_count")
-                    });
-                }
-            }
-            Err(e) if is_out_of_descriptors(&e) => {
-                // Keep serving the clients we have; try again after a pause rather than spin.
-                if !starved_logged {
-                    error!("cannot accept new clients: {e}; raise LimitNOFILE (the open-file limit). Existing clients are unaffected; retrying");
-                    starved_logged = true;
-                }
-                if ctx.stop.wait(Duration::from_millis(250)) {
-                    return;
-                }
-            }
-            Err(e) => warn!("accept failed: {e}"),
-        }
-    }
-}
-
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    // EMFILE, ENFILE, ENOBUFS, ENOMEM
-    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+    })
 }
 
 /// Re-reads the key file when it changes and writes the periodic status line.
@@ -424,7 +345,11 @@ fn housekeeping(ctx: &Arc<Context>) {
             let elapsed = last_status.elapsed();
             if elapsed >= every {
                 last_status = Instant::now();
-                info!("{}", ctx.metrics.status_line(&mut counters, elapsed));
+                let behind = ctx.hub.queue_stats().behind;
+                info!(
+                    "{}",
+                    ctx.metrics.status_line(&mut counters, elapsed, behind)
+                );
             }
         }
     }
@@ -443,7 +368,7 @@ fn reload_keys(ctx: &Context) {
         Ok(store) => {
             ctx.metrics.key_reloads.fetch_add(1, Ordering::Relaxed);
             let store = Arc::new(store);
-            *ctx.keys.write() = Arc::clone(&store);
+            ctx.set_keys(Arc::clone(&store));
             let kicked = ctx
                 .hub
                 .kick_where(Kick::KeyRevoked, |c| !ctx.hub.still_entitled(c, &store));
@@ -476,7 +401,10 @@ mod tests {
         let alarm = Arc::new(Stop::new());
         let server = Server::start_with_alarm(config, Arc::clone(&alarm)).unwrap();
         assert!(!server.failed());
-        spawn_service(&server.ctx, "test-fault", |_| panic!("injected fault")).unwrap();
+        spawn_service(&server.ctx.threads, &server.failure, "test-fault", || {
+            panic!("injected fault")
+        })
+        .unwrap();
         assert!(alarm.wait(Duration::from_secs(10)), "the alarm is raised");
         assert!(server.failed());
         server.shutdown();

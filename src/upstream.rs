@@ -5,7 +5,7 @@
 use crate::config::MarketHours;
 use crate::distributor::RateLimited;
 use crate::metrics::{now_ms, Metrics, UpstreamState};
-use crate::protocol::{self, Kind};
+use crate::protocol::{self, Kind, MAX_UPSTREAM_FRAME};
 use crate::stop::Stop;
 use crossbeam_channel::Sender;
 use log::{error, info, warn};
@@ -20,9 +20,6 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Error as WsError, HandshakeError, Message, Utf8Bytes, WebSocket};
 
-/// The largest frame taken from the source. A quote is about 100 bytes; anything near this is
-/// a misbehaving source, and every client's write buffer must be able to hold one frame.
-pub const MAX_UPSTREAM_FRAME: usize = 1 << 20;
 /// How often the reader looks at the clock (pings, staleness, shutdown) while no frame comes.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// A connection that delivered quotes for this long resets the back-off to its start. Long

@@ -3,7 +3,7 @@
 //!
 //! The watcher never touches a socket's data: tungstenite cannot share a socket between
 //! threads, so the writer thread that owns the `WebSocket` does every read and write. The
-//! watcher only turns "readable" into a flag and an unpark. One watcher thread serves every
+//! watcher only turns "readable" (or "writable again") into a flag and an unpark. One watcher thread serves every
 //! client; it is the reason a client costs one thread, not a reader and a writer.
 
 use crate::distributor::ClientSlot;
@@ -47,7 +47,7 @@ impl Watcher {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.run(poll))) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => on_failure(&format!("the socket poll failed: {e}")),
-                    Err(payload) => on_failure(crate::server::panic_message(&*payload)),
+                    Err(payload) => on_failure(crate::threads::panic_message(&*payload)),
                 }
             })?;
         Ok((watcher, handle))
@@ -65,7 +65,13 @@ impl Watcher {
             let slots = self.slots.lock();
             for event in events.iter() {
                 if let Some(slot) = slots.get(&event.token().0) {
-                    slot.readable.store(true, Ordering::SeqCst);
+                    // An error or hang-up is news for the reader: its read finds out what.
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        slot.readable.store(true, Ordering::SeqCst);
+                    }
+                    if event.is_writable() || event.is_write_closed() {
+                        slot.writable.store(true, Ordering::SeqCst);
+                    }
                     slot.wake();
                 }
             }
@@ -75,13 +81,16 @@ impl Watcher {
 
     /// Watches `fd` for `slot`'s writer. Edge-triggered: the writer must read until
     /// `WouldBlock` each time it is woken, and once right after this call for anything that
-    /// arrived before it.
+    /// arrived before it. Writability is reported too, but an edge comes only after a write
+    /// found the socket full, so a client that keeps up causes no events.
     pub fn watch(&self, fd: RawFd, slot: &Arc<ClientSlot>) -> io::Result<()> {
         let token = slot.id as usize;
         self.slots.lock().insert(token, Arc::clone(slot));
-        let result = self
-            .registry
-            .register(&mut SourceFd(&fd), Token(token), Interest::READABLE);
+        let result = self.registry.register(
+            &mut SourceFd(&fd),
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        );
         if result.is_err() {
             self.slots.lock().remove(&token);
         }

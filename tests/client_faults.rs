@@ -12,212 +12,17 @@ use common::raw_ws::{
     client_frame, frame, parse_frame as parse_server_frame, Frame as ServerFrame, BINARY, CLOSE,
     CONT, PING, PONG, TEXT,
 };
+use common::traffic::*;
 use common::*;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-use tungstenite::Message;
-
-/// Healthy clients must see each quote within this long of its sending, however busy the
-/// proxy is with the faulty ones. Loose on purpose: the test machine is shared.
-const LAG_LIMIT: Duration = Duration::from_secs(4);
 
 const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-
-// ---------------------------------------------------------------------------------------------
-// Healthy traffic: numbered quotes from the test upstream to clients that check every one.
-// ---------------------------------------------------------------------------------------------
-
-/// The frames the feed sends: `frame(n)` for n = 0, 1, 2, ...
-type FrameFn = fn(u64) -> String;
-
-fn small_quote(n: u64) -> String {
-    quote("EURUSD", n)
-}
-
-/// A 32 KiB quote: a few hundred of them fill a peer's socket buffers.
-fn big_quote(n: u64) -> String {
-    format!(
-        r#"{{"symbol":"EURUSD","n":{n},"pad":"{}"}}"#,
-        "x".repeat(32 * 1024)
-    )
-}
-
-/// The last frame of a feed, on another symbol: a client that sees it knows the count.
-fn sentinel(total: u64) -> String {
-    quote("GBPUSD", total)
-}
-
-/// What one healthy client received.
-#[derive(Debug)]
-struct Delivery {
-    quotes: u64,
-    max_lag: Duration,
-}
-
-/// Quotes sent at a steady pace to healthy clients, each read on its own thread.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    feeder: JoinHandle<(TestUpstream, u64)>,
-    readers: Vec<JoinHandle<Result<Delivery, String>>>,
-    give_up: Arc<Mutex<Option<Instant>>>,
-    sent_at: Arc<Mutex<Vec<Instant>>>,
-}
-
-impl Traffic {
-    /// Starts sending `frame(n)` every `every` and reading on every client. The clients must
-    /// be registered already (see [`wait_registered`]) so that none misses the first quote.
-    fn start(up: TestUpstream, clients: Vec<Client>, every: Duration, frame: FrameFn) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent_at = Arc::new(Mutex::new(Vec::<Instant>::new()));
-        let give_up = Arc::new(Mutex::new(None::<Instant>));
-        let readers = clients
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let sent_at = Arc::clone(&sent_at);
-                let give_up = Arc::clone(&give_up);
-                thread::Builder::new()
-                    .name(format!("healthy-{i}"))
-                    .spawn(move || read_all(i, c, frame, &sent_at, &give_up))
-                    .unwrap()
-            })
-            .collect();
-        let feeder = {
-            let stop = Arc::clone(&stop);
-            let sent_at = Arc::clone(&sent_at);
-            thread::Builder::new()
-                .name("feeder".into())
-                .spawn(move || {
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::SeqCst) {
-                        let text = frame(n);
-                        sent_at.lock().unwrap().push(Instant::now());
-                        up.send(&text);
-                        n += 1;
-                        thread::sleep(every);
-                    }
-                    up.send(&sentinel(n));
-                    (up, n)
-                })
-                .unwrap()
-        };
-        Traffic {
-            stop,
-            feeder,
-            readers,
-            give_up,
-            sent_at,
-        }
-    }
-
-    fn sent(&self) -> usize {
-        self.sent_at.lock().unwrap().len()
-    }
-
-    /// Waits until at least `n` more quotes have been sent, so the faults overlap traffic.
-    fn wait_for_more(&self, n: usize) {
-        let target = self.sent() + n;
-        eventually(&format!("{target} quotes sent"), || self.sent() >= target);
-    }
-
-    /// Stops the feed and checks that every healthy client got every quote, in order, each
-    /// within [`LAG_LIMIT`]. Returns the upstream (for more quotes) and what each client got.
-    fn finish(self) -> (TestUpstream, Vec<Delivery>) {
-        self.stop.store(true, Ordering::SeqCst);
-        let (up, total) = self.feeder.join().expect("the feeder");
-        *self.give_up.lock().unwrap() = Some(Instant::now() + DEADLINE * 2);
-        let deliveries: Vec<Delivery> = self
-            .readers
-            .into_iter()
-            .map(|r| {
-                r.join()
-                    .expect("a healthy reader")
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
-            .collect();
-        for (i, d) in deliveries.iter().enumerate() {
-            assert_eq!(d.quotes, total, "healthy client {i}");
-            assert!(
-                d.max_lag < LAG_LIMIT,
-                "healthy client {i} was slowed down: a quote took {:?}",
-                d.max_lag
-            );
-        }
-        assert!(total > 0, "no quotes flowed");
-        eprintln!(
-            "healthy clients: {} x {total} quotes, max lag {:?}",
-            deliveries.len(),
-            deliveries.iter().map(|d| d.max_lag).max().unwrap()
-        );
-        (up, deliveries)
-    }
-}
-
-/// A healthy client's reading loop: every frame must be the next quote, until the sentinel.
-fn read_all(
-    i: usize,
-    mut c: Client,
-    frame: FrameFn,
-    sent_at: &Mutex<Vec<Instant>>,
-    give_up: &Mutex<Option<Instant>>,
-) -> Result<Delivery, String> {
-    let mut next = 0u64;
-    let mut max_lag = Duration::ZERO;
-    loop {
-        if give_up.lock().unwrap().is_some_and(|t| Instant::now() > t) {
-            return Err(format!(
-                "healthy client {i}: only {next} quotes, no sentinel, by the deadline"
-            ));
-        }
-        match c.ws.read() {
-            Ok(Message::Text(t)) => {
-                if t.as_str() == sentinel(next) {
-                    return Ok(Delivery {
-                        quotes: next,
-                        max_lag,
-                    });
-                }
-                if t.as_str() != frame(next) {
-                    let shown: String = t.chars().take(80).collect();
-                    return Err(format!(
-                        "healthy client {i}: expected quote {next}, got {shown}"
-                    ));
-                }
-                let lag = sent_at.lock().unwrap()[next as usize].elapsed();
-                max_lag = max_lag.max(lag);
-                next += 1;
-            }
-            Ok(Message::Close(f)) => {
-                return Err(format!(
-                    "healthy client {i} was closed after {next} quotes: {f:?}"
-                ))
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => {
-                return Err(format!(
-                    "healthy client {i}: read failed after {next} quotes: {e}"
-                ))
-            }
-        }
-    }
-}
-
-/// `n` clients of `KEY` for EURUSD (the feed) and GBPUSD (its sentinel).
-fn healthy_clients(addr: SocketAddr, n: usize) -> Vec<Client> {
-    (0..n)
-        .map(|_| Client::auth(addr, KEY, Some("EURUSD,GBPUSD")))
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // The proxy under test: in-process, or the real binary (to watch its threads).
@@ -256,24 +61,6 @@ fn binary_with_fd_limit(extra: &str, fd_limit: Option<u32>) -> (TestUpstream, Pr
     };
     up.expect_subscribe();
     (up, proxy)
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let r = http_get(addr, "GET /metrics HTTP/1.1\r\n\r\n");
-    r.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string()
-}
-
-/// The value of one series (`name` or `name{labels}`) in a /metrics text.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
-fn metric_of(addr: SocketAddr, series: &str) -> f64 {
-    metric(&scrape(addr), series)
 }
 
 /// Waits until exactly `n` clients are authenticated and registered for quotes.
@@ -760,7 +547,10 @@ fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_new_client() {
         flood.iter_mut().map(Raw::is_open).filter(|o| *o).count() <= 32
     });
     let during = threads(pid);
-    let evictions = metric_of(proxy.addr, "fxproxy_pending_evictions_total");
+    let evictions = metric_of(
+        proxy.addr,
+        "fxproxy_pending_evictions_total{reason=\"pending_full\"}",
+    );
     assert!(evictions >= 168.0, "{evictions} evictions");
 
     // While the newest 32 still wait for their deadline, a real client gets in at once.
@@ -1438,7 +1228,10 @@ fn past_max_clients_and_the_descriptor_limit_service_resumes_when_load_drops() {
         assert_eq!(status_of(&head), 503, "{head}");
         assert_eq!(raw.ends_within(DEADLINE), Ended::Closed);
     }
-    let refusals = metric_of(addr, "fxproxy_rejected_connections_total");
+    let refusals = metric_of(
+        addr,
+        "fxproxy_rejected_connections_total{reason=\"max_clients\"}",
+    );
     assert_eq!(refusals, 10.0);
     // Load drops: a new client is admitted again.
     full.truncate(0);

@@ -99,7 +99,7 @@ fn parse_metrics(text: &str) -> Vec<(String, f64)> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split(' ');
             let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
-            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
             if kind == "counter" {
                 assert!(name.ends_with("_total"), "{line}");
             }
@@ -108,7 +108,12 @@ fn parse_metrics(text: &str) -> Vec<(String, f64)> {
         } else {
             let (series, value) = line.rsplit_once(' ').unwrap();
             let name = series.split('{').next().unwrap();
-            assert!(typed.contains(name), "{name} has no TYPE line");
+            // A histogram's series carry a suffix on the family's name.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+                .unwrap_or(name);
+            assert!(typed.contains(family), "{name} has no TYPE line");
             out.push((series.to_string(), value.parse().unwrap()));
         }
     }

@@ -7,6 +7,8 @@
 pub mod process;
 pub mod raw_ws;
 pub mod relay;
+pub mod storm;
+pub mod traffic;
 
 use fxproxy::config;
 use fxproxy::Server;
@@ -311,4 +313,24 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < until, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The body of `/metrics`.
+pub fn scrape(addr: SocketAddr) -> String {
+    let r = http_get(addr, "GET /metrics HTTP/1.1\r\n\r\n");
+    r.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string()
+}
+
+/// The value of one series (`name` or `name{labels}`) in a /metrics text.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// One series, scraped now.
+pub fn metric_of(addr: SocketAddr, series: &str) -> f64 {
+    metric(&scrape(addr), series)
 }

@@ -44,21 +44,27 @@ impl Proxy {
 
     /// As [`Proxy::spawn`], with the process's open-file limit lowered to `limit`.
     pub fn spawn_with_fd_limit(config: &str, limit: u32) -> Proxy {
-        Proxy::start(config, &[], Some(limit))
+        Proxy::start(config, &[], Some(format!("ulimit -n {limit} && ")))
     }
 
-    fn start(config: &str, env: &[(&str, &str)], fd_limit: Option<u32>) -> Proxy {
+    /// As [`Proxy::spawn_with_env`], started by `sh -c "{setup}exec fxproxy ..."`: `setup`
+    /// (shell commands, each ending in `&& `) lowers a limit or joins a cgroup first.
+    pub fn spawn_after(config: &str, env: &[(&str, &str)], setup: &str) -> Proxy {
+        Proxy::start(config, env, Some(setup.to_string()))
+    }
+
+    fn start(config: &str, env: &[(&str, &str)], setup: Option<String>) -> Proxy {
         let dir = temp_dir();
         let config_path = dir.join("proxy.conf");
         fs::write(&config_path, format!("listen = 127.0.0.1:0\n{config}"))
             .unwrap_or_else(|e| panic!("writing {}: {e}", config_path.display()));
 
-        let mut cmd = match fd_limit {
+        let mut cmd = match setup {
             None => Command::new(env!("CARGO_BIN_EXE_fxproxy")),
-            Some(limit) => {
+            Some(setup) => {
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
-                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(format!("{setup}exec \"$0\" \"$@\""))
                     .arg(env!("CARGO_BIN_EXE_fxproxy"));
                 sh
             }

@@ -111,6 +111,12 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame(true, 0, opcode, true, payload)
 }
 
+/// The pong a client owes for `frame`, if it is a ping: every WebSocket library answers one
+/// as it reads, and fxproxy relies on that to know a client has read what came before.
+pub fn pong_for(frame: &Frame) -> Option<Vec<u8>> {
+    (frame.opcode == PING).then(|| client_frame(PONG, &frame.payload))
+}
+
 /// A masked close frame with `code`, as a client answers the server's close.
 pub fn client_close(code: u16) -> Vec<u8> {
     client_frame(CLOSE, &code.to_be_bytes())
