@@ -382,15 +382,20 @@ fn serve_http(ctx: &Context, stream: &mut TcpStream, request: &Request) {
     } else {
         match request.route() {
             "/healthz" if ctx.config.http_endpoints => {
-                let (status, body) = ctx.metrics.health(ctx.config.upstream_stale, now_ms());
+                let (status, body) = ctx.metrics.health(
+                    &ctx.config.market(),
+                    ctx.config.upstream_stale,
+                    ctx.metrics.now_ms(),
+                );
                 http::response(status, "application/json", &body, head_only)
             }
             "/metrics" if ctx.config.http_endpoints => {
                 let body = ctx.metrics.render(
+                    &ctx.config.market(),
                     &ctx.hub.last_quotes(),
                     ctx.hub.batching(),
                     ctx.pending.evictions.load(Ordering::Relaxed),
-                    now_ms(),
+                    ctx.metrics.now_ms(),
                 );
                 http::response(
                     200,
@@ -400,7 +405,8 @@ fn serve_http(ctx: &Context, stream: &mut TcpStream, request: &Request) {
                 )
             }
             "/" if ctx.config.page => {
-                http::response(200, "text/html; charset=utf-8", crate::PAGE, head_only)
+                let page = crate::page::render(&ctx.config.market());
+                http::response(200, "text/html; charset=utf-8", &page, head_only)
             }
             _ => http::response(404, "text/plain", "not found\n", head_only),
         }

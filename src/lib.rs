@@ -9,13 +9,16 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod deadline;
 pub mod distributor;
 pub mod http;
 pub mod keys;
 pub mod logging;
+pub mod market;
 pub mod metrics;
+pub mod page;
 pub mod pending;
 pub mod protocol;
 pub mod server;
@@ -26,6 +29,3 @@ pub mod watch;
 pub mod watcher;
 
 pub use server::Server;
-
-/// The live quotes page served at `/`.
-pub const PAGE: &str = include_str!("page.html");

@@ -2,6 +2,7 @@
 //! accept and housekeeping threads, and takes them all down again in under two seconds.
 
 use crate::client;
+use crate::clock::Clock;
 use crate::config::{Config, Upstream};
 use crate::distributor::{self, Hub, Kick};
 use crate::keys::KeyStore;
@@ -192,13 +193,19 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
-        Server::start_with(config, Arc::new(Stop::new()), false)
+        Server::start_with(config, Arc::new(Stop::new()), false, Clock::system())
     }
 
     /// Starts the proxy; `alarm` is set if it fails on its own (a service thread panicked),
     /// so a caller waiting for a termination signal on it wakes up and shuts down.
     pub fn start_with_alarm(config: Config, alarm: Arc<Stop>) -> Result<Server, StartError> {
-        Server::start_with(config, alarm, false)
+        Server::start_with(config, alarm, false, Clock::system())
+    }
+
+    /// Starts the proxy on `clock` instead of the system clock: quote times, ages and the
+    /// market's hours all follow it, so a test can make it Friday night or Saturday.
+    pub fn start_with_clock(config: Config, clock: Clock) -> Result<Server, StartError> {
+        Server::start_with(config, Arc::new(Stop::new()), false, clock)
     }
 
     /// For tests only: every accepted connection goes through the production accept path
@@ -207,10 +214,15 @@ impl Server {
     /// it echoes each message back. This is what the Autobahn fuzzing client expects.
     #[doc(hidden)]
     pub fn start_echo(config: Config) -> Result<Server, StartError> {
-        Server::start_with(config, Arc::new(Stop::new()), true)
+        Server::start_with(config, Arc::new(Stop::new()), true, Clock::system())
     }
 
-    fn start_with(config: Config, alarm: Arc<Stop>, echo: bool) -> Result<Server, StartError> {
+    fn start_with(
+        config: Config,
+        alarm: Arc<Stop>,
+        echo: bool,
+        clock: Clock,
+    ) -> Result<Server, StartError> {
         // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
         // in. An error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -220,7 +232,7 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen, e))?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_clock(clock));
         let hub = Arc::new(Hub::new(
             &config.symbols,
             config.client_queue_len,
@@ -258,7 +270,7 @@ impl Server {
             connect_timeout: config.upstream_connect_timeout,
             ping_every: config.upstream_ping,
             stale_after: config.upstream_stale,
-            market_hours: config.market_hours,
+            market: config.market(),
             backoff_min: config.upstream_backoff_min,
             backoff_max: config.upstream_backoff_max,
         };
