@@ -1,19 +1,22 @@
 //! The market's hours end to end: proxies on a clock the test sets to Friday night, Saturday,
 //! Sunday evening or a closed date, seen over real sockets through `/healthz`, `/metrics`, the
 //! page, the upstream's reconnects and `fxproxy watch`. Nothing here depends on the day the
-//! tests run.
+//! tests run. Most run the library in-process on an injected clock; one runs the real
+//! binaries on a Saturday with Debian's libfaketime preloaded.
 
 mod common;
 
-use common::process::{command_succeeds, prerequisites_met};
+use common::process::{
+    command_succeeds, prerequisites_met, temp_dir as process_dir, write_keys, Proxy,
+};
 use common::*;
 use fxproxy::clock::Clock;
 use fxproxy::market::{self, Date, Market, MarketHours, MarketState};
 use fxproxy::watch::{self, QuietCheck, WatchOptions};
 use serde_json::Value;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -373,4 +376,100 @@ fn the_pages_rule_agrees_with_the_proxys() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// libfaketime for multi-threaded programs, where Debian's `faketime` package puts it.
+fn libfaketime() -> Option<String> {
+    let lib = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.is_file())?;
+    Some(lib.display().to_string())
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real `fxproxy` and `fxproxy watch`, their system clocks saying Saturday noon: the
+/// production wiring (the system clock behind the rule) answers as the library does.
+#[test]
+fn the_real_binaries_on_a_saturday() {
+    let lib = libfaketime();
+    let missing = match &lib {
+        Some(_) => vec![],
+        None => vec!["libfaketime (apt-get install -y faketime)".to_string()],
+    };
+    if !prerequisites_met("the real binaries on a Saturday", &missing) {
+        return;
+    }
+    let lib = lib.unwrap();
+    // Wall-clock time only: the monotonic clock stays real, because std computes futex
+    // deadlines from it and the kernel compares them with the real one.
+    let env = [
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME", "@2026-12-05 12:00:00"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let up = TestUpstream::start();
+    let keys_dir = process_dir();
+    let keys = write_keys(&keys_dir, &[KEY]);
+    let proxy = Proxy::spawn_with_env(
+        &format!(
+            "upstream_url = {}\nsymbols = EURUSD\nuser_keys_file = {}\nstatus_interval_secs = 0\n",
+            up.url(),
+            keys.display()
+        ),
+        &env,
+    );
+    up.expect_subscribe();
+    up.send(&quote("EURUSD", 1));
+    eventually("/healthz: market_closed", || {
+        status(proxy.addr) == (200, "market_closed".to_string())
+    });
+    let (_, body) = health(proxy.addr);
+    assert_eq!(body["market_opens"], "2026-12-06T21:00:00Z", "{body}");
+    assert_eq!(metric(proxy.addr, "fxproxy_market_open"), 0.0);
+    assert!(proxy.wait_for_log(
+        "market closed (market_hours = fx): a silent feed is normal until it opens 2026-12-06T21:00:00Z",
+        DEADLINE
+    ));
+
+    let mut watch = Killed(
+        Command::new(env!("CARGO_BIN_EXE_fxproxy"))
+            .args(["watch", &proxy.ws_url(), "--key", KEY])
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting fxproxy watch"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The snapshot quote at once, then the line after watch's 5 s of silence.
+    let first = rx
+        .recv_timeout(DEADLINE)
+        .expect("watch printed the snapshot");
+    assert!(first.starts_with("EURUSD "), "{first}");
+    let second = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("watch said the market is closed");
+    assert_eq!(second, "market closed — opens Sun 21:00 UTC");
+    drop(watch);
+    let _ = std::fs::remove_dir_all(&keys_dir);
 }
