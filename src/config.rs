@@ -11,6 +11,7 @@
 //! Adding a key: a field in [`Config`], its default in [`Config::with_required`], its name in
 //! `KEYS` and one arm in `apply`.
 
+use crate::market::{Date, Market};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
@@ -42,6 +43,7 @@ const KEYS: &[&str] = &[
     "upstream_backoff_min_ms",
     "upstream_backoff_max_secs",
     "market_hours",
+    "market_closed_dates",
     "client_queue_len",
     "max_client_lag_secs",
     "client_ping_secs",
@@ -74,14 +76,7 @@ pub enum Upstream {
     Url(String),
 }
 
-/// When a silent upstream counts as stale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MarketHours {
-    /// Sunday 21:00 to Friday 22:00 UTC.
-    Fx,
-    /// 24/7 feeds such as crypto.
-    Always,
-}
+pub use crate::market::MarketHours;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -159,6 +154,8 @@ pub struct Config {
     pub upstream_backoff_min: Duration,
     pub upstream_backoff_max: Duration,
     pub market_hours: MarketHours,
+    /// UTC dates the market is closed besides the weekend (see [`Market`]); sorted, unique.
+    pub market_closed_dates: Vec<Date>,
     pub client_queue_len: usize,
     /// A client that has not answered a ping sent after quotes within this long is that far
     /// behind, and a slow consumer.
@@ -217,6 +214,7 @@ impl Config {
             upstream_backoff_min: Duration::from_millis(1000),
             upstream_backoff_max: Duration::from_secs(60),
             market_hours: MarketHours::Fx,
+            market_closed_dates: Vec::new(),
             client_queue_len: 1024,
             max_client_lag: Duration::from_secs(5),
             client_ping: Duration::from_secs(30),
@@ -235,6 +233,11 @@ impl Config {
             sim_rate: 20,
             log_level: LogLevel::Info,
         }
+    }
+
+    /// The market-hours rule `market_hours` and `market_closed_dates` make.
+    pub fn market(&self) -> Market {
+        Market::new(self.market_hours, &self.market_closed_dates)
     }
 
     /// The line on which the file set `key`, if it did.
@@ -485,6 +488,7 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
                 _ => return Err(format!("expected `fx` or `always`, got {v:?}")),
             }
         }
+        "market_closed_dates" => c.market_closed_dates = parse_dates(v)?,
         "client_queue_len" => c.client_queue_len = count(v, "", 1, 1_000_000)?,
         "max_client_lag_secs" => c.max_client_lag = secs(v, 1, 3600)?,
         "client_ping_secs" => c.client_ping = secs(v, 1, 3600)?,
@@ -640,6 +644,27 @@ fn parse_symbols(v: &str) -> Result<Vec<String>, String> {
         symbols.push(symbol);
     }
     Ok(symbols)
+}
+
+/// Comma-separated `YYYY-MM-DD` dates; empty is none.
+fn parse_dates(v: &str) -> Result<Vec<Date>, String> {
+    if v.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut dates = v
+        .split(',')
+        .map(|d| {
+            d.trim().parse::<Date>().map_err(|()| {
+                format!(
+                    "expected UTC dates as YYYY-MM-DD, comma-separated (e.g. 2026-12-25,2027-01-01), got {:?}",
+                    d.trim()
+                )
+            })
+        })
+        .collect::<Result<Vec<Date>, String>>()?;
+    dates.sort();
+    dates.dedup();
+    Ok(dates)
 }
 
 fn parse_origins(v: &str) -> Result<Vec<String>, String> {
@@ -842,6 +867,7 @@ mod tests {
         assert_eq!(c.upstream_backoff_min, Duration::from_secs(1));
         assert_eq!(c.upstream_backoff_max, Duration::from_secs(60));
         assert_eq!(c.market_hours, MarketHours::Fx);
+        assert!(c.market_closed_dates.is_empty());
         assert_eq!(c.client_queue_len, 1024);
         assert_eq!(c.max_client_lag, Duration::from_secs(5));
         assert_eq!(c.client_ping, Duration::from_secs(30));
@@ -870,6 +896,7 @@ mod tests {
              subscribe_message = {DEFAULT_SUBSCRIBE_MESSAGE}\nauth_timeout_secs = 10\n\
              handshake_timeout_secs = 5\nupstream_stale_secs = 30\n\
              upstream_connect_timeout_secs = 10\nupstream_ping_secs = 15\nmarket_hours = fx\n\
+             market_closed_dates =\n\
              upstream_backoff_min_ms = 1000\nupstream_backoff_max_secs = 60\n\
              client_queue_len = 1024\nmax_client_lag_secs = 5\nclient_ping_secs = 30\nmax_clients = 10000\n\
              max_clients_per_key = 0\nmax_pending_connections = 10000\n\
@@ -921,6 +948,7 @@ mod tests {
              user_keys_file = /etc/fxproxy/users.keys\n\
              listen = [::]:9000\nstatus_interval_secs = 0\nbatch_delay_ms = 250\n\
              market_hours = Always\nhttp_endpoints = no\npage = OFF\nlog_level = DEBUG\n\
+             market_closed_dates = 2027-01-01, 2026-12-25,2026-12-25\n\
              allowed_origins = HTTPS://Example.com/, http://localhost:3000\n\
              max_message_bytes = 128\nsim_rate = 1000000\n",
         );
@@ -934,6 +962,13 @@ mod tests {
         assert_eq!(c.status_interval, None);
         assert_eq!(c.batch_delay, Duration::from_millis(250));
         assert_eq!(c.market_hours, MarketHours::Always);
+        let dates: Vec<String> = c
+            .market_closed_dates
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(dates, ["2026-12-25", "2027-01-01"]);
+        assert_eq!(c.market().closed_dates().len(), 2);
         assert!(!c.http_endpoints && !c.page);
         assert_eq!(c.log_level.name(), "debug");
         assert_eq!(
@@ -968,6 +1003,13 @@ mod tests {
                 "market_hours = weekdays",
                 "key `market_hours`: expected `fx` or `always`",
             ),
+            (
+                "market_closed_dates = 2026-12-25,2026-13-01",
+                r#"proxy.conf:4: key `market_closed_dates`: expected UTC dates as YYYY-MM-DD, comma-separated (e.g. 2026-12-25,2027-01-01), got "2026-13-01""#,
+            ),
+            ("market_closed_dates = 2026-02-29", "got \"2026-02-29\""),
+            ("market_closed_dates = 25/12/2026", "got \"25/12/2026\""),
+            ("market_closed_dates = 2026-12-25,", "got \"\""),
             (
                 "client_queue_len = 0",
                 "key `client_queue_len`: expected a whole number from 1 to 1000000",

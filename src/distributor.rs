@@ -12,7 +12,7 @@
 //!   the unparks spread over every core instead of queueing behind this one thread.
 
 use crate::keys::KeyStore;
-use crate::metrics::{now_ms, Metrics, Padded, QueueStats};
+use crate::metrics::{Metrics, Padded, QueueStats};
 use crate::protocol;
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
@@ -441,7 +441,7 @@ impl Hub {
     /// are filled before the first (slow) unpark, so writers woken by their own timers find
     /// their frames, and the lock is not held across syscalls.
     fn publish(&self, batch: &[(usize, Utf8Bytes)]) {
-        let now = now_ms();
+        let now = self.metrics.now_ms();
         let mut inner = self.inner.lock();
         for (id, frame) in batch {
             inner.latest[*id] = Some(frame.clone());
@@ -527,7 +527,8 @@ pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
             hub.metrics
                 .quotes_received
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            hub.metrics.last_quote_ms.store(now_ms(), Ordering::Relaxed);
+            let stamp = hub.metrics.now_ms();
+            hub.metrics.last_quote_ms.store(stamp, Ordering::Relaxed);
             hub.publish(&batch);
             debug!("published {} quote(s)", batch.len());
             batch.clear();

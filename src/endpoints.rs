@@ -4,7 +4,7 @@
 use crate::admission::LISTEN_BACKLOG;
 use crate::context::Context;
 use crate::http::{self, Request};
-use crate::metrics::{now_ms, View};
+use crate::metrics::View;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
@@ -17,7 +17,11 @@ pub fn respond(ctx: &Context, request: &Request) -> Vec<u8> {
     }
     match request.route() {
         "/healthz" if ctx.config.http_endpoints => {
-            let (status, body) = ctx.metrics.health(ctx.config.upstream_stale, now_ms());
+            let (status, body) = ctx.metrics.health(
+                &ctx.config.market(),
+                ctx.config.upstream_stale,
+                ctx.metrics.now_ms(),
+            );
             http::response(status, "application/json", &body, head_only)
         }
         "/metrics" if ctx.config.http_endpoints => http::response(
@@ -27,7 +31,8 @@ pub fn respond(ctx: &Context, request: &Request) -> Vec<u8> {
             head_only,
         ),
         "/" if ctx.config.page => {
-            http::response(200, "text/html; charset=utf-8", crate::PAGE, head_only)
+            let page = crate::page::render(&ctx.config.market());
+            http::response(200, "text/html; charset=utf-8", &page, head_only)
         }
         _ => http::response(404, "text/plain", "not found\n", head_only),
     }
@@ -36,14 +41,16 @@ pub fn respond(ctx: &Context, request: &Request) -> Vec<u8> {
 fn metrics_text(ctx: &Context) -> String {
     let queues = ctx.hub.queue_stats();
     let symbols = ctx.hub.last_quotes();
+    let market = ctx.config.market();
     ctx.metrics.render(&View {
+        market: &market,
         symbols: &symbols,
         batching: ctx.hub.batching(),
         queues: &queues,
         backlog: listen_queue(ctx.listen),
         places: (ctx.places.taken() as u64, ctx.places.limit() as u64),
         threads_live: ctx.threads.live() as u64,
-        now_ms: now_ms(),
+        now_ms: ctx.metrics.now_ms(),
     })
 }
 

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod ceiling;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod closes;
 pub mod config;
 pub mod context;
@@ -23,7 +24,9 @@ pub mod handshake;
 pub mod http;
 pub mod keys;
 pub mod logging;
+pub mod market;
 pub mod metrics;
+pub mod page;
 pub mod places;
 pub mod protocol;
 pub mod server;
@@ -36,6 +39,3 @@ pub mod watch;
 pub mod watcher;
 
 pub use server::Server;
-
-/// The live quotes page served at `/`.
-pub const PAGE: &str = include_str!("page.html");

@@ -1,7 +1,12 @@
 //! Counters the proxy keeps about itself, the `/metrics` text in Prometheus' exposition
 //! format, the `/healthz` verdict and the periodic status line. Counters are plain atomics
 //! bumped once per batch or per event, never per client per quote under a lock.
+//!
+//! The proxy's [`Clock`] lives here too: quote times are stamped, and ages and the market's
+//! hours judged, by the one clock, which tests can set to a Friday night or a Saturday.
 
+use crate::clock::Clock;
+use crate::market::{self, Market, MarketState};
 use parking_lot::Mutex;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -98,6 +103,8 @@ impl Eviction {
 /// What `/metrics` shows besides the counters kept here: read from the hub, the admission
 /// loop and the kernel when it is scraped.
 pub struct View<'a> {
+    /// The market-hours rule, for `fxproxy_market_open`.
+    pub market: &'a Market,
     /// Epoch ms of the last quote, per symbol (0: none yet).
     pub symbols: &'a [(String, u64)],
     pub batching: bool,
@@ -216,11 +223,13 @@ pub struct Metrics {
     /// Epoch milliseconds of the newest quote from upstream, 0 before the first.
     pub last_quote_ms: AtomicU64,
     upstream: Mutex<Option<UpstreamState>>,
+    clock: Clock,
 }
 
 /// The close codes counted in `protocol_errors`, in its order.
 pub const PROTOCOL_CLOSE_CODES: [u16; 3] = [1002, 1007, 1009];
 
+/// The system clock in epoch milliseconds; [`Metrics::now_ms`] is the proxy's own clock.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -231,6 +240,20 @@ pub fn now_ms() -> u64 {
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics::default()
+    }
+
+    /// Metrics whose times come from `clock` (see [`Metrics::now_ms`]).
+    pub fn with_clock(clock: Clock) -> Metrics {
+        Metrics {
+            clock,
+            ..Metrics::default()
+        }
+    }
+
+    /// Now, by the proxy's clock: what quote times are stamped with and ages and the market's
+    /// hours are judged by.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn auth_failed(&self, why: AuthFailure) {
@@ -268,9 +291,11 @@ impl Metrics {
             .unwrap_or(UpstreamState::NotYetConnected)
     }
 
-    /// `/healthz`: healthy when the upstream is connected and a quote arrived within `stale`.
-    /// Returns the HTTP status and a one-line JSON body.
-    pub fn health(&self, stale: Duration, now_ms: u64) -> (u16, String) {
+    /// `/healthz`: healthy when the upstream is connected and either the market is closed or
+    /// the feed is not stale: a quote arrived within `stale`, or the market opened less than
+    /// `stale` ago (the upstream gives a source that long too). Returns the HTTP status and a
+    /// one-line JSON body.
+    pub fn health(&self, market: &Market, stale: Duration, now_ms: u64) -> (u16, String) {
         let last = self.last_quote_ms.load(Relaxed);
         let age = (last > 0).then(|| now_ms.saturating_sub(last));
         let age_json = age.map_or("null".to_string(), |a| format!("{:.3}", a as f64 / 1000.0));
@@ -291,10 +316,23 @@ impl Metrics {
                     serde_json::Value::String(reason)
                 ),
             ),
-            UpstreamState::Connected { .. } => match age {
-                Some(a) if a <= stale.as_millis() as u64 => (true, "ok", String::new()),
-                Some(_) => (false, "stale", String::new()),
-                None => (false, "no_quote_yet", String::new()),
+            UpstreamState::Connected { .. } => match market.state(now_ms) {
+                MarketState::Closed { opens_ms, .. } => (
+                    true,
+                    "market_closed",
+                    format!(
+                        ",\"market_opens_ms\":{opens_ms},\"market_opens\":\"{}\"",
+                        market::iso_utc(opens_ms)
+                    ),
+                ),
+                MarketState::Open { since_ms } => {
+                    let quiet = now_ms.saturating_sub(last.max(since_ms));
+                    match age {
+                        _ if quiet <= stale.as_millis() as u64 => (true, "ok", String::new()),
+                        Some(_) => (false, "stale", String::new()),
+                        None => (false, "no_quote_yet", String::new()),
+                    }
+                }
             },
         };
         let body = format!(
@@ -314,6 +352,7 @@ impl Metrics {
     /// `/metrics` in the Prometheus text exposition format (version 0.0.4).
     pub fn render(&self, view: &View) -> String {
         let View {
+            market,
             symbols,
             batching,
             queues,
@@ -526,6 +565,12 @@ impl Metrics {
             "1 when the upstream connection is up.",
             &one(connected as u64),
         );
+        metric(
+            "fxproxy_market_open",
+            "gauge",
+            "1 while the market is open by market_hours and market_closed_dates; quote ages grow while it is closed.",
+            &one(market.is_open(now_ms) as u64),
+        );
         let ages: Vec<(String, f64)> = symbols
             .iter()
             .filter(|(_, ms)| *ms > 0)
@@ -606,30 +651,148 @@ pub fn process_threads() -> u64 {
 mod tests {
     use super::*;
 
+    use crate::market::MarketHours;
+
+    fn always() -> Market {
+        Market::new(MarketHours::Always, &[])
+    }
+
+    fn json(body: &str) -> serde_json::Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
     #[test]
     fn health_follows_the_upstream() {
         let m = Metrics::new();
+        let always = always();
+        let health = |stale, now| m.health(&always, stale, now);
         let stale = Duration::from_secs(30);
-        let (code, body) = m.health(stale, 1_000_000);
+        let (code, body) = health(stale, 1_000_000);
         assert_eq!(code, 503);
         assert!(body.contains("not_connected"), "{body}");
         m.set_upstream(UpstreamState::Connected { since_ms: 1 });
         m.last_quote_ms.store(990_000, Relaxed);
-        let (code, body) = m.health(stale, 1_000_000);
+        let (code, body) = health(stale, 1_000_000);
         assert_eq!(code, 200, "{body}");
         assert!(body.ends_with("}\n") && !body[..body.len() - 1].contains('\n'));
-        let (code, body) = m.health(stale, 1_100_000);
+        let (code, body) = health(stale, 1_100_000);
         assert_eq!((code, body.contains("stale")), (503, true), "{body}");
         m.set_upstream(UpstreamState::Reconnecting {
             since_ms: 5,
             reason: "closed \"by\" peer".into(),
         });
-        let (code, body) = m.health(stale, 1_000_000);
+        let (code, body) = health(stale, 1_000_000);
         assert_eq!(code, 503);
         assert!(
             body.contains(r#""reason":"closed \"by\" peer","since_ms":5"#),
             "{body}"
         );
+    }
+
+    /// Epoch ms of `YYYY-MM-DD HH:MM` UTC.
+    fn at(date: &str, hh: u64, mm: u64) -> u64 {
+        date.parse::<crate::market::Date>().unwrap().start_ms() + (hh * 60 + mm) * 60_000
+    }
+
+    #[test]
+    fn health_at_the_weekend() {
+        let stale = Duration::from_secs(30);
+        let fx = Market::new(MarketHours::Fx, &["2026-12-25".parse().unwrap()]);
+        let m = Metrics::new();
+        m.set_upstream(UpstreamState::Connected { since_ms: 1 });
+
+        // Friday 21:58 with a fresh quote; 22:01 with the same quote three minutes old.
+        m.last_quote_ms.store(at("2026-12-04", 21, 58), Relaxed);
+        let (code, body) = m.health(&fx, stale, at("2026-12-04", 21, 58) + 10_000);
+        assert_eq!((code, json(&body)["status"].as_str()), (200, Some("ok")));
+        let (code, body) = m.health(&fx, stale, at("2026-12-04", 22, 1));
+        let b = json(&body);
+        assert_eq!((code, b["status"].as_str()), (200, Some("market_closed")));
+        assert_eq!(b["market_opens_ms"], at("2026-12-06", 21, 0));
+        assert_eq!(b["market_opens"], "2026-12-06T21:00:00Z");
+        assert_eq!(b["last_quote_age_secs"], 180.0);
+        assert!(body.ends_with("}\n") && !body[..body.len() - 1].contains('\n'));
+
+        // Sunday: closed until 21:00, then the source has `stale` to send a quote.
+        let (code, body) = m.health(&fx, stale, at("2026-12-06", 20, 59));
+        assert_eq!(
+            (code, json(&body)["status"].as_str()),
+            (200, Some("market_closed"))
+        );
+        let (code, body) = m.health(&fx, stale, at("2026-12-06", 21, 0) + 30_000);
+        assert_eq!((code, json(&body)["status"].as_str()), (200, Some("ok")));
+        let (code, body) = m.health(&fx, stale, at("2026-12-06", 21, 1));
+        assert_eq!((code, json(&body)["status"].as_str()), (503, Some("stale")));
+
+        // The same silence under `always` is stale, weekend or not.
+        let (code, body) = m.health(&always(), stale, at("2026-12-05", 12, 0));
+        assert_eq!((code, json(&body)["status"].as_str()), (503, Some("stale")));
+
+        // A closed date: Christmas Eve from 21:00 joins the weekend.
+        let (code, body) = m.health(&fx, stale, at("2026-12-24", 21, 30));
+        let b = json(&body);
+        assert_eq!((code, b["status"].as_str()), (200, Some("market_closed")));
+        assert_eq!(b["market_opens"], "2026-12-27T21:00:00Z");
+
+        // Restarted on Saturday: no quote yet, market closed; after the opening and `stale`
+        // with still no quote, no_quote_yet.
+        let fresh = Metrics::new();
+        fresh.set_upstream(UpstreamState::Connected { since_ms: 1 });
+        let (code, body) = fresh.health(&fx, stale, at("2026-12-05", 12, 0));
+        let b = json(&body);
+        assert_eq!((code, b["status"].as_str()), (200, Some("market_closed")));
+        assert_eq!(b["last_quote_age_secs"], serde_json::Value::Null);
+        let (code, _) = fresh.health(&fx, stale, at("2026-12-06", 21, 0) + 5_000);
+        assert_eq!(code, 200);
+        let (code, body) = fresh.health(&fx, stale, at("2026-12-06", 21, 1));
+        assert_eq!(
+            (code, json(&body)["status"].as_str()),
+            (503, Some("no_quote_yet"))
+        );
+
+        // A broken upstream is a 503 at any hour.
+        for state in [
+            UpstreamState::NotYetConnected,
+            UpstreamState::Reconnecting {
+                since_ms: 5,
+                reason: "refused".into(),
+            },
+            UpstreamState::Refused { since_ms: 5 },
+        ] {
+            m.set_upstream(state);
+            let (code, body) = m.health(&fx, stale, at("2026-12-05", 12, 0));
+            assert_eq!(code, 503, "{body}");
+            assert_ne!(json(&body)["status"], "market_closed");
+        }
+    }
+
+    #[test]
+    fn the_market_gauge() {
+        let m = Metrics::new();
+        let fx = Market::new(MarketHours::Fx, &[]);
+        let queues = QueueStats::new(8);
+        let view = |now_ms| View {
+            market: &fx,
+            symbols: &[],
+            batching: false,
+            queues: &queues,
+            backlog: None,
+            places: (0, 10),
+            threads_live: 1,
+            now_ms,
+        };
+        let text = m.render(&view(at("2026-12-05", 12, 0)));
+        assert!(text.contains("# TYPE fxproxy_market_open gauge\nfxproxy_market_open 0\n"));
+        let text = m.render(&view(at("2026-12-07", 12, 0)));
+        assert!(text.contains("\nfxproxy_market_open 1\n"));
+    }
+
+    #[test]
+    fn the_clock_is_the_one_given() {
+        let saturday = at("2026-12-05", 12, 0);
+        let m = Metrics::with_clock(Clock::starting_at(saturday));
+        assert!(m.now_ms().abs_diff(saturday) < 5_000);
+        assert!(Metrics::new().now_ms().abs_diff(now_ms()) < 5_000);
     }
 
     #[test]
@@ -649,7 +812,9 @@ mod tests {
         let m = Metrics::new();
         m.auth_failed(AuthFailure::Timeout);
         let queues = QueueStats::new(1024);
+        let market = always();
         let text = m.render(&View {
+            market: &market,
             symbols: &[("EURUSD".into(), 500)],
             batching: false,
             queues: &queues,
@@ -658,6 +823,7 @@ mod tests {
             threads_live: 9,
             now_ms: 1500,
         });
+        assert!(text.contains("fxproxy_market_open 1\n"));
         assert!(text.contains("# TYPE fxproxy_auth_failures_total counter"));
         assert!(text.contains("fxproxy_auth_failures_total{reason=\"timeout\"} 1\n"));
         assert!(text.contains("fxproxy_last_quote_age_seconds{symbol=\"EURUSD\"} 1\n"));

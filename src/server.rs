@@ -5,6 +5,7 @@
 use crate::admission::{Admission, HandOff};
 use crate::ceiling::{self, Ceiling};
 use crate::client;
+use crate::clock::Clock;
 use crate::config::{Config, Upstream};
 use crate::context::Context;
 use crate::distributor::{self, Hub, Kick};
@@ -129,13 +130,19 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
-        Server::start_with(config, Arc::new(Stop::new()), false)
+        Server::start_with(config, Arc::new(Stop::new()), false, Clock::system())
     }
 
     /// Starts the proxy; `alarm` is set if it fails on its own (a service thread panicked),
     /// so a caller waiting for a termination signal on it wakes up and shuts down.
     pub fn start_with_alarm(config: Config, alarm: Arc<Stop>) -> Result<Server, StartError> {
-        Server::start_with(config, alarm, false)
+        Server::start_with(config, alarm, false, Clock::system())
+    }
+
+    /// Starts the proxy on `clock` instead of the system clock: quote times, ages and the
+    /// market's hours all follow it, so a test can make it Friday night or Saturday.
+    pub fn start_with_clock(config: Config, clock: Clock) -> Result<Server, StartError> {
+        Server::start_with(config, Arc::new(Stop::new()), false, clock)
     }
 
     /// For tests only: every accepted connection goes through the production accept path
@@ -144,10 +151,15 @@ impl Server {
     /// it echoes each message back. This is what the Autobahn fuzzing client expects.
     #[doc(hidden)]
     pub fn start_echo(config: Config) -> Result<Server, StartError> {
-        Server::start_with(config, Arc::new(Stop::new()), true)
+        Server::start_with(config, Arc::new(Stop::new()), true, Clock::system())
     }
 
-    fn start_with(config: Config, alarm: Arc<Stop>, echo: bool) -> Result<Server, StartError> {
+    fn start_with(
+        config: Config,
+        alarm: Arc<Stop>,
+        echo: bool,
+        clock: Clock,
+    ) -> Result<Server, StartError> {
         // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
         // in. An error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -169,7 +181,7 @@ impl Server {
             config.max_clients,
             usize::try_from(ceiling.clients(SERVICE_THREADS)).unwrap_or(usize::MAX),
         );
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_clock(clock));
         let hub = Arc::new(Hub::new(
             &config.symbols,
             config.client_queue_len,
@@ -208,7 +220,7 @@ impl Server {
             connect_timeout: config.upstream_connect_timeout,
             ping_every: config.upstream_ping,
             stale_after: config.upstream_stale,
-            market_hours: config.market_hours,
+            market: config.market(),
             backoff_min: config.upstream_backoff_min,
             backoff_max: config.upstream_backoff_max,
         };

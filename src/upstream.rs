@@ -2,9 +2,9 @@
 //! frames and hand them to the distributor, keep the connection honest (pings, staleness
 //! while the market is open), and reconnect with exponential back-off when it fails.
 
-use crate::config::MarketHours;
 use crate::distributor::RateLimited;
-use crate::metrics::{now_ms, Metrics, UpstreamState};
+use crate::market::{self, Market, MarketState};
+use crate::metrics::{Metrics, UpstreamState};
 use crate::protocol::{self, Kind, MAX_UPSTREAM_FRAME};
 use crate::stop::Stop;
 use crossbeam_channel::Sender;
@@ -35,7 +35,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub ping_every: Duration,
     pub stale_after: Duration,
-    pub market_hours: MarketHours,
+    /// A silent feed is stale only while this says the market is open.
+    pub market: Market,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
 }
@@ -133,13 +134,26 @@ struct Ended {
 /// politely and returns, which drops `frames` and so ends the distributor.
 pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>, stop: Arc<Stop>) {
     let shown = display_url(&settings.url);
-    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max, now_ms());
+    let mut backoff = Backoff::new(
+        settings.backoff_min,
+        settings.backoff_max,
+        crate::metrics::now_ms(),
+    );
     let mut ignored = Ignored {
         texts: RateLimited::new(Duration::from_secs(60)),
         binary: RateLimited::new(Duration::from_secs(60)),
     };
+    // Open or closed when last looked at, across connections: each change is logged once.
+    let mut market_open = None;
     while !stop.is_set() {
-        let ended = match session(&settings, &frames, &metrics, &stop, &mut ignored) {
+        let ended = match session(
+            &settings,
+            &frames,
+            &metrics,
+            &stop,
+            &mut ignored,
+            &mut market_open,
+        ) {
             Ok(()) => return,
             Err(ended) => ended,
         };
@@ -152,7 +166,9 @@ pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>,
                 protocol::REFUSAL_TOO_MANY,
                 backoff.max.as_secs_f64()
             );
-            metrics.set_upstream(UpstreamState::Refused { since_ms: now_ms() });
+            metrics.set_upstream(UpstreamState::Refused {
+                since_ms: metrics.now_ms(),
+            });
             backoff.saturate()
         } else {
             let delay = backoff.next_delay();
@@ -162,7 +178,7 @@ pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>,
                 delay.as_secs_f64()
             );
             metrics.set_upstream(UpstreamState::Reconnecting {
-                since_ms: now_ms(),
+                since_ms: metrics.now_ms(),
                 reason: ended.why,
             });
             delay
@@ -180,6 +196,7 @@ fn session(
     metrics: &Metrics,
     stop: &Stop,
     ignored: &mut Ignored,
+    market_open: &mut Option<bool>,
 ) -> Result<(), Ended> {
     let shown = display_url(&settings.url);
     let fail = |why: String| Ended {
@@ -190,7 +207,7 @@ fn session(
     let mut ws = connect(&settings.url, settings.connect_timeout).map_err(fail)?;
     metrics.upstream_connects.fetch_add(1, Ordering::Relaxed);
     let connected = Instant::now();
-    let connected_ms = now_ms();
+    let connected_ms = metrics.now_ms();
     metrics.set_upstream(UpstreamState::Connected {
         since_ms: connected_ms,
     });
@@ -273,8 +290,16 @@ fn session(
         if now.duration_since(last_frame) > settings.ping_every * 2 + CHECK_EVERY {
             return Err(end("no answer to pings".into(), false, got_quotes));
         }
-        let now_ms = now_ms();
-        if let Some(open_since) = open_since(settings.market_hours, now_ms) {
+        let now_ms = metrics.now_ms();
+        let state = settings.market.state(now_ms);
+        if *market_open != Some(state.is_open()) {
+            note_market(&settings.market, state, market_open.is_none());
+            *market_open = Some(state.is_open());
+        }
+        if let MarketState::Open {
+            since_ms: open_since,
+        } = state
+        {
             let last_quote = metrics.last_quote_ms.load(Ordering::Relaxed);
             let quiet_since = last_quote.max(connected_ms).max(open_since);
             let quiet = Duration::from_millis(now_ms.saturating_sub(quiet_since));
@@ -289,6 +314,28 @@ fn session(
                 ));
             }
         }
+    }
+}
+
+/// Logs the market opening or closing, so a quiet feed at the weekend is explained in the log.
+/// At start-up, only a closed market is worth a line.
+fn note_market(market: &Market, state: MarketState, starting: bool) {
+    match state {
+        MarketState::Closed { opens_ms, .. } => info!(
+            "market closed (market_hours = {}{}): a silent feed is normal until it opens {}",
+            market.hours().name(),
+            if market.closed_dates().is_empty() {
+                ""
+            } else {
+                " and market_closed_dates"
+            },
+            market::iso_utc(opens_ms)
+        ),
+        MarketState::Open { since_ms } if !starting => info!(
+            "market open since {}: a feed silent for upstream_stale_secs is stale again",
+            market::iso_utc(since_ms)
+        ),
+        MarketState::Open { .. } => {}
     }
 }
 
@@ -371,26 +418,6 @@ pub fn display_url(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)
 }
 
-/// Since when the market has been open (epoch ms), or `None` while it is closed. The FX
-/// market trades from Sunday 21:00 to Friday 22:00 UTC; a quiet feed at the weekend is normal.
-pub fn open_since(hours: MarketHours, now_ms: u64) -> Option<u64> {
-    const HOUR: u64 = 3_600_000;
-    const DAY: u64 = 24 * HOUR;
-    match hours {
-        MarketHours::Always => Some(0),
-        MarketHours::Fx => {
-            // 1970-01-01 was a Thursday; weekday 0 is Sunday.
-            let weekday = (now_ms / DAY + 4) % 7;
-            let into_week = weekday * DAY + now_ms % DAY;
-            let opens = 21 * HOUR;
-            let closes = 5 * DAY + 22 * HOUR;
-            (opens..closes)
-                .contains(&into_week)
-                .then(|| now_ms - (into_week - opens))
-        }
-    }
-}
-
 /// Exponential back-off with jitter: the start (1 s by default) doubling to the maximum, each delay drawn between
 /// half and all of the current step so many proxies restarting together spread out.
 pub struct Backoff {
@@ -467,32 +494,6 @@ mod tests {
         assert!(b.next_delay() <= Duration::from_secs(1));
         assert_eq!(b.saturate(), Duration::from_secs(60));
         assert!(b.next_delay() >= Duration::from_secs(30));
-    }
-
-    #[test]
-    fn fx_market_hours() {
-        // 2024-01-05 was a Friday.
-        let fri = 1_704_412_800_000u64;
-        let h = 3_600_000u64;
-        assert!(open_since(MarketHours::Fx, fri + 21 * h).is_some());
-        assert_eq!(open_since(MarketHours::Fx, fri + 22 * h), None);
-        assert_eq!(
-            open_since(MarketHours::Fx, fri + 24 * h + 12 * h),
-            None,
-            "Saturday"
-        );
-        let sunday = fri + 2 * 24 * h;
-        assert_eq!(open_since(MarketHours::Fx, sunday + 20 * h), None);
-        assert_eq!(
-            open_since(MarketHours::Fx, sunday + 21 * h + 5),
-            Some(sunday + 21 * h),
-            "opens Sunday 21:00 UTC"
-        );
-        assert_eq!(
-            open_since(MarketHours::Fx, fri + 10 * h),
-            Some(sunday - 7 * 24 * h + 21 * h)
-        );
-        assert_eq!(open_since(MarketHours::Always, sunday), Some(0));
     }
 
     #[test]

@@ -1,12 +1,21 @@
 //! The terminal client behind `fxproxy watch URL --key KEY [--symbols A,B]`: it authenticates to
-//! a proxy (or any source speaking the same protocol) and prints one aligned line per quote.
+//! a proxy (or any source speaking the same protocol) and prints one aligned line per quote,
+//! and one line saying so when quotes stop because the market is closed.
+//!
+//! How it knows the market is closed: after [`QuietCheck::after`] without a quote it asks the
+//! same host's `/healthz` (plain HTTP, for a `ws://` URL), which follows the proxy's own
+//! `market_hours` and `market_closed_dates`. Where that cannot tell (a `wss://` URL,
+//! `http_endpoints = false`, the proxy's upstream down, not an fxproxy) it applies the
+//! standard FX rule, Friday 22:00 to Sunday 21:00 UTC, to its own clock.
 
 use std::fmt;
-use std::io::{self, Write};
-use std::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::clock::Clock;
+use crate::market::{self, Market, MarketState};
 use serde_json::Value;
 use tungstenite::error::UrlError;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -23,7 +32,33 @@ const ABNORMAL_CLOSURE: u16 = 1006;
 /// Close code standing for a close frame that carried no code (RFC 6455 §7.4.1).
 const NO_STATUS: u16 = 1005;
 
+/// The limit on each step (connect, write, read) of asking `/healthz`.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most of a `/healthz` answer read; the real one is a line of JSON.
+const HEALTH_MAX_BYTES: u64 = 16 * 1024;
+
 type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// How watch notices that quotes stopped because the market closed.
+#[derive(Clone, Debug)]
+pub struct QuietCheck {
+    /// Read by the fallback FX rule and for the "opens Sun 21:00 UTC" wording.
+    pub clock: Clock,
+    /// No quote for this long: find out whether the market is closed.
+    pub after: Duration,
+    /// The market is open (or it cannot be told) and still no quote: ask again this often.
+    pub again: Duration,
+}
+
+impl Default for QuietCheck {
+    fn default() -> QuietCheck {
+        QuietCheck {
+            clock: Clock::system(),
+            after: Duration::from_secs(5),
+            again: Duration::from_secs(60),
+        }
+    }
+}
 
 /// What `fxproxy watch` was asked to do.
 #[derive(Debug, Clone)]
@@ -101,10 +136,21 @@ fn close_code_meaning(code: u16) -> Option<&'static str> {
 /// Connects, authenticates and writes one line per quote to `out` until the server closes or
 /// `stop` is set. Returns `Ok` only when stopped; a server close is an error the user should see.
 pub fn run(opts: &WatchOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<(), WatchError> {
+    run_with(opts, out, stop, &QuietCheck::default())
+}
+
+/// As [`run`], noticing a closed market as `check` says.
+pub fn run_with(
+    opts: &WatchOptions,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+    check: &QuietCheck,
+) -> Result<(), WatchError> {
     let mut ws = connect(&opts.url)?;
     ws.send(Message::text(auth_message(opts)))
         .map_err(connection_lost)?;
     let mut quotes_seen = false;
+    let mut quiet = Quiet::new(check.after);
     loop {
         if stop.load(Ordering::SeqCst) {
             close_normally(&mut ws);
@@ -117,6 +163,7 @@ pub fn run(opts: &WatchOptions, out: &mut dyn Write, stop: &AtomicBool) -> Resul
                     // Quotes are for watching live, not for when a buffer happens to fill.
                     out.flush().map_err(WatchError::Io)?;
                     quotes_seen = true;
+                    quiet.quote(check.after);
                 }
                 None => log::debug!("watch: skipping a frame that is not a quote: {text:.80}"),
             },
@@ -138,6 +185,107 @@ pub fn run(opts: &WatchOptions, out: &mut dyn Write, stop: &AtomicBool) -> Resul
             Err(e) if is_timeout(&e) => {}
             Err(e) => return Err(connection_lost(e)),
         }
+        if let Some(line) = quiet.check(&opts.url, check) {
+            writeln!(out, "{line}").map_err(WatchError::Io)?;
+            out.flush().map_err(WatchError::Io)?;
+        }
+    }
+}
+
+/// Watches for silence: when to ask whether the market is closed, and what was last said.
+struct Quiet {
+    next_ask: Instant,
+    /// The opening last announced; a closure is announced once.
+    announced: Option<u64>,
+}
+
+impl Quiet {
+    fn new(after: Duration) -> Quiet {
+        Quiet {
+            next_ask: Instant::now() + after,
+            announced: None,
+        }
+    }
+
+    fn quote(&mut self, after: Duration) {
+        self.next_ask = Instant::now() + after;
+        self.announced = None;
+    }
+
+    /// The line to print, if it is time to ask and the market turns out closed.
+    fn check(&mut self, url: &str, check: &QuietCheck) -> Option<String> {
+        if Instant::now() < self.next_ask {
+            return None;
+        }
+        let opens_ms = match ask_proxy(url) {
+            Some(answer) => answer,
+            None => match Market::fx().state(check.clock.now_ms()) {
+                MarketState::Closed { opens_ms, .. } => Some(opens_ms),
+                MarketState::Open { .. } => None,
+            },
+        };
+        let Some(opens_ms) = opens_ms else {
+            self.next_ask = Instant::now() + check.again;
+            return None;
+        };
+        let now_ms = check.clock.now_ms();
+        // Nothing to ask until the opening; then, if quotes still stay away, as after a quote.
+        let until_open = Duration::from_millis(opens_ms.saturating_sub(now_ms));
+        self.next_ask = Instant::now() + until_open + check.after;
+        if self.announced == Some(opens_ms) {
+            return None;
+        }
+        self.announced = Some(opens_ms);
+        Some(format!(
+            "market closed — opens {}",
+            market::human_utc(opens_ms, now_ms)
+        ))
+    }
+}
+
+/// What the proxy at `url` says of the market: `Some(Some(opens_ms))` closed, `Some(None)` open,
+/// `None` when it cannot be asked or does not say.
+fn ask_proxy(url: &str) -> Option<Option<u64>> {
+    let uri: tungstenite::http::Uri = url.parse().ok()?;
+    if uri.scheme_str() != Some("ws") {
+        return None;
+    }
+    let host = uri.host()?;
+    let port = uri.port_u16().unwrap_or(80);
+    let authority = uri.authority()?.as_str();
+    let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
+        .to_socket_addrs()
+        .ok()?
+        .next()?;
+    let mut tcp = TcpStream::connect_timeout(&addr, HEALTH_TIMEOUT).ok()?;
+    tcp.set_read_timeout(Some(HEALTH_TIMEOUT)).ok()?;
+    tcp.set_write_timeout(Some(HEALTH_TIMEOUT)).ok()?;
+    write!(
+        tcp,
+        "GET /healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    // The proxy closes after answering; a server that keeps the connection open ends the read
+    // at the timeout with what it sent.
+    let _ = tcp.take(HEALTH_MAX_BYTES).read_to_end(&mut response);
+    market_in_health(&String::from_utf8_lossy(&response))
+}
+
+/// Reads an HTTP response from `/healthz`: `Some(Some(opens_ms))` when it says the market is
+/// closed, `Some(None)` when its status means the proxy judged the market open, `None` otherwise.
+pub fn market_in_health(response: &str) -> Option<Option<u64>> {
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.") {
+        return None;
+    }
+    let health: Value = serde_json::from_str(body.trim()).ok()?;
+    match health.get("status")?.as_str()? {
+        "market_closed" => Some(Some(health.get("market_opens_ms")?.as_u64()?)),
+        // Only given while the proxy's rule says the market is open.
+        "ok" | "stale" | "no_quote_yet" => Some(None),
+        // The upstream is down: the proxy does not say whether the market is open.
+        _ => None,
     }
 }
 
@@ -594,6 +742,130 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         stopper.join().unwrap();
         assert_eq!(server.join().unwrap(), Some(CloseCode::Normal));
+    }
+
+    /// Epoch ms of `YYYY-MM-DD HH:MM` UTC.
+    fn at(date: &str, hh: u64, mm: u64) -> u64 {
+        date.parse::<crate::market::Date>().unwrap().start_ms() + (hh * 60 + mm) * 60_000
+    }
+
+    /// A watch that looks for a closed market after 100 ms of silence, on `clock`.
+    fn quick_check(clock_ms: u64) -> QuietCheck {
+        QuietCheck {
+            clock: Clock::starting_at(clock_ms),
+            after: Duration::from_millis(100),
+            again: Duration::from_millis(100),
+        }
+    }
+
+    /// A WebSocket server that sends one quote and then, on the same port, answers each
+    /// `/healthz` request with `health` for `window`; then closes with 1001. Returns how many
+    /// times `/healthz` was asked.
+    fn quote_then_health(health: &'static str, window: Duration) -> (String, JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let handle = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut ws = tungstenite::accept(stream).unwrap();
+            ws.send(Message::text("Connected")).unwrap();
+            read_text(&mut ws);
+            ws.send(quote("EURUSD", "1.09121", "1.09123")).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let mut asked = 0;
+            let started = Instant::now();
+            while started.elapsed() < window {
+                match listener.accept() {
+                    Ok((mut http, _)) => {
+                        http.set_nonblocking(false).unwrap();
+                        http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        let mut head = [0u8; 1024];
+                        let n = http.read(&mut head).unwrap();
+                        let head = String::from_utf8_lossy(&head[..n]).to_string();
+                        assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
+                        http.write_all(health.as_bytes()).unwrap();
+                        asked += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            close_with(&mut ws, CloseCode::Away, "bye");
+            asked
+        });
+        (url, handle)
+    }
+
+    fn watch_with(url: String, check: &QuietCheck) -> Vec<String> {
+        let opts = WatchOptions {
+            url,
+            key: "k".to_owned(),
+            symbols: None,
+        };
+        let mut out = Vec::new();
+        let result = run_with(&opts, &mut out, &AtomicBool::new(false), check);
+        assert!(
+            matches!(result, Err(WatchError::Closed { code: 1001, .. })),
+            "{result:?}"
+        );
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    const CLOSED: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n\
+        {\"status\":\"market_closed\",\"market_opens_ms\":1796590800000,\"market_opens\":\"2026-12-06T21:00:00Z\",\"last_quote_age_secs\":50400.000,\"clients\":1}\n";
+    const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\nnot found\n";
+
+    #[test]
+    fn a_closed_market_is_said_once_as_the_proxy_tells_it() {
+        let (url, server) = quote_then_health(CLOSED, Duration::from_millis(800));
+        // Saturday noon; the proxy's answer is what counts.
+        let lines = watch_with(url, &quick_check(at("2026-12-05", 12, 0)));
+        assert_eq!(
+            server.join().unwrap(),
+            1,
+            "asked once, then not until the opening"
+        );
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("EURUSD   bid 1.09121"), "{lines:?}");
+        assert_eq!(lines[1], "market closed — opens Sun 21:00 UTC");
+    }
+
+    #[test]
+    fn without_an_answer_the_standard_fx_rule_decides() {
+        // /healthz is not served: Saturday is closed by the FX rule.
+        let (url, server) = quote_then_health(NOT_FOUND, Duration::from_millis(800));
+        let lines = watch_with(url, &quick_check(at("2026-12-05", 12, 0)));
+        assert_eq!(server.join().unwrap(), 1);
+        assert_eq!(lines[1..], ["market closed — opens Sun 21:00 UTC"]);
+
+        // On a Wednesday it is open: nothing is said, and watch asks again while it is quiet.
+        let (url, server) = quote_then_health(NOT_FOUND, Duration::from_millis(800));
+        let lines = watch_with(url, &quick_check(at("2026-12-09", 12, 0)));
+        assert!(server.join().unwrap() >= 2);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+    }
+
+    #[test]
+    fn health_answers_say_open_closed_or_nothing() {
+        assert_eq!(market_in_health(CLOSED), Some(Some(1_796_590_800_000)));
+        assert_eq!(market_in_health(NOT_FOUND), None);
+        let with = |status: &str, code: u16| {
+            market_in_health(&format!(
+                "HTTP/1.1 {code} X\r\n\r\n{{\"status\":\"{status}\",\"last_quote_age_secs\":null,\"clients\":0}}\n"
+            ))
+        };
+        assert_eq!(with("ok", 200), Some(None));
+        assert_eq!(with("stale", 503), Some(None));
+        assert_eq!(with("no_quote_yet", 503), Some(None));
+        assert_eq!(with("reconnecting", 503), None);
+        assert_eq!(with("not_connected", 503), None);
+        assert_eq!(market_in_health("garbage"), None);
+        assert_eq!(ask_proxy("wss://127.0.0.1:1/"), None, "no HTTPS asked");
     }
 
     #[test]

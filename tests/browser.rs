@@ -1,5 +1,7 @@
 //! The page served at `GET /`, driven in headless Chromium against the real proxy and its
-//! built-in simulator (`tests/browser/page_test.mjs` does the clicking and looking).
+//! built-in simulator (`tests/browser/page_test.mjs` does the clicking and looking); and its
+//! market banner against a second proxy whose feed stopped on a Friday night, with the
+//! browser's clock set by Playwright.
 //!
 //! Needs /usr/bin/chromium, node and `npm ci --prefix tests/browser`; without them the test is
 //! skipped locally and fails under CI. `UPDATE_SCREENSHOT=1` also refreshes docs/page.png.
@@ -13,6 +15,7 @@ use std::time::Duration;
 use common::process::{
     command_succeeds, prerequisites_met, run_script, simulator_config, write_keys, Proxy,
 };
+use common::TestUpstream;
 
 const KEY: &str = "demo-key-0123456789";
 const SYMBOLS: &str = "EURUSD,GBPUSD,USDJPY";
@@ -39,6 +42,22 @@ fn page_shows_live_quotes_and_refusals_in_chromium() {
     let keys_dir = common::process::temp_dir();
     let keys = write_keys(&keys_dir, &[KEY]);
     let proxy = Proxy::spawn(&simulator_config(&keys, SYMBOLS));
+    // The market proxy's feed: one quote of each symbol, stamped Friday 2026-12-04 21:58 UTC,
+    // then silence, as at the weekly close.
+    let up = TestUpstream::start();
+    let market = Proxy::spawn(&format!(
+        "upstream_url = {}\nsymbols = {SYMBOLS}\nuser_keys_file = {}\n\
+         market_closed_dates = 2026-12-25\n",
+        up.url(),
+        keys.display()
+    ));
+    up.expect_subscribe();
+    let friday_2158 = 1_796_421_480_000u64;
+    for (n, symbol) in SYMBOLS.split(',').enumerate() {
+        up.send(&format!(
+            r#"{{"symbol":"{symbol}","ts":"{friday_2158}","bid":1.{n}0000,"ask":1.{n}0002}}"#
+        ));
+    }
     let screenshot = if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
         root.join("docs/page.png")
     } else {
@@ -51,6 +70,7 @@ fn page_shows_live_quotes_and_refusals_in_chromium() {
         .arg(KEY)
         .arg(SYMBOLS)
         .arg(&screenshot)
+        .arg(market.http_url())
         .env("CHROMIUM", CHROMIUM)
         .current_dir(&scripts);
     let run = run_script(node, proxy.dir(), Duration::from_secs(180));
@@ -61,8 +81,10 @@ fn page_shows_live_quotes_and_refusals_in_chromium() {
         "no screenshot at {}",
         screenshot.display()
     );
-    assert!(
-        !proxy.stderr_text().contains(KEY),
-        "the proxy logged the client key in full"
-    );
+    for p in [&proxy, &market] {
+        assert!(
+            !p.stderr_text().contains(KEY),
+            "the proxy logged the client key in full"
+        );
+    }
 }

@@ -16,7 +16,13 @@ fn body_of(response: &str) -> &str {
 #[test]
 fn healthz_follows_the_upstream() {
     let up = TestUpstream::start();
-    let proxy = TestProxy::simple(&up);
+    // Open at every hour, so the statuses here do not depend on the day the test runs (the
+    // weekend's are in tests/weekend.rs).
+    let proxy = TestProxy::start(
+        &up.url(),
+        "market_hours = always",
+        &format!("{KEY}\n{OTHER_KEY} EURUSD\n"),
+    );
     let get = || http_get(proxy.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     up.expect_subscribe();
     let before = get();

@@ -1,27 +1,30 @@
 // Drives the page fxproxy serves at GET / in headless Chromium, the way a person would use it.
 //
-// usage: node page_test.mjs BASE_URL KEY SYMBOLS SCREENSHOT
+// usage: node page_test.mjs BASE_URL KEY SYMBOLS SCREENSHOT [MARKET_URL]
 //   BASE_URL    the proxy, e.g. http://127.0.0.1:8765   (or env FXPROXY_URL)
 //   KEY         a valid client key                       (or env FXPROXY_KEY)
 //   SYMBOLS     every symbol the proxy carries, A,B,C    (or env FXPROXY_SYMBOLS)
 //   SCREENSHOT  where to save the desktop screenshot     (or env FXPROXY_SCREENSHOT)
+//   MARKET_URL  optional: a proxy with market_hours = fx and market_closed_dates = 2026-12-25
+//               that took one quote of each symbol, stamped 2026-12-04T21:58:00Z (a Friday),
+//               and no more; the page's market banner is checked against it on a set clock
+//               (or env FXPROXY_MARKET_URL)
 // Uses the system Chromium (/usr/bin/chromium, or env CHROMIUM); playwright downloads no browser.
 // Exits 0 when every check passes, 1 with a message naming the failed check otherwise.
 
 import { chromium } from "playwright-core";
 
-const [baseArg, keyArg, symArg, shotArg] = process.argv.slice(2);
+const [baseArg, keyArg, symArg, shotArg, marketArg] = process.argv.slice(2);
 const base = (baseArg || process.env.FXPROXY_URL || "").replace(/\/+$/, "");
 const key = keyArg || process.env.FXPROXY_KEY;
 const symbols = (symArg || process.env.FXPROXY_SYMBOLS || "").split(",").filter(Boolean).sort();
 const shot = shotArg || process.env.FXPROXY_SCREENSHOT;
+const marketBase = (marketArg || process.env.FXPROXY_MARKET_URL || "").replace(/\/+$/, "");
 if (!base || !key || symbols.length < 2 || !shot) {
   console.error("usage: node page_test.mjs BASE_URL KEY SYMBOLS(at least two, comma-separated) SCREENSHOT");
   process.exit(2);
 }
 const DEADLINE_MS = 15000;
-const origin = new URL(base).origin;
-const wsOrigin = origin.replace(/^http/, "ws");
 
 class CheckFailed extends Error {}
 const fail = msg => { throw new CheckFailed(msg); };
@@ -33,10 +36,15 @@ const browser = await chromium.launch({
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 
+// The pages' clock: a Wednesday afternoon, running, so the market is open and the screenshot
+// is the same whatever day the test runs.
+const WEEKDAY = new Date("2026-12-02T14:00:00Z");
+
 // Every page opened here records what it asks for and what goes wrong in it.
 const opened = [];
-async function openPage(fragment, viewport = { width: 960, height: 360 }) {
+async function openPage(fragment, viewport = { width: 960, height: 360 }, { at = WEEKDAY, fixed = false, url = base } = {}) {
   const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
+  if (fixed) await context.clock.setFixedTime(at); else await context.clock.install({ time: at });
   const page = await context.newPage();
   const rec = { page, requests: [], sockets: [], errors: [] };
   page.on("request", r => rec.requests.push(r.url()));
@@ -44,7 +52,7 @@ async function openPage(fragment, viewport = { width: 960, height: 360 }) {
   page.on("pageerror", e => rec.errors.push("page error: " + e.message));
   page.on("console", m => { if (m.type() === "error") rec.errors.push("console error: " + m.text()); });
   opened.push(rec);
-  const response = await page.goto(base + "/" + fragment, { timeout: DEADLINE_MS });
+  const response = await page.goto(url + "/" + fragment, { timeout: DEADLINE_MS });
   if (!response || response.status() !== 200) fail(`GET / answered ${response && response.status()}, expected 200`);
   const type = response.headers()["content-type"] || "";
   if (!/^text\/html;\s*charset=utf-8$/i.test(type)) fail(`GET / has Content-Type "${type}", expected "text/html; charset=utf-8"`);
@@ -75,7 +83,8 @@ async function waitForTick(page, symbol) {
     ([s, b]) => document.querySelector(`tr[data-symbol="${s}"] .bid`)?.textContent !== b, [symbol, before]);
 }
 
-function checkOnlyProxyTraffic(rec) {
+function checkOnlyProxyTraffic(rec, proxy = base) {
+  const origin = new URL(proxy).origin, wsOrigin = origin.replace(/^http/, "ws");
   for (const url of [...rec.requests, ...rec.sockets]) {
     if (url.startsWith("data:")) continue;
     const u = new URL(url);
@@ -86,6 +95,16 @@ function checkOnlyProxyTraffic(rec) {
     if (new URL(url).origin !== wsOrigin) fail(`WebSocket to ${url}, expected ${wsOrigin}/`);
   }
   if (rec.errors.length) fail(rec.errors.join("\n"));
+}
+
+const banner = page => page.$eval("#market", el => el.hidden ? null : el.textContent);
+const ageCells = page => page.$$eval("tr[data-symbol] .age", tds => tds.map(td => td.textContent));
+
+// Sets the page's fixed clock and waits for the market banner to say `want` (null: hidden).
+async function atTime(page, when, want) {
+  await page.clock.setFixedTime(new Date(when));
+  await waitFor(page, `at ${when}, the market banner ${want === null ? "hidden" : JSON.stringify(want)}`,
+    w => { const el = document.querySelector("#market"); return w === null ? el.hidden : !el.hidden && el.textContent === w; }, want);
 }
 
 try {
@@ -145,7 +164,37 @@ try {
   checkOnlyProxyTraffic(phone);
   console.log("ok - phone: fits 390 px");
 
-  console.log("page_test: 4 passed, 0 failed");
+  let passed = 4;
+  if (marketBase) {
+    step = "market hours: the banner and the ages follow the proxy's rule";
+    const rec = await openPage(`#key=${encodeURIComponent(key)}`, undefined,
+      { at: new Date("2026-12-04T21:59:00Z"), fixed: true, url: marketBase });
+    page = rec.page;
+    await waitForRows(page, symbols);
+    await atTime(page, "2026-12-04T21:59:00Z", null);
+    await waitFor(page, "ages of a minute", () => [...document.querySelectorAll("tr[data-symbol] .age")].every(td => td.textContent === "60 s"));
+    const CLOSED = "market closed — opens Sun 21:00 UTC";
+    await atTime(page, "2026-12-04T22:00:30Z", CLOSED);
+    await waitFor(page, "'closed' in every age cell", () => [...document.querySelectorAll("tr[data-symbol] .age")].every(td => td.textContent === "closed"));
+    if (!(await stateText(page)).includes("live")) fail(`#state is "${await stateText(page)}" at the weekend, expected live`);
+    await atTime(page, "2026-12-05T12:00:00Z", CLOSED);
+    await atTime(page, "2026-12-06T21:00:30Z", null);
+    const open = await ageCells(page);
+    if (!open.every(a => /^\d+ h$/.test(a))) fail(`after the opening the ages are [${open}], expected hours`);
+    // 2026-12-25, a Friday, is a closed date: from 21:00 the evening before it joins the weekend.
+    await atTime(page, "2026-12-24T20:59:00Z", null);
+    await atTime(page, "2026-12-24T21:01:00Z", CLOSED);
+    await atTime(page, "2026-12-27T21:00:00Z", null);
+    if (process.env.FXPROXY_MARKET_SCREENSHOT) {
+      await atTime(page, "2026-12-05T12:00:00Z", CLOSED);
+      await page.screenshot({ path: process.env.FXPROXY_MARKET_SCREENSHOT });
+    }
+    checkOnlyProxyTraffic(rec, marketBase);
+    console.log(`ok - market hours: "${CLOSED}" from Friday 22:00 and from 21:00 before a closed date, gone at the opening`);
+    passed++;
+  }
+
+  console.log(`page_test: ${passed} passed, 0 failed`);
 } catch (e) {
   console.error(`FAILED - ${step}: ${e instanceof CheckFailed ? e.message : e.stack || e}`);
   process.exitCode = 1;

@@ -10,6 +10,7 @@ pub mod relay;
 pub mod storm;
 pub mod traffic;
 
+use fxproxy::clock::Clock;
 use fxproxy::config;
 use fxproxy::Server;
 use std::io::{Read, Write};
@@ -162,6 +163,12 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy for `upstream` with the given extra config lines and key file text.
     pub fn start(upstream: &str, extra: &str, keys: &str) -> TestProxy {
+        TestProxy::start_with_clock(upstream, extra, keys, Clock::system())
+    }
+
+    /// As [`TestProxy::start`], with the proxy's clock (quote times, ages, market hours) set
+    /// by the test.
+    pub fn start_with_clock(upstream: &str, extra: &str, keys: &str, clock: Clock) -> TestProxy {
         let dir = temp_dir("proxy");
         std::fs::write(dir.join("users.keys"), keys).unwrap();
         let text = format!(
@@ -170,7 +177,7 @@ impl TestProxy {
         let path = dir.join("proxy.conf");
         std::fs::write(&path, &text).unwrap();
         let config = config::parse(&text, &path).unwrap();
-        let server = Server::start(config).unwrap();
+        let server = Server::start_with_clock(config, clock).unwrap();
         TestProxy {
             addr: server.local_addr(),
             server: Some(server),
