@@ -10,7 +10,7 @@
 //!   many are pending, the oldest is dropped to make room, but only once it has been pending
 //!   for longer than [`GRACE`] ([`QUICK_GRACE`] for one that has not sent its whole request
 //!   head, as slowloris does not); while every one is younger, accepting pauses and newcomers
-//!   wait in the kernel's listen queue (sized for storms: [`LISTEN_BACKLOG`], capped by
+//!   wait in the kernel's listen queue (sized for storms: [`listener::BACKLOG`], capped by
 //!   `net.core.somaxconn`). A real client finishes in milliseconds and never becomes the
 //!   oldest; a flood of silent or trickling sockets only ever displaces itself.
 //! - An upgrade takes one of the `max_clients` places (fewer under the thread ceiling). With
@@ -20,6 +20,7 @@
 
 use crate::context::Context;
 use crate::handshake::{Admitted, Conn, Next};
+use crate::listener;
 use crate::metrics::{Eviction, Rejection};
 use crate::places::Place;
 use log::{debug, error, warn};
@@ -44,9 +45,6 @@ pub const GRACE: Duration = Duration::from_millis(500);
 /// finishing: a real client sends its head in one piece as soon as it connects, so a flood of
 /// silent or trickled heads turns over ten times a second.
 pub const QUICK_GRACE: Duration = Duration::from_millis(100);
-/// The listen queue asked of the kernel, which caps it at `net.core.somaxconn` (4096 on
-/// current kernels): a storm of clients waits there while the pending set is full.
-pub const LISTEN_BACKLOG: i32 = 65_535;
 /// Unsent bytes the kernel may hold for one client before writes to it wait
 /// (`TCP_NOTSENT_LOWAT`). Without it a client that stops reading absorbs megabytes of quotes
 /// in kernel buffers before its queue starts to fill, and is noticed minutes late.
@@ -76,7 +74,7 @@ pub struct Admission {
 impl Admission {
     /// Takes over the (bound) listener: a listen queue sized for storms, non-blocking.
     pub fn new(listener: TcpListener) -> io::Result<Admission> {
-        socket2::SockRef::from(&listener).listen(LISTEN_BACKLOG)?;
+        listener::size_for_storms(&listener)?;
         listener.set_nonblocking(true)?;
         let poll = Poll::new()?;
         poll.registry().register(

@@ -493,6 +493,8 @@ fn deliver_loop(
                     .fetch_add(written, Ordering::Relaxed);
             }
         }
+        // Woken from a chain: this writer's quotes are out, the next one's turn.
+        slot.pass_on();
         if slot.readable.swap(false, Ordering::SeqCst) {
             match read_pass(ws, budget, probe) {
                 Ok(true) => last_heard = Instant::now(),
@@ -551,7 +553,6 @@ fn deliver_loop(
         if slot.going_idle(rx, idle) {
             std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
             slot.awake();
-            slot.help_wake();
         }
     }
 }

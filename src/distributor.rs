@@ -8,8 +8,9 @@
 //! - a writer still busy with earlier frames is not woken: it drains its queue before parking;
 //! - under heavy load writers are not woken at all: each sleeps until its next tick on a
 //!   batch grid staggered over `PHASES` offsets, and writes everything queued meanwhile;
-//! - otherwise the writers to wake form a chain in which each woken writer wakes two more, so
-//!   the unparks spread over every core instead of queueing behind this one thread.
+//! - otherwise the writers to wake form a few chains: this thread wakes the first of each,
+//!   and each woken writer wakes the next once it has written, so a few writers run at a time
+//!   on every core instead of thousands crowding out the rest of the host (see [`WakeChain`]).
 
 use crate::keys::KeyStore;
 use crate::metrics::{Metrics, Padded, QueueStats};
@@ -108,8 +109,9 @@ impl ClientSlot {
         self.state.load(Ordering::SeqCst) == PARKED
     }
 
-    /// Wakes a writer parked without an appointment, handing it `chain` to help along.
-    fn wake_from(&self, chain: &Arc<WakeChain>) {
+    /// Wakes a writer parked without an appointment, handing it `chain` to pass on; false
+    /// when it was not parked so (it woke by itself, or is busy) and needs no waking.
+    fn wake_from(&self, chain: &Arc<WakeChain>) -> bool {
         if self
             .state
             .compare_exchange(PARKED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
@@ -117,15 +119,18 @@ impl ClientSlot {
         {
             *self.chain.lock() = Some(Arc::clone(chain));
             self.thread.unpark();
+            true
+        } else {
+            false
         }
     }
 
-    /// Called by the writer when it wakes: if it was woken from a chain, it wakes the next
-    /// few writers of that chain before its own work.
-    pub fn help_wake(&self) {
+    /// Called by the writer once it has written: if it was woken from a chain, it wakes the
+    /// next writer of that chain.
+    pub fn pass_on(&self) {
         let chain = self.chain.lock().take();
         if let Some(chain) = chain {
-            chain.wake_some(CHAIN_FANOUT);
+            chain.wake_some(1);
         }
     }
 
@@ -176,24 +181,30 @@ const BATCH_ABOVE: f64 = 50_000.0;
 /// How many groups the writers' batch grid is staggered into.
 const PHASES: u64 = 8;
 
-/// How many more writers each writer woken from a chain wakes.
-const CHAIN_FANOUT: usize = 2;
+/// How many chains of wake-ups the distributor starts for one batch.
+const CHAINS: usize = 4;
 
 /// The writers one batch must unpark. An unpark costs several microseconds here and the woken
-/// thread often preempts its waker, so one thread waking thousands in turn is slow; instead
-/// each woken writer wakes a couple more, and the wake-ups spread over every core like a tree.
+/// thread often preempts its waker, so one thread waking thousands in turn is slow. Waking
+/// them all at once is no better: thousands of runnable threads crowd out everything else on
+/// the host (the upstream reader, the distributor, the clients themselves) until the last has
+/// written. So the distributor wakes a few ([`CHAINS`]), and each writer, once it has written,
+/// wakes the next: a few writers run at a time, one after another on every core, and the
+/// quotes leave in a steady stream that the rest of the host keeps up with.
 pub struct WakeChain {
     slots: Vec<Arc<ClientSlot>>,
     next: AtomicUsize,
 }
 
 impl WakeChain {
-    /// Wakes up to `n` writers not yet claimed; returns false once the chain is exhausted.
+    /// Wakes `n` writers not yet claimed, skipping those that need no waking any more;
+    /// returns false once the chain is exhausted.
     fn wake_some(self: &Arc<Self>, n: usize) -> bool {
-        for _ in 0..n {
+        let mut woken = 0;
+        while woken < n {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             match self.slots.get(i) {
-                Some(slot) => slot.wake_from(self),
+                Some(slot) => woken += usize::from(slot.wake_from(self)),
                 None => return false,
             }
         }
@@ -398,8 +409,9 @@ impl Hub {
 
     /// Removes a client (its writer is ending). Idempotent.
     pub fn leave(&self, slot: &ClientSlot) {
-        // A chain this writer never got to help holds the slot itself: break the cycle.
-        drop(slot.chain.lock().take());
+        // A chain this writer never passed on holds the slot itself: pass it on (the writers
+        // after this one are waiting for it) and break the cycle.
+        slot.pass_on();
         let mut inner = self.inner.lock();
         if let Some(pos) = inner.clients.iter().position(|c| c.id == slot.id) {
             inner.clients.swap_remove(pos);
@@ -487,7 +499,7 @@ impl Hub {
                 slots: woken,
                 next: AtomicUsize::new(0),
             });
-            while chain.wake_some(CHAIN_FANOUT) {}
+            chain.wake_some(CHAINS);
         }
     }
 }

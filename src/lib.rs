@@ -23,6 +23,7 @@ pub mod endpoints;
 pub mod handshake;
 pub mod http;
 pub mod keys;
+pub mod listener;
 pub mod logging;
 pub mod market;
 pub mod metrics;
