@@ -58,20 +58,24 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 const STOP_SLICE: Duration = Duration::from_millis(250);
 
 /// Serves one admitted connection to its end.
-pub fn serve(ctx: &Context, admitted: Admitted) {
+///
+/// The connection stays boxed: moved onto the stack it would cost every client thread
+/// another page of stack for as long as it lives.
+pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
     let Admitted {
-        mut ws,
+        ws,
         peer,
-        mut budget,
+        budget,
         auth,
         ..
-    } = admitted;
+    } = &mut *admitted;
+    let (ws, peer, auth) = (ws, *peer, auth.take());
     // A bug while serving this client must not leave it hanging, nor take others down: the
     // client is told (1011), the slot and the watch are released by their guards as the
     // panic unwinds, and every other client goes on.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| match auth {
-        Some(auth) => session(ctx, &mut ws, peer, auth, &mut budget),
-        None => echo(ctx, &mut ws, &mut budget),
+        Some(auth) => session(ctx, ws, peer, auth, budget),
+        None => echo(ctx, ws, budget),
     }));
     let last_words = match outcome {
         Ok(words) => words,
@@ -92,7 +96,7 @@ pub fn serve(ctx: &Context, admitted: Admitted) {
                 .flood_disconnects
                 .fetch_add(1, Ordering::Relaxed);
         }
-        close(&mut ws, code, reason);
+        close(ws, code, reason);
     }
 }
 
@@ -599,6 +603,11 @@ fn read_pass(ws: &mut Socket, budget: &mut Budget, probe: &mut Probe) -> Result<
 
 /// Sends a close frame and waits briefly for the peer's answer, so the frame is not lost to
 /// a reset when the socket closes with unread data.
+///
+/// Never inlined, and its buffer small: every client thread runs the writer loop, few run
+/// this, and a big frame inlined into the loop's caller would touch (and keep) another page
+/// of every client's stack.
+#[inline(never)]
 fn close(ws: &mut Socket, code: CloseCode, reason: String) {
     // The last writes may wait, briefly: what is buffered must go out before the close frame.
     let stream = ws.get_mut();
@@ -623,7 +632,7 @@ fn close(ws: &mut Socket, code: CloseCode, reason: String) {
     // frame into a reset.
     let _ = ws.get_mut().shutdown(std::net::Shutdown::Write);
     let until = Instant::now() + CLOSE_LINGER;
-    let mut sink = [0u8; 4096];
+    let mut sink = [0u8; 512];
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {

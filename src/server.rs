@@ -321,7 +321,7 @@ fn hand_off(ctx: Arc<Context>) -> HandOff {
             move || {
                 let admitted = inside.lock().take();
                 if let Some(admitted) = admitted {
-                    client::serve(&thread_ctx, *admitted);
+                    client::serve(&thread_ctx, admitted);
                 }
             },
             // The place is given back only once the thread is gone.
