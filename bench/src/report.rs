@@ -232,7 +232,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "connect    all handshaken and authenticated {} after the first attempt; every client had a quote by {} (phase {:.2} s)",
+            "connect    the last of {} clients handshaken and authenticated {} after the first attempt; every open client had a quote by {} (phase {:.2} s)",
+            self.clients - self.failed,
             opt(self.connect_s, 3, " s"),
             opt(self.confirm_s, 3, " s"),
             self.connect_phase_s
