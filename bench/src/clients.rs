@@ -152,7 +152,7 @@ pub fn run_thread(n: usize, cfg: Arc<ClientConfig>, shared: Arc<Shared>) -> Thre
         failures: BTreeMap::new(),
         closes: BTreeMap::new(),
     }));
-    // No semaphore in a storm: all `n` attempts start in the runtime's first turn.
+    // No semaphore in a storm: all `n` attempts start together, none waits for another.
     let sem = (cfg.concurrency > 0).then(|| Rc::new(Semaphore::new(cfg.concurrency)));
     local.block_on(&rt, async {
         for i in 0..n {
