@@ -4,9 +4,9 @@
     python3 bench/report.py --mode small --results bench/results-small.jsonl --out BENCHMARKS.md \
         --command 'bench/run-sweep.sh' --loadavg '0.12 0.30 0.40' --svg bench/latency.svg
 
-Standard library only. Each sweep owns one section, "## Full sweep" or "## Small sweep": a run
-rewrites its own and keeps the other as it is, so a quick small sweep never erases the figures
-of the last full one. The section "## Where the time goes" is written by hand (by the proxy
+Standard library only. Each sweep owns one section, "## Peers sweep", "## Full sweep" or
+"## Small sweep": a run rewrites its own and keeps the others as they are, so a quick small
+sweep never erases the figures of the last full one. The section "## Where the time goes" is written by hand (by the proxy
 engineer, from profiles) and is always kept as it is.
 """
 
@@ -19,7 +19,7 @@ import re
 import subprocess
 
 WHERE = "## Where the time goes"
-SECTIONS = {"full": "## Full sweep", "small": "## Small sweep"}
+SECTIONS = {"peers": "## Peers sweep", "full": "## Full sweep", "small": "## Small sweep"}
 PLACEHOLDER = (
     f"{WHERE}\n\n"
     "<!-- Placeholder, filled in by the proxy engineer from profiles (perf, /proc). "
@@ -49,6 +49,38 @@ def proxy_build(root, rows):
     return f"{version or 'fxproxy'}, binary written {when} UTC{note}"
 
 
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def alternatives(root):
+    """The versions the alternatives ran with, from the files that pin them."""
+    alt = os.path.join(root, "bench", "alternatives")
+    out = []
+    m = re.search(r"^websockets==(\S+)", read(os.path.join(alt, "requirements.txt")), re.M)
+    if m:
+        out.append(f"Python websockets {m.group(1)}")
+    try:
+        deps = json.loads(read(os.path.join(alt, "package.json")) or "{}").get("dependencies", {})
+    except ValueError:
+        deps = {}
+    if "ws" in deps:
+        out.append(f"Node ws {deps['ws']}")
+    if "uwebsockets" in deps:
+        commit = read(os.path.join(alt, "node_modules", "uwebsockets", "source_commit")).strip()
+        built = f", uWebSockets.js binaries of commit {commit[:12]}" if commit else ""
+        out.append(f"npm uwebsockets {deps['uwebsockets']}{built}")
+    lock = read(os.path.join(alt, "tokio-broadcast", "Cargo.lock"))
+    m = re.search(r'name = "tokio-tungstenite"\nversion = "([^"]+)"', lock)
+    if m:
+        out.append(f"tokio-tungstenite {m.group(1)}")
+    return ", ".join(out)
+
+
 def machine(loadavg, root, rows):
     mem = ""
     for line in sh("free", "-h").splitlines():
@@ -72,6 +104,9 @@ def machine(loadavg, root, rows):
         ("fxproxy", proxy_build(root, rows)),
         ("rustc", sh("rustc", "--version")),
         ("python3 / node", f"{platform.python_version()} / {sh('node', '--version')}"),
+        ("alternatives", alternatives(root) or "?"),
+        ("net.core.somaxconn (caps every listen backlog)",
+         read("/proc/sys/net/core/somaxconn").strip() or "?"),
     ]
 
 
@@ -84,11 +119,16 @@ def num(v, fmt="{:.3f}"):
     return "—" if v is None else fmt.format(v)
 
 
+def connect_mode(r):
+    """`storm` (every client at once) or `paced N`; runs from before storm mode were paced 200."""
+    return r.get("connect_mode") or "paced 200"
+
+
 def row(r):
-    head = [r["impl"], str(r["clients"]), f"{r['rate']:g}"]
+    head = [r["impl"], str(r["clients"]), f"{r['rate']:g}", connect_mode(r)]
     if r.get("error"):
         msg = r["error"].splitlines()[0][:120].replace("|", "\\|")
-        return head + [f"failed: {msg}"] + ["—"] * (len(COLUMNS) - 4)
+        return head + [f"failed: {msg}"] + ["—"] * (len(COLUMNS) - len(head) - 1)
     up = f"{r['up']}/{r['clients']}"
     notes = []
     if r.get("disconnected"):
@@ -121,7 +161,7 @@ def row(r):
 
 
 COLUMNS = [
-    "impl", "clients", "rate /s", "connected", "connect s", "delivered /s", "lost",
+    "impl", "clients", "rate /s", "connect", "connected", "connect s", "delivered /s", "lost",
     "p50 ms", "p99 ms", "p99.9 ms", "max ms", "proxy CPU µs / delivery", "RSS MB", "threads",
     "loadgen CPU", "other CPU",
 ]
@@ -157,7 +197,7 @@ def sweep_section(a, rows):
     md += [
         "",
         "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" if i < 1 else "---:" for i in range(len(COLUMNS))) + "|",
+        "|" + "|".join("---" if c in ("impl", "connect") else "---:" for c in COLUMNS) + "|",
     ]
     md += ["| " + " | ".join(row(r)) + " |" for r in rows]
     md += [
@@ -185,9 +225,9 @@ def main():
     md = [
         "# Benchmarks",
         "",
-        "Written by `bench/run-sweep.sh`: `--full` rewrites the section *Full sweep*, the default "
-        "(small) sweep rewrites *Small sweep*; each keeps the other. Only *Where the time goes* "
-        "is written by hand, and every run keeps it.",
+        "Written by `bench/run-sweep.sh`: `--peers` rewrites the section *Peers sweep*, `--full` "
+        "*Full sweep*, the default (small) sweep *Small sweep*; each keeps the others. Only "
+        "*Where the time goes* is written by hand, and every run keeps it.",
         "",
         "The proxy and the load generator share the machine's cores. *loadgen CPU* is fxbench's "
         "own use (clients and feed) in the recording window, in % of one core; *other CPU* is "
@@ -196,7 +236,7 @@ def main():
         "sweep waits, up to 2 minutes, for other work to fall below 15 % of a core.",
         "",
     ]
-    for mode in ("full", "small"):
+    for mode in ("peers", "full", "small"):
         if sections[mode]:
             md += [sections[mode].rstrip(), ""]
     md += [
@@ -212,9 +252,13 @@ def main():
         "therefore shows the stall as latency instead of hiding it (no coordinated omission);",
         "- starts the implementation with that feed as its upstream (fxproxy with a generated "
         "`proxy.conf`; the alternatives with `--upstream`), and connects `clients` WebSocket "
-        "clients, 200 attempts in flight at a time, each sending `{\"userKey\": ...}`;",
+        "clients, each sending `{\"userKey\": ...}`: **paced** (column *connect*: `paced 200`, "
+        "200 attempts in flight at a time) or as a **storm** (`storm`: every attempt starts at "
+        "once, as a fleet of clients comes back after a restart or a network blip; "
+        "`--connect-concurrency 0`). A client that is not in within 30 s counts as failed;",
         "- **connected** = clients open at the end that received quotes (on an idle feed: "
-        "open at the end); *dropped* = closed by the proxy during the run; *stalled* = open but "
+        "open at the end); *dropped* = closed by the proxy during the run; *failed* = never got "
+        "in (refused, reset, or not in within 30 s); *stalled* = open but "
         "without a quote for the last second. **connect s** = from the first attempt until "
         "the last client had completed its handshake and sent its key;",
         "- after a 2 s warm-up, records for 10 s: **latency** = client receive time − `sent_ns` "
@@ -229,7 +273,12 @@ def main():
         "The alternatives, measured the same way: `python-tutorial` is "
         "`bench/alternatives/tutorial_proxy.py` (Python `websockets`, the tutorial shape: "
         "a client set and `asyncio.gather` of one send per client per quote); `node-ws` is "
-        "`bench/alternatives/ws_fanout.mjs` (Node `ws`, for-each-client `send`).",
+        "`bench/alternatives/ws_fanout.mjs` (Node `ws`, for-each-client `send`); `uws` is "
+        "`bench/alternatives/uws_fanout.mjs` (uWebSockets.js from the npm package `uwebsockets`, "
+        "pub/sub: one `app.publish` per quote, written to every subscriber by uWS's C++ core); "
+        "`tokio-tungstenite` is `bench/alternatives/tokio-broadcast/` (Rust, a multi-threaded "
+        "tokio runtime, a `broadcast` channel of shared `Utf8Bytes` frames, a task per client). "
+        "None of them greets; each closes a bad key with 1008.",
         "",
         (old.get(WHERE) or PLACEHOLDER).rstrip(),
         "",
@@ -239,6 +288,7 @@ def main():
         "cargo build --release && (cd bench && cargo build --release)",
         "cd bench",
         "./target/release/fxbench --clients 1000 --rate 200            # fxproxy, generated config",
+        "./target/release/fxbench --clients 5000 --rate 10 --connect-concurrency 0   # a storm",
         "./target/release/fxbench --clients 1000 --rate 200 --label node-ws \\",
         "    --peer 'node alternatives/ws_fanout.mjs --upstream {feed} --port {port} --key {key}'",
         "./target/release/fxbench --url ws://127.0.0.1:8765/ --key KEY --pid PID --feed-port 9000",

@@ -28,7 +28,8 @@ LOAD:
   --symbols A,B           symbols the feed streams and the proxy subscribes to (default EURUSD)
   --warmup SECS           after connecting, before recording (default 2)
   --duration SECS         recording window (default 10)
-  --connect-concurrency N connection attempts in flight at once (default 200)
+  --connect-concurrency N connection attempts in flight at once (default 200); 0 = a storm:
+                          every client connects at once, as a fleet does after a restart
   --connect-timeout SECS  limit for the whole connect phase (default 120)
   --loadgen-threads N     client runtime threads, one current-thread runtime each (default 1)
 
@@ -58,10 +59,27 @@ pub struct Options {
     pub symbols: Vec<String>,
     pub warmup: f64,
     pub duration: f64,
+    /// Connection attempts in flight at once; 0 = no cap (a storm).
     pub connect_concurrency: usize,
     pub connect_timeout: f64,
     pub loadgen_threads: usize,
     pub json: Option<PathBuf>,
+}
+
+impl Options {
+    /// A storm: every client's connection attempt starts at once.
+    pub fn storm(&self) -> bool {
+        self.connect_concurrency == 0
+    }
+
+    /// How the clients connect, for the report: `storm` or `paced N`.
+    pub fn connect_mode(&self) -> String {
+        if self.storm() {
+            "storm".into()
+        } else {
+            format!("paced {}", self.connect_concurrency)
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -161,8 +179,8 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     if o.duration <= 0.0 || o.warmup < 0.0 {
         return Err("--duration must be > 0 and --warmup >= 0".into());
     }
-    if o.connect_concurrency == 0 || o.loadgen_threads == 0 {
-        return Err("--connect-concurrency and --loadgen-threads must be at least 1".into());
+    if o.loadgen_threads == 0 {
+        return Err("--loadgen-threads must be at least 1".into());
     }
     if o.pid.is_some() && !matches!(o.target, Target::Url(_)) {
         return Err("--pid is only for --url (a spawned proxy's pid is known)".into());
@@ -220,6 +238,21 @@ mod tests {
             vec![("a".into(), "b".into()), ("c".into(), "".into())]
         );
         assert!(matches!(o.target, Target::ProxyBin(None)));
+    }
+
+    #[test]
+    fn storm_is_concurrency_zero() {
+        let Ok(Command::Bench(o)) = parse(args("--connect-concurrency 0")) else {
+            panic!()
+        };
+        assert!(o.storm());
+        assert_eq!(o.connect_mode(), "storm");
+        let Ok(Command::Bench(o)) = parse(args("")) else {
+            panic!()
+        };
+        assert!(!o.storm());
+        assert_eq!(o.connect_mode(), "paced 200");
+        assert!(parse(args("--loadgen-threads 0")).is_err());
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub struct ClientConfig {
     pub addr: SocketAddr,
     pub url: String,
     pub auth: String,
+    /// Attempts in flight at once on this thread; 0 = no cap (a storm: every client at once).
     pub concurrency: usize,
     /// The feed's interval; 0 when idle. A client silent for much longer than this is stalled.
     pub interval_ns: u64,
@@ -66,6 +67,10 @@ pub fn new_histogram() -> Histogram<u64> {
 /// One thread's share of the results.
 pub struct ThreadResult {
     pub hist: Histogram<u64>,
+    /// Per client that connected: ns from the start of its attempt (TCP connect) until its auth
+    /// message was sent. In a storm every attempt starts at once, so this is the wait each
+    /// client of the storm saw.
+    pub connect_hist: Histogram<u64>,
     /// Quotes received from the first connect to the end of the window.
     pub delivered_total: u64,
     /// Quotes received inside the window.
@@ -108,6 +113,7 @@ struct Client {
 
 struct ThreadState {
     hist: Histogram<u64>,
+    connect_hist: Histogram<u64>,
     clients: Vec<Client>,
     delivered_total: u64,
     delivered_window: u64,
@@ -128,6 +134,7 @@ pub fn run_thread(n: usize, cfg: Arc<ClientConfig>, shared: Arc<Shared>) -> Thre
     let local = tokio::task::LocalSet::new();
     let st = Rc::new(RefCell::new(ThreadState {
         hist: new_histogram(),
+        connect_hist: new_histogram(),
         clients: vec![
             Client {
                 state: State::Connecting,
@@ -145,7 +152,8 @@ pub fn run_thread(n: usize, cfg: Arc<ClientConfig>, shared: Arc<Shared>) -> Thre
         failures: BTreeMap::new(),
         closes: BTreeMap::new(),
     }));
-    let sem = Rc::new(Semaphore::new(cfg.concurrency));
+    // No semaphore in a storm: all `n` attempts start together, none waits for another.
+    let sem = (cfg.concurrency > 0).then(|| Rc::new(Semaphore::new(cfg.concurrency)));
     local.block_on(&rt, async {
         for i in 0..n {
             tokio::task::spawn_local(client(
@@ -165,6 +173,7 @@ pub fn run_thread(n: usize, cfg: Arc<ClientConfig>, shared: Arc<Shared>) -> Thre
     let s = st.borrow();
     let mut r = ThreadResult {
         hist: s.hist.clone(),
+        connect_hist: s.connect_hist.clone(),
         delivered_total: s.delivered_total,
         delivered_window: s.delivered_window,
         lost: s.lost,
@@ -203,9 +212,13 @@ async fn client(
     cfg: Arc<ClientConfig>,
     shared: Arc<Shared>,
     st: Rc<RefCell<ThreadState>>,
-    sem: Rc<Semaphore>,
+    sem: Option<Rc<Semaphore>>,
 ) {
-    let permit = sem.acquire().await.expect("semaphore open");
+    let permit = match &sem {
+        Some(sem) => Some(sem.acquire().await.expect("semaphore open")),
+        None => None,
+    };
+    let began = clock::now_ns();
     let attempt = async {
         let tcp = TcpStream::connect(cfg.addr)
             .await
@@ -233,9 +246,12 @@ async fn client(
         Err(_) => return fail(&st, i, "connect+handshake timed out after 30 s".into()),
     };
     {
+        let now = clock::now_ns();
         let mut s = st.borrow_mut();
         s.clients[i].state = State::Open;
-        s.last_handshake_ns = s.last_handshake_ns.max(clock::now_ns());
+        s.last_handshake_ns = s.last_handshake_ns.max(now);
+        s.connect_hist
+            .saturating_record(now.saturating_sub(began).max(1));
     }
 
     let mut last_seq: Option<u64> = None;

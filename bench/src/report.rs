@@ -23,6 +23,9 @@ pub struct Report {
     pub symbols: String,
     pub warmup_s: f64,
     pub duration_s: f64,
+    /// `storm` (every client at once) or `paced N` (N attempts in flight).
+    pub connect_mode: String,
+    pub connect_concurrency: usize,
 
     pub connected: usize,
     pub silent: usize,
@@ -32,10 +35,14 @@ pub struct Report {
     pub failures: BTreeMap<String, usize>,
     pub closes: BTreeMap<String, usize>,
     pub connect_phase_s: f64,
+    /// The kernel's cap on any listen backlog: what a storm beyond the accept rate queues in.
+    pub somaxconn: Option<u64>,
     pub connect_s: Option<f64>,
     pub confirm_s: Option<f64>,
     pub last_handshake_ns: Option<u64>,
     pub last_confirm_ns: Option<u64>,
+    /// Per connected client: its attempt's start until its auth message was sent.
+    pub connect_hist: Histogram<u64>,
 
     pub window_s: f64,
     pub whole_s: f64,
@@ -80,6 +87,8 @@ impl Report {
             symbols: o.symbols.join(","),
             warmup_s: o.warmup,
             duration_s: o.duration,
+            connect_mode: o.connect_mode(),
+            connect_concurrency: o.connect_concurrency,
             connected: 0,
             silent: 0,
             stalled: 0,
@@ -88,10 +97,12 @@ impl Report {
             failures: BTreeMap::new(),
             closes: BTreeMap::new(),
             connect_phase_s: 0.0,
+            somaxconn: None,
             connect_s: None,
             confirm_s: None,
             last_handshake_ns: None,
             last_confirm_ns: None,
+            connect_hist: new_histogram(),
             window_s: 0.0,
             whole_s: 0.0,
             hist: new_histogram(),
@@ -119,6 +130,7 @@ impl Report {
         let mut cs = 0u64;
         for r in results {
             let _ = self.hist.add(&r.hist);
+            let _ = self.connect_hist.add(&r.connect_hist);
             self.delivered_total += r.delivered_total;
             self.delivered_window += r.delivered_window;
             self.lost += r.lost;
@@ -172,6 +184,11 @@ impl Report {
         (!self.hist.is_empty()).then(|| ms(self.hist.value_at_quantile(q)))
     }
 
+    /// Seconds a connected client waited for its connection, at quantile `q` (1.0 = the max).
+    fn connect_pct(&self, q: f64) -> Option<f64> {
+        (!self.connect_hist.is_empty()).then(|| self.connect_hist.value_at_quantile(q) as f64 / 1e9)
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let opt = |v: Option<f64>, prec: usize, unit: &str| match v {
@@ -180,8 +197,18 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "== fxbench: {} — {} clients, {} quotes/s ({}), warm-up {} s, window {:.2} s",
-            self.label, self.clients, self.rate, self.symbols, self.warmup_s, self.window_s
+            "== fxbench: {} — {} clients ({}), {} quotes/s ({}), warm-up {} s, window {:.2} s",
+            self.label,
+            self.clients,
+            if self.connect_concurrency == 0 {
+                "storm: all at once".to_string()
+            } else {
+                format!("paced: {} in flight", self.connect_concurrency)
+            },
+            self.rate,
+            self.symbols,
+            self.warmup_s,
+            self.window_s
         );
         let _ = writeln!(
             s,
@@ -205,10 +232,18 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "connect    all handshaken and authenticated {} after the first attempt; every client had a quote by {} (phase {:.2} s)",
+            "connect    the last of {} clients handshaken and authenticated {} after the first attempt; every open client had a quote by {} (phase {:.2} s)",
+            self.clients - self.failed,
             opt(self.connect_s, 3, " s"),
             opt(self.confirm_s, 3, " s"),
             self.connect_phase_s
+        );
+        let _ = writeln!(
+            s,
+            "           each client's own wait (attempt → auth sent): p50 {} p99 {} max {}",
+            opt(self.connect_pct(0.5), 3, " s"),
+            opt(self.connect_pct(0.99), 3, " s"),
+            opt(self.connect_pct(1.0), 3, " s"),
         );
         for (k, v) in self.failures.iter().take(5) {
             let _ = writeln!(s, "  failed   {v} × {k}");
@@ -285,6 +320,9 @@ impl Report {
             "symbols": self.symbols,
             "warmup_s": self.warmup_s,
             "duration_s": self.duration_s,
+            "connect_mode": self.connect_mode,
+            "connect_concurrency": self.connect_concurrency,
+            "somaxconn": self.somaxconn,
             "window_s": self.window_s,
             "up": self.up(),
             "connected": self.connected,
@@ -296,6 +334,9 @@ impl Report {
             "closes": self.closes,
             "connect_s": self.connect_s,
             "confirm_s": self.confirm_s,
+            "client_connect_p50_s": self.connect_pct(0.5),
+            "client_connect_p99_s": self.connect_pct(0.99),
+            "client_connect_max_s": self.connect_pct(1.0),
             "delivered_per_s": self.delivered_per_s(),
             "delivered_window": self.delivered_window,
             "delivered_total": self.delivered_total,
@@ -349,6 +390,8 @@ pub fn append_error(path: &Path, o: &Options, error: &str) -> std::io::Result<()
         "clients": o.clients,
         "rate": o.rate,
         "symbols": o.symbols.join(","),
+        "connect_mode": o.connect_mode(),
+        "connect_concurrency": o.connect_concurrency,
         "error": error,
     });
     let mut f = OpenOptions::new().create(true).append(true).open(path)?;

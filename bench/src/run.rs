@@ -123,9 +123,10 @@ pub fn run(o: &Options) -> Result<Report, String> {
     }
     let connect_phase_s = started.elapsed().as_secs_f64();
     eprintln!(
-        "fxbench: {} of {} connection attempts finished in {:.2} s; warming up {} s",
+        "fxbench: {} of {} connection attempts ({}) finished in {:.2} s; warming up {} s",
         shared.settled.load(Ordering::Relaxed),
         o.clients,
+        o.connect_mode(),
         connect_phase_s,
         o.warmup
     );
@@ -169,6 +170,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
     r.built = tgt.built;
     r.merge(results, o.clients);
     r.connect_phase_s = connect_phase_s;
+    r.somaxconn = read_sys("/proc/sys/net/core/somaxconn");
     r.connect_s = r
         .last_handshake_ns
         .map(|ns| ns.saturating_sub(t0) as f64 / 1e9);
@@ -225,6 +227,10 @@ fn raise_nofile() -> u64 {
                 .unwrap_or(1024)
         }
     }
+}
+
+fn read_sys(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn ephemeral_ports() -> Option<u64> {
