@@ -218,7 +218,14 @@ impl Conn {
                 debug!("{}: no request within handshake_timeout_secs", self.peer);
                 Next::Closed
             }
-            Phase::NeedsPlace { .. } => self.refuse_full(ctx, now, Rejection::MaxClients),
+            Phase::NeedsPlace { .. } => {
+                let why = if ctx.places.limited_by_ceiling() {
+                    Rejection::ThreadCeiling
+                } else {
+                    Rejection::MaxClients
+                };
+                self.refuse_full(ctx, now, why)
+            }
             Phase::Auth { .. } => {
                 let owed = refuse(
                     ctx,
