@@ -13,7 +13,7 @@
 //! connection, so two instances never hold one at once, as the provider would refuse the
 //! second (`User Key Used to many times`).
 
-use super::link::{self, Link};
+use super::link::{self, Link, Target};
 use super::status::{LinkKind, Status};
 use super::{Keys, Settings};
 use crate::metrics::Metrics;
@@ -187,7 +187,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(
-        client: &redis::Client,
+        target: &Target,
         keys: &Keys,
         settings: &Settings,
         lease: &Arc<Lease>,
@@ -196,7 +196,7 @@ impl Runner {
     ) -> Runner {
         status.watch_lease(lease);
         Runner {
-            link: Link::new(LinkKind::Lease, client, Duration::ZERO, status, metrics),
+            link: Link::new(LinkKind::Lease, target, Duration::ZERO, status, metrics),
             keys: keys.clone(),
             instance: settings.instance.clone(),
             lease: Arc::clone(lease),

@@ -21,9 +21,37 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Where Redis is and how to log in. The redis crate would send `AUTH`, `SELECT` and its
+/// `CLIENT SETINFO` lines while connecting, before any read timeout can be set, and wait for
+/// their answers for ever on a Redis that accepts but does not answer; so they are kept out of
+/// its hands and sent here, after the timeouts are set.
+#[derive(Clone)]
+pub struct Target {
+    client: redis::Client,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+impl Target {
+    pub fn new(url: &str) -> redis::RedisResult<Target> {
+        use redis::IntoConnectionInfo;
+        let mut info = url.into_connection_info()?;
+        let username = info.redis.username.take();
+        let password = info.redis.password.take();
+        let db = std::mem::take(&mut info.redis.db);
+        Ok(Target {
+            client: redis::Client::open(info)?,
+            username,
+            password,
+            db,
+        })
+    }
+}
+
 pub struct Link {
     kind: LinkKind,
-    client: redis::Client,
+    target: Target,
     con: Option<Connection>,
     /// Read timeout: [`COMMAND_TIMEOUT`] plus the longest block this link asks Redis for.
     read_timeout: Duration,
@@ -39,14 +67,14 @@ pub struct Link {
 impl Link {
     pub fn new(
         kind: LinkKind,
-        client: &redis::Client,
+        target: &Target,
         block: Duration,
         status: &Arc<Status>,
         metrics: &Arc<Metrics>,
     ) -> Link {
         Link {
             kind,
-            client: client.clone(),
+            target: target.clone(),
             con: None,
             read_timeout: COMMAND_TIMEOUT + block,
             backoff: Backoff::new(
@@ -100,9 +128,20 @@ impl Link {
     }
 
     fn connect(&self) -> Result<Connection, RedisError> {
-        let con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        let target = &self.target;
+        let mut con = target.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         con.set_read_timeout(Some(self.read_timeout))?;
         con.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+        if let Some(password) = &target.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = &target.username {
+                auth.arg(user);
+            }
+            auth.arg(password).query::<()>(&mut con)?;
+        }
+        if target.db != 0 {
+            redis::cmd("SELECT").arg(target.db).query::<()>(&mut con)?;
+        }
         Ok(con)
     }
 

@@ -110,6 +110,9 @@ impl RedisUrl {
         if host.is_empty() || !port_ok || !db_ok || v.chars().any(char::is_whitespace) {
             return Err(format!("{expected}, got {:?}", shown(v)));
         }
+        // What the Redis client will make of it, checked now rather than at start-up.
+        redis::IntoConnectionInfo::into_connection_info(v)
+            .map_err(|e| format!("{expected}, got {:?}: {e}", shown(v)))?;
         Ok(RedisUrl(v.to_string()))
     }
 
@@ -202,7 +205,7 @@ pub fn start(
     stop: &Arc<Stop>,
     spawn: Spawn<'_>,
 ) -> io::Result<Option<IngestOutlet>> {
-    let client = redis::Client::open(settings.url.expose())
+    let client = link::Target::new(settings.url.expose())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let keys = Keys::new(&settings.name);
     if settings.role.serves_clients() {

@@ -13,7 +13,7 @@
 //! upstream thread waits too and TCP holds the provider back.
 
 use super::lease::Lease;
-use super::link::Link;
+use super::link::{Link, Target};
 use super::status::{LinkKind, Status};
 use super::{Keys, Settings};
 use crate::distributor::RateLimited;
@@ -90,7 +90,7 @@ struct Batch {
 
 impl Publisher {
     pub fn new(
-        client: &redis::Client,
+        target: &Target,
         keys: &Keys,
         settings: &Settings,
         lease: &Arc<Lease>,
@@ -98,7 +98,7 @@ impl Publisher {
         metrics: &Arc<Metrics>,
     ) -> Publisher {
         Publisher {
-            link: Link::new(LinkKind::Publish, client, Duration::ZERO, status, metrics),
+            link: Link::new(LinkKind::Publish, target, Duration::ZERO, status, metrics),
             keys: keys.clone(),
             max_len: settings.max_len,
             lease: Arc::clone(lease),
@@ -188,11 +188,11 @@ impl Publisher {
         }
     }
 
-    /// Checks the idle connection (connecting first if need be).
+    /// Checks the idle connection, making it again until it answers (or the proxy stops).
     fn keep_alive(&mut self, stop: &Stop) {
-        if let Some(con) = self.link.get(stop) {
+        while let Some(con) = self.link.get(stop) {
             match redis::cmd("PING").query::<String>(con) {
-                Ok(_) => self.link.ok(),
+                Ok(_) => return self.link.ok(),
                 Err(e) => self.link.failed(&e),
             }
         }

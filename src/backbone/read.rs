@@ -12,7 +12,7 @@
 //! its data would otherwise reach clients twice); a jump in the numbers within a token is a
 //! gap, counted and logged.
 
-use super::link::{self, Link};
+use super::link::{self, Link, Target};
 use super::status::{LinkKind, Status};
 use super::Keys;
 use crate::distributor::RateLimited;
@@ -58,13 +58,13 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(
-        client: &redis::Client,
+        target: &Target,
         keys: &Keys,
         status: &Arc<Status>,
         metrics: &Arc<Metrics>,
     ) -> Reader {
         Reader {
-            link: Link::new(LinkKind::Read, client, BLOCK, status, metrics),
+            link: Link::new(LinkKind::Read, target, BLOCK, status, metrics),
             keys: keys.clone(),
             status: Arc::clone(status),
             metrics: Arc::clone(metrics),
