@@ -1103,6 +1103,23 @@ mod tests {
                 "upstream_api_key_file =",
                 "key `upstream_api_key_file`: expected a file path",
             ),
+            (
+                "backbone = 127.0.0.1:6379",
+                "key `backbone`: expected redis://HOST:PORT or redis://HOST:PORT/DB",
+            ),
+            (
+                "backbone_role = leader",
+                "key `backbone_role`: expected `both`, `ingest` or `edge`",
+            ),
+            (
+                "backbone_name = fx prod",
+                "key `backbone_name`: expected 1 to 64",
+            ),
+            ("backbone_max_len = 10", "from 1000 to 100000000"),
+            (
+                "trusted_proxies = 10.0.0.0/33",
+                "key `trusted_proxies`: expected an IP address or a network",
+            ),
         ];
         for (line, expected) in cases {
             let text = format!("{MINIMAL}{line}\n");
@@ -1113,6 +1130,23 @@ mod tests {
             );
             assert!(message.contains(expected), "{line}: {message}");
         }
+    }
+
+    #[test]
+    fn backbone_keys() {
+        let c = parse_ok(&format!(
+            "{MINIMAL}backbone = redis://10.0.0.5:6380/2\nbackbone_role = Edge\n\
+             backbone_name = fx-eu\nbackbone_max_len = 5000\ntrusted_proxies = 127.0.0.1, 10.0.0.0/8\n"
+        ));
+        assert_eq!(
+            c.backbone.as_ref().map(|u| u.shown()),
+            Some("redis://10.0.0.5:6380/2".to_string())
+        );
+        assert_eq!(c.backbone_role, Role::Edge);
+        assert_eq!(c.backbone_name, "fx-eu");
+        assert_eq!(c.backbone_max_len, 5000);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(parse_ok(MINIMAL).backbone.is_none());
     }
 
     #[test]

@@ -422,3 +422,47 @@ fn an_edge_cut_off_from_redis_for_a_moment_resumes_without_a_gap() {
     }
     assert_eq!(gauge(&edge, "fxproxy_backbone_gap_frames_total"), 0.0);
 }
+
+#[test]
+fn a_holder_stopped_cleanly_hands_over_at_once() {
+    if !redis_available("backbone::clean_stop") {
+        return;
+    }
+    let dir = temp_dir();
+    let redis = RedisServer::start(&dir);
+    let keys = write_keys(&dir, &[CLIENT_KEY]);
+    let source = Source::start(EVERY);
+    let conf = instance_config(&source.url(), &redis.url(), "handover", &keys, "");
+    let mut proxies: Vec<Proxy> = (0..2).map(|_| Proxy::spawn(&conf)).collect();
+    let holder = wait_for_holder(&proxies.iter().collect::<Vec<_>>());
+    let other = Subscriber::start("stays", proxies[1 - holder].addr);
+    assert!(other.wait_past(source.next_number() + 10, SEE_WITHIN));
+
+    let stopped_at = Instant::now();
+    proxies[holder].signal("TERM");
+    let status = proxies[holder].wait_exit(Duration::from_secs(5));
+    let exited = stopped_at.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
+    assert!(
+        poll(Duration::from_secs(5), || source.subscriptions() == 2),
+        "nobody took over"
+    );
+    let took = source.accepted_at(1).expect("a second subscription") - stopped_at;
+    println!(
+        "SIGTERM of the holder: exited in {:.2} s; the standby held the provider connection after {:.2} s",
+        exited.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(2), "handover took {took:?}");
+    assert!(proxies[holder]
+        .stderr_text()
+        .contains("lock released for a standby to take"));
+    assert!(other.wait_past(source.next_number() + 10, SEE_WITHIN));
+    let (numbers, ended) = other.finish();
+    assert_eq!(ended, Ended::Stopped);
+    assert_increasing("stays", &numbers);
+    assert_eq!(source.most_at_once(), 1);
+}
