@@ -125,6 +125,11 @@ fn three_instances_share_one_provider_connection_and_a_standby_takes_over_after_
         seen.push((name, numbers));
     }
     assert_same_frames(&seen);
+    for p in &survivors_proxies {
+        assert!(gauge(p, "fxproxy_backbone_frames_received_total") > 50.0);
+        assert!(gauge(p, "fxproxy_backbone_lag_frames") < 100.0);
+        assert_eq!(gauge(p, "fxproxy_backbone_duplicates_dropped_total"), 0.0);
+    }
     for (name, numbers, ended) in finish(gone) {
         assert!(
             matches!(ended, Ended::Closed(_)),
