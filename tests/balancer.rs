@@ -24,7 +24,8 @@ const SEE_WITHIN: Duration = Duration::from_secs(15);
 /// balancer (127.0.0.1).
 const CLIENT_IP: [u8; 4] = [127, 0, 0, 2];
 
-/// A balancer process, killed on drop.
+/// A balancer process, killed on drop. Each runs as one process (nginx with
+/// `master_process off`, HAProxy with `-db`), so killing it leaves no worker behind.
 struct Balancer {
     addr: SocketAddr,
     child: Child,
@@ -93,7 +94,7 @@ fn start_nginx(dir: &Path, instances: &[SocketAddr]) -> Balancer {
         fs::write(dir.join("fxproxy.conf"), site).unwrap();
         let d = dir.display();
         let main = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\n\
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/tmp-body;\n\
              proxy_temp_path {d}/tmp-proxy;\n  fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n\
