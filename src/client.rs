@@ -26,13 +26,13 @@ use crate::closes::{self, Owed, SLOW_CONSUMER, TOO_MANY};
 use crate::config::redacted_key;
 use crate::context::Context;
 use crate::distributor::{ClientSlot, Idle, JoinError, Kick};
+use crate::forwarded::Peer;
 use crate::handshake::{unknown_symbol, Admitted};
 use crate::metrics::{now_ms, AuthFailure};
 use crate::stream::ClientStream;
 use crossbeam_channel::Receiver;
 use log::{debug, error, info, warn};
 use std::io;
-use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -105,7 +105,7 @@ pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
 fn session(
     ctx: &Context,
     ws: &mut Socket,
-    peer: SocketAddr,
+    peer: Peer,
     auth: crate::auth::AuthRequest,
     budget: &mut Budget,
 ) -> Option<Owed> {
@@ -652,7 +652,7 @@ mod tests {
     use crate::protocol::GREETING;
     use crate::Server;
     use std::cell::Cell;
-    use std::net::TcpStream;
+    use std::net::{SocketAddr, TcpStream};
 
     /// The key whose writer panics after queuing its first frame (see [`maybe_fail`]).
     const PANIC_KEY: &str = "panic-in-the-writer-key";

@@ -11,6 +11,8 @@
 //! Adding a key: a field in [`Config`], its default in [`Config::with_required`], its name in
 //! `KEYS` and one arm in `apply`.
 
+use crate::backbone::{self, RedisUrl, Role};
+use crate::forwarded::{self, Cidr};
 use crate::market::{Date, Market};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -61,6 +63,11 @@ const KEYS: &[&str] = &[
     "batch_delay_ms",
     "sim_rate",
     "log_level",
+    "backbone",
+    "backbone_role",
+    "backbone_name",
+    "backbone_max_len",
+    "trusted_proxies",
 ];
 
 const REQUIRED: &[&str] = &["upstream_url", "symbols", "user_keys_file"];
@@ -187,6 +194,14 @@ pub struct Config {
     /// Quotes per second in total from the built-in simulator.
     pub sim_rate: u32,
     pub log_level: LogLevel,
+    /// The Redis backbone; `None`: a single instance.
+    pub backbone: Option<RedisUrl>,
+    pub backbone_role: Role,
+    pub backbone_name: String,
+    /// The stream is trimmed to about this many entries.
+    pub backbone_max_len: u64,
+    /// Connections from these may say who the client is with `X-Forwarded-For`.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Config {
@@ -232,6 +247,11 @@ impl Config {
             batch_delay: Duration::from_millis(20),
             sim_rate: 20,
             log_level: LogLevel::Info,
+            backbone: None,
+            backbone_role: Role::Both,
+            backbone_name: "fxproxy".to_string(),
+            backbone_max_len: 100_000,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -549,6 +569,23 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
                 }
             }
         }
+        "backbone" => {
+            c.backbone = if v.is_empty() {
+                None
+            } else {
+                Some(RedisUrl::parse(v)?)
+            }
+        }
+        "backbone_role" => c.backbone_role = Role::parse(v)?,
+        "backbone_name" => c.backbone_name = backbone::parse_name(v)?,
+        "backbone_max_len" => {
+            c.backbone_max_len = whole(v, 1000, 100_000_000).ok_or_else(|| {
+                format!(
+                    "expected a whole number of stream entries from 1000 to 100000000, got {v:?}"
+                )
+            })?
+        }
+        "trusted_proxies" => c.trusted_proxies = forwarded::parse_list(v)?,
         other => return Err(format!("key `{other}` is listed in KEYS but has no parser")),
     }
     Ok(())
@@ -903,7 +940,8 @@ mod tests {
              max_message_bytes = 4096\nmax_client_messages_per_sec = 50\nallowed_origins =\n\
              client_read_buffer_bytes = 1024\nclient_write_buffer_bytes = 4096\n\
              http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 20\n\
-             sim_rate = 20\nlog_level = info\n"
+             sim_rate = 20\nlog_level = info\nbackbone =\nbackbone_role = both\n\
+             backbone_name = fxproxy\nbackbone_max_len = 100000\ntrusted_proxies =\n"
         );
         let c = parse_ok(&text);
         let d = parse_ok(MINIMAL);
@@ -1065,6 +1103,23 @@ mod tests {
                 "upstream_api_key_file =",
                 "key `upstream_api_key_file`: expected a file path",
             ),
+            (
+                "backbone = 127.0.0.1:6379",
+                "key `backbone`: expected redis://HOST:PORT or redis://HOST:PORT/DB",
+            ),
+            (
+                "backbone_role = leader",
+                "key `backbone_role`: expected `both`, `ingest` or `edge`",
+            ),
+            (
+                "backbone_name = fx prod",
+                "key `backbone_name`: expected 1 to 64",
+            ),
+            ("backbone_max_len = 10", "from 1000 to 100000000"),
+            (
+                "trusted_proxies = 10.0.0.0/33",
+                "key `trusted_proxies`: expected an IP address or a network",
+            ),
         ];
         for (line, expected) in cases {
             let text = format!("{MINIMAL}{line}\n");
@@ -1075,6 +1130,23 @@ mod tests {
             );
             assert!(message.contains(expected), "{line}: {message}");
         }
+    }
+
+    #[test]
+    fn backbone_keys() {
+        let c = parse_ok(&format!(
+            "{MINIMAL}backbone = redis://10.0.0.5:6380/2\nbackbone_role = Edge\n\
+             backbone_name = fx-eu\nbackbone_max_len = 5000\ntrusted_proxies = 127.0.0.1, 10.0.0.0/8\n"
+        ));
+        assert_eq!(
+            c.backbone.as_ref().map(|u| u.shown()),
+            Some("redis://10.0.0.5:6380/2".to_string())
+        );
+        assert_eq!(c.backbone_role, Role::Edge);
+        assert_eq!(c.backbone_name, "fx-eu");
+        assert_eq!(c.backbone_max_len, 5000);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(parse_ok(MINIMAL).backbone.is_none());
     }
 
     #[test]

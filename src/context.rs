@@ -1,6 +1,7 @@
 //! What every connection and service thread shares: the configuration, the hub, the
 //! counters, the socket watcher, the client keys, the thread registry and the stop signal.
 
+use crate::backbone;
 use crate::ceiling::Ceiling;
 use crate::config::Config;
 use crate::distributor::Hub;
@@ -29,6 +30,8 @@ pub struct Context {
     pub listen: SocketAddr,
     /// Test-only echo service (see [`crate::Server::start_echo`]).
     pub echo: bool,
+    /// The Redis backbone's state, when there is one.
+    pub backbone: Option<Arc<backbone::Status>>,
     keys: RwLock<Arc<KeyStore>>,
 }
 
@@ -57,6 +60,7 @@ impl Context {
             places,
             listen,
             echo,
+            backbone: None,
             keys: RwLock::new(Arc::new(keys)),
         }
     }

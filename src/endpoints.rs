@@ -16,11 +16,15 @@ pub fn respond(ctx: &Context, request: &Request) -> Vec<u8> {
     }
     match request.route() {
         "/healthz" if ctx.config.http_endpoints => {
-            let (status, body) = ctx.metrics.health(
-                &ctx.config.market(),
+            let (market, stale, now) = (
+                ctx.config.market(),
                 ctx.config.upstream_stale,
                 ctx.metrics.now_ms(),
             );
+            let (status, body) = match &ctx.backbone {
+                Some(backbone) => backbone.health(&ctx.metrics, &market, stale, now),
+                None => ctx.metrics.health(&market, stale, now),
+            };
             http::response(status, "application/json", &body, head_only)
         }
         "/metrics" if ctx.config.http_endpoints => http::response(
@@ -41,7 +45,7 @@ fn metrics_text(ctx: &Context) -> String {
     let queues = ctx.hub.queue_stats();
     let symbols = ctx.hub.last_quotes();
     let market = ctx.config.market();
-    ctx.metrics.render(&View {
+    let text = ctx.metrics.render(&View {
         market: &market,
         symbols: &symbols,
         batching: ctx.hub.batching(),
@@ -50,5 +54,9 @@ fn metrics_text(ctx: &Context) -> String {
         places: (ctx.places.taken() as u64, ctx.places.limit() as u64),
         threads_live: ctx.threads.live() as u64,
         now_ms: ctx.metrics.now_ms(),
-    })
+    });
+    match &ctx.backbone {
+        Some(backbone) => text + &backbone.render(),
+        None => text,
+    }
 }

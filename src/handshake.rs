@@ -13,6 +13,7 @@ use crate::closes::{self, Owed, TOO_MANY};
 use crate::config::{redacted_key, Config};
 use crate::context::Context;
 use crate::endpoints;
+use crate::forwarded::Peer;
 use crate::http::{self, HeadError};
 use crate::metrics::{AuthFailure, Rejection};
 use crate::places::Place;
@@ -45,7 +46,7 @@ const READ_CHUNK: usize = 1024;
 pub struct Admitted {
     /// On a non-blocking socket.
     pub ws: WebSocket<ClientStream>,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub id: u64,
     /// The message budget, carried over from the auth phase.
     pub budget: Budget,
@@ -68,7 +69,7 @@ pub enum Next {
 
 pub struct Conn {
     pub id: u64,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub accepted: Instant,
     /// When the current phase gives up.
     pub deadline: Instant,
@@ -148,7 +149,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             id,
-            peer,
+            peer: Peer::direct(peer),
             accepted: now,
             deadline: now + config.handshake_timeout,
             in_quick: false,
@@ -409,9 +410,25 @@ impl Conn {
                 return self.respond(stream, resp, now);
             }
         };
+        // Behind a trusted load balancer, the log names the client it says it forwards.
+        if !ctx.config.trusted_proxies.is_empty() {
+            let forwarded = request.header_values("X-Forwarded-For");
+            self.peer = Peer::forwarded(self.peer.socket, forwarded, &ctx.config.trusted_proxies);
+        }
+        let peer = self.peer;
         if !request.is_websocket_upgrade() {
             let resp = endpoints::respond(ctx, &request);
             return self.respond(stream, resp, now);
+        }
+        if ctx
+            .backbone
+            .as_ref()
+            .is_some_and(|b| !b.role.serves_clients())
+        {
+            debug!("{peer}: refused: this instance only ingests (backbone_role = ingest)");
+            let body =
+                "this instance serves no quotes (backbone_role = ingest): connect to an edge\n";
+            return self.respond(stream, http::response(503, "text/plain", body, false), now);
         }
         if !http::origin_allowed(&request, &ctx.config.allowed_origins) {
             ctx.metrics.rejected(Rejection::Origin);
@@ -612,7 +629,7 @@ impl Conn {
 }
 
 /// Counts and logs a refused auth; the close frame it earns.
-fn refuse(ctx: &Context, peer: SocketAddr, why: AuthFailure, detail: &str) -> Owed {
+fn refuse(ctx: &Context, peer: Peer, why: AuthFailure, detail: &str) -> Owed {
     ctx.metrics.auth_failed(why);
     warn!("{peer}: authentication refused: {detail}");
     let reason = match why {
@@ -630,7 +647,7 @@ pub fn unknown_symbol(symbol: &str) -> String {
 }
 
 /// Checks an auth message against the key file and the symbols the proxy carries.
-fn check(ctx: &Context, peer: SocketAddr, text: &str) -> Result<AuthRequest, Owed> {
+fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
     let request = auth::parse_auth(text)
         .map_err(|e| refuse(ctx, peer, AuthFailure::BadMessage, &e.to_string()))?;
     let keys = ctx.keys();

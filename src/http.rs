@@ -26,6 +26,14 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a header that may come on several lines, in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()

@@ -4,12 +4,14 @@
 //! A quote's path, one module each: [`upstream`] reads it, [`distributor`] parses it once and
 //! queues it for every interested client, [`client`] writes it out. A client gets there
 //! through [`admission`] (accept, HTTP, upgrade, auth: [`handshake`]), which gives it a thread
-//! only once it has authenticated. [`server`] wires them up.
+//! only once it has authenticated. [`server`] wires them up. Past one host, [`backbone`] sits
+//! between the upstream and the distributor: the frames go through Redis.
 
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod auth;
+pub mod backbone;
 pub mod budget;
 pub mod ceiling;
 pub mod cli;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod context;
 pub mod distributor;
 pub mod endpoints;
+pub mod forwarded;
 pub mod handshake;
 pub mod http;
 pub mod keys;
@@ -27,6 +30,7 @@ pub mod listener;
 pub mod logging;
 pub mod market;
 pub mod metrics;
+pub mod outlet;
 pub mod page;
 pub mod places;
 pub mod protocol;

@@ -3,6 +3,7 @@
 //! client a thread of its own, and takes them all down again in under two seconds.
 
 use crate::admission::{Admission, HandOff};
+use crate::backbone;
 use crate::ceiling::{self, Ceiling};
 use crate::client;
 use crate::clock::Clock;
@@ -198,8 +199,10 @@ impl Server {
             .map_err(StartError::Thread)?;
         drop(watcher_thread);
         let threads = Threads::start().map_err(StartError::Thread)?;
+        // An edge of a backbone connects to no source: it needs no simulator either.
+        let ingests = config.backbone.is_none() || config.backbone_role.ingests();
         let sim = match config.upstream {
-            Upstream::Sim => Some(
+            Upstream::Sim if ingests => Some(
                 SimServer::start(SimOptions {
                     listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                     rate: config.sim_rate,
@@ -207,12 +210,12 @@ impl Server {
                 })
                 .map_err(StartError::Thread)?,
             ),
-            Upstream::Url(_) => None,
+            _ => None,
         };
         let url = match (&config.upstream, &sim) {
             (Upstream::Url(url), _) => url.clone(),
             (Upstream::Sim, Some(sim)) => format!("ws://{}/", sim.local_addr()),
-            (Upstream::Sim, None) => unreachable!("the simulator was started above"),
+            (Upstream::Sim, None) => String::new(),
         };
         let settings = upstream::Settings {
             url,
@@ -224,9 +227,32 @@ impl Server {
             backoff_min: config.upstream_backoff_min,
             backoff_max: config.upstream_backoff_max,
         };
-        let ctx = Arc::new(Context::new(
+        let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
+            url: url.clone(),
+            role: config.backbone_role,
+            name: config.backbone_name.clone(),
+            instance: backbone::instance_name(addr),
+            max_len: config.backbone_max_len,
+        });
+        let status = backbone.as_ref().map(|b| {
+            info!(
+                "backbone {}: role {}, keys {}:*, this instance is \"{}\"",
+                b.url.shown(),
+                b.role.name(),
+                b.name,
+                b.instance
+            );
+            Arc::new(backbone::Status::new(
+                b.role,
+                b.url.shown(),
+                b.instance.clone(),
+            ))
+        });
+        let mut context = Context::new(
             config, hub, metrics, watcher, threads, ceiling, places, addr, keys, echo,
-        ));
+        );
+        context.backbone = status.clone();
+        let ctx = Arc::new(context);
         // The channel from upstream to distributor is bounded: should the distributor ever
         // fall behind, the upstream read waits and TCP pushes back on the source.
         let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
@@ -237,10 +263,28 @@ impl Server {
         })
         .map_err(StartError::Thread)?;
         let (metrics, stop) = (Arc::clone(&ctx.metrics), Arc::clone(&ctx.stop));
-        spawn_service(threads, &failure, "upstream", move || {
-            upstream::run(settings, frames_tx, metrics, stop)
-        })
-        .map_err(StartError::Thread)?;
+        match (&backbone, &status) {
+            // Through Redis: the upstream thread runs only on an ingest, and connects only
+            // while this instance holds the lock.
+            (Some(settings_bb), Some(status)) => {
+                let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+                    spawn_service(threads, &failure, name, body)
+                };
+                let outlet =
+                    backbone::start(settings_bb, status, frames_tx, &metrics, &stop, &spawn)
+                        .map_err(StartError::Thread)?;
+                if let Some(outlet) = outlet {
+                    spawn_service(threads, &failure, "upstream", move || {
+                        upstream::run(settings, outlet, metrics, stop)
+                    })
+                    .map_err(StartError::Thread)?;
+                }
+            }
+            _ => spawn_service(threads, &failure, "upstream", move || {
+                upstream::run(settings, frames_tx, metrics, stop)
+            })
+            .map_err(StartError::Thread)?,
+        }
         let waker = admission.waker();
         let admission_ctx = Arc::clone(&ctx);
         let admission_failure = Arc::clone(&failure);

@@ -5,9 +5,9 @@
 use crate::distributor::RateLimited;
 use crate::market::{self, Market, MarketState};
 use crate::metrics::{Metrics, UpstreamState};
+use crate::outlet::Outlet;
 use crate::protocol::{self, Kind, MAX_UPSTREAM_FRAME};
 use crate::stop::Stop;
-use crossbeam_channel::Sender;
 use log::{error, info, warn};
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Error as WsError, HandshakeError, Message, Utf8Bytes, WebSocket};
+use tungstenite::{Error as WsError, HandshakeError, Message, WebSocket};
 
 /// How often the reader looks at the clock (pings, staleness, shutdown) while no frame comes.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -131,8 +131,9 @@ struct Ended {
 }
 
 /// The upstream thread's body: connects and reconnects until `stop` is set; then closes
-/// politely and returns, which drops `frames` and so ends the distributor.
-pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>, stop: Arc<Stop>) {
+/// politely and returns, which drops `frames` and so ends the distributor. It connects only
+/// while `frames` allows it (behind a backbone: while this instance holds the lock).
+pub fn run(settings: Settings, mut frames: impl Outlet, metrics: Arc<Metrics>, stop: Arc<Stop>) {
     let shown = display_url(&settings.url);
     let mut backoff = Backoff::new(
         settings.backoff_min,
@@ -145,7 +146,7 @@ pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>,
     };
     // Open or closed when last looked at, across connections: each change is logged once.
     let mut market_open = None;
-    while !stop.is_set() {
+    while frames.connect_allowed(&stop) {
         let ended = match session(
             &settings,
             &frames,
@@ -192,7 +193,7 @@ pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>,
 
 fn session(
     settings: &Settings,
-    frames: &Sender<Utf8Bytes>,
+    frames: &impl Outlet,
     metrics: &Metrics,
     stop: &Stop,
     ignored: &mut Ignored,
@@ -231,6 +232,18 @@ fn session(
             }));
             let _ = ws.flush();
             return Ok(());
+        }
+        if !frames.still_allowed() {
+            let _ = ws.close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "another instance holds the connection now".into(),
+            }));
+            let _ = ws.flush();
+            return Err(end(
+                "closed: this instance no longer holds the backbone lock".into(),
+                false,
+                got_quotes,
+            ));
         }
         match ws.read() {
             Ok(Message::Text(text)) => {

@@ -1,0 +1,247 @@
+//! The `backbone-publish` thread: adds the provider's frames to the stream, in the order the
+//! upstream thread took them, each exactly once.
+//!
+//! Each frame carries the fencing token of the lock it was taken under and a sequence number
+//! within that token. One Lua script per batch adds the frames and updates the snapshot
+//! (`NAME:last`) atomically, and only if the token is still the current one: a frame taken by
+//! an instance that has since lost the lock is refused there, in Redis, whatever the clocks
+//! said. The script also skips frames at or below the last sequence number added under the
+//! token (kept in the snapshot as `@pub`), so a batch sent again because its answer was lost
+//! (Redis restarted, the connection dropped) is not added twice.
+//!
+//! While Redis is out of reach the frames wait in a bounded queue; once it is full, the
+//! upstream thread waits too and TCP holds the provider back.
+
+use super::lease::Lease;
+use super::link::{Link, Target};
+use super::status::{LinkKind, Status};
+use super::{Keys, Settings};
+use crate::distributor::RateLimited;
+use crate::metrics::Metrics;
+use crate::protocol;
+use crate::stop::Stop;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::warn;
+use redis::Script;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tungstenite::Utf8Bytes;
+
+/// Frames taken from the provider and not yet in Redis, at most: at 2,000 frames a second, four
+/// seconds of a Redis restart.
+pub const QUEUE: usize = 8192;
+/// Frames per script call at most. A call per frame is fine at the rates providers send; when
+/// frames queued up (Redis was away), batches catch up quickly.
+const BATCH: usize = 256;
+/// How often the thread looks at the stop signal while no frame comes.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+/// How long to wait when the fencing counter is missing (Redis lost its data) for the lease
+/// thread to put it back or find the lock lost.
+const NO_FENCE_WAIT: Duration = Duration::from_millis(100);
+/// An idle connection is checked this often.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// KEYS: fence, stream, last. ARGV: token, first sequence number, max length, then a symbol
+/// and a frame for each frame. Returns how many frames were added.
+const PUBLISH: &str = r"
+local fence = redis.call('GET', KEYS[1])
+if fence == false then return redis.error_reply('NOFENCE the fencing counter is missing') end
+if fence ~= ARGV[1] then return redis.error_reply('FENCED the lock was won under token ' .. fence) end
+local token = ARGV[1]
+local done = 0
+local pub = redis.call('HGET', KEYS[3], '@pub')
+if pub then
+  local t, s = string.match(pub, '^(%d+) (%d+)$')
+  if t == token then done = tonumber(s) end
+end
+local seq = tonumber(ARGV[2])
+local added = 0
+local id = false
+for i = 4, #ARGV, 2 do
+  if seq > done then
+    local p = token .. ' ' .. string.format('%.0f', seq)
+    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'f', ARGV[i + 1], 'p', p)
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1], '@pub', p, '@id', id)
+    added = added + 1
+  end
+  seq = seq + 1
+end
+return added
+";
+
+pub struct Publisher {
+    link: Link,
+    keys: Keys,
+    max_len: u64,
+    lease: Arc<Lease>,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    script: Script,
+    ignored: RateLimited,
+}
+
+/// A batch of frames taken under one token, numbered from `first`.
+struct Batch {
+    token: u64,
+    first: u64,
+    frames: Vec<(String, Utf8Bytes)>,
+}
+
+impl Publisher {
+    pub fn new(
+        target: &Target,
+        keys: &Keys,
+        settings: &Settings,
+        lease: &Arc<Lease>,
+        status: &Arc<Status>,
+        metrics: &Arc<Metrics>,
+    ) -> Publisher {
+        Publisher {
+            link: Link::new(LinkKind::Publish, target, Duration::ZERO, status, metrics),
+            keys: keys.clone(),
+            max_len: settings.max_len,
+            lease: Arc::clone(lease),
+            status: Arc::clone(status),
+            metrics: Arc::clone(metrics),
+            script: Script::new(PUBLISH),
+            ignored: RateLimited::new(Duration::from_secs(60)),
+        }
+    }
+
+    pub fn run(mut self, frames: &Receiver<(u64, Utf8Bytes)>, stop: &Stop) {
+        // The token sequence numbers count under, and the next number.
+        let (mut seq_token, mut next_seq) = (0u64, 1u64);
+        // Frames taken under this token are dropped: it was fenced.
+        let mut fenced = 0u64;
+        // A frame of the next batch, taken while gathering this one.
+        let mut carry: Option<(u64, Utf8Bytes)> = None;
+        // Connected from the start and kept alive while idle (a standby publishes nothing),
+        // so `/healthz` tells whether this instance could take over.
+        let mut last_used = Instant::now();
+        self.keep_alive(stop);
+        loop {
+            let first = match carry.take() {
+                Some(f) => f,
+                None => match frames.recv_timeout(IDLE_CHECK) {
+                    Ok(f) => f,
+                    Err(RecvTimeoutError::Timeout) if stop.is_set() => return,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if last_used.elapsed() >= KEEP_ALIVE {
+                            last_used = Instant::now();
+                            self.keep_alive(stop);
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            last_used = Instant::now();
+            let token = first.0;
+            if token != seq_token {
+                (seq_token, next_seq) = (token, 1);
+            }
+            let mut batch = Batch {
+                token,
+                first: next_seq,
+                frames: Vec::new(),
+            };
+            for (t, frame) in std::iter::once(first).chain(frames.try_iter()) {
+                if t != token {
+                    carry = Some((t, frame));
+                    break;
+                }
+                if t == fenced {
+                    self.status.fenced.fetch_add(1, Relaxed);
+                    continue;
+                }
+                match protocol::quote_symbol(&frame) {
+                    Some(symbol) if !symbol.starts_with('@') => {
+                        batch.frames.push((symbol.into_owned(), frame));
+                    }
+                    _ => self.ignored.note(|n| {
+                        warn!("backbone: not publishing {n} upstream frame(s) without a symbol, e.g. {:.120}", frame.as_str())
+                    }),
+                }
+                if batch.frames.len() >= BATCH {
+                    break;
+                }
+            }
+            if batch.frames.is_empty() {
+                continue;
+            }
+            next_seq += batch.frames.len() as u64;
+            // The provider is alive: what the upstream thread's staleness check reads. (The
+            // distributor, fed from Redis, would say nothing while Redis is away.)
+            self.metrics
+                .last_quote_ms
+                .store(self.metrics.now_ms(), Relaxed);
+            if !self.publish(&batch, stop) {
+                fenced = batch.token;
+            }
+            self.status
+                .publish_queue
+                .store(frames.len() as u64, Relaxed);
+            if stop.is_set() && frames.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Checks the idle connection, making it again until it answers (or the proxy stops).
+    fn keep_alive(&mut self, stop: &Stop) {
+        while let Some(con) = self.link.get(stop) {
+            match redis::cmd("PING").query::<String>(con) {
+                Ok(_) => return self.link.ok(),
+                Err(e) => self.link.failed(&e),
+            }
+        }
+    }
+
+    /// Adds `batch` to the stream, trying again through Redis failures until it is in, fenced
+    /// (false) or the proxy stops.
+    fn publish(&mut self, batch: &Batch, stop: &Stop) -> bool {
+        loop {
+            let Some(con) = self.link.get(stop) else {
+                return true;
+            };
+            let mut call = self.script.prepare_invoke();
+            call.key(&self.keys.fence)
+                .key(&self.keys.stream)
+                .key(&self.keys.last)
+                .arg(batch.token)
+                .arg(batch.first)
+                .arg(self.max_len);
+            for (symbol, frame) in &batch.frames {
+                call.arg(symbol.as_str()).arg(frame.as_str());
+            }
+            match call.invoke::<u64>(con) {
+                Ok(added) => {
+                    self.link.ok();
+                    self.status.published.fetch_add(added, Relaxed);
+                    return true;
+                }
+                Err(e) if e.code() == Some("FENCED") => {
+                    self.link.ok();
+                    self.status
+                        .fenced
+                        .fetch_add(batch.frames.len() as u64, Relaxed);
+                    self.lease.lost(batch.token);
+                    warn!(
+                        "backbone: {} frame(s) taken under fencing token {} refused: {}; another instance holds the provider connection now",
+                        batch.frames.len(),
+                        batch.token,
+                        e.detail().unwrap_or("")
+                    );
+                    return false;
+                }
+                Err(e) if e.code() == Some("NOFENCE") => {
+                    if stop.wait(NO_FENCE_WAIT) {
+                        return true;
+                    }
+                }
+                Err(e) => self.link.failed(&e),
+            }
+        }
+    }
+}
