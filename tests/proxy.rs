@@ -100,7 +100,7 @@ fn symbol_filter_and_entitlement_limit_what_a_client_gets() {
     assert_eq!(filtered.next_text(), quote("GBPUSD", 4));
     assert_eq!(entitled.next_text(), quote("EURUSD", 0));
     assert_eq!(entitled.next_text(), quote("EURUSD", 3));
-    assert!(filtered.next_within(Duration::from_millis(300)).is_none());
+    assert_eq!(filtered.text_within(Duration::from_millis(300)), None);
 }
 
 #[test]

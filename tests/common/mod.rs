@@ -266,6 +266,20 @@ impl Client {
         self.next_within(DEADLINE)
     }
 
+    /// The next text frame within `d`, if any; pings (the proxy's keep-alive and lag probes)
+    /// are skipped, as a client library would answer them.
+    pub fn text_within(&mut self, d: Duration) -> Option<String> {
+        let until = Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.next_within(left)? {
+                Message::Text(t) => return Some(t.to_string()),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// The next text frame, skipping pings.
     pub fn next_text(&mut self) -> String {
         loop {
