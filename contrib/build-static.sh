@@ -16,7 +16,7 @@
 #
 # What it needs (Debian package or rustup component), installed when run as root on Debian,
 # else named with the command that installs it:
-#   all      `file`; the rustup toolchain (stable) and the `static` profile in Cargo.toml
+#   all      `file` and binutils (readelf) for the checks; the rustup toolchain (stable)
 #   x86_64   rustup target x86_64-unknown-linux-musl; musl-tools (musl-gcc compiles ring's C)
 #   aarch64  rustup target aarch64-unknown-linux-musl; gcc-aarch64-linux-gnu and
 #            libc6-dev-arm64-cross (C compiler for ring, and the linker driver)
@@ -57,9 +57,9 @@ wants() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 command -v cargo >/dev/null && command -v rustup >/dev/null ||
   die "needs cargo and rustup (https://rustup.rs); the targets come from rustup"
 
-packages=(file)
+packages=(file binutils)
 rust_targets=()
-commands=(file)
+commands=(file readelf)
 if wants x86_64-unknown-linux-musl; then
   packages+=(musl-tools); commands+=(musl-gcc)
   rust_targets+=(x86_64-unknown-linux-musl)
@@ -105,7 +105,9 @@ if wants armv7-unknown-linux-musleabihf; then
 fi
 
 target_dir=$(cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+[ -n "$target_dir" ] || die "cannot tell cargo's target directory (cargo metadata)"
+mkdir -p "$target_dir"
 
 # --- armv7: a musl sysroot from Debian's musl-dev:armhf --------------------------------------
 # Debian has musl for armhf, and its musl-gcc.specs turns the armhf cross gcc into a musl gcc:
