@@ -24,6 +24,7 @@ pub mod handshake;
 pub mod http;
 pub mod keys;
 pub mod logging;
+pub mod logsafe;
 pub mod market;
 pub mod metrics;
 pub mod page;
