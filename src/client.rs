@@ -27,6 +27,7 @@ use crate::config::redacted_key;
 use crate::context::Context;
 use crate::distributor::{ClientSlot, Idle, JoinError, Kick};
 use crate::handshake::{unknown_symbol, Admitted};
+use crate::logsafe;
 use crate::metrics::{now_ms, AuthFailure};
 use crate::stream::ClientStream;
 use crossbeam_channel::Receiver;
@@ -79,7 +80,7 @@ pub fn serve(ctx: &Context, admitted: Admitted) {
             ctx.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
             error!(
                 "{peer}: internal error while serving this client ({}); closing it with 1011",
-                crate::threads::panic_message(&*payload)
+                logsafe::escaped(crate::threads::panic_message(&*payload))
             );
             Some((CloseCode::Error, "Internal error".to_string()))
         }
@@ -119,7 +120,8 @@ fn session(
                 ),
             };
             ctx.metrics.auth_failed(why);
-            warn!("{peer}: refused key {}: {reason}", redacted_key(&auth.key));
+            let key = redacted_key(&auth.key);
+            warn!("{peer}: refused key {}: {reason}", logsafe::quoted(&key));
             return Some((CloseCode::Policy, reason));
         }
     };
@@ -127,7 +129,7 @@ fn session(
     ctx.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
     info!(
         "{peer}: authenticated key {} for {}",
-        redacted_key(&auth.key),
+        logsafe::quoted(&redacted_key(&auth.key)),
         auth.symbols
             .as_ref()
             .map_or("all symbols".to_string(), |s| s.join(","))

@@ -95,7 +95,7 @@ impl KeyStore {
             if let Some(first) = first_line.insert(key, line) {
                 return Err(err(format!(
                     "key `{}` is listed twice (first on line {first})",
-                    key_prefix(key)
+                    crate::logsafe::escaped(&key_prefix(key))
                 )));
             }
             let symbols = if rest.is_empty() {
@@ -270,6 +270,12 @@ dave#key#0004 # a # inside a key is kept
             "line 3: key `alic…` is listed twice (first on line 1)"
         );
         assert!(!e.to_string().contains("alice-key"));
+        // The message reaches the log when a reload fails: the file's bytes are escaped.
+        let e = KeyStore::parse("\u{1b}]0;x-key-0001\n\u{1b}]0;x-key-0001\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r"line 2: key `\u{1b}]0;…` is listed twice (first on line 1)"
+        );
     }
 
     #[test]

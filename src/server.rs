@@ -49,7 +49,8 @@ struct Failure {
 impl Failure {
     fn raise(&self, thread: &str, why: &str) {
         error!(
-            "internal error: the {thread} thread failed ({why}); stopping so the service manager can restart fxproxy"
+            "internal error: the {thread} thread failed ({}); stopping so the service manager can restart fxproxy",
+            crate::logsafe::escaped(why)
         );
         self.failed.store(true, Ordering::SeqCst);
         self.alarm.set();
