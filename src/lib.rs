@@ -18,6 +18,7 @@ pub mod clock;
 pub mod closes;
 pub mod config;
 pub mod context;
+pub mod demo_key;
 pub mod distributor;
 pub mod endpoints;
 pub mod handshake;
