@@ -129,7 +129,8 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// A complete response that closes the connection.
+/// A complete response that closes the connection. Browsers must take it as its type says
+/// (`nosniff`: no text turned into a script or a page) and tell nobody where they came from.
 pub fn response(status: u16, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
     response_with(status, "", content_type, body, head_only)
 }
@@ -143,7 +144,7 @@ pub fn response_with(
     head_only: bool,
 ) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\r\n",
         reason_phrase(status),
         body.len()
     )

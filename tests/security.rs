@@ -1,10 +1,12 @@
-//! The security settings a user relies on without a hostile peer to show them: the shipped
-//! demo key never serves a network. (Log injection is tests/log_injection.rs.)
+//! The security settings a user relies on without a browser or a hostile peer to show them:
+//! the shipped demo key never serves a network, and the quotes page and every other HTTP
+//! answer carry their hardening headers. (The page's policy at work in Chromium is
+//! tests/browser.rs; log injection is tests/log_injection.rs.)
 
 mod common;
 
 use common::process::{poll, temp_dir, write_keys};
-use common::KEY;
+use common::{http_get, status_of, TestProxy, TestUpstream, KEY};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -89,4 +91,50 @@ fn the_shipped_demo_key_never_serves_a_network() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_page_and_every_answer_carry_their_hardening_headers() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::simple(&up);
+    let header = |response: &str, name: &str| -> Option<String> {
+        let head = response.split("\r\n\r\n").next().unwrap_or("");
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+    };
+    let page = http_get(proxy.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&page), 200);
+    let policy = header(&page, "Content-Security-Policy").expect("a policy");
+    assert_eq!(
+        policy,
+        fxproxy::page::policy(page.split("\r\n\r\n").nth(1).unwrap()),
+        "the policy's hashes are the served page's"
+    );
+    assert!(
+        policy.starts_with("default-src 'none'; script-src 'sha256-"),
+        "{policy}"
+    );
+    assert!(policy.contains("connect-src 'self'") && policy.contains("frame-ancestors 'none'"));
+    assert_eq!(header(&page, "X-Frame-Options").as_deref(), Some("DENY"));
+    let head = http_get(proxy.addr, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(header(&head, "Content-Security-Policy"), Some(policy));
+    for request in [
+        "GET / ",
+        "GET /healthz ",
+        "GET /metrics ",
+        "GET /nope ",
+        "POST / ",
+    ] {
+        let r = http_get(proxy.addr, &format!("{request}HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(
+            header(&r, "X-Content-Type-Options").as_deref(),
+            Some("nosniff"),
+            "{r}"
+        );
+        assert_eq!(
+            header(&r, "Referrer-Policy").as_deref(),
+            Some("no-referrer"),
+            "{r}"
+        );
+    }
 }
