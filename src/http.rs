@@ -202,17 +202,13 @@ pub fn accept_upgrade(request: &Request) -> Result<Vec<u8>, UpgradeRefusal> {
             wrong_version: true,
         });
     }
-    // The key is 16 random bytes in base64: 24 characters ending in `==`.
+    // The key is 16 random bytes in base64 (RFC 6455, 4.1): decoded by the base64 tungstenite
+    // uses for the accept value, which takes only the canonical 24 characters.
     let key = request
         .header("Sec-WebSocket-Key")
         .filter(|k| !k.is_empty())
         .ok_or(UpgradeRefusal::bad("missing Sec-WebSocket-Key"))?;
-    if key.len() != 24
-        || !key.ends_with("==")
-        || !key[..22]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-    {
+    if !matches!(data_encoding::BASE64.decode(key.as_bytes()), Ok(nonce) if nonce.len() == 16) {
         return Err(UpgradeRefusal::bad(
             "Sec-WebSocket-Key is not 16 bytes in base64",
         ));
@@ -268,6 +264,11 @@ mod tests {
             ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
             ("dGhlIHNhbXBsZSBub25jZQ==", "short"),
             ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ!="),
+            // 24 characters that are not 16 bytes: padding missing or misplaced, bits set
+            // past the 16th byte (the old hand-written check let that one through).
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQAA"),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25j=Q=="),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZR=="),
             ("keep-alive, Upgrade", "keep-alive"),
         ] {
             let refusal = accept_upgrade(&with(from, to)).unwrap_err();
