@@ -400,7 +400,7 @@ impl State {
                 error!(
                     "{}: internal error while admitting this connection ({}); dropping it",
                     conn.peer,
-                    crate::threads::panic_message(&*payload)
+                    crate::logsafe::escaped(crate::threads::panic_message(&*payload))
                 );
                 Next::Closed
             }

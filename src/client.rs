@@ -28,6 +28,7 @@ use crate::context::Context;
 use crate::distributor::{ClientSlot, Idle, JoinError, Kick};
 use crate::forwarded::Peer;
 use crate::handshake::{unknown_symbol, Admitted};
+use crate::logsafe;
 use crate::metrics::{now_ms, AuthFailure};
 use crate::stream::ClientStream;
 use crossbeam_channel::Receiver;
@@ -83,7 +84,7 @@ pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
             ctx.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
             error!(
                 "{peer}: internal error while serving this client ({}); closing it with 1011",
-                crate::threads::panic_message(&*payload)
+                logsafe::escaped(crate::threads::panic_message(&*payload))
             );
             Some((CloseCode::Error, "Internal error".to_string()))
         }
@@ -123,7 +124,8 @@ fn session(
                 ),
             };
             ctx.metrics.auth_failed(why);
-            warn!("{peer}: refused key {}: {reason}", redacted_key(&auth.key));
+            let key = redacted_key(&auth.key);
+            warn!("{peer}: refused key {}: {reason}", logsafe::quoted(&key));
             return Some((CloseCode::Policy, reason));
         }
     };
@@ -131,7 +133,7 @@ fn session(
     ctx.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
     info!(
         "{peer}: authenticated key {} for {}",
-        redacted_key(&auth.key),
+        logsafe::quoted(&redacted_key(&auth.key)),
         auth.symbols
             .as_ref()
             .map_or("all symbols".to_string(), |s| s.join(","))

@@ -403,7 +403,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             ));
         };
         let Some(&known) = KEYS.iter().find(|k| **k == key) else {
-            let mut message = format!("unknown key `{key}`");
+            let mut message = format!("unknown key `{}`", crate::logsafe::escaped(key));
             if let Some(near) = suggestion(key) {
                 message.push_str(&format!(" (did you mean `{near}`?)"));
             }
@@ -1236,6 +1236,10 @@ mod tests {
         assert_eq!(
             parse_err("colour = blue"),
             "proxy.conf:1: unknown key `colour`"
+        );
+        assert_eq!(
+            parse_err("co\u{1b}[2Jl\rour = blue"),
+            r"proxy.conf:1: unknown key `co\u{1b}[2Jl\rour`"
         );
         assert_eq!(
             parse_err(" = 3"),

@@ -531,7 +531,7 @@ pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
             match protocol::quote_symbol(&frame).and_then(|s| hub.symbol_id(&s)) {
                 Some(id) => batch.push((id, frame)),
                 None => ignored.note(|n| {
-                    warn!("ignored {n} upstream frame(s) that are not quotes of a configured symbol, e.g. {:.120}", frame.as_str())
+                    warn!("ignored {n} upstream frame(s) that are not quotes of a configured symbol, e.g. {}", crate::logsafe::quoted(&frame))
                 }),
             }
         }

@@ -35,7 +35,8 @@ pub fn respond(ctx: &Context, request: &Request) -> Vec<u8> {
         ),
         "/" if ctx.config.page => {
             let page = crate::page::render(&ctx.config.market());
-            http::response(200, "text/html; charset=utf-8", &page, head_only)
+            let headers = crate::page::headers(&page);
+            http::response_with(200, &headers, "text/html; charset=utf-8", &page, head_only)
         }
         _ => http::response(404, "text/plain", "not found\n", head_only),
     }

@@ -15,6 +15,7 @@ use crate::context::Context;
 use crate::endpoints;
 use crate::forwarded::Peer;
 use crate::http::{self, HeadError};
+use crate::logsafe;
 use crate::metrics::{AuthFailure, Rejection};
 use crate::places::Place;
 use crate::stream::ClientStream;
@@ -433,8 +434,8 @@ impl Conn {
         if !http::origin_allowed(&request, &ctx.config.allowed_origins) {
             ctx.metrics.rejected(Rejection::Origin);
             warn!(
-                "{peer}: refused: Origin {:?} is not in allowed_origins",
-                request.header("Origin").unwrap_or("")
+                "{peer}: refused: Origin {} is not in allowed_origins",
+                logsafe::quoted(request.header("Origin").unwrap_or(""))
             );
             let resp = http::response(403, "text/plain", "origin not allowed\n", false);
             return self.respond(stream, resp, now);
@@ -641,9 +642,8 @@ fn refuse(ctx: &Context, peer: Peer, why: AuthFailure, detail: &str) -> Owed {
 
 /// The close reason for a symbol the proxy does not carry.
 pub fn unknown_symbol(symbol: &str) -> String {
-    // A close reason is at most 123 bytes; the symbol came from the client.
-    let shown: String = symbol.chars().take(32).collect();
-    format!("Unknown symbol {shown}")
+    // The symbol came from the client.
+    logsafe::close_reason("Unknown symbol ", symbol)
 }
 
 /// Checks an auth message against the key file and the symbols the proxy carries.
@@ -656,7 +656,10 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
             ctx,
             peer,
             AuthFailure::BadKey,
-            &format!("unknown key {}", redacted_key(&request.key)),
+            &format!(
+                "unknown key {}",
+                logsafe::quoted(&redacted_key(&request.key))
+            ),
         ));
     };
     let wanted: Vec<String> = request
@@ -667,18 +670,22 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
     for symbol in &wanted {
         if ctx.hub.symbol_id(symbol).is_none() {
             ctx.metrics.auth_failed(AuthFailure::Symbol);
-            warn!("{peer}: refused: symbol {symbol:.32} is not carried");
+            warn!(
+                "{peer}: refused: symbol {} is not carried",
+                logsafe::quoted(symbol)
+            );
             return Err((CloseCode::Policy, unknown_symbol(symbol)));
         }
         if !entry.allows(symbol) {
             ctx.metrics.auth_failed(AuthFailure::Symbol);
             warn!(
-                "{peer}: refused: key {} is not entitled to {symbol}",
-                redacted_key(&request.key)
+                "{peer}: refused: key {} is not entitled to {}",
+                logsafe::quoted(&redacted_key(&request.key)),
+                logsafe::quoted(symbol)
             );
             return Err((
                 CloseCode::Policy,
-                format!("Not entitled to symbol {symbol}"),
+                logsafe::close_reason("Not entitled to symbol ", symbol),
             ));
         }
     }

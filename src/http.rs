@@ -137,7 +137,8 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// A complete response that closes the connection.
+/// A complete response that closes the connection. Browsers must take it as its type says
+/// (`nosniff`: no text turned into a script or a page) and tell nobody where they came from.
 pub fn response(status: u16, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
     response_with(status, "", content_type, body, head_only)
 }
@@ -151,7 +152,7 @@ pub fn response_with(
     head_only: bool,
 ) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\r\n",
         reason_phrase(status),
         body.len()
     )
@@ -209,17 +210,13 @@ pub fn accept_upgrade(request: &Request) -> Result<Vec<u8>, UpgradeRefusal> {
             wrong_version: true,
         });
     }
-    // The key is 16 random bytes in base64: 24 characters ending in `==`.
+    // The key is 16 random bytes in base64 (RFC 6455, 4.1): decoded by the base64 tungstenite
+    // uses for the accept value, which takes only the canonical 24 characters.
     let key = request
         .header("Sec-WebSocket-Key")
         .filter(|k| !k.is_empty())
         .ok_or(UpgradeRefusal::bad("missing Sec-WebSocket-Key"))?;
-    if key.len() != 24
-        || !key.ends_with("==")
-        || !key[..22]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-    {
+    if !matches!(data_encoding::BASE64.decode(key.as_bytes()), Ok(nonce) if nonce.len() == 16) {
         return Err(UpgradeRefusal::bad(
             "Sec-WebSocket-Key is not 16 bytes in base64",
         ));
@@ -275,6 +272,11 @@ mod tests {
             ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
             ("dGhlIHNhbXBsZSBub25jZQ==", "short"),
             ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ!="),
+            // 24 characters that are not 16 bytes: padding missing or misplaced, bits set
+            // past the 16th byte (the old hand-written check let that one through).
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQAA"),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25j=Q=="),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZR=="),
             ("keep-alive, Upgrade", "keep-alive"),
         ] {
             let refusal = accept_upgrade(&with(from, to)).unwrap_err();

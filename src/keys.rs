@@ -95,7 +95,7 @@ impl KeyStore {
             if let Some(first) = first_line.insert(key, line) {
                 return Err(err(format!(
                     "key `{}` is listed twice (first on line {first})",
-                    key_prefix(key)
+                    crate::logsafe::escaped(&key_prefix(key))
                 )));
             }
             let symbols = if rest.is_empty() {
@@ -175,15 +175,17 @@ fn key_prefix(key: &str) -> String {
     out
 }
 
+/// The line up to a `#` at its start or after whitespace. Whitespace is Unicode's, as for
+/// `trim` and the split between key and symbols: with ASCII's only, a line starting with a
+/// vertical tab or a no-break space and then `#` (a key commented out, to a reader) was
+/// loaded as a key.
 fn strip_comment(line: &str) -> &str {
-    let bytes = line.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'#' && bytes[..i].iter().all(u8::is_ascii_whitespace) {
-            return "";
-        }
-        if b == b'#' && i > 0 && bytes[i - 1].is_ascii_whitespace() {
+    let mut after_space = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && after_space {
             return &line[..i];
         }
+        after_space = c.is_whitespace();
     }
     line
 }
@@ -270,6 +272,34 @@ dave#key#0004 # a # inside a key is kept
             "line 3: key `alic…` is listed twice (first on line 1)"
         );
         assert!(!e.to_string().contains("alice-key"));
+        // The message reaches the log when a reload fails: the file's bytes are escaped.
+        let e = KeyStore::parse("\u{1b}]0;x-key-0001\n\u{1b}]0;x-key-0001\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r"line 2: key `\u{1b}]0;…` is listed twice (first on line 1)"
+        );
+    }
+
+    #[test]
+    fn a_key_commented_out_after_any_whitespace_is_not_loaded() {
+        for commented in [
+            "\t\u{b}#alice-key-0001",
+            "\u{a0}#alice-key-0001",
+            "\u{2003}# alice-key-0001",
+            "\u{c}#alice-key-0001 EURUSD",
+        ] {
+            let store = KeyStore::parse(&format!("bob-key-00002\n{commented}\n")).unwrap();
+            assert_eq!(store.len(), 1, "{commented:?}");
+            assert!(!store.contains("#alice-key-0001"), "{commented:?}");
+        }
+        let store = KeyStore::parse("alice-key-0001\u{a0}# trailing\n").unwrap();
+        assert!(store.contains("alice-key-0001"));
+        assert!(KeyStore::parse("alice#key-0001\n")
+            .unwrap()
+            .contains("alice#key-0001"));
+        // Found by the `keys` fuzz target (fuzz/artifacts/keys/crash-fa270d16...).
+        let found = "\t\u{b}#caros\0lrrr\0\0\0\0\0\0\0Z0U1bobrrr@rrrc\0arolcaros\0l-kD\u{19}##";
+        assert!(KeyStore::parse(found).unwrap().is_empty());
     }
 
     #[test]

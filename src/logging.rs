@@ -36,9 +36,11 @@ pub fn log_panics() {
         let place = info
             .location()
             .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        // A panic's message may repeat peer text (a string slice's panic quotes the string).
         log::error!(
-            "panic in thread '{}'{place}: {message}",
-            thread.name().unwrap_or("unnamed")
+            "panic in thread '{}'{place}: {}",
+            thread.name().unwrap_or("unnamed"),
+            crate::logsafe::escaped(message)
         );
     }));
 }

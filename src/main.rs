@@ -29,7 +29,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match config::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|c| fxproxy::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, k)))
-        {
+            .and_then(|(c, k)| {
+                fxproxy::demo_key::check(c.listen, &k, &c.user_keys_file).map(|()| (c, k))
+            }) {
             Ok((c, keys)) => {
                 println!(
                     "{}: valid ({} symbols, {} client keys)",

@@ -50,7 +50,8 @@ struct Failure {
 impl Failure {
     fn raise(&self, thread: &str, why: &str) {
         error!(
-            "internal error: the {thread} thread failed ({why}); stopping so the service manager can restart fxproxy"
+            "internal error: the {thread} thread failed ({}); stopping so the service manager can restart fxproxy",
+            crate::logsafe::escaped(why)
         );
         self.failed.store(true, Ordering::SeqCst);
         self.alarm.set();
@@ -165,6 +166,8 @@ impl Server {
         // in. An error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let keys = KeyStore::load(&config.user_keys_file).map_err(StartError::Keys)?;
+        crate::demo_key::check(config.listen, &keys, &config.user_keys_file)
+            .map_err(StartError::Keys)?;
         let listener =
             TcpListener::bind(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
         let addr = listener
@@ -420,7 +423,10 @@ fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
 }
 
 fn reload_keys(ctx: &Context) {
-    match KeyStore::load(&ctx.config.user_keys_file) {
+    let file = &ctx.config.user_keys_file;
+    let loaded = KeyStore::load(file)
+        .and_then(|s| crate::demo_key::check(ctx.config.listen, &s, file).map(|()| s));
+    match loaded {
         Ok(store) => {
             ctx.metrics.key_reloads.fetch_add(1, Ordering::Relaxed);
             let store = Arc::new(store);

@@ -224,6 +224,7 @@ fn serve_connection(stream: TcpStream, id: u64, shared: &Shared) {
         }
         Err(end) => (end, 0),
     };
+    let end = crate::logsafe::escaped(&end);
     log::info!("sim: connection {id} from {peer} closed ({end}) after {sent} quotes");
 }
 
@@ -308,7 +309,10 @@ impl Connection<'_> {
             return false;
         };
         let symbols = resolve_symbols(requested, &self.shared.allowed);
-        log::debug!("sim: subscribed to {}", symbols.join(","));
+        log::debug!(
+            "sim: subscribed to {}",
+            crate::logsafe::quoted(&symbols.join(","))
+        );
         let mut old = std::mem::take(&mut self.walks);
         self.walks = symbols
             .into_iter()
@@ -483,7 +487,8 @@ fn resolve_symbols(requested: Vec<String>, allowed: &[String]) -> Vec<String> {
             let offered = allowed.contains(symbol);
             if !offered {
                 log::warn!(
-                    "sim: ignoring subscription to {symbol}: not among the simulated symbols {}",
+                    "sim: ignoring subscription to {}: not among the simulated symbols {}",
+                    crate::logsafe::quoted(symbol),
                     allowed.join(",")
                 );
             }

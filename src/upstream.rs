@@ -3,6 +3,7 @@
 //! while the market is open), and reconnect with exponential back-off when it fails.
 
 use crate::distributor::RateLimited;
+use crate::logsafe;
 use crate::market::{self, Market, MarketState};
 use crate::metrics::{Metrics, UpstreamState};
 use crate::outlet::Outlet;
@@ -200,8 +201,10 @@ fn session(
     market_open: &mut Option<bool>,
 ) -> Result<(), Ended> {
     let shown = display_url(&settings.url);
+    // What the source said and what errors repeat of it is escaped once, here: the reason
+    // goes to the log, the status line and /healthz.
     let fail = |why: String| Ended {
-        why,
+        why: logsafe::escaped(&why).to_string(),
         refused: false,
         healthy: false,
     };
@@ -220,7 +223,7 @@ fn session(
     let mut last_ping = Instant::now();
     let mut got_quotes = false;
     let end = |why: String, refused: bool, got_quotes: bool| Ended {
-        why,
+        why: logsafe::escaped(&why).to_string(),
         refused,
         healthy: got_quotes && connected.elapsed() >= HEALTHY_AFTER,
     };
@@ -261,8 +264,8 @@ fn session(
                     Kind::Other if text.as_str() == protocol::GREETING => {}
                     Kind::Other => ignored.texts.note(|n| {
                         info!(
-                            "upstream {shown} sent {n} non-quote text(s), latest: {:.200}",
-                            text.as_str()
+                            "upstream {shown} sent {n} non-quote text(s), latest: {}",
+                            logsafe::quoted(&text)
                         )
                     }),
                 }
@@ -281,9 +284,9 @@ fn session(
                 let _ = ws.flush();
                 let why = match frame {
                     Some(f) => format!(
-                        "closed by the source (code {}, \"{}\")",
+                        "closed by the source (code {}, {})",
                         u16::from(f.code),
-                        f.reason
+                        logsafe::quoted(&f.reason)
                     ),
                     None => "closed by the source".to_string(),
                 };

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::clock::Clock;
+use crate::logsafe;
 use crate::market::{self, Market, MarketState};
 use serde_json::Value;
 use tungstenite::error::UrlError;
@@ -91,8 +92,11 @@ impl fmt::Display for WatchError {
             WatchError::AuthFailed { reason } if reason.is_empty() => {
                 f.write_str("authentication failed")
             }
-            WatchError::AuthFailed { reason } => write!(f, "authentication failed: {reason}"),
+            WatchError::AuthFailed { reason } => {
+                write!(f, "authentication failed: {}", logsafe::escaped(reason))
+            }
             WatchError::Closed { code, reason } if *code == ABNORMAL_CLOSURE => {
+                let reason = logsafe::escaped(reason);
                 write!(f, "the connection to the server was lost: {reason}")
             }
             WatchError::Closed { code, reason } => {
@@ -102,7 +106,7 @@ impl fmt::Display for WatchError {
                 }
                 f.write_str(")")?;
                 if !reason.is_empty() {
-                    write!(f, ": {reason}")?;
+                    write!(f, ": {}", logsafe::escaped(reason))?;
                 }
                 Ok(())
             }
@@ -165,7 +169,10 @@ pub fn run_with(
                     quotes_seen = true;
                     quiet.quote(check.after);
                 }
-                None => log::debug!("watch: skipping a frame that is not a quote: {text:.80}"),
+                None => log::debug!(
+                    "watch: skipping a frame that is not a quote: {}",
+                    logsafe::quoted(&text)
+                ),
             },
             Ok(Message::Close(frame)) => {
                 // tungstenite queued our reply; sending it completes the close handshake, and a
@@ -389,6 +396,8 @@ pub fn format_quote(frame: &str, now_ms: u64) -> Option<String> {
     let value: Value = serde_json::from_str(frame).ok()?;
     let quote = value.as_object()?;
     let symbol = quote.get("symbol")?.as_str()?;
+    // Printed to a terminal: a symbol from the server must not move its cursor or clear it.
+    let shown = logsafe::short(symbol);
     let bid = quote.get("bid").and_then(price);
     let ask = quote.get("ask").and_then(price);
     let (pip, usual_decimals) = pip(symbol);
@@ -411,7 +420,7 @@ pub fn format_quote(frame: &str, now_ms: u64) -> Option<String> {
         None => format!("{:>4}", "-"),
     };
     Some(format!(
-        "{symbol:<8} bid {}  ask {}  spread {spread} pips  age {age}",
+        "{shown:<8} bid {}  ask {}  spread {spread} pips  age {age}",
         show(&bid),
         show(&ask)
     ))
@@ -544,6 +553,28 @@ mod tests {
             "",
         ] {
             assert_eq!(format_quote(frame, NOW), None, "{frame}");
+        }
+    }
+
+    #[test]
+    fn what_the_server_says_cannot_drive_the_terminal() {
+        let frame = r#"{"symbol":"EUR\u001b[2J\nUSD","bid":1.0,"ask":1.1}"#;
+        let line = format_quote(frame, NOW).unwrap();
+        assert!(line.starts_with(r"EUR\u{1b}[2J\nUSD bid "), "{line}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        let long = format_quote(&frame.replace("EUR", &"E".repeat(5000)), NOW).unwrap();
+        assert!(long.len() < 200, "{long}");
+        for e in [
+            WatchError::AuthFailed {
+                reason: "bad\u{1b}]0;title\u{7}".into(),
+            },
+            WatchError::Closed {
+                code: 1008,
+                reason: "x\r\n\u{9b}2J".into(),
+            },
+        ] {
+            let shown = e.to_string();
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
         }
     }
 

@@ -45,6 +45,11 @@ const opened = [];
 async function openPage(fragment, viewport = { width: 960, height: 360 }, { at = WEEKDAY, fixed = false, url = base } = {}) {
   const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
   if (fixed) await context.clock.setFixedTime(at); else await context.clock.install({ time: at });
+  // Every Content-Security-Policy violation is recorded; the page itself must cause none.
+  await context.addInitScript(() => {
+    window.__violations = [];
+    document.addEventListener("securitypolicyviolation", e => window.__violations.push(`${e.effectiveDirective} blocked ${e.blockedURI || "inline"}`));
+  });
   const page = await context.newPage();
   const rec = { page, requests: [], sockets: [], errors: [] };
   page.on("request", r => rec.requests.push(r.url()));
@@ -56,7 +61,21 @@ async function openPage(fragment, viewport = { width: 960, height: 360 }, { at =
   if (!response || response.status() !== 200) fail(`GET / answered ${response && response.status()}, expected 200`);
   const type = response.headers()["content-type"] || "";
   if (!/^text\/html;\s*charset=utf-8$/i.test(type)) fail(`GET / has Content-Type "${type}", expected "text/html; charset=utf-8"`);
+  checkHardened(response.headers());
   return rec;
+}
+
+// The page handles a key: it runs only its own code, connects only back to the proxy, cannot
+// be framed, and tells nobody where the browser came from.
+function checkHardened(headers) {
+  const csp = headers["content-security-policy"] || "";
+  for (const part of ["default-src 'none'", "connect-src 'self'", "frame-ancestors 'none'", "script-src 'sha256-", "style-src 'sha256-", "base-uri 'none'", "form-action 'none'"]) {
+    if (!csp.includes(part)) fail(`the Content-Security-Policy "${csp}" lacks ${part}`);
+  }
+  if (/unsafe|\*|ws:|wss:|http:|https:/.test(csp)) fail(`the Content-Security-Policy "${csp}" allows more than the page's own code and origin`);
+  if (headers["x-content-type-options"] !== "nosniff") fail(`X-Content-Type-Options is "${headers["x-content-type-options"]}", expected nosniff`);
+  if (headers["referrer-policy"] !== "no-referrer") fail(`Referrer-Policy is "${headers["referrer-policy"]}", expected no-referrer`);
+  if (headers["x-frame-options"] !== "DENY") fail(`X-Frame-Options is "${headers["x-frame-options"]}", expected DENY`);
 }
 
 const stateText = page => page.locator("#state").textContent();
@@ -83,7 +102,9 @@ async function waitForTick(page, symbol) {
     ([s, b]) => document.querySelector(`tr[data-symbol="${s}"] .bid`)?.textContent !== b, [symbol, before]);
 }
 
-function checkOnlyProxyTraffic(rec, proxy = base) {
+async function checkOnlyProxyTraffic(rec, proxy = base) {
+  const violations = await rec.page.evaluate(() => window.__violations);
+  if (violations.length) fail(`the page broke its own Content-Security-Policy: ${violations.join("; ")}`);
   const origin = new URL(proxy).origin, wsOrigin = origin.replace(/^http/, "ws");
   for (const url of [...rec.requests, ...rec.sockets]) {
     if (url.startsWith("data:")) continue;
@@ -127,7 +148,7 @@ try {
   }
   if (await page.evaluate(() => localStorage.length)) fail("the page stored something in localStorage without 'remember' ticked");
   await page.screenshot({ path: shot, fullPage: true });
-  checkOnlyProxyTraffic(good);
+  await checkOnlyProxyTraffic(good);
   console.log(`ok - good key: rows [${got}], bids tick, screenshot ${shot}`);
 
   step = "wrong key: refused with the reason, no rows, no retry";
@@ -140,7 +161,7 @@ try {
   await page.waitForTimeout(2500);
   if (bad.sockets.length !== 1) fail(`the page opened ${bad.sockets.length} WebSockets after a 1008 refusal, expected 1 (no retry with the same key)`);
   if (!(await stateText(page)).includes("Authentication failed")) fail(`#state changed to "${await stateText(page)}" after the refusal`);
-  checkOnlyProxyTraffic(bad);
+  await checkOnlyProxyTraffic(bad);
   console.log("ok - wrong key: refused, no rows, no retry");
 
   step = "symbol filter: only the chosen rows";
@@ -151,7 +172,7 @@ try {
   await waitForTick(page, want[1]);
   const only = await rowSymbols(page);
   if (JSON.stringify(only) !== JSON.stringify(want)) fail(`rows are [${only}], expected only [${want}]`);
-  checkOnlyProxyTraffic(filtered);
+  await checkOnlyProxyTraffic(filtered);
   console.log(`ok - filter: rows [${only}]`);
 
   step = "phone: 390x844 without sideways scrolling";
@@ -161,10 +182,53 @@ try {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   if (overflow > 0) fail(`the page is ${overflow} px wider than a 390 px phone screen`);
   if (process.env.FXPROXY_PHONE_SCREENSHOT) await page.screenshot({ path: process.env.FXPROXY_PHONE_SCREENSHOT });
-  checkOnlyProxyTraffic(phone);
+  await checkOnlyProxyTraffic(phone);
   console.log("ok - phone: fits 390 px");
 
-  let passed = 4;
+  step = "hardened: injected code, outside connections and framing are blocked";
+  const hostile = await openPage(`#key=${encodeURIComponent(key)}`);
+  page = hostile.page;
+  await waitForRows(page, symbols);
+  await checkOnlyProxyTraffic(hostile);
+  // What an injection (a quote's text slipped into innerHTML, say) would try: an inline script,
+  // an event handler, a request to somewhere else. `localhost` is another origin than 127.0.0.1.
+  const other = base.replace("127.0.0.1", "localhost");
+  const outcome = await page.evaluate(async other => {
+    const script = document.createElement("script");
+    script.textContent = "window.__injected = true";
+    document.body.append(script);
+    const div = document.createElement("div");
+    div.innerHTML = '<img src="data:," onerror="window.__handler = true">';
+    document.body.append(div);
+    let fetched = "sent";
+    try { await fetch(other + "/healthz"); } catch (e) { fetched = "refused"; }
+    const ws = new WebSocket(other.replace(/^http/, "ws") + "/");
+    await new Promise(resolve => { ws.onerror = ws.onclose = resolve; setTimeout(resolve, 3000); });
+    await new Promise(resolve => setTimeout(resolve, 200));
+    return { injected: window.__injected === true, handler: window.__handler === true, fetched, violations: window.__violations };
+  }, other);
+  if (outcome.injected) fail("an injected inline script ran");
+  if (outcome.handler) fail("an injected event handler ran");
+  if (outcome.fetched !== "refused") fail(`a fetch to ${other} was ${outcome.fetched}`);
+  const seen = outcome.violations.join("; ");
+  for (const directive of ["script-src-elem", "script-src-attr", "connect-src"]) {
+    if (!seen.includes(directive)) fail(`no ${directive} violation reported (reported: ${seen})`);
+  }
+  if (hostile.sockets.some(u => u.startsWith(other.replace(/^http/, "ws")))) fail(`a WebSocket to ${other} was opened`);
+  // A page of another origin that frames the proxy's page gets an error page in the frame;
+  // /healthz, which sets no frame-ancestors, frames fine (so the check can see a frame's content).
+  const framing = await (await browser.newContext()).newPage();
+  await framing.setContent(`<iframe src="${base}/healthz"></iframe><iframe src="${base}/"></iframe>`);
+  const [control, frame] = framing.frames().slice(1);
+  for (const f of [control, frame]) await f.waitForLoadState().catch(() => {});
+  const controlText = await control.evaluate(() => document.body.textContent).catch(e => String(e));
+  if (!controlText.includes('"status"')) fail(`the framed /healthz shows "${controlText}"`);
+  const framed = await frame.evaluate(() => !!document.querySelector("#state")).catch(() => false);
+  if (framed) fail("the page was shown inside another site's frame");
+  await framing.context().close();
+  console.log(`ok - hardened: ${seen}; framing refused`);
+
+  let passed = 5;
   if (marketBase) {
     step = "market hours: the banner and the ages follow the proxy's rule";
     const rec = await openPage(`#key=${encodeURIComponent(key)}`, undefined,
@@ -189,7 +253,7 @@ try {
       await atTime(page, "2026-12-05T12:00:00Z", CLOSED);
       await page.screenshot({ path: process.env.FXPROXY_MARKET_SCREENSHOT });
     }
-    checkOnlyProxyTraffic(rec, marketBase);
+    await checkOnlyProxyTraffic(rec, marketBase);
     console.log(`ok - market hours: "${CLOSED}" from Friday 22:00 and from 21:00 before a closed date, gone at the opening`);
     passed++;
   }
