@@ -661,6 +661,7 @@ fn check(ctx: &Context, peer: SocketAddr, text: &str) -> Result<AuthRequest, Owe
     Ok(AuthRequest {
         key: request.key,
         symbols: (!wanted.is_empty()).then_some(wanted),
+        conflate: request.conflate,
     })
 }
 
