@@ -4,6 +4,7 @@
 // Each test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod fake_source;
 pub mod process;
 pub mod raw_ws;
 pub mod relay;
