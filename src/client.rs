@@ -474,8 +474,13 @@ fn deliver_loop(
         let unproven = ws.get_ref().written() - probe.proven;
         let held_back = unproven >= UNPROVEN_BYTES;
         let holding = slot.conflation().filter(|c| c.is_holding());
+        if let Some(conflation) = holding {
+            // What was queued before it held is older than its slots: folded in at once, so
+            // that a client waiting for its socket holds one frame per symbol, not a queue.
+            fold_queue(ctx, conflation, rx);
+        }
         if let (Some(conflation), false) = (holding, blocked.is_blocked() || held_back) {
-            match deliver_latest(ctx, ws, slot, conflation, rx, blocked) {
+            match deliver_latest(ctx, ws, slot, conflation, blocked) {
                 Ok(n) => written = n,
                 Err(end) => return end,
             }
@@ -559,9 +564,11 @@ fn deliver_loop(
                 }
             }
         }
-        let behind =
-            blocked.is_blocked() || ws.get_ref().written() - probe.proven >= UNPROVEN_BYTES;
-        if let Some(conflation) = slot.conflation().filter(|_| behind) {
+        // Held back: more sent than the client has proven it read. A conflating client that
+        // far behind gets the latest quote per symbol from now on (a full queue does the same,
+        // in the distributor). A socket that is merely full is flow control, not lag.
+        let held_back = ws.get_ref().written() - probe.proven >= UNPROVEN_BYTES;
+        if let Some(conflation) = slot.conflation().filter(|_| held_back) {
             start_holding(ctx, conflation, rx);
         }
         let mut until = tick;
@@ -595,8 +602,8 @@ fn deliver_loop(
     }
 }
 
-/// A conflating client fell behind (its socket is full, or it has not proven it read what it
-/// was sent): new quotes wait in its latest-value slots, and what its queue holds is folded in.
+/// A conflating client fell behind (it has not proven it read what it was sent): new quotes
+/// wait in its latest-value slots, and what its queue holds is folded in.
 fn start_holding(ctx: &Context, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
     if conflation.hold() {
         ctx.metrics
@@ -629,10 +636,8 @@ fn deliver_latest(
     ws: &mut Socket,
     slot: &ClientSlot,
     conflation: &Conflation,
-    rx: &Receiver<Utf8Bytes>,
     blocked: &mut Blocked,
 ) -> Result<u64, End> {
-    fold_queue(ctx, conflation, rx);
     let mut written = 0;
     loop {
         let frame = match conflation.take() {

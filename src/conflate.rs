@@ -3,8 +3,8 @@
 //! latest quote of each symbol that changed meanwhile.
 //!
 //! A conflating client is *live* while it keeps up: its quotes go through its queue like
-//! anyone's. When it falls behind (its queue is full, its socket takes nothing, or it has not
-//! proven it read what it was sent) it is *holding*: the distributor puts each new quote in
+//! anyone's. When it falls behind (its queue is full, or it has not proven it read what it was
+//! sent: see [`crate::client`]'s lag probe) it is *holding*: the distributor puts each new quote in
 //! the client's slot for that symbol here, replacing (and counting) an unsent older one, and
 //! what was still queued is folded in too. Its writer takes from here, oldest change first,
 //! and once nothing is left it is live again. So memory per client stays bounded by the

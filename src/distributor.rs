@@ -496,6 +496,9 @@ impl Hub {
         let mut slow = Vec::new();
         let mut queued = std::mem::take(&mut inner.queued);
         let (mut conflated, mut started) = (0, 0);
+        // Conflating clients whose queue just filled: their writers fold it into their slots,
+        // even if they are parked waiting for the socket.
+        let mut to_fold: Vec<Arc<ClientSlot>> = Vec::new();
         for (pos, client) in inner.clients.iter().enumerate() {
             if let Some(conflation) = &client.conflation {
                 let mut offered = false;
@@ -507,7 +510,10 @@ impl Hub {
                     } = conflation.offer(*id, frame, &client.tx, self.queue_len)
                     {
                         conflated += u64::from(replaced);
-                        started += u64::from(s);
+                        if s {
+                            started += 1;
+                            to_fold.push(Arc::clone(client));
+                        }
                     }
                 }
                 if offered {
@@ -551,6 +557,9 @@ impl Hub {
             let m = &self.metrics;
             m.quotes_conflated.fetch_add(conflated, Ordering::Relaxed);
             m.clients_conflating.fetch_add(started, Ordering::Relaxed);
+            for client in to_fold {
+                client.wake();
+            }
         }
         if !woken.is_empty() {
             let chain = Arc::new(WakeChain {

@@ -89,12 +89,17 @@ impl ReplayServer {
             return;
         };
         self.shutdown.store(true, Ordering::SeqCst);
-        // Wakes an accept() that nothing else would (as the simulator does).
-        match TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) {
-            Ok(_) => {
-                let _ = thread.join();
-            }
-            Err(e) => warn!("replay: cannot wake the player on {}: {e}", self.addr),
+        // Wakes an accept() that nothing else would (as the simulator does). Refused means
+        // the player has seen the flag already and dropped its listener on the way out.
+        let woken = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while woken.is_err() && !thread.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if woken.is_ok() || thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            warn!("replay: the player on {} did not stop", self.addr);
         }
     }
 }

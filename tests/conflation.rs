@@ -149,9 +149,10 @@ fn feeds_last(total: u64) -> HashMap<String, u64> {
 /// second (about 17 KB/s), for four seconds; then reads at full speed.
 fn slower_than_the_feed(proxy_extra: &str, auth: &str) -> (SlowReader, TestProxy) {
     let up = TestUpstream::start();
+    // A short queue fills in a fraction of a second, as a long one would in a longer test.
     let proxy = TestProxy::start(
         &up.url(),
-        &format!("max_client_lag_secs = 1\n{proxy_extra}"),
+        &format!("max_client_lag_secs = 1\nclient_queue_len = 64\n{proxy_extra}"),
         &format!("{KEY}\n"),
     );
     up.expect_subscribe();
@@ -216,7 +217,11 @@ fn a_client_may_ask_to_be_conflated_in_its_auth_message() {
     drop(proxy);
     // The same client without asking, against the same feed: closed as a slow consumer.
     let up = TestUpstream::start();
-    let proxy = TestProxy::start(&up.url(), "max_client_lag_secs = 1\n", &format!("{KEY}\n"));
+    let proxy = TestProxy::start(
+        &up.url(),
+        "max_client_lag_secs = 1\nclient_queue_len = 64\n",
+        &format!("{KEY}\n"),
+    );
     up.expect_subscribe();
     let healthy = vec![Client::auth(proxy.addr, KEY, None)];
     proxy.wait_for_clients(1);
@@ -225,7 +230,13 @@ fn a_client_may_ask_to_be_conflated_in_its_auth_message() {
     let mut slow = SlowReader::join(proxy.addr, &format!(r#"{{"userKey":"{KEY}"}}"#));
     slow.read_for(Duration::from_secs(8), 512, Duration::from_millis(100));
     slow.read_to_close(Duration::from_secs(10));
-    assert_eq!(slow.closed, Some((1008, "Slow consumer".into())));
+    assert!(slow.closed.is_some(), "still open");
+    // Its close frame may be lost behind the quotes still unsent when the connection goes (it
+    // reads too slowly for the close's one-second write deadline); the count is exact.
+    assert_eq!(
+        metric_of(proxy.addr, "fxproxy_slow_consumer_disconnects_total"),
+        1.0
+    );
     traffic.finish();
 }
 
@@ -234,7 +245,7 @@ fn a_conflating_client_that_stops_reading_is_dropped_by_the_ping_timeout_only() 
     let up = TestUpstream::start();
     let proxy = TestProxy::start(
         &up.url(),
-        "slow_client = conflate\nmax_client_lag_secs = 1\nclient_ping_secs = 2\n",
+        "slow_client = conflate\nmax_client_lag_secs = 1\nclient_ping_secs = 2\nclient_queue_len = 64\n",
         &format!("{KEY}\n"),
     );
     up.expect_subscribe();
@@ -245,23 +256,28 @@ fn a_conflating_client_that_stops_reading_is_dropped_by_the_ping_timeout_only() 
     });
     let mut stalled = SlowReader::join(proxy.addr, &format!(r#"{{"userKey":"{KEY}"}}"#));
     let joined = Instant::now();
-    // 200 quotes a second, which it never reads: a queue of 1,024 would fill in five seconds
+    // 200 quotes a second, which it never reads: its queue of 64 fills in a third of a second
     // and the lag limit would close it in two.
     let mut n = 0;
     let mut conflating = false;
-    while metric_of(proxy.addr, "fxproxy_clients_connected") == 1.0 {
+    loop {
         for _ in 0..20 {
             up.send(&two_symbols(n));
             n += 1;
             thread::sleep(FEED_EVERY);
         }
         let text = scrape(proxy.addr);
-        conflating |= metric(&text, "fxproxy_clients_conflating") == 1.0;
-        if joined.elapsed() > Duration::from_secs(1) {
-            assert!(
-                metric(&text, "fxproxy_client_queue_depth_sum") <= 2.0,
-                "more than a quote per symbol waits for it"
-            );
+        if metric(&text, "fxproxy_clients_connected") == 0.0 {
+            break;
+        }
+        let depth = metric(&text, "fxproxy_client_queue_depth_sum");
+        // Until its queue of 64 fills (the kernel takes a hundred quotes or so first), they
+        // wait there; from then on, one quote per symbol at most.
+        if metric(&text, "fxproxy_clients_conflating") == 1.0 {
+            conflating = true;
+            assert!(depth <= 2.0, "{depth} frames wait for it");
+        } else {
+            assert!(!conflating && depth <= 64.0, "{depth} frames wait for it");
         }
         assert!(joined.elapsed() < Duration::from_secs(20), "never dropped");
     }
