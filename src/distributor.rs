@@ -88,8 +88,9 @@ pub struct ClientSlot {
     pub writable: AtomicBool,
     kick: AtomicU8,
     /// Set for a client that is sent the latest quote per symbol when it falls behind,
-    /// instead of being closed (see [`crate::conflate`]).
-    conflation: Option<Conflation>,
+    /// instead of being closed (see [`crate::conflate`]). Boxed: the distributor looks at this
+    /// for every client on every batch, so it adds one pointer to the slot, not the slots.
+    conflation: Option<Box<Conflation>>,
 }
 
 impl ClientSlot {
@@ -99,7 +100,7 @@ impl ClientSlot {
 
     /// Its latest-value slots, if it conflates.
     pub fn conflation(&self) -> Option<&Conflation> {
-        self.conflation.as_ref()
+        self.conflation.as_deref()
     }
 
     /// Wakes the writer if it is parked, whatever it is waiting for. Callers publish their
@@ -416,7 +417,7 @@ impl Hub {
             readable: AtomicBool::new(false),
             writable: AtomicBool::new(false),
             kick: AtomicU8::new(0),
-            conflation: conflate.then(|| Conflation::new(self.symbols.len())),
+            conflation: conflate.then(|| Box::new(Conflation::new(self.symbols.len()))),
         });
         let mut inner = self.inner.lock();
         let count = inner.per_key.entry(key.to_string()).or_insert(0);
