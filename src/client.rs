@@ -608,11 +608,7 @@ fn deliver_loop(
 // thread one more page of stack (measured: 12 KiB touched against 16 KiB), conflating or not.
 #[inline(never)]
 fn start_holding(ctx: &Context, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
-    if conflation.hold() {
-        ctx.metrics
-            .clients_conflating
-            .fetch_add(1, Ordering::Relaxed);
-    }
+    conflation.hold(&ctx.metrics.clients_conflating);
     fold_queue(ctx, conflation, rx);
 }
 
@@ -645,16 +641,8 @@ fn deliver_latest(
 ) -> Result<u64, End> {
     let mut written = 0;
     loop {
-        let frame = match conflation.take() {
-            Ok(frame) => frame,
-            Err(became_live) => {
-                if became_live {
-                    ctx.metrics
-                        .clients_conflating
-                        .fetch_sub(1, Ordering::Relaxed);
-                }
-                return Ok(written);
-            }
+        let Some(frame) = conflation.take(&ctx.metrics.clients_conflating) else {
+            return Ok(written);
         };
         written += 1;
         match ws.write(Message::Text(frame)) {

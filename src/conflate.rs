@@ -15,10 +15,13 @@
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tungstenite::Utf8Bytes;
 
 /// One client's latest-value slots.
+///
+/// `behind` (the `fxproxy_clients_conflating` gauge) is counted up and down under the same lock
+/// as the state it counts, so that it never counts a client twice nor goes below zero.
 pub struct Conflation {
     state: Mutex<State>,
     /// Whether any slot holds a quote: the writer looks before it parks, without the lock.
@@ -63,6 +66,7 @@ impl Conflation {
         frame: &Utf8Bytes,
         queue: &Sender<Utf8Bytes>,
         queue_len: usize,
+        behind: &AtomicU64,
     ) -> Offer {
         let mut s = self.state.lock();
         let mut started = false;
@@ -73,6 +77,7 @@ impl Conflation {
                 return Offer::Queued;
             }
             s.live = false;
+            behind.fetch_add(1, Ordering::Relaxed);
             started = true;
         }
         let replaced = s.put(id, frame.clone());
@@ -80,12 +85,22 @@ impl Conflation {
         Offer::Held { replaced, started }
     }
 
-    /// The writer fell behind: from now on quotes wait here. Returns false if it already was
-    /// holding. Frames still in the queue are older than any that come here from now on; the
-    /// writer folds them in with [`Conflation::fold`].
-    pub fn hold(&self) -> bool {
+    /// The writer fell behind: from now on quotes wait here. Frames still in the queue are
+    /// older than any that come here from now on; the writer folds them in with
+    /// [`Conflation::fold`].
+    pub fn hold(&self, behind: &AtomicU64) {
         let mut s = self.state.lock();
-        std::mem::replace(&mut s.live, false)
+        if std::mem::replace(&mut s.live, false) {
+            behind.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The client is leaving: it no longer counts as behind.
+    pub fn release(&self, behind: &AtomicU64) {
+        let mut s = self.state.lock();
+        if !std::mem::replace(&mut s.live, true) {
+            behind.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub fn is_holding(&self) -> bool {
@@ -128,17 +143,19 @@ impl Conflation {
     }
 
     /// The writer's way out: the next quote to send while holding, oldest change first.
-    /// `None` when there is none, and then the client is live again (`Some(true)` tells it
-    /// that happened just now).
-    pub fn take(&self) -> Result<Utf8Bytes, bool> {
+    /// `None` when there is none, and then the client is live again.
+    pub fn take(&self, behind: &AtomicU64) -> Option<Utf8Bytes> {
         let mut s = self.state.lock();
         while let Some(id) = s.order.pop_front() {
             if let Some(frame) = s.latest[id].take() {
-                return Ok(frame);
+                return Some(frame);
             }
         }
         self.pending.store(false, Ordering::SeqCst);
-        Err(!std::mem::replace(&mut s.live, true))
+        if !std::mem::replace(&mut s.live, true) {
+            behind.fetch_sub(1, Ordering::Relaxed);
+        }
+        None
     }
 
     /// Whether a quote waits in a slot (see `pending`).
@@ -173,9 +190,9 @@ mod tests {
         Utf8Bytes::from(format!("{sym}{n}"))
     }
 
-    fn drain(c: &Conflation) -> Vec<String> {
+    fn drain(c: &Conflation, behind: &AtomicU64) -> Vec<String> {
         let mut out = Vec::new();
-        while let Ok(frame) = c.take() {
+        while let Some(frame) = c.take(behind) {
             out.push(frame.to_string());
         }
         out
@@ -184,42 +201,46 @@ mod tests {
     #[test]
     fn live_while_there_is_room_then_latest_per_symbol() {
         let c = Conflation::new(2);
+        let behind = AtomicU64::new(0);
         let (tx, rx) = crossbeam_channel::unbounded();
-        assert_eq!(c.offer(0, &f("A", 1), &tx, 2), Offer::Queued);
-        assert_eq!(c.offer(1, &f("B", 1), &tx, 2), Offer::Queued);
+        assert_eq!(c.offer(0, &f("A", 1), &tx, 2, &behind), Offer::Queued);
+        assert_eq!(c.offer(1, &f("B", 1), &tx, 2, &behind), Offer::Queued);
         assert_eq!(
-            c.offer(0, &f("A", 2), &tx, 2),
+            c.offer(0, &f("A", 2), &tx, 2, &behind),
             Offer::Held {
                 replaced: false,
                 started: true
             }
         );
         assert_eq!(
-            c.offer(0, &f("A", 3), &tx, 2),
+            c.offer(0, &f("A", 3), &tx, 2, &behind),
             Offer::Held {
                 replaced: true,
                 started: false
             }
         );
-        c.offer(1, &f("B", 2), &tx, 2);
+        c.offer(1, &f("B", 2), &tx, 2, &behind);
         assert!(c.is_holding() && c.has_pending());
-        assert_eq!(c.waiting(), 2);
+        assert_eq!((c.waiting(), behind.load(Ordering::Relaxed)), (2, 1));
         // The queue's frames are older: the writer folds them in, and they lose to A3 and B2.
         let queued: Vec<(usize, Utf8Bytes)> = rx.try_iter().enumerate().collect();
         assert_eq!(c.fold(queued), 2);
-        assert_eq!(drain(&c), ["A3", "B2"]);
+        assert_eq!(drain(&c, &behind), ["A3", "B2"]);
         assert!(!c.is_holding(), "live again once nothing waits");
         assert!(!c.has_pending());
-        assert_eq!(c.offer(0, &f("A", 4), &tx, 2), Offer::Queued);
+        assert_eq!(behind.load(Ordering::Relaxed), 0);
+        assert_eq!(c.offer(0, &f("A", 4), &tx, 2, &behind), Offer::Queued);
     }
 
     #[test]
     fn folded_frames_go_first_and_only_the_newest_of_each_symbol() {
         let c = Conflation::new(3);
+        let behind = AtomicU64::new(0);
         let (tx, _rx) = crossbeam_channel::unbounded();
-        assert!(c.hold());
-        assert!(!c.hold(), "already holding");
-        c.offer(2, &f("C", 9), &tx, 100);
+        c.hold(&behind);
+        c.hold(&behind);
+        assert_eq!(behind.load(Ordering::Relaxed), 1, "counted once");
+        c.offer(2, &f("C", 9), &tx, 100, &behind);
         let dropped = c.fold(vec![
             (0, f("A", 1)),
             (1, f("B", 1)),
@@ -227,14 +248,19 @@ mod tests {
             (2, f("C", 1)),
         ]);
         assert_eq!(dropped, 2, "A1 and C1");
-        assert_eq!(drain(&c), ["A2", "B1", "C9"]);
+        assert_eq!(drain(&c, &behind), ["A2", "B1", "C9"]);
     }
 
     #[test]
-    fn take_says_when_the_client_became_live() {
+    fn a_client_leaving_while_behind_is_counted_out() {
         let c = Conflation::new(1);
-        assert!(!c.take().unwrap_err(), "it was live already");
-        c.hold();
-        assert!(c.take().unwrap_err());
+        let behind = AtomicU64::new(0);
+        c.release(&behind);
+        assert_eq!(behind.load(Ordering::Relaxed), 0, "it was live");
+        c.hold(&behind);
+        c.release(&behind);
+        assert_eq!(behind.load(Ordering::Relaxed), 0);
+        assert!(c.take(&behind).is_none());
+        assert_eq!(behind.load(Ordering::Relaxed), 0, "never below zero");
     }
 }

@@ -446,10 +446,8 @@ impl Hub {
             inner.clients.swap_remove(pos);
         }
         // Out of the list, nobody can start it holding any more.
-        if slot.conflation.as_ref().is_some_and(|c| c.is_holding()) {
-            self.metrics
-                .clients_conflating
-                .fetch_sub(1, Ordering::Relaxed);
+        if let Some(conflation) = &slot.conflation {
+            conflation.release(&self.metrics.clients_conflating);
         }
         if let Some(count) = inner.per_key.get_mut(&slot.key) {
             *count -= 1;
@@ -496,7 +494,7 @@ impl Hub {
         }
         let mut slow = Vec::new();
         let mut queued = std::mem::take(&mut inner.queued);
-        let (mut conflated, mut started) = (0, 0);
+        let mut conflated = 0;
         // Conflating clients whose queue just filled: their writers fold it into their slots,
         // even if they are parked waiting for the socket.
         let mut to_fold: Vec<Arc<ClientSlot>> = Vec::new();
@@ -505,14 +503,12 @@ impl Hub {
                 let mut offered = false;
                 for (id, frame) in batch.iter().filter(|(id, _)| client.wants(*id)) {
                     offered = true;
-                    if let Offer::Held {
-                        replaced,
-                        started: s,
-                    } = conflation.offer(*id, frame, &client.tx, self.queue_len)
+                    let behind = &self.metrics.clients_conflating;
+                    if let Offer::Held { replaced, started } =
+                        conflation.offer(*id, frame, &client.tx, self.queue_len, behind)
                     {
                         conflated += u64::from(replaced);
-                        if s {
-                            started += 1;
+                        if started {
                             to_fold.push(Arc::clone(client));
                         }
                     }
@@ -554,13 +550,12 @@ impl Hub {
                 .fetch_add(1, Ordering::Relaxed);
         }
         drop(inner);
-        if conflated + started > 0 {
+        if conflated > 0 {
             let m = &self.metrics;
             m.quotes_conflated.fetch_add(conflated, Ordering::Relaxed);
-            m.clients_conflating.fetch_add(started, Ordering::Relaxed);
-            for client in to_fold {
-                client.wake();
-            }
+        }
+        for client in to_fold {
+            client.wake();
         }
         if !woken.is_empty() {
             let chain = Arc::new(WakeChain {
