@@ -689,10 +689,15 @@ impl Draft {
             "ping_secs" => self.ping = Some(secs(v, 1, 3600)?),
             "dead_after_secs" => self.dead_after = Some(secs(v, 1, 86_400)?),
             "split_arrays" => {
-                self.split_arrays = match v {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(format!("expected true or false, got {v:?}")),
+                // As proxy.conf's booleans.
+                self.split_arrays = match v.to_ascii_lowercase().as_str() {
+                    "true" | "yes" | "on" => true,
+                    "false" | "no" | "off" => false,
+                    _ => {
+                        return Err(format!(
+                            "expected true or false (or yes/no, on/off), got {v:?}"
+                        ))
+                    }
                 }
             }
             "ignore" => self.ignore.push(Pattern::parse(v)?),
@@ -1091,9 +1096,10 @@ mod tests {
         assert_eq!(f.spelling, Spelling::default());
         assert!(f.ts.is_none());
         let p = parse_template(&format!(
-            "{MINIMAL}symbol_case = lower\nquote_symbol_format = {{base}}/{{quote}}\nts_field = t\nrefuse = status=x\n"
+            "{MINIMAL}symbol_case = lower\nquote_symbol_format = {{base}}/{{quote}}\nts_field = t\nrefuse = status=x\nsplit_arrays = Yes\n"
         ))
         .unwrap();
+        assert!(p.split_arrays);
         let QuoteShape::Fields(f) = &p.quotes else {
             panic!()
         };
