@@ -101,6 +101,13 @@ fn the_recording_rotates_at_record_max_bytes_keeping_the_previous_file() {
 #[test]
 fn a_full_disk_stops_the_recording_and_serving_goes_on() {
     // /dev/full fails every write with ENOSPC, as a full disk does.
+    let missing: Vec<String> = (!Path::new("/dev/full").exists())
+        .then(|| "/dev/full".to_string())
+        .into_iter()
+        .collect();
+    if !common::process::prerequisites_met("a full disk", &missing) {
+        return;
+    }
     let up = TestUpstream::start();
     let dir = temp_dir("full-disk");
     let keys = write_keys(&dir, &[KEY]);
