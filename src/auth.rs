@@ -11,6 +11,9 @@ pub struct AuthRequest {
     pub key: String,
     /// Upper-case, trimmed, unique, in the order sent; `None` means every symbol the key allows.
     pub symbols: Option<Vec<String>>,
+    /// `"conflate": true` (or false): the slow-client policy this client asks for; `None`
+    /// leaves it to `slow_client`.
+    pub conflate: Option<bool>,
 }
 
 impl fmt::Debug for AuthRequest {
@@ -19,6 +22,7 @@ impl fmt::Debug for AuthRequest {
         f.debug_struct("AuthRequest")
             .field("key", &format_args!("{shown}…"))
             .field("symbols", &self.symbols)
+            .field("conflate", &self.conflate)
             .finish()
     }
 }
@@ -34,6 +38,8 @@ pub enum AuthError {
     KeyNotAString,
     /// `symbol` is neither a string nor an array of strings.
     BadSymbol,
+    /// `conflate` is not `true` or `false`.
+    BadConflate,
 }
 
 impl fmt::Display for AuthError {
@@ -46,6 +52,7 @@ impl fmt::Display for AuthError {
             AuthError::BadSymbol => {
                 "`symbol` in the auth message is neither a string nor an array of strings"
             }
+            AuthError::BadConflate => "`conflate` in the auth message is not true or false",
         })
     }
 }
@@ -85,9 +92,15 @@ pub fn parse_auth(text: &str) -> Result<AuthRequest, AuthError> {
         }
         Some(_) => return Err(AuthError::BadSymbol),
     }
+    let conflate = match object.get("conflate") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(AuthError::BadConflate),
+    };
     Ok(AuthRequest {
         key,
         symbols: (!symbols.is_empty()).then_some(symbols),
+        conflate,
     })
 }
 
@@ -165,6 +178,24 @@ mod tests {
         assert_eq!(
             AuthError::MissingKey.to_string(),
             "the auth message has no `userKey`"
+        );
+    }
+
+    #[test]
+    fn a_client_may_ask_to_be_conflated() {
+        let conflate = |t: &str| parse_auth(t).map(|r| r.conflate);
+        assert_eq!(conflate(r#"{"userKey":"k"}"#), Ok(None));
+        assert_eq!(
+            conflate(r#"{"userKey":"k","conflate":true}"#),
+            Ok(Some(true))
+        );
+        assert_eq!(
+            conflate(r#"{"userKey":"k","conflate":false}"#),
+            Ok(Some(false))
+        );
+        assert_eq!(
+            conflate(r#"{"userKey":"k","conflate":"yes"}"#),
+            Err(AuthError::BadConflate)
         );
     }
 

@@ -36,6 +36,13 @@ const KEYS: &[&str] = &[
     "upstream_api_key_file",
     "symbols",
     "subscribe_message",
+    // Providers, recording and the slow-client policy.
+    "provider",
+    "provider_template",
+    "client_format",
+    "record_file",
+    "record_max_bytes",
+    "slow_client",
     "user_keys_file",
     "auth_timeout_secs",
     "handshake_timeout_secs",
@@ -75,12 +82,63 @@ const REQUIRED: &[&str] = &["upstream_url", "symbols", "user_keys_file"];
 pub const DEFAULT_SUBSCRIBE_MESSAGE: &str = r#"{"userKey":"{api_key}","symbol":"{symbols}"}"#;
 
 /// Where quotes come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Upstream {
     /// The built-in simulated source (`upstream_url = sim`).
     Sim,
     /// A `ws://` or `wss://` URL, as written in the file.
     Url(String),
+    /// `upstream_url` unset: the provider template's `url`.
+    ProviderUrl,
+    /// `replay:PATH[?speed=N|max][&loop=1]`: a recording played back as a source.
+    Replay(Replay),
+}
+
+/// A recording to play back (see `crate::replay`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// Resolved against the config file's directory.
+    pub path: PathBuf,
+    /// `None`: as fast as the proxy takes the frames (`speed=max`).
+    pub speed: Option<f64>,
+    pub looped: bool,
+}
+
+/// `provider`: whose protocol the upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderChoice {
+    Tradermade,
+    TradermadeV2,
+    /// Described by `provider_template`.
+    Custom,
+}
+
+impl ProviderChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderChoice::Tradermade => "tradermade",
+            ProviderChoice::TradermadeV2 => "tradermade-v2",
+            ProviderChoice::Custom => "custom",
+        }
+    }
+}
+
+/// `client_format`: what clients are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFormat {
+    /// fxproxy's v1 quote shape, whatever the provider.
+    Normalized,
+    /// The provider's own frames (arrays split into their elements).
+    Upstream,
+}
+
+/// `slow_client`: what becomes of a client that falls behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowClient {
+    /// Closed with 1008 `Slow consumer`.
+    Disconnect,
+    /// Sent the latest quote of each symbol that changed once it catches up.
+    Conflate,
 }
 
 pub use crate::market::MarketHours;
@@ -202,6 +260,16 @@ pub struct Config {
     pub backbone_max_len: u64,
     /// Connections from these may say who the client is with `X-Forwarded-For`.
     pub trusted_proxies: Vec<Cidr>,
+
+    // Providers, recording and the slow-client policy.
+    pub provider: ProviderChoice,
+    /// Resolved against the config file's directory; read by [`Config::provider_description`].
+    pub provider_template: Option<PathBuf>,
+    pub client_format: ClientFormat,
+    /// Resolved against the config file's directory.
+    pub record_file: Option<PathBuf>,
+    pub record_max_bytes: u64,
+    pub slow_client: SlowClient,
 }
 
 impl Config {
@@ -252,6 +320,12 @@ impl Config {
             backbone_name: "fxproxy".to_string(),
             backbone_max_len: 100_000,
             trusted_proxies: Vec::new(),
+            provider: ProviderChoice::Tradermade,
+            provider_template: None,
+            client_format: ClientFormat::Normalized,
+            record_file: None,
+            record_max_bytes: 100_000_000,
+            slow_client: SlowClient::Disconnect,
         }
     }
 
@@ -369,6 +443,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         message: format!("cannot read the configuration file: {e}"),
     })?;
     let mut config = parse(&text, path)?;
+    // Read and checked now, so that a broken template stops start-up (and --check-config).
+    config.provider_description()?;
     resolve_api_key(
         &mut config,
         std::env::var_os("CREDENTIALS_DIRECTORY").as_deref(),
@@ -457,8 +533,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     if config.line_of("max_pending_connections").is_none() {
         config.max_pending_connections = config.max_pending_connections.max(config.max_clients);
     }
+    check_provider_keys(&mut config)?;
     for key in REQUIRED {
-        if config.line_of(key).is_none() {
+        // Another provider's template may give the URL; `provider_description` checks it.
+        let given_by_template =
+            *key == "upstream_url" && config.provider != ProviderChoice::Tradermade;
+        if config.line_of(key).is_none() && !given_by_template {
             return Err(ConfigError {
                 file: file.to_path_buf(),
                 line: None,
@@ -478,7 +558,7 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
                 .parse()
                 .map_err(|_| format!("expected an address such as 127.0.0.1:8765, got {v:?}"))?
         }
-        "upstream_url" => c.upstream = parse_upstream(v)?,
+        "upstream_url" => c.upstream = parse_upstream(v, base)?,
         "upstream_api_key" => c.upstream_api_key = Secret::new(v),
         "upstream_api_key_file" => c.upstream_api_key_file = Some(key_file_path(v, base)?),
         "symbols" => c.symbols = parse_symbols(v)?,
@@ -586,6 +666,41 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
             })?
         }
         "trusted_proxies" => c.trusted_proxies = forwarded::parse_list(v)?,
+        "provider" => {
+            c.provider = match v.to_ascii_lowercase().as_str() {
+                "tradermade" => ProviderChoice::Tradermade,
+                "tradermade-v2" => ProviderChoice::TradermadeV2,
+                "custom" => ProviderChoice::Custom,
+                _ => {
+                    return Err(format!(
+                        "expected `tradermade`, `tradermade-v2` or `custom`, got {v:?}"
+                    ))
+                }
+            }
+        }
+        "provider_template" => c.provider_template = Some(relative_to(base, nonempty_path(v)?)),
+        "client_format" => {
+            c.client_format = match v.to_ascii_lowercase().as_str() {
+                "normalized" => ClientFormat::Normalized,
+                "upstream" => ClientFormat::Upstream,
+                _ => return Err(format!("expected `normalized` or `upstream`, got {v:?}")),
+            }
+        }
+        "record_file" => {
+            c.record_file = (!v.is_empty()).then(|| relative_to(base, v));
+        }
+        "record_max_bytes" => {
+            c.record_max_bytes = whole(v, 1024, 1_000_000_000_000).ok_or_else(|| {
+                format!("expected a whole number of bytes from 1024 to 1000000000000, got {v:?}")
+            })?
+        }
+        "slow_client" => {
+            c.slow_client = match v.to_ascii_lowercase().as_str() {
+                "disconnect" => SlowClient::Disconnect,
+                "conflate" => SlowClient::Conflate,
+                _ => return Err(format!("expected `disconnect` or `conflate`, got {v:?}")),
+            }
+        }
         other => return Err(format!("key `{other}` is listed in KEYS but has no parser")),
     }
     Ok(())
@@ -632,11 +747,14 @@ fn boolean(v: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_upstream(v: &str) -> Result<Upstream, String> {
+fn parse_upstream(v: &str, base: &Path) -> Result<Upstream, String> {
     if v.eq_ignore_ascii_case("sim") {
         return Ok(Upstream::Sim);
     }
-    let expected = "expected `sim` or a ws:// or wss:// URL with a host";
+    if let Some(spec) = v.strip_prefix("replay:") {
+        return parse_replay(spec, base).map(Upstream::Replay);
+    }
+    let expected = "expected `sim`, `replay:PATH` or a ws:// or wss:// URL with a host";
     let lower = v.to_ascii_lowercase();
     let Some(rest) = lower
         .strip_prefix("ws://")
@@ -659,6 +777,149 @@ fn parse_upstream(v: &str) -> Result<Upstream, String> {
         return Err(format!("{expected}, got {v:?}"));
     }
     Ok(Upstream::Url(v.to_string()))
+}
+
+/// `PATH[?speed=N|max][&loop=1]`, after `replay:`.
+fn parse_replay(spec: &str, base: &Path) -> Result<Replay, String> {
+    let expected = "expected `replay:PATH`, optionally with `?speed=N` (N times the recorded pace, or `max`) and `&loop=1`";
+    let (path, query) = spec.split_once('?').unwrap_or((spec, ""));
+    if path.is_empty() {
+        return Err(format!("{expected}, got no path"));
+    }
+    let mut replay = Replay {
+        path: relative_to(base, path),
+        speed: Some(1.0),
+        looped: false,
+    };
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        match param.split_once('=') {
+            Some(("speed", "max")) => replay.speed = None,
+            Some(("speed", n)) => {
+                let speed = n
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 1e6)
+                    .ok_or_else(|| {
+                        format!("{expected}; `speed` wants a number above 0 or `max`, got {n:?}")
+                    })?;
+                replay.speed = Some(speed);
+            }
+            Some(("loop", "1" | "true")) => replay.looped = true,
+            Some(("loop", "0" | "false")) => replay.looped = false,
+            _ => return Err(format!("{expected}, got {param:?}")),
+        }
+    }
+    Ok(replay)
+}
+
+/// The provider keys that only make sense together, checked once the whole file is read.
+fn check_provider_keys(c: &mut Config) -> Result<(), ConfigError> {
+    let provider = c.provider;
+    if provider == ProviderChoice::Custom && c.provider_template.is_none() {
+        return Err(c.error_at(
+            "provider",
+            "`provider = custom` needs `provider_template`, the file that describes the protocol (see providers/ for examples)",
+        ));
+    }
+    if provider != ProviderChoice::Custom && c.line_of("provider_template").is_some() {
+        return Err(c.error_at(
+            "provider_template",
+            format!(
+                "applies to `provider = custom` only (provider is {})",
+                provider.name()
+            ),
+        ));
+    }
+    if provider != ProviderChoice::Tradermade && c.line_of("subscribe_message").is_some() {
+        return Err(c.error_at(
+            "subscribe_message",
+            format!(
+                "applies to `provider = tradermade` only; with {} the messages are in its template",
+                provider.name()
+            ),
+        ));
+    }
+    if c.line_of("upstream_url").is_none() && provider != ProviderChoice::Tradermade {
+        c.upstream = Upstream::ProviderUrl;
+    }
+    if provider != ProviderChoice::Tradermade && c.upstream == Upstream::Sim {
+        return Err(c.error_at(
+            "upstream_url",
+            format!(
+                "the built-in simulator speaks the tradermade protocol, not {} (a recording of that provider plays with `replay:PATH`)",
+                provider.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// The provider's protocol, as its template describes it: a built-in preset, or the
+    /// `provider_template` file (read here). Checked against the symbols, and resolves
+    /// `upstream_url` left unset to the template's `url`. Errors name the template's file,
+    /// line and key, or the line of proxy.conf that the problem comes from.
+    pub fn provider_description(&mut self) -> Result<crate::provider::Provider, ConfigError> {
+        use crate::provider;
+        let mut description = match self.provider {
+            ProviderChoice::Tradermade | ProviderChoice::TradermadeV2 => {
+                provider::preset(self.provider.name()).ok_or_else(|| {
+                    self.error_at("provider", "no such built-in provider in this build")
+                })?
+            }
+            ProviderChoice::Custom => {
+                let path = self.provider_template.clone().ok_or_else(|| {
+                    self.error_at("provider", "`provider = custom` needs `provider_template`")
+                })?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.error_at(
+                        "provider_template",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                provider::parse_template(&text).map_err(|e| ConfigError {
+                    file: path.clone(),
+                    line: e.line,
+                    key: e.key.clone(),
+                    message: match (&e.key, e.line) {
+                        (Some(key), None) => format!("key `{key}`: {}", e.message),
+                        _ => e.message.clone(),
+                    },
+                })?
+            }
+        };
+        if self.provider == ProviderChoice::Tradermade {
+            // The one message of TraderMade's protocol has always been this key.
+            if let Some(step) = description.steps.first_mut() {
+                step.send = self.subscribe_message.clone();
+            }
+        }
+        if self.upstream == Upstream::ProviderUrl {
+            match &description.url {
+                Some(url) => self.upstream = Upstream::Url(url.clone()),
+                None => {
+                    return Err(ConfigError {
+                        file: self.file.clone(),
+                        line: None,
+                        key: Some("upstream_url".into()),
+                        message: format!(
+                            "missing required key `upstream_url` (the {} template gives no `url`)",
+                            description.name
+                        ),
+                    })
+                }
+            }
+        }
+        let key = if self.line_of("provider_template").is_some() {
+            "provider_template"
+        } else {
+            "symbols"
+        };
+        description
+            .check(&self.symbols)
+            .map_err(|m| self.error_at(key, m))?;
+        Ok(description)
+    }
 }
 
 fn parse_symbols(v: &str) -> Result<Vec<String>, String> {
@@ -941,7 +1202,9 @@ mod tests {
              client_read_buffer_bytes = 1024\nclient_write_buffer_bytes = 4096\n\
              http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 20\n\
              sim_rate = 20\nlog_level = info\nbackbone =\nbackbone_role = both\n\
-             backbone_name = fxproxy\nbackbone_max_len = 100000\ntrusted_proxies =\n"
+             backbone_name = fxproxy\nbackbone_max_len = 100000\ntrusted_proxies =\n\
+             provider = tradermade\nclient_format = normalized\nrecord_file =\n\
+             record_max_bytes = 100000000\nslow_client = disconnect\n"
         );
         let c = parse_ok(&text);
         let d = parse_ok(MINIMAL);
@@ -951,8 +1214,9 @@ mod tests {
             format!("{c:?}")
         };
         assert_eq!(strip(&c), strip(&d));
-        // Every key but the file variant of the API key was set, and each has a parser.
-        assert_eq!(c.key_lines.len(), KEYS.len() - 1);
+        // Every key but the file variant of the API key and the template (for `provider =
+        // custom` only) was set, and each has a parser.
+        assert_eq!(c.key_lines.len(), KEYS.len() - 2);
     }
 
     #[test]
@@ -1163,7 +1427,7 @@ mod tests {
         ] {
             let m = with(&format!("upstream_url = {url}"));
             assert!(
-                m.starts_with("proxy.conf:1: key `upstream_url`: expected `sim` or a ws:// or wss:// URL with a host"),
+                m.starts_with("proxy.conf:1: key `upstream_url`: expected `sim`, `replay:PATH` or a ws:// or wss:// URL with a host"),
                 "{url}: {m}"
             );
         }
@@ -1416,6 +1680,182 @@ mod tests {
         );
         c.subscribe_message = "{x} {api_key}{".to_string();
         assert_eq!(c.subscribe_text(), "{x} abc{symbols}{");
+    }
+
+    #[test]
+    fn provider_keys() {
+        let c = parse_ok(MINIMAL);
+        assert_eq!(c.provider, ProviderChoice::Tradermade);
+        assert_eq!(c.client_format, ClientFormat::Normalized);
+        assert_eq!(c.slow_client, SlowClient::Disconnect);
+        assert_eq!(
+            (c.record_file.clone(), c.record_max_bytes),
+            (None, 100_000_000)
+        );
+        let c = parse(
+            "provider = TraderMade-v2\nsymbols = EURUSD\nuser_keys_file = k\nclient_format = upstream\n\
+             slow_client = conflate\nrecord_file = rec/feed.jsonl\nrecord_max_bytes = 4096\n",
+            Path::new("/etc/fxproxy/proxy.conf"),
+        )
+        .unwrap();
+        assert_eq!(c.provider, ProviderChoice::TradermadeV2);
+        assert_eq!(
+            c.upstream,
+            Upstream::ProviderUrl,
+            "the template gives the URL"
+        );
+        assert_eq!(c.client_format, ClientFormat::Upstream);
+        assert_eq!(c.slow_client, SlowClient::Conflate);
+        assert_eq!(
+            c.record_file,
+            Some(PathBuf::from("/etc/fxproxy/rec/feed.jsonl"))
+        );
+        assert_eq!(c.record_max_bytes, 4096);
+        let mut c = c;
+        let description = c.provider_description().unwrap();
+        assert_eq!(description.name, "tradermade-v2");
+        assert_eq!(
+            c.upstream,
+            Upstream::Url("wss://stream.tradermade.com/feedAdv".into())
+        );
+
+        for (line, expected) in [
+            (
+                "provider = polygon",
+                "expected `tradermade`, `tradermade-v2` or `custom`",
+            ),
+            ("client_format = raw", "expected `normalized` or `upstream`"),
+            ("slow_client = drop", "expected `disconnect` or `conflate`"),
+            ("record_max_bytes = 1000", "from 1024 to 1000000000000"),
+            ("provider_template =", "expected a file path"),
+        ] {
+            let m = parse_err(&format!("{MINIMAL}{line}\n"));
+            assert!(m.starts_with("proxy.conf:4: key `"), "{line}: {m}");
+            assert!(m.contains(expected), "{line}: {m}");
+        }
+        assert_eq!(
+            parse_err(&format!("{MINIMAL}provider = custom\n")),
+            "proxy.conf:4: key `provider`: `provider = custom` needs `provider_template`, the file that describes the protocol (see providers/ for examples)"
+        );
+        assert_eq!(
+            parse_err(&format!("{MINIMAL}provider_template = t.conf\n")),
+            "proxy.conf:4: key `provider_template`: applies to `provider = custom` only (provider is tradermade)"
+        );
+        assert!(parse_err(&format!(
+            "{MINIMAL}provider = tradermade-v2\nsubscribe_message = x\n"
+        ))
+        .starts_with(
+            "proxy.conf:5: key `subscribe_message`: applies to `provider = tradermade` only"
+        ));
+        assert!(parse_err(&format!("{MINIMAL}provider = tradermade-v2\n"))
+            .starts_with("proxy.conf:1: key `upstream_url`: the built-in simulator speaks the tradermade protocol"));
+    }
+
+    #[test]
+    fn replay_urls() {
+        let replay = |v: &str| {
+            parse(
+                &format!("upstream_url = {v}\nsymbols = A\nuser_keys_file = k\n"),
+                Path::new("/srv/proxy.conf"),
+            )
+            .map(|c| c.upstream)
+        };
+        let r = |path: &str, speed, looped| {
+            Ok(Upstream::Replay(Replay {
+                path: PathBuf::from(path),
+                speed,
+                looped,
+            }))
+        };
+        assert_eq!(
+            replay("replay:rec.jsonl"),
+            r("/srv/rec.jsonl", Some(1.0), false)
+        );
+        assert_eq!(
+            replay("replay:/tmp/r.jsonl?speed=10&loop=1"),
+            r("/tmp/r.jsonl", Some(10.0), true)
+        );
+        assert_eq!(replay("replay:r?speed=max"), r("/srv/r", None, false));
+        assert_eq!(
+            replay("replay:r?speed=0.5&loop=0"),
+            r("/srv/r", Some(0.5), false)
+        );
+        for bad in [
+            "replay:",
+            "replay:r?speed=0",
+            "replay:r?speed=fast",
+            "replay:r?loop=2",
+            "replay:r?x=1",
+        ] {
+            let e = replay(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("key `upstream_url`: expected `replay:PATH`"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_custom_template_is_read_and_its_errors_name_its_file_line_and_key() {
+        let dir = std::env::temp_dir().join(format!("fxproxy-template-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("proxy.conf");
+        let write = |template: &str| {
+            std::fs::write(dir.join("feed.conf"), template).unwrap();
+            std::fs::write(
+                &conf,
+                "provider = custom\nprovider_template = feed.conf\nsymbols = EURUSD,US30\nuser_keys_file = k\n",
+            )
+            .unwrap();
+            load(&conf)
+        };
+        let good = "url = wss://feed.example/fx\nsend = {\"sub\":\"{symbols}\"}\nbid_field = b\nask_field = a\n";
+        let c = write(good).unwrap();
+        assert_eq!(c.upstream, Upstream::Url("wss://feed.example/fx".into()));
+        let e = write("send = x\nbid_field = b\nask_field = a\nsymbols_join = semicolon\n")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:4: key `symbols_join`: expected `comma` or `array`, got \"semicolon\"",
+                dir.join("feed.conf").display()
+            )
+        );
+        let e = write("send = x\nask_field = a\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: key `bid_field`: required with `quotes = fields`",
+                dir.join("feed.conf").display()
+            )
+        );
+        // A spelling the symbols do not fit: named at the template's line in proxy.conf.
+        let e = write(&good.replace("url =", "symbol_format = {base}/{quote}\nurl =")).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "{}:2: key `provider_template`: symbol US30 does not split into a base and a quote",
+                conf.display()
+            )),
+            "{e}"
+        );
+        // No URL anywhere.
+        let e = write(&good.replace("url = wss://feed.example/fx\n", "")).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "missing required key `upstream_url` (the custom template gives no `url`)"
+            ),
+            "{e}"
+        );
+        std::fs::remove_file(dir.join("feed.conf")).unwrap();
+        let e = load(&conf).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:2: key `provider_template`: cannot read",
+                conf.display()
+            )),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -12,9 +12,10 @@
 //!   and each woken writer wakes the next once it has written, so a few writers run at a time
 //!   on every core instead of thousands crowding out the rest of the host (see [`WakeChain`]).
 
+use crate::conflate::{Conflation, Offer};
 use crate::keys::KeyStore;
 use crate::metrics::{Metrics, Padded, QueueStats};
-use crate::protocol;
+use crate::translate::SymbolOf;
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
 use parking_lot::Mutex;
@@ -87,11 +88,20 @@ pub struct ClientSlot {
     /// Set by the socket watcher when the client's socket takes bytes again.
     pub writable: AtomicBool,
     kick: AtomicU8,
+    /// Set for a client that is sent the latest quote per symbol when it falls behind,
+    /// instead of being closed (see [`crate::conflate`]). Boxed: the distributor looks at this
+    /// for every client on every batch, so it adds one pointer to the slot, not the slots.
+    conflation: Option<Box<Conflation>>,
 }
 
 impl ClientSlot {
     fn wants(&self, symbol: usize) -> bool {
         self.wants.as_ref().map_or(true, |w| w[symbol])
+    }
+
+    /// Its latest-value slots, if it conflates.
+    pub fn conflation(&self) -> Option<&Conflation> {
+        self.conflation.as_deref()
     }
 
     /// Wakes the writer if it is parked, whatever it is waiting for. Callers publish their
@@ -159,7 +169,9 @@ impl ClientSlot {
         let work = match what {
             Idle::Writable => self.writable.load(Ordering::SeqCst),
             Idle::Reply => false,
-            Idle::Frames | Idle::Batch => !rx.is_empty(),
+            Idle::Frames | Idle::Batch => {
+                !rx.is_empty() || self.conflation.as_ref().is_some_and(|c| c.has_pending())
+            }
         };
         if work || self.readable.load(Ordering::SeqCst) || self.kicked() != Kick::None {
             self.state.store(RUNNING, Ordering::SeqCst);
@@ -240,6 +252,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     inner: Mutex<HubInner>,
     grid: Padded<Grid>,
+    /// How a frame's symbol is found: the v1 shape's `symbol`, or a provider's own field.
+    symbol_of: SymbolOf,
 }
 
 /// The batch grid: while quotes stream, busy writers sleep until the next instant
@@ -284,7 +298,20 @@ impl Hub {
                 epoch: Instant::now(),
                 streaming: AtomicBool::new(false),
             }),
+            symbol_of: SymbolOf::V1,
         }
+    }
+
+    /// Frames in a provider's own shape (`client_format = upstream`) name their symbol their
+    /// own way.
+    pub fn with_symbol_of(mut self, symbol_of: SymbolOf) -> Hub {
+        self.symbol_of = symbol_of;
+        self
+    }
+
+    /// The symbol id of a frame from the upstream side, if it is a quote of a carried symbol.
+    pub fn symbol_of(&self, frame: &str) -> Option<usize> {
+        self.symbol_of.id(frame, |name| self.symbol_id(name))
     }
 
     /// The first instant on the batch grid after `now`.
@@ -349,7 +376,8 @@ impl Hub {
         let mut stats = QueueStats::new(self.queue_len);
         let inner = self.inner.lock();
         for client in &inner.clients {
-            stats.add(client.tx.len());
+            let held = client.conflation.as_ref().map_or(0, |c| c.waiting());
+            stats.add(client.tx.len() + held);
         }
         stats
     }
@@ -362,6 +390,18 @@ impl Hub {
         key: &str,
         symbols: Option<&[String]>,
         thread: Thread,
+    ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), JoinError> {
+        self.join_with(key, symbols, thread, false)
+    }
+
+    /// As [`Hub::join`]; a client that `conflate`s is sent the latest quote per symbol when it
+    /// falls behind, instead of being closed.
+    pub fn join_with(
+        &self,
+        key: &str,
+        symbols: Option<&[String]>,
+        thread: Thread,
+        conflate: bool,
     ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), JoinError> {
         let wants = match symbols {
             None => None,
@@ -388,6 +428,7 @@ impl Hub {
             readable: AtomicBool::new(false),
             writable: AtomicBool::new(false),
             kick: AtomicU8::new(0),
+            conflation: conflate.then(|| Box::new(Conflation::new(self.symbols.len()))),
         });
         let mut inner = self.inner.lock();
         let count = inner.per_key.entry(key.to_string()).or_insert(0);
@@ -415,6 +456,10 @@ impl Hub {
         let mut inner = self.inner.lock();
         if let Some(pos) = inner.clients.iter().position(|c| c.id == slot.id) {
             inner.clients.swap_remove(pos);
+        }
+        // Out of the list, nobody can start it holding any more.
+        if let Some(conflation) = &slot.conflation {
+            conflation.release(&self.metrics.clients_conflating);
         }
         if let Some(count) = inner.per_key.get_mut(&slot.key) {
             *count -= 1;
@@ -461,7 +506,30 @@ impl Hub {
         }
         let mut slow = Vec::new();
         let mut queued = std::mem::take(&mut inner.queued);
+        let mut conflated = 0;
+        // Conflating clients whose queue just filled: their writers fold it into their slots,
+        // even if they are parked waiting for the socket.
+        let mut to_fold: Vec<Arc<ClientSlot>> = Vec::new();
         for (pos, client) in inner.clients.iter().enumerate() {
+            if let Some(conflation) = &client.conflation {
+                let mut offered = false;
+                for (id, frame) in batch.iter().filter(|(id, _)| client.wants(*id)) {
+                    offered = true;
+                    let behind = &self.metrics.clients_conflating;
+                    if let Offer::Held { replaced, started } =
+                        conflation.offer(*id, frame, &client.tx, self.queue_len, behind)
+                    {
+                        conflated += u64::from(replaced);
+                        if started {
+                            to_fold.push(Arc::clone(client));
+                        }
+                    }
+                }
+                if offered {
+                    queued.push(pos);
+                }
+                continue;
+            }
             for (n, (_, frame)) in batch.iter().filter(|(id, _)| client.wants(*id)).enumerate() {
                 // An unbounded (linked-block) channel capped by its length: a bounded one
                 // allocates every slot up front, which thousands of clients cannot afford.
@@ -494,6 +562,13 @@ impl Hub {
                 .fetch_add(1, Ordering::Relaxed);
         }
         drop(inner);
+        if conflated > 0 {
+            let m = &self.metrics;
+            m.quotes_conflated.fetch_add(conflated, Ordering::Relaxed);
+        }
+        for client in to_fold {
+            client.wake();
+        }
         if !woken.is_empty() {
             let chain = Arc::new(WakeChain {
                 slots: woken,
@@ -528,7 +603,7 @@ pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
             hub.grid.streaming.store(streaming, Ordering::Relaxed);
         }
         for frame in std::iter::once(first).chain(frames.try_iter()) {
-            match protocol::quote_symbol(&frame).and_then(|s| hub.symbol_id(&s)) {
+            match hub.symbol_of(&frame) {
                 Some(id) => batch.push((id, frame)),
                 None => ignored.note(|n| {
                     warn!("ignored {n} upstream frame(s) that are not quotes of a configured symbol, e.g. {}", crate::logsafe::quoted(&frame))

@@ -692,6 +692,7 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
     Ok(AuthRequest {
         key: request.key,
         symbols: (!wanted.is_empty()).then_some(wanted),
+        conflate: request.conflate,
     })
 }
 

@@ -2,6 +2,7 @@
 //! into an exit code (0 clean stop, 2 bad configuration or arguments, 1 anything else).
 
 use fxproxy::cli::{self, Command};
+use fxproxy::server::StartError;
 use fxproxy::{config, logging, sim, watch, Server};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,7 +91,9 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let server = match Server::start_with_alarm(config, Arc::clone(&signal)) {
         Ok(s) => s,
-        Err(e @ fxproxy::server::StartError::Keys(_)) => {
+        // The key file, the provider's template, a recording to replay or the file to record
+        // to: all named by the configuration.
+        Err(e @ (StartError::Keys(_) | StartError::Config(_) | StartError::File(_))) => {
             log::error!("{e}");
             return ExitCode::from(2);
         }

@@ -171,9 +171,18 @@ impl QueueStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpstreamState {
     NotYetConnected,
-    Connected { since_ms: u64 },
-    Reconnecting { since_ms: u64, reason: String },
-    Refused { since_ms: u64 },
+    Connected {
+        since_ms: u64,
+    },
+    Reconnecting {
+        since_ms: u64,
+        reason: String,
+    },
+    /// A fatal refusal by the provider; `reason` says what it means.
+    Refused {
+        since_ms: u64,
+        reason: String,
+    },
 }
 
 /// A value alone on its cache lines: a counter every writer thread bumps must not share a line
@@ -224,6 +233,19 @@ pub struct Metrics {
     pub last_quote_ms: AtomicU64,
     upstream: Mutex<Option<UpstreamState>>,
     clock: Clock,
+
+    // Conflation and recording.
+    /// Quotes a conflating client was never sent because a newer one of the symbol replaced
+    /// them while it was behind.
+    pub quotes_conflated: AtomicU64,
+    /// Conflating clients behind right now, receiving the latest quote per symbol (a gauge).
+    pub clients_conflating: AtomicU64,
+    /// Upstream frames written to `record_file`.
+    pub recorded_frames: AtomicU64,
+    /// Upstream frames left out of the recording because the disk did not keep up.
+    pub record_dropped: AtomicU64,
+    /// 1 while `record_file` is being written (0 when off, or stopped by an error).
+    pub recording: AtomicU64,
 }
 
 /// The close codes counted in `protocol_errors`, in its order.
@@ -301,11 +323,12 @@ impl Metrics {
         let age_json = age.map_or("null".to_string(), |a| format!("{:.3}", a as f64 / 1000.0));
         let (ok, status, detail) = match self.upstream() {
             UpstreamState::NotYetConnected => (false, "not_connected", String::new()),
-            UpstreamState::Refused { since_ms } => (
+            UpstreamState::Refused { since_ms, reason } => (
                 false,
                 "refused",
                 format!(
-                    ",\"reason\":\"the provider refused the key: connection limit reached\",\"since_ms\":{since_ms}"
+                    ",\"reason\":{},\"since_ms\":{since_ms}",
+                    serde_json::Value::String(format!("the provider refused the key: {reason}"))
                 ),
             ),
             UpstreamState::Reconnecting { since_ms, reason } => (
@@ -594,6 +617,36 @@ impl Metrics {
             &one(batching as u64),
         );
         metric(
+            "fxproxy_quotes_conflated_total",
+            "counter",
+            "Quotes conflating clients were not sent because a newer quote of the symbol replaced them while they were behind (slow_client = conflate).",
+            &one(c(&self.quotes_conflated)),
+        );
+        metric(
+            "fxproxy_clients_conflating",
+            "gauge",
+            "Conflating clients behind right now, sent the latest quote of each symbol as they catch up.",
+            &one(c(&self.clients_conflating)),
+        );
+        metric(
+            "fxproxy_recording",
+            "gauge",
+            "1 while every upstream frame is written to record_file (0: off, or stopped by an error: see the log).",
+            &one(c(&self.recording)),
+        );
+        metric(
+            "fxproxy_recorded_frames_total",
+            "counter",
+            "Upstream frames written to record_file.",
+            &one(c(&self.recorded_frames)),
+        );
+        metric(
+            "fxproxy_record_dropped_total",
+            "counter",
+            "Upstream frames left out of record_file because the disk did not keep up.",
+            &one(c(&self.record_dropped)),
+        );
+        metric(
             "fxproxy_process_threads",
             "gauge",
             "Threads in the proxy process.",
@@ -631,7 +684,7 @@ fn describe(state: &UpstreamState) -> String {
         UpstreamState::NotYetConnected => "not yet connected".into(),
         UpstreamState::Connected { .. } => "connected".into(),
         UpstreamState::Reconnecting { reason, .. } => format!("reconnecting ({reason})"),
-        UpstreamState::Refused { .. } => "refused by the provider (connection limit)".into(),
+        UpstreamState::Refused { reason, .. } => format!("refused by the provider: {reason}"),
     }
 }
 
@@ -757,7 +810,10 @@ mod tests {
                 since_ms: 5,
                 reason: "refused".into(),
             },
-            UpstreamState::Refused { since_ms: 5 },
+            UpstreamState::Refused {
+                since_ms: 5,
+                reason: "its connection limit".into(),
+            },
         ] {
             m.set_upstream(state);
             let (code, body) = m.health(&fx, stale, at("2026-12-05", 12, 0));

@@ -1,6 +1,7 @@
-//! The upstream protocol in one place: what a quote frame looks like, what the provider's
-//! other texts mean. The proxy serves its clients this same protocol, so `watch`, the
-//! simulator and the page all lean on these definitions too.
+//! fxproxy's own quote protocol in one place (TraderMade's first protocol, which the proxy
+//! serves its clients whatever the provider): what a quote frame looks like. `watch`, the
+//! simulator and the page lean on these definitions too; what a provider's other texts mean
+//! is its template's business (see [`crate::provider`]).
 
 use serde::Deserialize;
 
@@ -10,33 +11,6 @@ pub const MAX_UPSTREAM_FRAME: usize = 1 << 20;
 
 /// The greeting a TraderMade-style source (and this proxy) sends on connect.
 pub const GREETING: &str = "Connected";
-
-/// The provider's refusal when a key has too many connections (sic: the real provider's words).
-pub const REFUSAL_TOO_MANY: &str = "User Key Used to many times";
-
-/// What a text frame from the source is, decided without a full parse where the first byte
-/// settles it: only frames that start with `{` can be quotes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// A JSON object; the distributor parses it once to find the symbol.
-    MaybeQuote,
-    /// The provider's connection-limit refusal.
-    RefusedTooMany,
-    /// Any other text: a greeting, a status line, an error message.
-    Other,
-}
-
-/// Classifies a text frame by its shape alone.
-pub fn classify(text: &str) -> Kind {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') {
-        Kind::MaybeQuote
-    } else if trimmed.contains(REFUSAL_TOO_MANY) {
-        Kind::RefusedTooMany
-    } else {
-        Kind::Other
-    }
-}
 
 #[derive(Deserialize)]
 struct QuoteHead<'a> {
@@ -72,16 +46,6 @@ pub fn auth_message(key: &str, symbols: Option<&[String]>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn classifies_by_shape() {
-        assert_eq!(classify("Connected"), Kind::Other);
-        assert_eq!(classify(" {\"symbol\":\"EURUSD\"}"), Kind::MaybeQuote);
-        assert_eq!(
-            classify("User Key Used to many times"),
-            Kind::RefusedTooMany
-        );
-    }
 
     #[test]
     fn finds_the_symbol_of_a_quote() {

@@ -7,15 +7,18 @@ use crate::backbone;
 use crate::ceiling::{self, Ceiling};
 use crate::client;
 use crate::clock::Clock;
-use crate::config::{Config, Upstream};
+use crate::config::{Config, ConfigError, Upstream};
 use crate::context::Context;
 use crate::distributor::{self, Hub, Kick};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::places::Places;
+use crate::record::Recorder;
+use crate::replay::ReplayServer;
 use crate::sim::{SimOptions, SimServer};
 use crate::stop::Stop;
 use crate::threads::{panic_message, Threads};
+use crate::translate::Translator;
 use crate::upstream;
 use crate::watcher::Watcher;
 use log::{error, info, warn};
@@ -87,6 +90,10 @@ pub enum StartError {
     Bind(SocketAddr, io::Error),
     Keys(String),
     Thread(io::Error),
+    /// The provider's template, or what it makes of the configuration.
+    Config(ConfigError),
+    /// The recording to replay, or the file to record to, cannot be opened.
+    File(io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -95,6 +102,8 @@ impl fmt::Display for StartError {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::Keys(e) => write!(f, "{e}"),
             StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::File(e) => write!(f, "{e}"),
         }
     }
 }
@@ -126,6 +135,7 @@ pub struct Server {
     ctx: Arc<Context>,
     addr: SocketAddr,
     sim: Option<SimServer>,
+    replay: Option<ReplayServer>,
     admission: Arc<Waker>,
     failure: Arc<Failure>,
 }
@@ -157,7 +167,7 @@ impl Server {
     }
 
     fn start_with(
-        config: Config,
+        mut config: Config,
         alarm: Arc<Stop>,
         echo: bool,
         clock: Clock,
@@ -165,6 +175,10 @@ impl Server {
         // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
         // in. An error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let provider = Arc::new(config.provider_description().map_err(StartError::Config)?);
+        let translator =
+            Translator::new(Arc::clone(&provider), config.client_format, &config.symbols)
+                .map_err(|m| StartError::Config(config.error_at("symbols", m)))?;
         let keys = KeyStore::load(&config.user_keys_file).map_err(StartError::Keys)?;
         crate::demo_key::check(config.listen, &keys, &config.user_keys_file)
             .map_err(StartError::Keys)?;
@@ -186,13 +200,16 @@ impl Server {
             usize::try_from(ceiling.clients(SERVICE_THREADS)).unwrap_or(usize::MAX),
         );
         let metrics = Arc::new(Metrics::with_clock(clock));
-        let hub = Arc::new(Hub::new(
-            &config.symbols,
-            config.client_queue_len,
-            config.max_clients_per_key,
-            config.batch_delay,
-            Arc::clone(&metrics),
-        ));
+        let hub = Arc::new(
+            Hub::new(
+                &config.symbols,
+                config.client_queue_len,
+                config.max_clients_per_key,
+                config.batch_delay,
+                Arc::clone(&metrics),
+            )
+            .with_symbol_of(translator.symbol_of()),
+        );
         let failure = Arc::new(Failure {
             failed: AtomicBool::new(false),
             alarm,
@@ -215,20 +232,85 @@ impl Server {
             ),
             _ => None,
         };
-        let url = match (&config.upstream, &sim) {
-            (Upstream::Url(url), _) => url.clone(),
-            (Upstream::Sim, Some(sim)) => format!("ws://{}/", sim.local_addr()),
-            (Upstream::Sim, None) => String::new(),
+        let replay = match &config.upstream {
+            Upstream::Replay(replay) if ingests => {
+                Some(ReplayServer::start(replay).map_err(StartError::File)?)
+            }
+            _ => None,
+        };
+        let key = config.upstream_api_key.expose().to_string();
+        let messages = provider
+            .messages(&key, &config.symbols)
+            .map_err(|m| StartError::Config(config.error_at("symbols", m)))?;
+        let heartbeat = provider
+            .heartbeat_message(&key, &config.symbols)
+            .map_err(|m| StartError::Config(config.error_at("symbols", m)))?
+            .zip(provider.heartbeat.as_ref().map(|(_, every)| *every));
+        let (url, steps) = match (&config.upstream, &sim, &replay) {
+            (Upstream::Url(url), _, _) => (
+                provider.url_with_key(url, &key),
+                messages
+                    .into_iter()
+                    .zip(provider.steps.iter().map(|s| s.expect.clone()))
+                    .collect(),
+            ),
+            (Upstream::Sim, Some(sim), _) => (
+                format!("ws://{}/", sim.local_addr()),
+                vec![(config.subscribe_text(), None)],
+            ),
+            // A recording holds the source's replies already: nothing to send, nobody to wait for.
+            (Upstream::Replay(_), _, Some(replay)) => {
+                (format!("ws://{}/", replay.local_addr()), Vec::new())
+            }
+            // An edge never connects upstream: it reads the backbone.
+            (Upstream::Sim, None, _) | (Upstream::Replay(_), _, None) => {
+                (String::new(), Vec::new())
+            }
+            _ => unreachable!(
+                "provider_description resolves the URL; sim and replay were started above"
+            ),
+        };
+        // The template's ping interval, unless proxy.conf sets its own.
+        let ping_every = match provider.ping {
+            Some(ping) if config.line_of("upstream_ping_secs").is_none() => ping,
+            _ => config.upstream_ping,
+        };
+        let recorder = match &config.record_file {
+            Some(path) => {
+                let (recorder, writer) =
+                    Recorder::start(path, config.record_max_bytes, Arc::clone(&metrics)).map_err(
+                        |e| {
+                            StartError::File(io::Error::new(
+                                e.kind(),
+                                format!("cannot open record_file {}: {e}", path.display()),
+                            ))
+                        },
+                    )?;
+                Some((recorder, writer))
+            }
+            None => None,
+        };
+        let (recorder, record_writer) = match recorder {
+            Some((r, w)) => (Some(r), Some(w)),
+            None => (None, None),
         };
         let settings = upstream::Settings {
             url,
-            subscribe: config.subscribe_text(),
+            key,
+            steps,
+            reply_timeout: provider.reply_timeout,
+            heartbeat,
+            translator,
             connect_timeout: config.upstream_connect_timeout,
-            ping_every: config.upstream_ping,
+            ping_every,
+            dead_after: provider
+                .dead_after
+                .unwrap_or_else(|| upstream::dead_after(ping_every)),
             stale_after: config.upstream_stale,
             market: config.market(),
             backoff_min: config.upstream_backoff_min,
             backoff_max: config.upstream_backoff_max,
+            recorder,
         };
         let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
             url: url.clone(),
@@ -265,6 +347,11 @@ impl Server {
             distributor::run(hub, frames_rx)
         })
         .map_err(StartError::Thread)?;
+        if let Some(writer) = record_writer {
+            // Ends when the upstream thread drops its end of the channel.
+            spawn_service(threads, &failure, "recorder", move || writer.run())
+                .map_err(StartError::Thread)?;
+        }
         let (metrics, stop) = (Arc::clone(&ctx.metrics), Arc::clone(&ctx.stop));
         match (&backbone, &status) {
             // Through Redis: the upstream thread runs only on an ingest, and connects only
@@ -308,6 +395,7 @@ impl Server {
             ctx,
             addr,
             sim,
+            replay,
             admission: waker,
             failure,
         })
@@ -347,6 +435,9 @@ impl Server {
         ctx.threads.stop_reaper();
         if let Some(sim) = self.sim {
             sim.stop();
+        }
+        if let Some(replay) = self.replay {
+            replay.stop();
         }
         info!("stopped in {:.2} s", started.elapsed().as_secs_f64());
     }

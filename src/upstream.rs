@@ -1,14 +1,21 @@
-//! The one connection to the market-data source: connect (TLS for `wss://`), subscribe, read
-//! frames and hand them to the distributor, keep the connection honest (pings, staleness
-//! while the market is open), and reconnect with exponential back-off when it fails.
+//! The one connection to the market-data source: connect (TLS for `wss://`), send what the
+//! provider's template says to send (waiting for each reply it awaits), read frames and hand
+//! the quotes to the distributor, keep the connection honest (pings, a heartbeat message where
+//! the provider wants one, staleness while the market is open), and reconnect with
+//! exponential back-off when it fails. What a frame is, quote or notice or refusal, is the
+//! [`Translator`]'s call; every frame can also go to the recording.
 
+use crate::config::redacted_key;
 use crate::distributor::RateLimited;
 use crate::logsafe;
 use crate::market::{self, Market, MarketState};
 use crate::metrics::{Metrics, UpstreamState};
 use crate::outlet::Outlet;
-use crate::protocol::{self, Kind, MAX_UPSTREAM_FRAME};
+use crate::protocol::MAX_UPSTREAM_FRAME;
+use crate::provider::Pattern;
+use crate::record::Recorder;
 use crate::stop::Stop;
+use crate::translate::{Piece, Translator};
 use log::{error, info, warn};
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -29,17 +36,32 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// not after a back-off grown to its maximum.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
-/// What the upstream thread needs, taken from the config once.
+/// What the upstream thread needs, taken from the config and the provider's template once.
 pub struct Settings {
+    /// With the key in its query if the provider wants it there (never logged: see
+    /// [`display_url`]).
     pub url: String,
-    pub subscribe: String,
+    /// The provider key, kept out of what is logged of the source's frames.
+    pub key: String,
+    /// Sent in order after connecting, each with the reply it waits for before the next;
+    /// none when replaying a recording (it holds the replies already).
+    pub steps: Vec<(String, Option<Pattern>)>,
+    /// How long an awaited reply may take.
+    pub reply_timeout: Duration,
+    /// A message the provider wants this often.
+    pub heartbeat: Option<(String, Duration)>,
+    pub translator: Translator,
     pub connect_timeout: Duration,
     pub ping_every: Duration,
+    /// No frame at all for this long: the connection is dead.
+    pub dead_after: Duration,
     pub stale_after: Duration,
     /// A silent feed is stale only while this says the market is open.
     pub market: Market,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Where every frame is recorded, if `record_file` is set.
+    pub recorder: Option<Recorder>,
 }
 
 type Socket = WebSocket<MaybeTlsStream<Timed>>;
@@ -121,29 +143,39 @@ impl Write for Timed {
 struct Ignored {
     texts: RateLimited,
     binary: RateLimited,
+    unusable: RateLimited,
 }
 
 /// Why one connection ended.
 #[derive(Debug)]
 struct Ended {
     why: String,
-    refused: bool,
+    /// A fatal refusal: what it means, and what the source said.
+    refused: Option<(String, String)>,
     healthy: bool,
 }
 
 /// The upstream thread's body: connects and reconnects until `stop` is set; then closes
 /// politely and returns, which drops `frames` and so ends the distributor. It connects only
 /// while `frames` allows it (behind a backbone: while this instance holds the lock).
-pub fn run(settings: Settings, mut frames: impl Outlet, metrics: Arc<Metrics>, stop: Arc<Stop>) {
-    let shown = display_url(&settings.url);
+pub fn run(
+    mut settings: Settings,
+    mut frames: impl Outlet,
+    metrics: Arc<Metrics>,
+    stop: Arc<Stop>,
+) {
+    let shown = display_url(&settings.url).to_string();
+    let mut recorder = settings.recorder.take();
     let mut backoff = Backoff::new(
         settings.backoff_min,
         settings.backoff_max,
         crate::metrics::now_ms(),
     );
+    let minute = || RateLimited::new(Duration::from_secs(60));
     let mut ignored = Ignored {
-        texts: RateLimited::new(Duration::from_secs(60)),
-        binary: RateLimited::new(Duration::from_secs(60)),
+        texts: minute(),
+        binary: minute(),
+        unusable: minute(),
     };
     // Open or closed when last looked at, across connections: each change is logged once.
     let mut market_open = None;
@@ -153,8 +185,11 @@ pub fn run(settings: Settings, mut frames: impl Outlet, metrics: Arc<Metrics>, s
             &frames,
             &metrics,
             &stop,
-            &mut ignored,
-            &mut market_open,
+            &mut Extras {
+                ignored: &mut ignored,
+                market_open: &mut market_open,
+                recorder: &mut recorder,
+            },
         ) {
             Ok(()) => return,
             Err(ended) => ended,
@@ -162,14 +197,15 @@ pub fn run(settings: Settings, mut frames: impl Outlet, metrics: Arc<Metrics>, s
         if ended.healthy {
             backoff.reset();
         }
-        let delay = if ended.refused {
+        let delay = if let Some((reason, said)) = ended.refused {
             error!(
-                "upstream {shown} refused the provider key: \"{}\" — the provider's connection limit for this key is reached (another program is using the same key?); waiting {:.1} s before trying again",
-                protocol::REFUSAL_TOO_MANY,
+                "upstream {shown} refused the provider key: {} — {reason}; waiting {:.1} s before trying again",
+                logsafe::quoted(&sanitized(&said, &settings.key)),
                 backoff.max.as_secs_f64()
             );
             metrics.set_upstream(UpstreamState::Refused {
                 since_ms: metrics.now_ms(),
+                reason,
             });
             backoff.saturate()
         } else {
@@ -192,20 +228,63 @@ pub fn run(settings: Settings, mut frames: impl Outlet, metrics: Arc<Metrics>, s
     }
 }
 
+/// What a session keeps across connections.
+struct Extras<'a> {
+    ignored: &'a mut Ignored,
+    market_open: &'a mut Option<bool>,
+    recorder: &'a mut Option<Recorder>,
+}
+
+/// The messages sent after connecting, and the one whose reply is awaited.
+struct Init<'a> {
+    steps: &'a [(String, Option<Pattern>)],
+    next: usize,
+    /// The step whose reply is awaited, and since when.
+    awaiting: Option<(usize, Instant)>,
+}
+
+impl Init<'_> {
+    fn pattern(&self) -> Option<&Pattern> {
+        self.awaiting.and_then(|(i, _)| self.steps[i].1.as_ref())
+    }
+
+    fn done(&self) -> bool {
+        self.awaiting.is_none() && self.next == self.steps.len()
+    }
+
+    /// Sends the next messages up to and including one that awaits a reply.
+    fn send(&mut self, ws: &mut Socket) -> Result<(), String> {
+        while self.awaiting.is_none() && self.next < self.steps.len() {
+            let (text, expect) = &self.steps[self.next];
+            ws.send(Message::text(text.clone())).map_err(|e| {
+                format!(
+                    "sending message {} of {} failed: {e}",
+                    self.next + 1,
+                    self.steps.len()
+                )
+            })?;
+            if expect.is_some() {
+                self.awaiting = Some((self.next, Instant::now()));
+            }
+            self.next += 1;
+        }
+        Ok(())
+    }
+}
+
 fn session(
     settings: &Settings,
     frames: &impl Outlet,
     metrics: &Metrics,
     stop: &Stop,
-    ignored: &mut Ignored,
-    market_open: &mut Option<bool>,
+    extras: &mut Extras,
 ) -> Result<(), Ended> {
     let shown = display_url(&settings.url);
     // What the source said and what errors repeat of it is escaped once, here: the reason
     // goes to the log, the status line and /healthz.
     let fail = |why: String| Ended {
         why: logsafe::escaped(&why).to_string(),
-        refused: false,
+        refused: None,
         healthy: false,
     };
     let mut ws = connect(&settings.url, settings.connect_timeout).map_err(fail)?;
@@ -215,16 +294,32 @@ fn session(
     metrics.set_upstream(UpstreamState::Connected {
         since_ms: connected_ms,
     });
-    ws.send(Message::text(settings.subscribe.clone()))
-        .map_err(|e| fail(format!("sending the subscribe message failed: {e}")))?;
-    info!("upstream {shown}: connected and subscribed");
+    let mut init = Init {
+        steps: &settings.steps,
+        next: 0,
+        awaiting: None,
+    };
+    init.send(&mut ws).map_err(fail)?;
+    let mut announced = false;
+    let mut announce = |init: &Init| {
+        if init.done() && !std::mem::replace(&mut announced, true) {
+            if init.steps.is_empty() {
+                info!("upstream {shown}: connected");
+            } else {
+                info!("upstream {shown}: connected and subscribed");
+            }
+        }
+    };
+    announce(&init);
 
     let mut last_frame = Instant::now();
     let mut last_ping = Instant::now();
+    let mut last_heartbeat = Instant::now();
     let mut got_quotes = false;
-    let end = |why: String, refused: bool, got_quotes: bool| Ended {
+    let mut pieces = Vec::new();
+    let end = |why: String, got_quotes: bool| Ended {
         why: logsafe::escaped(&why).to_string(),
-        refused,
+        refused: None,
         healthy: got_quotes && connected.elapsed() >= HEALTHY_AFTER,
     };
     loop {
@@ -244,35 +339,58 @@ fn session(
             let _ = ws.flush();
             return Err(end(
                 "closed: this instance no longer holds the backbone lock".into(),
-                false,
                 got_quotes,
             ));
         }
         match ws.read() {
             Ok(Message::Text(text)) => {
                 last_frame = Instant::now();
-                match protocol::classify(&text) {
-                    Kind::MaybeQuote => {
-                        got_quotes = true;
-                        if frames.send(text).is_err() {
-                            return Ok(());
+                let now_ms = metrics.now_ms();
+                if let Some(recorder) = extras.recorder.as_mut() {
+                    recorder.record(now_ms, &text);
+                }
+                settings
+                    .translator
+                    .read(text, now_ms, init.pattern(), &mut pieces);
+                for piece in pieces.drain(..) {
+                    match piece {
+                        Piece::Quote(frame) => {
+                            got_quotes = true;
+                            if frames.send(frame).is_err() {
+                                return Ok(());
+                            }
                         }
+                        Piece::Reply => {
+                            init.awaiting = None;
+                            init.send(&mut ws).map_err(|why| end(why, got_quotes))?;
+                            announce(&init);
+                        }
+                        Piece::Refused { reason, text } => {
+                            return Err(Ended {
+                                why: "refused".into(),
+                                refused: Some((reason, text)),
+                                healthy: false,
+                            });
+                        }
+                        Piece::Ignored => {}
+                        Piece::Unusable(why) => extras.ignored.unusable.note(|n| {
+                            warn!(
+                                "upstream {shown} sent {n} quote(s) that cannot be used, latest: {}",
+                                logsafe::quoted(&sanitized(&why, &settings.key))
+                            )
+                        }),
+                        Piece::Other(text) => extras.ignored.texts.note(|n| {
+                            info!(
+                                "upstream {shown} sent {n} non-quote text(s), latest: {}",
+                                logsafe::quoted(&sanitized(&text, &settings.key))
+                            )
+                        }),
                     }
-                    Kind::RefusedTooMany => {
-                        return Err(end("refused".into(), true, false));
-                    }
-                    Kind::Other if text.as_str() == protocol::GREETING => {}
-                    Kind::Other => ignored.texts.note(|n| {
-                        info!(
-                            "upstream {shown} sent {n} non-quote text(s), latest: {}",
-                            logsafe::quoted(&text)
-                        )
-                    }),
                 }
             }
             Ok(Message::Binary(data)) => {
                 last_frame = Instant::now();
-                ignored.binary.note(|n| {
+                extras.ignored.binary.note(|n| {
                     warn!(
                         "upstream {shown} sent {n} binary frame(s), ignored: quotes are text frames (latest: {} bytes)",
                         data.len()
@@ -290,27 +408,51 @@ fn session(
                     ),
                     None => "closed by the source".to_string(),
                 };
-                return Err(end(why, false, got_quotes));
+                return Err(end(why, got_quotes));
             }
             Ok(_) => last_frame = Instant::now(),
             Err(WsError::Io(e)) if crate::http::is_timeout(&e) => {}
-            Err(e) => return Err(end(format!("connection failed: {e}"), false, got_quotes)),
+            Err(e) => return Err(end(format!("connection failed: {e}"), got_quotes)),
         }
         let now = Instant::now();
+        if let Some((i, since)) = init.awaiting {
+            if now.duration_since(since) > settings.reply_timeout {
+                let pattern = init.pattern().map(|p| p.to_string()).unwrap_or_default();
+                return Err(end(
+                    format!(
+                        "no reply matching `{pattern}` to message {} within {} s",
+                        i + 1,
+                        settings.reply_timeout.as_secs()
+                    ),
+                    got_quotes,
+                ));
+            }
+        }
+        if let Some((text, every)) = &settings.heartbeat {
+            if now.duration_since(last_heartbeat) >= *every {
+                last_heartbeat = now;
+                if let Err(e) = ws.send(Message::text(text.clone())) {
+                    return Err(end(
+                        format!("sending the heartbeat failed: {e}"),
+                        got_quotes,
+                    ));
+                }
+            }
+        }
         if now.duration_since(last_ping) >= settings.ping_every {
             last_ping = now;
             if let Err(e) = ws.send(Message::Ping(Default::default())) {
-                return Err(end(format!("ping failed: {e}"), false, got_quotes));
+                return Err(end(format!("ping failed: {e}"), got_quotes));
             }
         }
-        if now.duration_since(last_frame) > settings.ping_every * 2 + CHECK_EVERY {
-            return Err(end("no answer to pings".into(), false, got_quotes));
+        if now.duration_since(last_frame) > settings.dead_after {
+            return Err(end("no answer to pings".into(), got_quotes));
         }
         let now_ms = metrics.now_ms();
         let state = settings.market.state(now_ms);
-        if *market_open != Some(state.is_open()) {
-            note_market(&settings.market, state, market_open.is_none());
-            *market_open = Some(state.is_open());
+        if *extras.market_open != Some(state.is_open()) {
+            note_market(&settings.market, state, extras.market_open.is_none());
+            *extras.market_open = Some(state.is_open());
         }
         if let MarketState::Open {
             since_ms: open_since,
@@ -325,12 +467,25 @@ fn session(
                         "stale: no quote for {} s while the market is open",
                         quiet.as_secs()
                     ),
-                    false,
                     got_quotes,
                 ));
             }
         }
     }
+}
+
+/// What the source said, fit for the log: the provider key (some sources echo it) shortened.
+pub fn sanitized(text: &str, key: &str) -> String {
+    if key.chars().count() >= 4 && text.contains(key) {
+        text.replace(key, &redacted_key(key))
+    } else {
+        text.to_string()
+    }
+}
+
+/// The default time without a frame after which a connection is dead: two pings unanswered.
+pub fn dead_after(ping_every: Duration) -> Duration {
+    ping_every * 2 + CHECK_EVERY
 }
 
 /// Logs the market opening or closing, so a quiet feed at the weekend is explained in the log.
@@ -510,6 +665,20 @@ mod tests {
         assert!(b.next_delay() <= Duration::from_secs(1));
         assert_eq!(b.saturate(), Duration::from_secs(60));
         assert!(b.next_delay() >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_key_is_kept_out_of_logged_texts() {
+        assert_eq!(
+            sanitized(r#"{"error":"bad key abcdefghijk"}"#, "abcdefghijk"),
+            r#"{"error":"bad key abcd…"}"#
+        );
+        assert_eq!(sanitized("Connected", ""), "Connected");
+        assert_eq!(
+            sanitized("a b c", "b"),
+            "a b c",
+            "a tiny key would mangle the text"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fake_source;
 pub mod process;
 pub mod raw_ws;
 pub mod relay;

@@ -110,14 +110,16 @@ fn wave(addr: SocketAddr, n: usize, auth: &[u8]) -> Vec<Outcome> {
 
 /// One client on an open connection `s`: upgrades, authenticates with `key` and waits for
 /// its first quote.
-pub fn join(mut s: TcpStream, key: &str) -> Outcome {
+pub fn join(s: TcpStream, key: &str) -> Outcome {
+    join_with(s, &format!(r#"{{"userKey":"{key}"}}"#))
+}
+
+/// As [`join`], with this auth message.
+pub fn join_with(mut s: TcpStream, auth: &str) -> Outcome {
     if let Err(e) = s.write_all(UPGRADE) {
         return Outcome::Failed(format!("request: {e}"));
     }
-    finish(
-        s,
-        &client_frame(TEXT, format!(r#"{{"userKey":"{key}"}}"#).as_bytes()),
-    )
+    finish(s, &client_frame(TEXT, auth.as_bytes()))
 }
 
 /// Reads the answer to the upgrade; authenticates and waits for the first quote.

@@ -1,0 +1,365 @@
+//! Every provider the proxy speaks, each against a fake source that speaks that provider's
+//! published protocol (tests/common/fake_source.rs): TraderMade's newer feed (built in), and
+//! the example templates in providers/ for Massive/Polygon forex, Twelve Data and Tiingo. For
+//! each: what the proxy sends and in what order, the quotes its clients get (the v1 shape, or
+//! the provider's own frames), and what a refusal does.
+
+mod common;
+
+use common::fake_source::*;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+const SYMBOLS: [&str; 3] = ["EURUSD", "GBPUSD", "USDJPY"];
+
+fn keys() -> String {
+    format!("{KEY}\n{OTHER_KEY} EURUSD\n")
+}
+
+/// A template shipped in providers/.
+fn shipped(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("providers")
+        .join(name)
+}
+
+/// proxy.conf lines for a custom provider described by `template`, with quick reconnects.
+fn custom(template: &Path, key: &str) -> String {
+    format!(
+        "provider = custom\nprovider_template = {}\nupstream_api_key = {key}\nupstream_backoff_min_ms = 20\n",
+        template.display()
+    )
+}
+
+fn ticks(from: u64) -> Vec<Tick> {
+    (from..from + 3)
+        .map(|n| Tick::new(SYMBOLS[n as usize % 3], n))
+        .collect()
+}
+
+/// The next `n` text frames a client gets.
+fn texts(client: &mut Client, n: usize) -> Vec<String> {
+    (0..n).map(|_| client.next_text()).collect()
+}
+
+/// Nothing but pings for `d`.
+fn no_quote_within(client: &mut Client, d: Duration) {
+    let until = Instant::now() + d;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if let Some(Message::Text(t)) = client.next_within(left) {
+            panic!("unexpected frame {t}");
+        }
+    }
+}
+
+fn health(proxy: &TestProxy) -> serde_json::Value {
+    let r = http_get(proxy.addr, "GET /healthz HTTP/1.1\r\n\r\n");
+    let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap()
+}
+
+/// A refusal is logged, shows in /healthz with what it means, and the next attempt waits the
+/// longest back-off (2 s here) rather than the shortest (20 ms).
+fn refusal_waits_the_longest_back_off(source: FakeSource, extra: &str, meaning: &str) {
+    let proxy = TestProxy::start(
+        &source.url(),
+        &format!("{extra}upstream_backoff_max_secs = 2\n"),
+        &keys(),
+    );
+    eventually("/healthz to say refused", || {
+        health(&proxy)["status"] == "refused"
+    });
+    let refused_at = Instant::now();
+    let reason = health(&proxy)["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains(meaning), "{reason}");
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        source.connections.load(Ordering::SeqCst),
+        1,
+        "came back within a second of a refusal"
+    );
+    eventually("a new attempt after the back-off", || {
+        source.connections.load(Ordering::SeqCst) == 2
+    });
+    assert!(refused_at.elapsed() >= Duration::from_millis(900));
+    assert!(source.violations().is_empty(), "{:?}", source.violations());
+}
+
+// ---------------------------------------------------------------------------------------------
+// TraderMade, newer feed (`provider = tradermade-v2`).
+
+const V2: &str =
+    "provider = tradermade-v2\nupstream_api_key = v2-key-123456\nupstream_backoff_min_ms = 20\n";
+
+#[test]
+fn tradermade_v2_logs_in_subscribes_and_its_ticks_reach_clients_in_the_v1_shape() {
+    let source = FakeSource::start(TraderMadeV2::factory("v2-key-123456"));
+    let proxy = TestProxy::start(&source.url(), V2, &keys());
+    assert_eq!(
+        source.wait_heard(1, 2),
+        [
+            r#"{"action":"login","key":"v2-key-123456","fmt":"JSON"}"#,
+            r#"{"action":"subscribe","symbols":["EURUSD","GBPUSD","USDJPY"],"send_last":true}"#
+        ]
+    );
+    let mut client = Client::auth(proxy.addr, KEY, None);
+    let mut only_eur = Client::auth(proxy.addr, OTHER_KEY, Some("EURUSD"));
+    proxy.wait_for_clients(2);
+    let first = ticks(1);
+    source.ticks(&first);
+    let expected: Vec<String> = first.iter().map(Tick::normalized).collect();
+    assert_eq!(texts(&mut client, 3), expected);
+    assert_eq!(only_eur.next_text(), Tick::new("EURUSD", 3).normalized());
+
+    // The source drops the connection: the proxy logs in and subscribes again, and the last
+    // quotes the source sends on subscribing are not passed on a second time.
+    source.close();
+    assert_eq!(source.wait_heard(2, 2).len(), 2);
+    let next = ticks(4);
+    source.ticks(&next);
+    let expected: Vec<String> = next.iter().map(Tick::normalized).collect();
+    assert_eq!(
+        texts(&mut client, 3),
+        expected,
+        "no repeat of the last quotes"
+    );
+    assert_eq!(only_eur.next_text(), Tick::new("EURUSD", 6).normalized());
+    assert!(source.violations().is_empty(), "{:?}", source.violations());
+}
+
+#[test]
+fn tradermade_v2_last_quotes_newer_than_what_clients_have_are_passed_on() {
+    let source = FakeSource::start(TraderMadeV2::factory("v2-key-123456"));
+    let proxy = TestProxy::start(&source.url(), V2, &keys());
+    source.wait_heard(1, 2);
+    let mut client = Client::auth(proxy.addr, KEY, Some("EURUSD"));
+    proxy.wait_for_clients(1);
+    source.ticks(&[Tick::new("EURUSD", 1)]);
+    assert_eq!(client.next_text(), Tick::new("EURUSD", 1).normalized());
+    // While the proxy is away the market moves: the source's last quote on the new
+    // connection is news, and is passed on.
+    source.close();
+    source.wait_heard(2, 2);
+    let source_side = Tick::new("EURUSD", 2);
+    source.raw(&TraderMadeV2::tick("QUOTE", &source_side));
+    assert_eq!(client.next_text(), source_side.normalized());
+    source.raw(&TraderMadeV2::tick("LAST_QUOTE", &Tick::new("EURUSD", 2)));
+    source.raw(&TraderMadeV2::tick("LAST_QUOTE", &Tick::new("EURUSD", 3)));
+    assert_eq!(client.next_text(), Tick::new("EURUSD", 3).normalized());
+}
+
+#[test]
+fn tradermade_v2_with_client_format_upstream_passes_ticks_on_verbatim() {
+    let source = FakeSource::start(TraderMadeV2::factory("v2-key-123456"));
+    let proxy = TestProxy::start(
+        &source.url(),
+        &format!("{V2}client_format = upstream\n"),
+        &keys(),
+    );
+    source.wait_heard(1, 2);
+    let mut client = Client::auth(proxy.addr, KEY, None);
+    proxy.wait_for_clients(1);
+    let first = ticks(1);
+    source.ticks(&first);
+    let expected: Vec<String> = first
+        .iter()
+        .map(|t| TraderMadeV2::tick("QUOTE", t))
+        .collect();
+    assert_eq!(texts(&mut client, 3), expected);
+}
+
+#[test]
+fn tradermade_v2_login_reject_is_fatal() {
+    let source = FakeSource::start(TraderMadeV2::factory("the-right-key"));
+    refusal_waits_the_longest_back_off(source, V2, "rejected the login");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Massive (Polygon) forex: providers/polygon-forex.conf.
+
+#[test]
+fn polygon_authenticates_before_subscribing_and_each_array_element_is_a_quote() {
+    let source = FakeSource::start(Polygon::factory("poly-key-123456"));
+    let proxy = TestProxy::start(
+        &source.url(),
+        &custom(&shipped("polygon-forex.conf"), "poly-key-123456"),
+        &keys(),
+    );
+    assert_eq!(
+        source.wait_heard(1, 2),
+        [
+            r#"{"action":"auth","params":"poly-key-123456"}"#,
+            r#"{"action":"subscribe","params":"C.EUR/USD,C.GBP/USD,C.USD/JPY"}"#
+        ]
+    );
+    let mut client = Client::auth(proxy.addr, KEY, None);
+    proxy.wait_for_clients(1);
+    // Three quotes in one array frame: three frames for the client.
+    let first = ticks(1);
+    source.ticks(&first);
+    let expected: Vec<String> = first.iter().map(Tick::normalized).collect();
+    assert_eq!(texts(&mut client, 3), expected);
+    assert!(source.violations().is_empty(), "{:?}", source.violations());
+}
+
+#[test]
+fn polygon_with_client_format_upstream_passes_each_element_on_verbatim() {
+    let source = FakeSource::start(Polygon::factory("poly-key-123456"));
+    let proxy = TestProxy::start(
+        &source.url(),
+        &format!(
+            "{}client_format = upstream\n",
+            custom(&shipped("polygon-forex.conf"), "poly-key-123456")
+        ),
+        &keys(),
+    );
+    source.wait_heard(1, 2);
+    let mut client = Client::auth(proxy.addr, KEY, None);
+    let mut only_eur = Client::auth(proxy.addr, OTHER_KEY, Some("EURUSD"));
+    proxy.wait_for_clients(2);
+    let first = ticks(1);
+    source.ticks(&first);
+    let expected: Vec<String> = first.iter().map(Polygon::quote).collect();
+    assert_eq!(texts(&mut client, 3), expected);
+    // The proxy still knows each frame's symbol: in the provider's spelling, EUR/USD.
+    assert_eq!(
+        only_eur.next_text(),
+        Polygon::quote(&Tick::new("EURUSD", 3))
+    );
+}
+
+#[test]
+fn polygon_auth_failure_is_fatal() {
+    let source = FakeSource::start(Polygon::factory("the-right-key"));
+    refusal_waits_the_longest_back_off(
+        source,
+        &custom(&shipped("polygon-forex.conf"), "a-wrong-key-000"),
+        "did not accept the key",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twelve Data: providers/twelvedata.conf.
+
+#[test]
+fn twelve_data_takes_the_key_in_the_url_gets_heartbeats_and_serves_prices() {
+    let text = std::fs::read_to_string(shipped("twelvedata.conf")).unwrap();
+    assert!(
+        text.contains("\nheartbeat_secs = 10\n"),
+        "the documented interval"
+    );
+    // The same template with a heartbeat every second, so the test need not wait 20 s.
+    let dir = temp_dir("twelvedata");
+    let template = dir.join("twelvedata.conf");
+    std::fs::write(
+        &template,
+        text.replace("\nheartbeat_secs = 10\n", "\nheartbeat_secs = 1\n"),
+    )
+    .unwrap();
+    let source = FakeSource::start(TwelveData::factory("td-key-123456"));
+    let proxy = TestProxy::start(
+        &format!("{}v1/quotes/price", source.url()),
+        &custom(&template, "td-key-123456"),
+        &keys(),
+    );
+    let started = Instant::now();
+    let heard = source.wait_heard(1, 1);
+    assert_eq!(
+        heard[0],
+        r#"{"action":"subscribe","params":{"symbols":"EUR/USD,GBP/USD,USD/JPY"}}"#
+    );
+    assert_eq!(
+        source.uris.lock().unwrap()[0],
+        "/v1/quotes/price?apikey=td-key-123456"
+    );
+    let mut client = Client::auth(proxy.addr, KEY, None);
+    proxy.wait_for_clients(1);
+    let first = ticks(1);
+    source.ticks(&first);
+    let expected: Vec<String> = first.iter().map(Tick::normalized).collect();
+    assert_eq!(texts(&mut client, 3), expected);
+    // A heartbeat a second, each answered by the source (and its answer is no quote).
+    let heard = source.wait_heard(1, 4);
+    assert!(
+        heard[1..4].iter().all(|h| h == r#"{"action":"heartbeat"}"#),
+        "{heard:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "three heartbeats in {took:?}"
+    );
+    no_quote_within(&mut client, Duration::from_millis(300));
+    assert!(source.violations().is_empty(), "{:?}", source.violations());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiingo forex: providers/tiingo-fx.conf.
+
+#[test]
+fn tiingo_subscribes_with_lower_case_tickers_and_reads_positional_quotes() {
+    let source = FakeSource::start(Tiingo::factory("tiingo-key-123456"));
+    let proxy = TestProxy::start(
+        &source.url(),
+        &custom(&shipped("tiingo-fx.conf"), "tiingo-key-123456"),
+        &keys(),
+    );
+    let heard: serde_json::Value = serde_json::from_str(&source.wait_heard(1, 1)[0]).unwrap();
+    assert_eq!(
+        heard,
+        serde_json::json!({
+            "eventName": "subscribe",
+            "authorization": "tiingo-key-123456",
+            "eventData": {"thresholdLevel": 5, "tickers": ["eurusd", "gbpusd", "usdjpy"]}
+        })
+    );
+    let mut client = Client::auth(proxy.addr, KEY, None);
+    proxy.wait_for_clients(1);
+    source.raw(Tiingo::HEARTBEAT);
+    let first = ticks(1);
+    source.ticks(&first);
+    let expected: Vec<String> = first.iter().map(Tick::normalized).collect();
+    assert_eq!(texts(&mut client, 3), expected, "the heartbeat is no quote");
+    assert!(source.violations().is_empty(), "{:?}", source.violations());
+}
+
+#[test]
+fn tiingo_error_is_fatal() {
+    let source = FakeSource::start(Tiingo::factory("the-right-key"));
+    refusal_waits_the_longest_back_off(
+        source,
+        &custom(&shipped("tiingo-fx.conf"), "a-wrong-key-000"),
+        "the provider sent an error",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The default, TraderMade's first protocol: unchanged in either client format.
+
+#[test]
+fn tradermade_frames_stay_byte_identical_in_either_client_format() {
+    for format in ["normalized", "upstream"] {
+        let up = TestUpstream::start();
+        let proxy = TestProxy::start(
+            &up.url(),
+            &format!("provider = tradermade\nclient_format = {format}\n"),
+            &keys(),
+        );
+        assert_eq!(
+            up.expect_subscribe(),
+            r#"{"userKey":"","symbol":"EURUSD,GBPUSD,USDJPY"}"#
+        );
+        let mut client = Client::auth(proxy.addr, KEY, None);
+        proxy.wait_for_clients(1);
+        // Spacing, field order and number formats are the provider's.
+        let odd = r#"{ "symbol" : "GBPUSD", "mid":1.25000, "bid":1.2499,"ask":1.2501, "ts":"1"}"#;
+        up.send(odd);
+        up.send(&quote("EURUSD", 7));
+        assert_eq!(client.next_text(), odd, "{format}");
+        assert_eq!(client.next_text(), quote("EURUSD", 7), "{format}");
+    }
+}
