@@ -17,11 +17,17 @@
 //!   none free, the oldest upgrade still waiting for its auth message gives its place up once
 //!   it has waited longer than [`GRACE`]; while places are held by client threads that are
 //!   still winding down, the newcomer waits for one; otherwise it gets 503.
+//!
+//! With `tls_cert_file` set, every connection starts with a TLS handshake, driven here like
+//! the rest (see [`crate::stream`]): the handshake and the request head share
+//! `handshake_timeout_secs`, and a connection that has not sent its whole hello is as quick
+//! to evict as one that has not sent its whole request head.
 
 use crate::context::Context;
 use crate::handshake::{Admitted, Conn, Next};
 use crate::metrics::{Eviction, Rejection};
 use crate::places::Place;
+use crate::stream::ClientStream;
 use log::{debug, error, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -344,6 +350,18 @@ impl State {
             debug!("{peer}: cannot set up the socket: {e}");
             return;
         }
+        // Over TLS, the config of the moment: a renewed certificate is served from the next
+        // connection on.
+        let stream = match &self.ctx.tls {
+            None => ClientStream::new(stream),
+            Some(tls) => match ClientStream::tls(stream, tls.config()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("{peer}: cannot start TLS: {e}");
+                    return;
+                }
+            },
+        };
         self.next_id += 1;
         let conn = Conn::new(stream, peer, self.next_id, now, &self.ctx.config);
         let Some(slot) = self.insert(conn) else {

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::places::Places;
 use crate::stop::Stop;
 use crate::threads::Threads;
+use crate::tls::ServerTls;
 use crate::watcher::Watcher;
 use parking_lot::RwLock;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub struct Context {
     pub listen: SocketAddr,
     /// Test-only echo service (see [`crate::Server::start_echo`]).
     pub echo: bool,
+    /// TLS on the client port, when `tls_cert_file` is set.
+    pub tls: Option<Arc<ServerTls>>,
     keys: RwLock<Arc<KeyStore>>,
 }
 
@@ -45,6 +48,7 @@ impl Context {
         listen: SocketAddr,
         keys: KeyStore,
         echo: bool,
+        tls: Option<Arc<ServerTls>>,
     ) -> Context {
         Context {
             config,
@@ -57,8 +61,15 @@ impl Context {
             places,
             listen,
             echo,
+            tls,
             keys: RwLock::new(Arc::new(keys)),
         }
+    }
+
+    /// Whether `keys` decides who may connect. Not when clients must present a certificate
+    /// and the key file lists no key: the certificate alone admits them (any `userKey`).
+    pub fn keys_checked(&self, keys: &KeyStore) -> bool {
+        !(keys.is_empty() && self.tls.as_ref().is_some_and(|t| t.client_auth()))
     }
 
     pub fn keys(&self) -> Arc<KeyStore> {

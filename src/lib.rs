@@ -4,7 +4,8 @@
 //! A quote's path, one module each: [`upstream`] reads it, [`distributor`] parses it once and
 //! queues it for every interested client, [`client`] writes it out. A client gets there
 //! through [`admission`] (accept, HTTP, upgrade, auth: [`handshake`]), which gives it a thread
-//! only once it has authenticated. [`server`] wires them up.
+//! only once it has authenticated, over plain TCP or TLS ([`stream`], [`tls`]). [`server`]
+//! wires them up.
 
 #![forbid(unsafe_code)]
 
@@ -34,8 +35,10 @@ pub mod sim;
 pub mod stop;
 pub mod stream;
 pub mod threads;
+pub mod tls;
 pub mod upstream;
 pub mod watch;
 pub mod watcher;
+pub mod x509;
 
 pub use server::Server;

@@ -29,14 +29,18 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match config::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|c| fxproxy::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, k)))
+            .and_then(|(c, k)| fxproxy::tls::check(&c).map(|tls| (c, k, tls)))
         {
-            Ok((c, keys)) => {
+            Ok((c, keys, tls)) => {
                 println!(
                     "{}: valid ({} symbols, {} client keys)",
                     config.display(),
                     c.symbols.len(),
                     keys.len()
                 );
+                for line in tls {
+                    println!("{line}");
+                }
                 // What this host would let the proxy have, as the start-up log says it.
                 let (line, warnings) =
                     fxproxy::server::capacity_report(&c, &fxproxy::ceiling::measure());
@@ -57,7 +61,12 @@ fn main() -> ExitCode {
             rate,
             symbols,
         } => run_sim(listen, rate, symbols),
-        Command::Watch { url, key, symbols } => run_watch(url, key, symbols),
+        Command::Watch {
+            url,
+            key,
+            symbols,
+            ca_file,
+        } => run_watch(url, key, symbols, ca_file),
     }
 }
 
@@ -88,7 +97,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let server = match Server::start_with_alarm(config, Arc::clone(&signal)) {
         Ok(s) => s,
-        Err(e @ fxproxy::server::StartError::Keys(_)) => {
+        Err(e @ (fxproxy::server::StartError::Keys(_) | fxproxy::server::StartError::Tls(_))) => {
             log::error!("{e}");
             return ExitCode::from(2);
         }
@@ -136,7 +145,12 @@ fn run_sim(listen: std::net::SocketAddr, rate: u32, symbols: Vec<String>) -> Exi
     ExitCode::SUCCESS
 }
 
-fn run_watch(url: String, key: Option<String>, symbols: Option<Vec<String>>) -> ExitCode {
+fn run_watch(
+    url: String,
+    key: Option<String>,
+    symbols: Option<Vec<String>>,
+    ca_file: Option<std::path::PathBuf>,
+) -> ExitCode {
     logging::init("warn");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(key) = key.or_else(|| std::env::var("FXPROXY_KEY").ok()) else {
@@ -151,7 +165,12 @@ fn run_watch(url: String, key: Option<String>, symbols: Option<Vec<String>>) -> 
         eprintln!("fxproxy: cannot install the signal handler: {e}");
         return ExitCode::from(1);
     }
-    let opts = watch::WatchOptions { url, key, symbols };
+    let opts = watch::WatchOptions {
+        url,
+        key,
+        symbols,
+        ca_file,
+    };
     let mut out = std::io::stdout();
     match watch::run(&opts, &mut out, &stop) {
         Ok(()) => ExitCode::SUCCESS,
