@@ -20,8 +20,9 @@
 //!
 //! With `tls_cert_file` set, every connection starts with a TLS handshake, driven here like
 //! the rest (see [`crate::stream`]): the handshake and the request head share
-//! `handshake_timeout_secs`, and a connection that has not sent its whole hello is as quick
-//! to evict as one that has not sent its whole request head.
+//! `handshake_timeout_secs`, and a connection that has not sent its whole hello, or has
+//! finished its handshake but not sent its whole request head, is as quick to evict as a
+//! plain one that has not sent its whole request head.
 
 use crate::context::Context;
 use crate::handshake::{Admitted, Conn, Next};
@@ -313,13 +314,18 @@ impl State {
         }
     }
 
-    /// The slot of the first connection that became quick to evict and still is.
+    /// The slot of the first connection that became quick to evict and still is. One that
+    /// is not (any more) leaves the queue, to join it again at the back if it becomes quick
+    /// again (a TLS connection does, once its handshake is done).
     fn quick_front(&mut self) -> Option<usize> {
         while let Some(&(slot, id)) = self.quick.front() {
-            let still = self.is_live(slot, id)
-                && self.slots[slot].as_ref().is_some_and(Conn::quick_to_evict);
-            if still {
-                return Some(slot);
+            if self.is_live(slot, id) {
+                if let Some(conn) = self.slots[slot].as_mut() {
+                    if conn.quick_to_evict() {
+                        return Some(slot);
+                    }
+                    conn.in_quick = false;
+                }
             }
             self.quick.pop_front();
         }

@@ -193,11 +193,12 @@ impl Conn {
     /// upgraded connection waiting for its auth message is not: that waits on the client
     /// reading our answer.
     ///
-    /// Over TLS the client needs our answer to its hello before it can send its request, so
-    /// once we have answered, it is waiting on a round trip like an upgraded connection.
+    /// Over TLS the same holds before we have answered the client's hello and after the
+    /// handshake; in between, the client is waiting on a round trip with our answer, like an
+    /// upgraded connection.
     pub fn quick_to_evict(&self) -> bool {
         match &self.phase {
-            Phase::Head { stream, .. } => !stream.is_tls() || stream.written() == 0,
+            Phase::Head { stream, .. } => !stream.handshaking() || stream.written() == 0,
             Phase::Responding { .. } | Phase::Lingering { .. } => true,
             _ => false,
         }
