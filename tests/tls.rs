@@ -72,6 +72,26 @@ fn wss_clients_get_every_quote_and_https_serves_the_page_and_endpoints() {
 }
 
 #[test]
+fn tls_1_2_and_1_3_are_spoken() {
+    let dir = temp_dir("tls-versions");
+    let setup = TlsSetup::new(&dir);
+    let (up, proxy, _) = tls_proxy(&setup, "", &keys());
+    let mut clients: Vec<Client> = [&rustls::version::TLS12, &rustls::version::TLS13]
+        .into_iter()
+        .map(|v| {
+            let ep = Endpoint::tls(proxy.addr, setup.ca.client_config_only(v));
+            Client::auth_to(&ep, KEY, Some("EURUSD"))
+        })
+        .collect();
+    proxy.wait_for_clients(2);
+    up.send(&quote("EURUSD", 12));
+    for c in &mut clients {
+        assert_eq!(c.next_text(), quote("EURUSD", 12));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn plain_http_garbage_and_untrusting_clients_are_refused_and_counted() {
     let dir = temp_dir("tls-refusals");
     let setup = TlsSetup::new(&dir);

@@ -136,6 +136,20 @@ impl TestCa {
         )
     }
 
+    /// A client that trusts this CA and speaks only `version` (rustls knows 1.2 and 1.3).
+    pub fn client_config_only(
+        &self,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Arc<ClientConfig> {
+        Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(self.roots())
+                .with_no_client_auth(),
+        )
+    }
+
     /// A client that trusts this CA and presents `cert` (mutual TLS).
     pub fn client_config_with(&self, cert: &Issued) -> Arc<ClientConfig> {
         Arc::new(
