@@ -820,30 +820,20 @@ fn resolve_tls_paths(
     credentials_dir: Option<&OsStr>,
 ) -> Result<(), ConfigError> {
     let base = config.file.parent().unwrap_or(Path::new("")).to_path_buf();
-    for key in [
-        "tls_cert_file",
-        "tls_key_file",
-        "tls_client_ca_file",
-        "upstream_ca_file",
-    ] {
-        let path = match key {
-            "tls_cert_file" => &config.tls_cert_file,
-            "tls_key_file" => &config.tls_key_file,
-            "tls_client_ca_file" => &config.tls_client_ca_file,
-            _ => &config.upstream_ca_file,
-        };
-        let Some(path) = path.clone() else {
-            continue;
-        };
-        let expanded = expand_credentials(&path, credentials_dir, &base)
-            .map_err(|m| config.error_at(key, m))?;
-        *match key {
-            "tls_cert_file" => &mut config.tls_cert_file,
-            "tls_key_file" => &mut config.tls_key_file,
-            "tls_client_ca_file" => &mut config.tls_client_ca_file,
-            _ => &mut config.upstream_ca_file,
-        } = Some(expanded);
-    }
+    let expand = |config: &Config, key: &str, path: &Option<PathBuf>| {
+        path.as_ref()
+            .map(|p| expand_credentials(p, credentials_dir, &base))
+            .transpose()
+            .map_err(|m| config.error_at(key, m))
+    };
+    let cert = expand(config, "tls_cert_file", &config.tls_cert_file)?;
+    let key = expand(config, "tls_key_file", &config.tls_key_file)?;
+    let client_ca = expand(config, "tls_client_ca_file", &config.tls_client_ca_file)?;
+    let upstream_ca = expand(config, "upstream_ca_file", &config.upstream_ca_file)?;
+    config.tls_cert_file = cert;
+    config.tls_key_file = key;
+    config.tls_client_ca_file = client_ca;
+    config.upstream_ca_file = upstream_ca;
     Ok(())
 }
 
