@@ -17,12 +17,19 @@
 //!   none free, the oldest upgrade still waiting for its auth message gives its place up once
 //!   it has waited longer than [`GRACE`]; while places are held by client threads that are
 //!   still winding down, the newcomer waits for one; otherwise it gets 503.
+//!
+//! With `tls_cert_file` set, every connection starts with a TLS handshake, driven here like
+//! the rest (see [`crate::stream`]): the handshake and the request head share
+//! `handshake_timeout_secs`, and a connection that has not sent its whole hello, or has
+//! finished its handshake but not sent its whole request head, is as quick to evict as a
+//! plain one that has not sent its whole request head.
 
 use crate::context::Context;
 use crate::handshake::{Admitted, Conn, Next};
 use crate::listener;
 use crate::metrics::{Eviction, Rejection};
 use crate::places::Place;
+use crate::stream::ClientStream;
 use log::{debug, error, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -305,13 +312,18 @@ impl State {
         }
     }
 
-    /// The slot of the first connection that became quick to evict and still is.
+    /// The slot of the first connection that became quick to evict and still is. One that
+    /// is not (any more) leaves the queue, to join it again at the back if it becomes quick
+    /// again (a TLS connection does, once its handshake is done).
     fn quick_front(&mut self) -> Option<usize> {
         while let Some(&(slot, id)) = self.quick.front() {
-            let still = self.is_live(slot, id)
-                && self.slots[slot].as_ref().is_some_and(Conn::quick_to_evict);
-            if still {
-                return Some(slot);
+            if self.is_live(slot, id) {
+                if let Some(conn) = self.slots[slot].as_mut() {
+                    if conn.quick_to_evict() {
+                        return Some(slot);
+                    }
+                    conn.in_quick = false;
+                }
             }
             self.quick.pop_front();
         }
@@ -342,6 +354,18 @@ impl State {
             debug!("{peer}: cannot set up the socket: {e}");
             return;
         }
+        // Over TLS, the config of the moment: a renewed certificate is served from the next
+        // connection on.
+        let stream = match &self.ctx.tls {
+            None => ClientStream::new(stream),
+            Some(tls) => match ClientStream::tls(stream, tls.config()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("{peer}: cannot start TLS: {e}");
+                    return;
+                }
+            },
+        };
         self.next_id += 1;
         let conn = Conn::new(stream, peer, self.next_id, now, &self.ctx.config);
         let Some(slot) = self.insert(conn) else {

@@ -12,9 +12,10 @@ USAGE:
     fxproxy --check-config [--config FILE]  validate the configuration and exit (0 valid, 2 invalid)
     fxproxy sim [--listen ADDR] [--rate N] [--symbols A,B]
                                             a simulated Forex source speaking the upstream protocol
-    fxproxy watch URL [--key KEY] [--symbols A,B]
+    fxproxy watch URL [--key KEY] [--symbols A,B] [--ca-file PEM]
                                             print quotes from a proxy (or the source) as they arrive;
-                                            the key may come from FXPROXY_KEY instead of --key
+                                            the key may come from FXPROXY_KEY instead of --key;
+                                            --ca-file trusts a private CA for a wss:// URL
     fxproxy --version | --help
 ";
 
@@ -37,6 +38,8 @@ pub enum Command {
         url: String,
         key: Option<String>,
         symbols: Option<Vec<String>>,
+        /// A CA (PEM) trusted for a `wss://` URL besides the bundled web PKI roots.
+        ca_file: Option<PathBuf>,
     },
     Version,
     Help,
@@ -86,9 +89,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             let mut url = None;
             let mut key = None;
             let mut syms = None;
+            let mut ca_file = None;
             while let Some(arg) = it.next() {
                 match arg {
                     "--key" => key = Some(value(arg, &mut it)?),
+                    "--ca-file" => ca_file = Some(PathBuf::from(value(arg, &mut it)?)),
                     "--symbols" => syms = Some(symbols(&value(arg, &mut it)?)),
                     other if url.is_none() && !other.starts_with('-') => {
                         url = Some(other.to_string())
@@ -100,6 +105,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 url: url.ok_or("watch: the proxy's URL is required, e.g. ws://127.0.0.1:8765/")?,
                 key,
                 symbols: syms,
+                ca_file,
             })
         }
         _ => {
@@ -160,7 +166,17 @@ mod tests {
             Ok(Command::Watch {
                 url: "ws://127.0.0.1:8765/".into(),
                 key: Some("abc".into()),
-                symbols: Some(vec!["EURUSD".into()])
+                symbols: Some(vec!["EURUSD".into()]),
+                ca_file: None,
+            })
+        );
+        assert_eq!(
+            parse(&args("watch wss://fx.example:8765/ --ca-file /etc/ca.pem")),
+            Ok(Command::Watch {
+                url: "wss://fx.example:8765/".into(),
+                key: None,
+                symbols: None,
+                ca_file: Some("/etc/ca.pem".into()),
             })
         );
         assert_eq!(parse(&args("--version")), Ok(Command::Version));

@@ -735,7 +735,7 @@ fn close(ws: &mut Socket, code: CloseCode, reason: String) {
     // because a WebSocket read returns only with a whole message: a peer trickling bytes
     // would hold the thread past any deadline. Unread bytes at close would turn our close
     // frame into a reset.
-    let _ = ws.get_mut().shutdown(std::net::Shutdown::Write);
+    ws.get_mut().shutdown_write();
     let until = Instant::now() + CLOSE_LINGER;
     let mut sink = [0u8; 512];
     loop {

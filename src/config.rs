@@ -31,9 +31,14 @@ const CREDENTIALS_PLACEHOLDER: &str = "${CREDENTIALS_DIRECTORY}";
 /// Every key the file may set, in the order of the shipped `proxy.conf`.
 const KEYS: &[&str] = &[
     "listen",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
     "upstream_url",
     "upstream_api_key",
     "upstream_api_key_file",
+    "upstream_ca_file",
+    "upstream_bundled_roots",
     "symbols",
     "subscribe_message",
     // Providers, recording and the slow-client policy.
@@ -199,12 +204,23 @@ pub struct Config {
     pub key_lines: Vec<(&'static str, usize)>,
 
     pub listen: SocketAddr,
+    /// TLS on `listen` (both set) or not (neither): the certificate chain and its key, PEM.
+    /// Resolved against the config file's directory; `${CREDENTIALS_DIRECTORY}` is expanded
+    /// by [`load`], as in `upstream_api_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Clients must present a certificate from this CA (PEM); needs the two above.
+    pub tls_client_ca_file: Option<PathBuf>,
     pub upstream: Upstream,
     /// After [`load`]: from the file, the key file or the environment, in that order.
     pub upstream_api_key: Secret,
     /// Resolved against the config file's directory. A path containing
     /// `${CREDENTIALS_DIRECTORY}` is kept as written until [`load`] expands it.
     pub upstream_api_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) a `wss://` upstream may be signed by, besides (or, with
+    /// `upstream_bundled_roots = false`, instead of) the web PKI roots bundled in the binary.
+    pub upstream_ca_file: Option<PathBuf>,
+    pub upstream_bundled_roots: bool,
     /// Upper-case, unique, at least one.
     pub symbols: Vec<String>,
     pub subscribe_message: String,
@@ -283,9 +299,14 @@ impl Config {
             file: PathBuf::new(),
             key_lines: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8765)),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
             upstream,
             upstream_api_key: Secret::default(),
             upstream_api_key_file: None,
+            upstream_ca_file: None,
+            upstream_bundled_roots: true,
             symbols,
             subscribe_message: DEFAULT_SUBSCRIBE_MESSAGE.to_string(),
             user_keys_file,
@@ -445,12 +466,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let mut config = parse(&text, path)?;
     // Read and checked now, so that a broken template stops start-up (and --check-config).
     config.provider_description()?;
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY");
     resolve_api_key(
         &mut config,
-        std::env::var_os("CREDENTIALS_DIRECTORY").as_deref(),
+        credentials.as_deref(),
         std::env::var(API_KEY_ENV).ok(),
         |p| std::fs::read_to_string(p),
     )?;
+    resolve_tls_paths(&mut config, credentials.as_deref())?;
     Ok(config)
 }
 
@@ -528,6 +551,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    check_tls(&config)?;
     // Unset, it follows max_clients upward: a storm of max_clients connecting at once must
     // never find the pending set full.
     if config.line_of("max_pending_connections").is_none() {
@@ -558,6 +582,11 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
                 .parse()
                 .map_err(|_| format!("expected an address such as 127.0.0.1:8765, got {v:?}"))?
         }
+        "tls_cert_file" => c.tls_cert_file = optional_path(v, base),
+        "tls_key_file" => c.tls_key_file = optional_path(v, base),
+        "tls_client_ca_file" => c.tls_client_ca_file = optional_path(v, base),
+        "upstream_ca_file" => c.upstream_ca_file = optional_path(v, base),
+        "upstream_bundled_roots" => c.upstream_bundled_roots = boolean(v)?,
         "upstream_url" => c.upstream = parse_upstream(v, base)?,
         "upstream_api_key" => c.upstream_api_key = Secret::new(v),
         "upstream_api_key_file" => c.upstream_api_key_file = Some(key_file_path(v, base)?),
@@ -1002,6 +1031,12 @@ fn relative_to(base: &Path, v: &str) -> PathBuf {
     base.join(v)
 }
 
+/// A path that may be left empty (unset), kept as written when it uses
+/// `${CREDENTIALS_DIRECTORY}` (see [`key_file_path`]).
+fn optional_path(v: &str, base: &Path) -> Option<PathBuf> {
+    key_file_path(v, base).ok()
+}
+
 /// A path with `${CREDENTIALS_DIRECTORY}` is kept as written: [`load`] expands it and only
 /// then resolves it, because the variable is not read while parsing.
 fn key_file_path(v: &str, base: &Path) -> Result<PathBuf, String> {
@@ -1043,6 +1078,61 @@ fn expand_credentials(
     }
     // The directory is joined as an OsString so a non-UTF-8 path survives intact.
     Ok(base.join(expanded))
+}
+
+/// The TLS keys that only make sense together.
+fn check_tls(c: &Config) -> Result<(), ConfigError> {
+    match (&c.tls_cert_file, &c.tls_key_file) {
+        (Some(_), None) => {
+            return Err(c.error_at(
+                "tls_cert_file",
+                "set tls_key_file too: the certificate's private key (PEM)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(c.error_at(
+                "tls_key_file",
+                "set tls_cert_file too: the certificate chain (PEM) for this key",
+            ))
+        }
+        _ => {}
+    }
+    if c.tls_client_ca_file.is_some() && c.tls_cert_file.is_none() {
+        return Err(c.error_at(
+            "tls_client_ca_file",
+            "client certificates need TLS: set tls_cert_file and tls_key_file too",
+        ));
+    }
+    if !c.upstream_bundled_roots && c.upstream_ca_file.is_none() {
+        return Err(c.error_at(
+            "upstream_bundled_roots",
+            "with false, upstream_ca_file must name the CA (PEM) that signs the upstream's certificate",
+        ));
+    }
+    Ok(())
+}
+
+/// Expands `${CREDENTIALS_DIRECTORY}` in the TLS file paths (systemd's `LoadCredential=`).
+fn resolve_tls_paths(
+    config: &mut Config,
+    credentials_dir: Option<&OsStr>,
+) -> Result<(), ConfigError> {
+    let base = config.file.parent().unwrap_or(Path::new("")).to_path_buf();
+    let expand = |config: &Config, key: &str, path: &Option<PathBuf>| {
+        path.as_ref()
+            .map(|p| expand_credentials(p, credentials_dir, &base))
+            .transpose()
+            .map_err(|m| config.error_at(key, m))
+    };
+    let cert = expand(config, "tls_cert_file", &config.tls_cert_file)?;
+    let key = expand(config, "tls_key_file", &config.tls_key_file)?;
+    let client_ca = expand(config, "tls_client_ca_file", &config.tls_client_ca_file)?;
+    let upstream_ca = expand(config, "upstream_ca_file", &config.upstream_ca_file)?;
+    config.tls_cert_file = cert;
+    config.tls_key_file = key;
+    config.tls_client_ca_file = client_ca;
+    config.upstream_ca_file = upstream_ca;
+    Ok(())
 }
 
 /// Fills `config.upstream_api_key`: an explicit `upstream_api_key` (even empty) wins; else the
@@ -1181,6 +1271,11 @@ mod tests {
         assert_eq!(c.batch_delay, Duration::from_millis(20));
         assert_eq!(c.sim_rate, 20);
         assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.tls_cert_file, None);
+        assert_eq!(c.tls_key_file, None);
+        assert_eq!(c.tls_client_ca_file, None);
+        assert_eq!(c.upstream_ca_file, None);
+        assert!(c.upstream_bundled_roots);
         assert_eq!(c.line_of("symbols"), Some(2));
         assert_eq!(c.line_of("listen"), None);
     }
@@ -1204,7 +1299,8 @@ mod tests {
              sim_rate = 20\nlog_level = info\nbackbone =\nbackbone_role = both\n\
              backbone_name = fxproxy\nbackbone_max_len = 100000\ntrusted_proxies =\n\
              provider = tradermade\nclient_format = normalized\nrecord_file =\n\
-             record_max_bytes = 100000000\nslow_client = disconnect\n"
+             record_max_bytes = 100000000\nslow_client = disconnect\ntls_cert_file =\n\
+             tls_key_file =\ntls_client_ca_file =\nupstream_ca_file =\nupstream_bundled_roots = true\n"
         );
         let c = parse_ok(&text);
         let d = parse_ok(MINIMAL);
@@ -1668,6 +1764,83 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(c.upstream_api_key.expose(), "k123456789");
         assert_eq!(c.user_keys_file, dir.join("users.keys"));
+    }
+
+    #[test]
+    fn tls_keys_go_together_and_resolve_like_the_other_files() {
+        let c = parse(
+            &format!(
+                "{MINIMAL}tls_cert_file = tls/fullchain.pem\ntls_key_file = /keys/privkey.pem\n\
+                 tls_client_ca_file = clients.pem\nupstream_ca_file = ca.pem\n\
+                 upstream_bundled_roots = no\n"
+            ),
+            Path::new("/etc/fxproxy/proxy.conf"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls_cert_file,
+            Some(PathBuf::from("/etc/fxproxy/tls/fullchain.pem"))
+        );
+        assert_eq!(c.tls_key_file, Some(PathBuf::from("/keys/privkey.pem")));
+        assert_eq!(
+            c.tls_client_ca_file,
+            Some(PathBuf::from("/etc/fxproxy/clients.pem"))
+        );
+        assert_eq!(
+            c.upstream_ca_file,
+            Some(PathBuf::from("/etc/fxproxy/ca.pem"))
+        );
+        assert!(!c.upstream_bundled_roots);
+
+        for (lines, expected) in [
+            (
+                "tls_cert_file = a.pem\n",
+                "proxy.conf:4: key `tls_cert_file`: set tls_key_file too",
+            ),
+            (
+                "tls_key_file = k.pem\ntls_cert_file =\n",
+                "proxy.conf:4: key `tls_key_file`: set tls_cert_file too",
+            ),
+            (
+                "tls_client_ca_file = ca.pem\n",
+                "proxy.conf:4: key `tls_client_ca_file`: client certificates need TLS",
+            ),
+            (
+                "upstream_bundled_roots = false\n",
+                "proxy.conf:4: key `upstream_bundled_roots`: with false, upstream_ca_file must name",
+            ),
+            (
+                "upstream_bundled_roots = maybe\n",
+                "proxy.conf:4: key `upstream_bundled_roots`: expected true or false",
+            ),
+        ] {
+            let m = parse_err(&format!("{MINIMAL}{lines}"));
+            assert!(m.starts_with(expected), "{lines}: {m}");
+        }
+
+        // Under systemd the pair may come as credentials.
+        let mut c = parse(
+            &format!(
+                "{MINIMAL}tls_cert_file = ${{CREDENTIALS_DIRECTORY}}/tls_cert\n\
+                 tls_key_file = ${{CREDENTIALS_DIRECTORY}}/tls_key\n"
+            ),
+            Path::new("/etc/fxproxy/proxy.conf"),
+        )
+        .unwrap();
+        let unset = resolve_tls_paths(&mut c.clone(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unset.starts_with(
+                "/etc/fxproxy/proxy.conf:4: key `tls_cert_file`: uses ${CREDENTIALS_DIRECTORY}"
+            ),
+            "{unset}"
+        );
+        resolve_tls_paths(&mut c, Some(OsStr::new("/run/credentials/fxproxy.service"))).unwrap();
+        assert_eq!(
+            c.tls_key_file,
+            Some(PathBuf::from("/run/credentials/fxproxy.service/tls_key"))
+        );
     }
 
     #[test]

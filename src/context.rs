@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::places::Places;
 use crate::stop::Stop;
 use crate::threads::Threads;
+use crate::tls::ServerTls;
 use crate::watcher::Watcher;
 use parking_lot::RwLock;
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ pub struct Context {
     pub echo: bool,
     /// The Redis backbone's state, when there is one.
     pub backbone: Option<Arc<backbone::Status>>,
+    /// TLS on the client port, when `tls_cert_file` is set.
+    pub tls: Option<Arc<ServerTls>>,
     keys: RwLock<Arc<KeyStore>>,
 }
 
@@ -48,6 +51,7 @@ impl Context {
         listen: SocketAddr,
         keys: KeyStore,
         echo: bool,
+        tls: Option<Arc<ServerTls>>,
     ) -> Context {
         Context {
             config,
@@ -61,8 +65,15 @@ impl Context {
             listen,
             echo,
             backbone: None,
+            tls,
             keys: RwLock::new(Arc::new(keys)),
         }
+    }
+
+    /// Whether `keys` decides who may connect. Not when clients must present a certificate
+    /// and the key file lists no key: the certificate alone admits them (any `userKey`).
+    pub fn keys_checked(&self, keys: &KeyStore) -> bool {
+        !(keys.is_empty() && self.tls.as_ref().is_some_and(|t| t.client_auth()))
     }
 
     pub fn keys(&self) -> Arc<KeyStore> {

@@ -16,10 +16,11 @@ use crate::endpoints;
 use crate::forwarded::Peer;
 use crate::http::{self, HeadError};
 use crate::logsafe;
+use crate::keys::KeyEntry;
 use crate::metrics::{AuthFailure, Rejection};
 use crate::places::Place;
-use crate::stream::ClientStream;
-use log::{debug, warn};
+use crate::stream::{ClientStream, TlsFailure, TLS_HANDSHAKE_RECORD};
+use log::{debug, info, warn};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -38,8 +39,6 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// client to close, so the kernel does not answer unread bytes with a reset that eats it.
 const RESPONSE_DEADLINE: Duration = Duration::from_secs(2);
 const RESPONSE_LINGER: Duration = Duration::from_secs(1);
-/// The first byte of a TLS handshake record, which a ClientHello starts with.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Bytes read at a time from a socket still sending its request head.
 const READ_CHUNK: usize = 1024;
 
@@ -81,17 +80,17 @@ pub struct Conn {
 }
 
 enum Phase {
-    /// Reading the request head.
-    Head { stream: TcpStream, buf: Vec<u8> },
+    /// Reading the request head (over TLS, the handshake first: the reads drive it).
+    Head { stream: ClientStream, buf: Vec<u8> },
     /// A valid upgrade request, waiting for a place; `accept` is the 101 response.
     NeedsPlace {
-        stream: TcpStream,
+        stream: ClientStream,
         accept: Vec<u8>,
         leftover: Vec<u8>,
     },
     /// Writing a plain HTTP response.
     Responding {
-        stream: TcpStream,
+        stream: ClientStream,
         out: Vec<u8>,
         at: usize,
     },
@@ -114,12 +113,12 @@ enum Phase {
 
 /// The socket of a lingering connection.
 enum LastWord {
-    Plain(TcpStream),
+    Plain(ClientStream),
     Ws(Box<WebSocket<ClientStream>>),
 }
 
 impl LastWord {
-    fn stream(&mut self) -> &mut TcpStream {
+    fn stream(&mut self) -> &mut ClientStream {
         match self {
             LastWord::Plain(s) => s,
             LastWord::Ws(ws) => ws.get_mut(),
@@ -129,7 +128,11 @@ impl LastWord {
     /// Writes what is still owed; true once all of it is out.
     fn flush(&mut self) -> io::Result<bool> {
         match self {
-            LastWord::Plain(_) => Ok(true),
+            LastWord::Plain(s) => match s.flush() {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) => Err(e),
+            },
             LastWord::Ws(ws) => match ws.flush() {
                 Ok(()) | Err(WsError::ConnectionClosed) => Ok(true),
                 Err(e) if closes::would_block(&e) => Ok(false),
@@ -142,7 +145,7 @@ impl LastWord {
 impl Conn {
     /// A newly accepted connection (already non-blocking).
     pub fn new(
-        stream: TcpStream,
+        stream: ClientStream,
         peer: SocketAddr,
         id: u64,
         now: Instant,
@@ -191,11 +194,16 @@ impl Conn {
     /// trickles it), or it is only finishing (its answer is out and it is lingering). An
     /// upgraded connection waiting for its auth message is not: that waits on the client
     /// reading our answer.
+    ///
+    /// Over TLS the same holds before we have answered the client's hello and after the
+    /// handshake; in between, the client is waiting on a round trip with our answer, like an
+    /// upgraded connection.
     pub fn quick_to_evict(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Head { .. } | Phase::Responding { .. } | Phase::Lingering { .. }
-        )
+        match &self.phase {
+            Phase::Head { stream, .. } => !stream.handshaking() || stream.written() == 0,
+            Phase::Responding { .. } | Phase::Lingering { .. } => true,
+            _ => false,
+        }
     }
 
     /// Its socket is ready (or may be): does whatever the phase allows without blocking.
@@ -216,6 +224,14 @@ impl Conn {
             return Next::Wait;
         }
         match &self.phase {
+            Phase::Head { stream, .. } if stream.handshaking() => {
+                debug!(
+                    "{}: no complete TLS handshake within handshake_timeout_secs",
+                    self.peer
+                );
+                ctx.metrics.rejected(Rejection::Tls);
+                Next::Closed
+            }
             Phase::Head { .. } => {
                 debug!("{}: no request within handshake_timeout_secs", self.peer);
                 Next::Closed
@@ -245,7 +261,7 @@ impl Conn {
     /// auth message is awaited (it may have come already).
     pub fn upgrade(&mut self, ctx: &Context, place: Place, now: Instant) -> Next {
         let Phase::NeedsPlace {
-            stream,
+            mut stream,
             mut accept,
             leftover,
         } = std::mem::replace(&mut self.phase, Phase::Gone)
@@ -256,7 +272,9 @@ impl Conn {
             accept.extend_from_slice(GREETING_FRAME);
         }
         // A fresh socket takes these ~150 bytes at once; one that does not is not worth a place.
-        match (&stream).write(&accept) {
+        // (Over TLS they are taken as one record, which goes out with them or is held to go
+        // out with the next write or flush.)
+        match stream.write(&accept) {
             Ok(n) if n == accept.len() => {}
             Ok(_) | Err(_) => {
                 debug!(
@@ -267,7 +285,7 @@ impl Conn {
             }
         }
         let ws = WebSocket::from_partially_read(
-            ClientStream::new(stream),
+            stream,
             leftover,
             Role::Server,
             Some(ws_config(&ctx.config)),
@@ -377,7 +395,7 @@ impl Conn {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Next::Closed,
+                Err(e) => return self.read_failed(ctx, &e, now),
             }
             match http::parse_head(buf) {
                 Ok(None) => continue,
@@ -458,8 +476,39 @@ impl Conn {
         }
     }
 
+    /// A read from a connection still sending its request failed. On a TLS port that may be
+    /// a failed handshake (counted), garbage, or plain HTTP, which is answered in plain HTTP
+    /// so that whoever typed `http://` learns why.
+    fn read_failed(&mut self, ctx: &Context, e: &io::Error, now: Instant) -> Next {
+        let peer = self.peer;
+        let Some(failure) = TlsFailure::of(e) else {
+            return Next::Closed;
+        };
+        match failure {
+            TlsFailure::NotTls(first) => {
+                debug!("{peer}: {failure}");
+                ctx.metrics.rejected(Rejection::BadRequest);
+                let Phase::Head { stream, .. } = std::mem::replace(&mut self.phase, Phase::Gone)
+                else {
+                    return Next::Closed;
+                };
+                if !first.is_ascii_uppercase() {
+                    return Next::Closed;
+                }
+                let body = "this port speaks TLS: use https:// or wss://\n";
+                let resp = http::response(400, "text/plain", body, false);
+                self.respond(stream.into_plain(), resp, now)
+            }
+            TlsFailure::Tls(_) => {
+                info!("{peer}: TLS handshake failed: {failure}");
+                ctx.metrics.rejected(Rejection::Tls);
+                Next::Closed
+            }
+        }
+    }
+
     /// Starts writing a plain HTTP response.
-    fn respond(&mut self, stream: TcpStream, out: Vec<u8>, now: Instant) -> Next {
+    fn respond(&mut self, stream: ClientStream, out: Vec<u8>, now: Instant) -> Next {
         self.deadline = now + RESPONSE_DEADLINE;
         self.phase = Phase::Responding { stream, out, at: 0 };
         self.write_response(now)
@@ -478,11 +527,17 @@ impl Conn {
                 Err(_) => return Next::Closed,
             }
         }
-        let Phase::Responding { stream, .. } = std::mem::replace(&mut self.phase, Phase::Gone)
+        // Over TLS the last records may still be held for the socket.
+        match stream.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Wait,
+            Err(_) => return Next::Closed,
+        }
+        let Phase::Responding { mut stream, .. } = std::mem::replace(&mut self.phase, Phase::Gone)
         else {
             return Next::Closed;
         };
-        let _ = stream.shutdown(Shutdown::Write);
+        stream.shutdown_write();
         self.deadline = now + RESPONSE_LINGER;
         self.phase = Phase::Lingering {
             socket: LastWord::Plain(stream),
@@ -609,7 +664,7 @@ impl Conn {
         if !*shut {
             match socket.flush() {
                 Ok(true) => {
-                    let _ = socket.stream().shutdown(Shutdown::Write);
+                    socket.stream().shutdown_write();
                     *shut = true;
                 }
                 Ok(false) => {}
@@ -617,8 +672,10 @@ impl Conn {
             }
         }
         let mut sink = [0u8; 4096];
+        // Raw, around TLS too: nothing it says matters any more.
+        let tcp: &mut TcpStream = socket.stream();
         loop {
-            match socket.stream().read(&mut sink) {
+            match tcp.read(&mut sink) {
                 Ok(0) => return Next::Closed,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Wait,
@@ -651,6 +708,14 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
     let request = auth::parse_auth(text)
         .map_err(|e| refuse(ctx, peer, AuthFailure::BadMessage, &e.to_string()))?;
     let keys = ctx.keys();
+    if !ctx.keys_checked(&keys) {
+        // Admitted by its certificate alone: `userKey` is only a label, every symbol allowed.
+        let anyone = KeyEntry {
+            key: String::new(),
+            symbols: None,
+        };
+        return admit_symbols(ctx, peer, request, &anyone);
+    }
     let Some(entry) = keys.lookup(&request.key) else {
         return Err(refuse(
             ctx,
@@ -662,6 +727,17 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
             ),
         ));
     };
+    admit_symbols(ctx, peer, request, entry)
+}
+
+/// Checks the symbols asked for (or, without any, those of the key) against what the proxy
+/// carries and what the key may see.
+fn admit_symbols(
+    ctx: &Context,
+    peer: Peer,
+    request: AuthRequest,
+    entry: &KeyEntry,
+) -> Result<AuthRequest, Owed> {
     let wanted: Vec<String> = request
         .symbols
         .clone()

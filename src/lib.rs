@@ -4,8 +4,9 @@
 //! A quote's path, one module each: [`upstream`] reads it, [`distributor`] parses it once and
 //! queues it for every interested client, [`client`] writes it out. A client gets there
 //! through [`admission`] (accept, HTTP, upgrade, auth: [`handshake`]), which gives it a thread
-//! only once it has authenticated. [`server`] wires them up. Past one host, [`backbone`] sits
-//! between the upstream and the distributor: the frames go through Redis.
+//! only once it has authenticated, over plain TCP or TLS ([`stream`], [`tls`]). [`server`]
+//! wires them up. Past one host, [`backbone`] sits between the upstream and the distributor:
+//! the frames go through Redis.
 
 #![forbid(unsafe_code)]
 
@@ -45,9 +46,11 @@ pub mod sim;
 pub mod stop;
 pub mod stream;
 pub mod threads;
+pub mod tls;
 pub mod translate;
 pub mod upstream;
 pub mod watch;
 pub mod watcher;
+pub mod x509;
 
 pub use server::Server;

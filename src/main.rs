@@ -32,14 +32,19 @@ fn main() -> ExitCode {
             .and_then(|c| fxproxy::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, k)))
             .and_then(|(c, k)| {
                 fxproxy::demo_key::check(c.listen, &k, &c.user_keys_file).map(|()| (c, k))
-            }) {
-            Ok((c, keys)) => {
+            })
+            .and_then(|(c, k)| fxproxy::tls::check(&c).map(|tls| (c, k, tls)))
+        {
+            Ok((c, keys, tls)) => {
                 println!(
                     "{}: valid ({} symbols, {} client keys)",
                     config.display(),
                     c.symbols.len(),
                     keys.len()
                 );
+                for line in tls {
+                    println!("{line}");
+                }
                 // What this host would let the proxy have, as the start-up log says it.
                 let (line, warnings) =
                     fxproxy::server::capacity_report(&c, &fxproxy::ceiling::measure());
@@ -60,7 +65,12 @@ fn main() -> ExitCode {
             rate,
             symbols,
         } => run_sim(listen, rate, symbols),
-        Command::Watch { url, key, symbols } => run_watch(url, key, symbols),
+        Command::Watch {
+            url,
+            key,
+            symbols,
+            ca_file,
+        } => run_watch(url, key, symbols, ca_file),
     }
 }
 
@@ -91,9 +101,14 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let server = match Server::start_with_alarm(config, Arc::clone(&signal)) {
         Ok(s) => s,
-        // The key file, the provider's template, a recording to replay or the file to record
-        // to: all named by the configuration.
-        Err(e @ (StartError::Keys(_) | StartError::Config(_) | StartError::File(_))) => {
+        // The key file, the provider's template, a recording to replay, the file to record
+        // to, or the TLS pair: all named by the configuration.
+        Err(
+            e @ (StartError::Keys(_)
+            | StartError::Config(_)
+            | StartError::File(_)
+            | StartError::Tls(_)),
+        ) => {
             log::error!("{e}");
             return ExitCode::from(2);
         }
@@ -141,7 +156,12 @@ fn run_sim(listen: std::net::SocketAddr, rate: u32, symbols: Vec<String>) -> Exi
     ExitCode::SUCCESS
 }
 
-fn run_watch(url: String, key: Option<String>, symbols: Option<Vec<String>>) -> ExitCode {
+fn run_watch(
+    url: String,
+    key: Option<String>,
+    symbols: Option<Vec<String>>,
+    ca_file: Option<std::path::PathBuf>,
+) -> ExitCode {
     logging::init("warn");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(key) = key.or_else(|| std::env::var("FXPROXY_KEY").ok()) else {
@@ -156,7 +176,12 @@ fn run_watch(url: String, key: Option<String>, symbols: Option<Vec<String>>) -> 
         eprintln!("fxproxy: cannot install the signal handler: {e}");
         return ExitCode::from(1);
     }
-    let opts = watch::WatchOptions { url, key, symbols };
+    let opts = watch::WatchOptions {
+        url,
+        key,
+        symbols,
+        ca_file,
+    };
     let mut out = std::io::stdout();
     match watch::run(&opts, &mut out, &stop) {
         Ok(()) => ExitCode::SUCCESS,

@@ -56,15 +56,19 @@ pub enum Rejection {
     BadRequest,
     /// The kernel refused a thread for an authenticated client (close 1013).
     NoThread,
+    /// A TLS handshake that failed: an untrusted or missing client certificate, a client that
+    /// refused ours, no common protocol version or cipher suite, a broken record.
+    Tls,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 5] = [
+    const ALL: [Rejection; 6] = [
         Rejection::MaxClients,
         Rejection::ThreadCeiling,
         Rejection::Origin,
         Rejection::BadRequest,
         Rejection::NoThread,
+        Rejection::Tls,
     ];
 
     pub fn label(self) -> &'static str {
@@ -74,6 +78,7 @@ impl Rejection {
             Rejection::Origin => "origin",
             Rejection::BadRequest => "bad_request",
             Rejection::NoThread => "no_thread",
+            Rejection::Tls => "tls",
         }
     }
 }
@@ -211,7 +216,7 @@ pub struct Metrics {
     pub writers_blocked: AtomicU64,
     pub http_requests: AtomicU64,
     /// Connections refused at the handshake, by [`Rejection`].
-    rejected: [AtomicU64; 5],
+    rejected: [AtomicU64; 6],
     /// Connections accepted and not yet authenticated (or answered), a gauge.
     pub pending_connections: AtomicU64,
     /// Unauthenticated connections dropped to make room, by [`Eviction`].
@@ -231,6 +236,11 @@ pub struct Metrics {
     pub internal_errors: AtomicU64,
     /// Epoch milliseconds of the newest quote from upstream, 0 before the first.
     pub last_quote_ms: AtomicU64,
+    /// TLS on the client port: certificate files re-read and taken, or refused (the previous
+    /// certificate kept), and when the certificate in use lapses (epoch ms; 0: no TLS).
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
+    pub tls_cert_not_after_ms: AtomicU64,
     upstream: Mutex<Option<UpstreamState>>,
     clock: Clock,
 
@@ -451,7 +461,7 @@ impl Metrics {
         metric(
             "fxproxy_rejected_connections_total",
             "counter",
-            "Connections refused at the handshake, by reason (max_clients and thread_ceiling: 503; origin: 403; bad_request: 400/426/431; no_thread: close 1013).",
+            "Connections refused at the handshake, by reason (max_clients and thread_ceiling: 503; origin: 403; bad_request: 400/426/431, or not TLS on a TLS port; no_thread: close 1013; tls: a failed TLS handshake).",
             &rejected,
         );
         metric(
@@ -616,6 +626,27 @@ impl Metrics {
             "1 while writers send quotes in batches on the batch_delay_ms grid (heavy load).",
             &one(batching as u64),
         );
+        let not_after = c(&self.tls_cert_not_after_ms);
+        if not_after > 0 {
+            metric(
+                "fxproxy_tls_certificate_expiry_seconds",
+                "gauge",
+                "When the certificate served on the client port lapses, in seconds since the Unix epoch.",
+                &[(String::new(), not_after as f64 / 1000.0)],
+            );
+            metric(
+                "fxproxy_tls_certificate_reloads_total",
+                "counter",
+                "Times the TLS certificate files changed, by outcome (failed: kept the previous certificate).",
+                &[
+                    ("{result=\"ok\"}".to_string(), c(&self.tls_reloads) as f64),
+                    (
+                        "{result=\"failed\"}".to_string(),
+                        c(&self.tls_reload_failures) as f64,
+                    ),
+                ],
+            );
+        }
         metric(
             "fxproxy_quotes_conflated_total",
             "counter",

@@ -19,6 +19,7 @@ use crate::sim::{SimOptions, SimServer};
 use crate::stop::Stop;
 use crate::threads::{panic_message, Threads};
 use crate::translate::Translator;
+use crate::tls::{self, ServerTls, TlsFiles};
 use crate::upstream;
 use crate::watcher::Watcher;
 use log::{error, info, warn};
@@ -89,6 +90,8 @@ fn spawn_service(
 pub enum StartError {
     Bind(SocketAddr, io::Error),
     Keys(String),
+    /// A TLS file (certificate, key, CA) is missing, unreadable or wrong.
+    Tls(String),
     Thread(io::Error),
     /// The provider's template, or what it makes of the configuration.
     Config(ConfigError),
@@ -100,7 +103,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            StartError::Keys(e) => write!(f, "{e}"),
+            StartError::Keys(e) | StartError::Tls(e) => write!(f, "{e}"),
             StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
             StartError::Config(e) => write!(f, "{e}"),
             StartError::File(e) => write!(f, "{e}"),
@@ -182,6 +185,9 @@ impl Server {
         let keys = KeyStore::load(&config.user_keys_file).map_err(StartError::Keys)?;
         crate::demo_key::check(config.listen, &keys, &config.user_keys_file)
             .map_err(StartError::Keys)?;
+        let metrics = Arc::new(Metrics::with_clock(clock));
+        let server_tls = server_tls(&config, &metrics)?;
+        let upstream_tls = upstream_tls(&config)?;
         let listener =
             TcpListener::bind(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
         let addr = listener
@@ -199,7 +205,6 @@ impl Server {
             config.max_clients,
             usize::try_from(ceiling.clients(SERVICE_THREADS)).unwrap_or(usize::MAX),
         );
-        let metrics = Arc::new(Metrics::with_clock(clock));
         let hub = Arc::new(
             Hub::new(
                 &config.symbols,
@@ -311,6 +316,7 @@ impl Server {
             backoff_min: config.upstream_backoff_min,
             backoff_max: config.upstream_backoff_max,
             recorder,
+            tls: upstream_tls,
         };
         let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
             url: url.clone(),
@@ -334,7 +340,7 @@ impl Server {
             ))
         });
         let mut context = Context::new(
-            config, hub, metrics, watcher, threads, ceiling, places, addr, keys, echo,
+            config, hub, metrics, watcher, threads, ceiling, places, addr, keys, echo, server_tls,
         );
         context.backbone = status.clone();
         let ctx = Arc::new(context);
@@ -390,7 +396,8 @@ impl Server {
             housekeeping(&housekeeping_ctx)
         })
         .map_err(StartError::Thread)?;
-        info!("listening on {addr}");
+        let scheme = if ctx.tls.is_some() { "wss" } else { "ws" };
+        info!("listening on {addr} ({scheme}://)");
         Ok(Server {
             ctx,
             addr,
@@ -443,6 +450,31 @@ impl Server {
     }
 }
 
+/// TLS on the client port from the config, its certificate's expiry into `metrics`. The
+/// error names the file and the line.
+fn server_tls(config: &Config, metrics: &Metrics) -> Result<Option<Arc<ServerTls>>, StartError> {
+    let Some(files) = TlsFiles::of(config) else {
+        return Ok(None);
+    };
+    let tls = ServerTls::start(files, metrics).map_err(|e| tls_error(config, e))?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// The roots a `wss://` upstream is checked against when `upstream_ca_file` is set; else
+/// `None`: tungstenite's own, the bundled web PKI roots.
+fn upstream_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, StartError> {
+    let Some(ca) = &config.upstream_ca_file else {
+        return Ok(None);
+    };
+    let tls = tls::client_config(Some(ca), config.upstream_bundled_roots)
+        .map_err(|e| tls_error(config, e))?;
+    Ok(Some(tls))
+}
+
+fn tls_error(config: &Config, e: tls::TlsError) -> StartError {
+    StartError::Tls(config.error_at(e.key, e.message).to_string())
+}
+
 /// Starts each admitted client's thread. Should the kernel refuse it, the connection comes
 /// back to the admission loop, which closes it with 1013.
 fn hand_off(ctx: Arc<Context>) -> HandOff {
@@ -490,6 +522,9 @@ fn housekeeping(ctx: &Arc<Context>) {
                 stamp = now;
                 reload_keys(ctx);
             }
+            if let Some(tls) = &ctx.tls {
+                tls.look(&ctx.metrics);
+            }
         }
         if let Some(every) = ctx.config.status_interval {
             let elapsed = last_status.elapsed();
@@ -522,9 +557,9 @@ fn reload_keys(ctx: &Context) {
             ctx.metrics.key_reloads.fetch_add(1, Ordering::Relaxed);
             let store = Arc::new(store);
             ctx.set_keys(Arc::clone(&store));
-            let kicked = ctx
-                .hub
-                .kick_where(Kick::KeyRevoked, |c| !ctx.hub.still_entitled(c, &store));
+            let kicked = ctx.hub.kick_where(Kick::KeyRevoked, |c| {
+                ctx.keys_checked(&store) && !ctx.hub.still_entitled(c, &store)
+            });
             info!(
                 "reloaded {} client key(s); disconnected {kicked} client(s) whose key was removed or narrowed",
                 store.len()

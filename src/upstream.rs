@@ -62,6 +62,9 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// Where every frame is recorded, if `record_file` is set.
     pub recorder: Option<Recorder>,
+    /// The roots a `wss://` source is checked against when `upstream_ca_file` is set; `None`:
+    /// tungstenite's own, the web PKI roots bundled in the binary.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 type Socket = WebSocket<MaybeTlsStream<Timed>>;
@@ -287,7 +290,7 @@ fn session(
         refused: None,
         healthy: false,
     };
-    let mut ws = connect(&settings.url, settings.connect_timeout).map_err(fail)?;
+    let mut ws = connect(settings).map_err(fail)?;
     metrics.upstream_connects.fetch_add(1, Ordering::Relaxed);
     let connected = Instant::now();
     let connected_ms = metrics.now_ms();
@@ -510,7 +513,8 @@ fn note_market(market: &Market, state: MarketState, starting: bool) {
     }
 }
 
-fn connect(url: &str, timeout: Duration) -> Result<Socket, String> {
+fn connect(settings: &Settings) -> Result<Socket, String> {
+    let (url, timeout) = (settings.url.as_str(), settings.connect_timeout);
     let deadline = Instant::now() + timeout;
     let uri: tungstenite::http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let host = uri.host().ok_or("the URL has no host")?;
@@ -542,7 +546,11 @@ fn connect(url: &str, timeout: Duration) -> Result<Socket, String> {
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_UPSTREAM_FRAME))
         .max_frame_size(Some(MAX_UPSTREAM_FRAME));
-    match tungstenite::client_tls_with_config(url, stream, Some(config), None) {
+    let connector = settings
+        .tls
+        .as_ref()
+        .map(|tls| tungstenite::Connector::Rustls(Arc::clone(tls)));
+    match tungstenite::client_tls_with_config(url, stream, Some(config), connector) {
         Ok((mut ws, _response)) => {
             if let Some(stream) = timed(&mut ws) {
                 stream.handshake_done(CHECK_EVERY);

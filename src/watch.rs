@@ -11,6 +11,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -64,11 +65,14 @@ impl Default for QuietCheck {
 /// What `fxproxy watch` was asked to do.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
-    /// `ws://` URL; `wss://` works where the build has TLS support.
+    /// `ws://` or `wss://` URL.
     pub url: String,
     pub key: String,
     /// Only these symbols; `None` (or an empty list) means every symbol the key may see.
     pub symbols: Option<Vec<String>>,
+    /// For a `wss://` URL: a CA (PEM) trusted besides the web PKI roots bundled in the binary,
+    /// e.g. the private CA that signed the proxy's certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Why a watch ended, other than by `stop`.
@@ -150,7 +154,7 @@ pub fn run_with(
     stop: &AtomicBool,
     check: &QuietCheck,
 ) -> Result<(), WatchError> {
-    let mut ws = connect(&opts.url)?;
+    let mut ws = connect(&opts.url, opts.ca_file.as_deref())?;
     ws.send(Message::text(auth_message(opts)))
         .map_err(connection_lost)?;
     let mut quotes_seen = false;
@@ -296,10 +300,14 @@ pub fn market_in_health(response: &str) -> Option<Option<u64>> {
     }
 }
 
-fn connect(url: &str) -> Result<Socket, WatchError> {
-    // `connect` does TLS itself when the crate is built with a TLS feature, and says so when not.
-    let (mut ws, _response) = tungstenite::connect(url)
-        .map_err(|e| WatchError::Connect(describe_connect_error(url, e)))?;
+fn connect(url: &str, ca_file: Option<&Path>) -> Result<Socket, WatchError> {
+    let connected = match ca_file {
+        // `connect` does TLS itself, trusting the bundled web PKI roots.
+        None => tungstenite::connect(url),
+        Some(ca) => connect_trusting(url, ca)?,
+    };
+    let (mut ws, _response) =
+        connected.map_err(|e| WatchError::Connect(describe_connect_error(url, e)))?;
     let tcp = match ws.get_mut() {
         MaybeTlsStream::Plain(stream) => stream,
         MaybeTlsStream::Rustls(tls) => &mut tls.sock,
@@ -313,6 +321,43 @@ fn connect(url: &str) -> Result<Socket, WatchError> {
         .map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
     log::info!("watch: connected to {url}");
     Ok(ws)
+}
+
+type Connected = Result<(Socket, tungstenite::handshake::client::Response), tungstenite::Error>;
+
+/// As `tungstenite::connect`, with `ca` trusted too for a `wss://` URL.
+fn connect_trusting(url: &str, ca: &Path) -> Result<Connected, WatchError> {
+    let tls = crate::tls::client_config(Some(ca), true)
+        .map_err(|e| WatchError::Connect(format!("--ca-file {e}")))?;
+    let uri: tungstenite::http::Uri = url
+        .parse()
+        .map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
+    let host = uri.host().unwrap_or("");
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        });
+    let addrs = (host.trim_start_matches('[').trim_end_matches(']'), port)
+        .to_socket_addrs()
+        .map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
+    let Some(tcp) = addrs.into_iter().find_map(|a| TcpStream::connect(a).ok()) else {
+        return Err(WatchError::Connect(format!(
+            "nothing accepted a connection at {url} (refused or unreachable)"
+        )));
+    };
+    let connector = tungstenite::Connector::Rustls(tls);
+    Ok(
+        match tungstenite::client_tls_with_config(url, tcp, None, Some(connector)) {
+            Ok(done) => Ok(done),
+            Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+            Err(tungstenite::HandshakeError::Interrupted(_)) => Err(tungstenite::Error::Io(
+                io::Error::new(io::ErrorKind::Interrupted, "handshake interrupted"),
+            )),
+        },
+    )
 }
 
 fn describe_connect_error(url: &str, e: tungstenite::Error) -> String {
@@ -584,6 +629,7 @@ mod tests {
             url: String::new(),
             key: r#"a"b\c"#.to_owned(),
             symbols: None,
+            ca_file: None,
         };
         let parsed: Value = serde_json::from_str(&auth_message(&opts)).unwrap();
         assert_eq!(parsed, serde_json::json!({"userKey": "a\"b\\c"}));
@@ -646,6 +692,7 @@ mod tests {
             url,
             key: r#"se"cret"#.to_owned(),
             symbols,
+            ca_file: None,
         };
         let mut out = Vec::new();
         let result = run(&opts, &mut out, &AtomicBool::new(false));
@@ -766,6 +813,7 @@ mod tests {
             url,
             key: "k".to_owned(),
             symbols: None,
+            ca_file: None,
         };
         let started = Instant::now();
         let result = run(&opts, &mut io::sink(), &stop);
@@ -833,6 +881,7 @@ mod tests {
             url,
             key: "k".to_owned(),
             symbols: None,
+            ca_file: None,
         };
         let mut out = Vec::new();
         let result = run_with(&opts, &mut out, &AtomicBool::new(false), check);

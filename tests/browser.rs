@@ -1,7 +1,8 @@
 //! The page served at `GET /`, driven in headless Chromium against the real proxy and its
 //! built-in simulator (`tests/browser/page_test.mjs` does the clicking and looking); and its
 //! market banner against a second proxy whose feed stopped on a Friday night, with the
-//! browser's clock set by Playwright.
+//! browser's clock set by Playwright. And the page over https:// from a proxy with TLS on
+//! (`tests/browser/https_test.mjs`).
 //!
 //! Needs /usr/bin/chromium, node and `npm ci --prefix tests/browser`; without them the test is
 //! skipped locally and fails under CI. `UPDATE_SCREENSHOT=1` also refreshes docs/page.png.
@@ -21,10 +22,8 @@ const KEY: &str = "demo-key-0123456789";
 const SYMBOLS: &str = "EURUSD,GBPUSD,USDJPY";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-#[test]
-fn page_shows_live_quotes_and_refusals_in_chromium() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let scripts = root.join("tests/browser");
+/// Whether Chromium, node and playwright-core are there (under CI they must be).
+fn browser_ready(scripts: &Path) -> bool {
     let mut missing = Vec::new();
     if !Path::new(CHROMIUM).exists() {
         missing.push(format!("{CHROMIUM} (apt-get install -y chromium)"));
@@ -35,7 +34,14 @@ fn page_shows_live_quotes_and_refusals_in_chromium() {
     if !scripts.join("node_modules/playwright-core").is_dir() {
         missing.push("tests/browser/node_modules (npm ci --prefix tests/browser)".to_owned());
     }
-    if !prerequisites_met("browser page test", &missing) {
+    prerequisites_met("browser page test", &missing)
+}
+
+#[test]
+fn page_shows_live_quotes_and_refusals_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scripts = root.join("tests/browser");
+    if !browser_ready(&scripts) {
         return;
     }
 
@@ -87,4 +93,30 @@ fn page_shows_live_quotes_and_refusals_in_chromium() {
             "the proxy logged the client key in full"
         );
     }
+}
+
+#[test]
+fn page_works_over_https_in_chromium() {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !browser_ready(&scripts) {
+        return;
+    }
+    let dir = common::process::temp_dir();
+    let keys = write_keys(&dir, &[KEY]);
+    let tls = common::tls::TlsSetup::new(&dir);
+    let proxy = Proxy::spawn(&format!(
+        "{}{}",
+        simulator_config(&keys, SYMBOLS),
+        tls.config()
+    ));
+    let mut node = Command::new("node");
+    node.arg(scripts.join("https_test.mjs"))
+        .arg(format!("https://{}", proxy.addr))
+        .arg(KEY)
+        .arg(SYMBOLS)
+        .env("CHROMIUM", CHROMIUM)
+        .current_dir(&scripts);
+    let run = run_script(node, proxy.dir(), Duration::from_secs(120));
+    let _ = std::fs::remove_dir_all(&dir);
+    run.assert_success("https_test.mjs");
 }

@@ -12,10 +12,11 @@ use common::raw_ws::{
     client_frame, frame, parse_frame as parse_server_frame, Frame as ServerFrame, BINARY, CLOSE,
     CONT, PING, PONG, TEXT,
 };
+use common::tls::{Endpoint, TlsSetup, Wire};
 use common::traffic::*;
 use common::*;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,17 +33,60 @@ fn keys() -> String {
     format!("{KEY}\n{OTHER_KEY}\n")
 }
 
+/// The client port a test runs against: the same tests run on both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    Plain,
+    Tls,
+}
+
+impl Port {
+    /// For TLS, a CA and a certificate in `dir`: the config lines that serve it, and the
+    /// endpoint for `addr` once the proxy listens.
+    fn setup(self, dir: &std::path::Path) -> (String, Option<TlsSetup>) {
+        match self {
+            Port::Plain => (String::new(), None),
+            Port::Tls => {
+                let setup = TlsSetup::new(dir);
+                (setup.config(), Some(setup))
+            }
+        }
+    }
+}
+
+fn endpoint(addr: SocketAddr, tls: &Option<TlsSetup>) -> Endpoint {
+    match tls {
+        None => Endpoint::plain(addr),
+        Some(setup) => Endpoint::tls(addr, setup.ca.client_config()),
+    }
+}
+
 /// A test upstream and the proxy in-process, both started; the upstream has subscribed.
 fn in_process(extra: &str) -> (TestUpstream, TestProxy) {
-    let up = TestUpstream::start();
-    let proxy = TestProxy::start(&up.url(), extra, &keys());
-    up.expect_subscribe();
+    let (up, proxy, _) = in_process_on(Port::Plain, extra);
     (up, proxy)
+}
+
+fn in_process_on(port: Port, extra: &str) -> (TestUpstream, TestProxy, Endpoint) {
+    let up = TestUpstream::start();
+    let (tls_lines, tls) = port.setup(&temp_dir("faults-tls"));
+    let proxy = TestProxy::start(&up.url(), &format!("{tls_lines}{extra}"), &keys());
+    up.expect_subscribe();
+    let ep = endpoint(proxy.addr, &tls);
+    (up, proxy, ep)
 }
 
 /// A test upstream and the real binary, both started; the upstream has subscribed.
 fn binary(extra: &str) -> (TestUpstream, Proxy) {
     binary_with_fd_limit(extra, None)
+}
+
+fn binary_on(port: Port, extra: &str) -> (TestUpstream, Proxy, Endpoint) {
+    let dir = temp_dir("faults-tls");
+    let (tls_lines, tls) = port.setup(&dir);
+    let (up, proxy) = binary_with_fd_limit(&format!("{tls_lines}{extra}"), None);
+    let ep = endpoint(proxy.addr, &tls);
+    (up, proxy, ep)
 }
 
 fn binary_with_fd_limit(extra: &str, fd_limit: Option<u32>) -> (TestUpstream, Proxy) {
@@ -64,9 +108,10 @@ fn binary_with_fd_limit(extra: &str, fd_limit: Option<u32>) -> (TestUpstream, Pr
 }
 
 /// Waits until exactly `n` clients are authenticated and registered for quotes.
-fn wait_registered(addr: SocketAddr, n: usize) {
+fn wait_registered(to: impl Into<Endpoint>, n: usize) {
+    let to = to.into();
     eventually(&format!("{n} registered client(s)"), || {
-        metric_of(addr, "fxproxy_clients_connected") == n as f64
+        to.metric("fxproxy_clients_connected") == n as f64
     });
 }
 
@@ -139,23 +184,25 @@ enum Ended {
     TimedOut,
 }
 
-/// A raw TCP connection to the proxy that speaks WebSocket by hand.
+/// A raw connection to the proxy (over TLS on a TLS port) that speaks WebSocket by hand.
 struct Raw {
-    s: TcpStream,
+    s: Wire,
     buf: Vec<u8>,
 }
 
 impl Raw {
-    fn open(addr: SocketAddr) -> Raw {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    /// Connects (and over TLS, finishes the TLS handshake).
+    fn open(to: impl Into<Endpoint>) -> Raw {
+        let s = to
+            .into()
+            .wire(Duration::from_millis(50))
+            .expect("connecting to the proxy");
         Raw { s, buf: Vec::new() }
     }
 
     /// Opens a WebSocket: the upgrade request, then the 101 response.
-    fn upgrade(addr: SocketAddr) -> Raw {
-        let mut raw = Raw::open(addr);
+    fn upgrade(to: impl Into<Endpoint>) -> Raw {
+        let mut raw = Raw::open(to);
         raw.send(UPGRADE.as_bytes());
         let head = raw.http_head();
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
@@ -164,8 +211,8 @@ impl Raw {
 
     /// Upgrades, takes the greeting, authenticates for `symbols` and waits for the answer to
     /// a ping: the proxy has then read the auth message and is in its writer loop.
-    fn authenticated(addr: SocketAddr, symbols: &str) -> Raw {
-        let mut raw = Raw::upgrade(addr);
+    fn authenticated(to: impl Into<Endpoint>, symbols: &str) -> Raw {
+        let mut raw = Raw::upgrade(to);
         raw.expect_greeting();
         raw.send(&client_frame(TEXT, auth_text(symbols).as_bytes()));
         raw.expect_pong(b"ready");
@@ -342,7 +389,7 @@ impl Raw {
 
     /// Whether the proxy has not closed this connection yet (discarding what it sent).
     fn is_open(&mut self) -> bool {
-        self.s.set_nonblocking(true).unwrap();
+        self.s.tcp().set_nonblocking(true).unwrap();
         let mut chunk = [0u8; 4096];
         let open = loop {
             match self.s.read(&mut chunk) {
@@ -352,15 +399,15 @@ impl Raw {
                 Err(_) => break false,
             }
         };
-        self.s.set_nonblocking(false).unwrap();
+        self.s.tcp().set_nonblocking(false).unwrap();
         open
     }
 }
 
 /// Sends `request` on a fresh connection and reads the response to its end.
-fn raw_http(addr: SocketAddr, request: &[u8]) -> (String, Duration) {
+fn raw_http(to: &Endpoint, request: &[u8]) -> (String, Duration) {
     let started = Instant::now();
-    let mut raw = Raw::open(addr);
+    let mut raw = Raw::open(to);
     // The proxy may answer and close before it has read everything.
     let _ = raw.s.write_all(request);
     let ended = raw.ends_within_keeping(DEADLINE);
@@ -382,7 +429,7 @@ struct Trickle {
 }
 
 impl Trickle {
-    fn start(s: &TcpStream, pieces: Vec<Vec<u8>>, every: Duration) -> Trickle {
+    fn start(s: &Wire, pieces: Vec<Vec<u8>>, every: Duration) -> Trickle {
         let mut s = s.try_clone().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
@@ -398,7 +445,7 @@ impl Trickle {
     }
 
     /// One byte at a time.
-    fn bytes(s: &TcpStream, bytes: &[u8], every: Duration) -> Trickle {
+    fn bytes(s: &Wire, bytes: &[u8], every: Duration) -> Trickle {
         Trickle::start(s, bytes.iter().map(|b| vec![*b]).collect(), every)
     }
 
@@ -422,21 +469,38 @@ fn closed_after(raw: &mut Raw, opened: Instant, limit: Duration) -> Duration {
 
 #[test]
 fn silent_and_trickling_connections_are_dropped_at_their_deadlines() {
-    let (up, proxy) = in_process("handshake_timeout_secs = 1\nauth_timeout_secs = 1");
-    let healthy = healthy_clients(proxy.addr, 2);
+    silent_and_trickling(Port::Plain);
+}
+
+#[test]
+fn silent_and_trickling_connections_are_dropped_at_their_deadlines_over_tls() {
+    silent_and_trickling(Port::Tls);
+}
+
+fn silent_and_trickling(port: Port) {
+    let (up, proxy, ep) = in_process_on(port, "handshake_timeout_secs = 1\nauth_timeout_secs = 1");
+    let healthy = healthy_clients_to(&ep, 2);
     proxy.wait_for_clients(2);
     let traffic = Traffic::start(up, healthy, Duration::from_millis(2), small_quote);
     let every = Duration::from_millis(20);
 
     let opened = Instant::now();
-    // Nothing at all.
-    let mut silent = Raw::open(proxy.addr);
+    // Nothing at all (over TLS: nothing after the handshake).
+    let mut silent = Raw::open(&ep);
+    // Over TLS, a socket that never starts its handshake, and a ClientHello a byte at a time.
+    let mut unfinished = Vec::new();
+    if port == Port::Tls {
+        unfinished.push((Raw::open(proxy.addr), None));
+        let hello = Raw::open(proxy.addr);
+        let writer = Trickle::bytes(&hello.s, &common::tls::client_hello(), every);
+        unfinished.push((hello, Some(writer)));
+    }
     // A request head that never ends, a byte at a time: an idle timeout would never fire.
-    let mut head = Raw::open(proxy.addr);
+    let mut head = Raw::open(&ep);
     let head_bytes = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let _head_writer = Trickle::bytes(&head.s, head_bytes, every);
     // After the upgrade: a ping every 40 ms (within the message budget), never an auth.
-    let mut pinger = Raw::upgrade(proxy.addr);
+    let mut pinger = Raw::upgrade(&ep);
     let pings = Trickle::start(
         &pinger.s,
         vec![client_frame(PING, b"p")],
@@ -444,11 +508,11 @@ fn silent_and_trickling_connections_are_dropped_at_their_deadlines() {
     );
     // After the upgrade: an auth message that never ends, an empty continuation frame at a
     // time. Each is a whole frame but no message: nothing for the budget to count.
-    let mut fragments = Raw::upgrade(proxy.addr);
+    let mut fragments = Raw::upgrade(&ep);
     fragments.send(&frame(false, 0, TEXT, true, b"{"));
     let conts = Trickle::start(&fragments.s, vec![frame(false, 0, CONT, true, b"")], every);
     // After the upgrade: one frame whose payload comes a byte at a time.
-    let mut body = Raw::upgrade(proxy.addr);
+    let mut body = Raw::upgrade(&ep);
     body.send(&frame(true, 0, TEXT, true, &[b' '; 2000])[..8]);
     let body_bytes = Trickle::bytes(&body.s, b" ", every);
 
@@ -461,6 +525,17 @@ fn silent_and_trickling_connections_are_dropped_at_their_deadlines() {
             t >= Duration::from_millis(900),
             "{what} closed early: {t:?}"
         );
+    }
+    let unfinished_handshakes = unfinished.len();
+    for (mut raw, writer) in unfinished {
+        let t = closed_after(&mut raw, opened, limit);
+        assert!(
+            t >= Duration::from_millis(900),
+            "a TLS handshake closed early: {t:?}"
+        );
+        if let Some(writer) = writer {
+            writer.stop();
+        }
     }
     // The upgraded ones that never authenticate are told why.
     let mut t_auth = Duration::ZERO;
@@ -493,11 +568,17 @@ fn silent_and_trickling_connections_are_dropped_at_their_deadlines() {
         "closed after: silent {t_silent:?}, trickled head {t_head:?}, trickled pings, fragments and frame body by {t_auth:?}"
     );
     traffic.finish();
-    let text = scrape(proxy.addr);
+    let text = ep.scrape();
     assert_eq!(
         metric(&text, "fxproxy_auth_failures_total{reason=\"timeout\"}"),
         3.0
     );
+    if port == Port::Tls {
+        assert_eq!(
+            metric(&text, "fxproxy_rejected_connections_total{reason=\"tls\"}"),
+            unfinished_handshakes as f64
+        );
+    }
 }
 
 /// After its close frame the proxy waits 500 ms for the answer; a peer that never answers
@@ -522,40 +603,59 @@ fn a_peer_that_trickles_instead_of_answering_the_close_is_dropped_after_the_ling
 
 #[test]
 fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_new_client() {
-    let (up, proxy) =
-        binary("max_pending_connections = 32\nhandshake_timeout_secs = 4\nauth_timeout_secs = 4");
+    flood_of_unfinished_handshakes(Port::Plain);
+}
+
+#[test]
+fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_new_client_over_tls() {
+    flood_of_unfinished_handshakes(Port::Tls);
+}
+
+fn flood_of_unfinished_handshakes(port: Port) {
+    let (up, proxy, ep) = binary_on(
+        port,
+        "max_pending_connections = 32\nhandshake_timeout_secs = 4\nauth_timeout_secs = 4",
+    );
     let pid = proxy.pid();
-    let healthy = healthy_clients(proxy.addr, 2);
-    wait_registered(proxy.addr, 2);
+    let healthy = healthy_clients_to(&ep, 2);
+    wait_registered(&ep, 2);
     let baseline = settled_threads(pid, 2);
     let traffic = Traffic::start(up, healthy, Duration::from_millis(2), small_quote);
 
-    // 200 at once: half stall inside the request head, half after the upgrade, before auth.
+    // 200 at once: some stall inside the request head, some after the upgrade, before auth;
+    // over TLS, some also inside their TLS hello.
+    let kinds = if port == Port::Tls { 3 } else { 2 };
+    let hello = common::tls::client_hello();
     let opened = Instant::now();
     let mut flood: Vec<Raw> = (0..200)
-        .map(|i| {
-            let mut raw = Raw::open(proxy.addr);
-            if i % 2 == 0 {
+        .map(|i| match i % kinds {
+            0 => {
+                let mut raw = Raw::open(&ep);
                 raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
-            } else {
-                raw.send(UPGRADE.as_bytes());
+                raw
             }
-            raw
+            1 => {
+                let mut raw = Raw::open(&ep);
+                raw.send(UPGRADE.as_bytes());
+                raw
+            }
+            _ => {
+                let mut raw = Raw::open(proxy.addr);
+                raw.send(&hello[..hello.len() / 2]);
+                raw
+            }
         })
         .collect();
     eventually("all but the newest 32 evicted", || {
         flood.iter_mut().map(Raw::is_open).filter(|o| *o).count() <= 32
     });
     let during = threads(pid);
-    let evictions = metric_of(
-        proxy.addr,
-        "fxproxy_pending_evictions_total{reason=\"pending_full\"}",
-    );
+    let evictions = ep.metric("fxproxy_pending_evictions_total{reason=\"pending_full\"}");
     assert!(evictions >= 168.0, "{evictions} evictions");
 
     // While the newest 32 still wait for their deadline, a real client gets in at once.
     let t = Instant::now();
-    let mut fresh = Client::auth(proxy.addr, OTHER_KEY, Some("EURUSD"));
+    let mut fresh = Client::auth_to(&ep, OTHER_KEY, Some("EURUSD"));
     fresh.next_text();
     fresh.next_text();
     let t_fresh = t.elapsed();
@@ -573,8 +673,8 @@ fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_new_client() {
     }
     assert_threads_return(pid, 2, baseline);
     eprintln!(
-        "flood of 200 (max_pending_connections 32): threads {baseline} -> {during} -> {baseline}; \
-         {open} left open when the new client got its quotes after {t_fresh:?}"
+        "flood of 200 ({port:?}, max_pending_connections 32): threads {baseline} -> {during} -> \
+         {baseline}; {open} left open when the new client got its quotes after {t_fresh:?}"
     );
     traffic.finish();
 }
@@ -585,10 +685,19 @@ fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_new_client() {
 
 #[test]
 fn malformed_upgrade_requests_get_an_http_error_and_leave_nothing_behind() {
-    let (up, proxy) = binary("handshake_timeout_secs = 1");
+    malformed_upgrade_requests(Port::Plain);
+}
+
+#[test]
+fn malformed_upgrade_requests_get_an_http_error_and_leave_nothing_behind_over_tls() {
+    malformed_upgrade_requests(Port::Tls);
+}
+
+fn malformed_upgrade_requests(port: Port) {
+    let (up, proxy, ep) = binary_on(port, "handshake_timeout_secs = 1");
     let pid = proxy.pid();
-    let healthy = healthy_clients(proxy.addr, 2);
-    wait_registered(proxy.addr, 2);
+    let healthy = healthy_clients_to(&ep, 2);
+    wait_registered(&ep, 2);
     let baseline = settled_threads(pid, 2);
     let traffic = Traffic::start(up, healthy, Duration::from_millis(2), small_quote);
 
@@ -655,7 +764,7 @@ fn malformed_upgrade_requests_get_an_http_error_and_leave_nothing_behind() {
         ),
     ];
     for (what, request, expected) in cases {
-        let (response, took) = raw_http(proxy.addr, &request);
+        let (response, took) = raw_http(&ep, &request);
         match expected {
             Some(status) => {
                 assert_eq!(status_of(&response), status, "{what}: {response}");
@@ -676,7 +785,7 @@ fn malformed_upgrade_requests_get_an_http_error_and_leave_nothing_behind() {
     }
 
     // Still serving, and nothing left behind.
-    let mut fresh = Client::auth(proxy.addr, OTHER_KEY, Some("EURUSD"));
+    let mut fresh = Client::auth_to(&ep, OTHER_KEY, Some("EURUSD"));
     fresh.next_text();
     drop(fresh);
     assert_threads_return(pid, 2, baseline);
@@ -1013,8 +1122,9 @@ fn ping_and_message_floods_are_cut_off_without_slowing_anyone_else() {
     flooders.push(thread::spawn(move || {
         let mut raw = Raw::authenticated(addr, "USDJPY");
         // Each fragment its own segment, without Nagle's wait for an ACK.
-        raw.s.set_nodelay(true).unwrap();
+        raw.s.tcp().set_nodelay(true).unwrap();
         raw.s
+            .tcp()
             .set_read_timeout(Some(Duration::from_millis(1)))
             .unwrap();
         raw.send(&frame(false, 0, TEXT, true, b"{"));

@@ -423,12 +423,13 @@ fn running_out_of_descriptors_keeps_the_connected_clients_served() {
         stream
             .set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
+        let stream = tungstenite::stream::MaybeTlsStream::Plain(stream);
         match tungstenite::client(format!("ws://{}/", proxy.addr), stream) {
             Ok((ws, _)) => {
                 let mut c = Client { ws };
                 c.ws.send(Message::text(format!(r#"{{"userKey":"{KEY}"}}"#)))
                     .unwrap();
-                c.ws.get_mut()
+                c.tcp()
                     .set_read_timeout(Some(Duration::from_millis(100)))
                     .unwrap();
                 clients.push(c);

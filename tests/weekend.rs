@@ -269,6 +269,7 @@ fn watch_says_once_that_the_market_is_closed() {
             url: proxy.url(),
             key: KEY.to_string(),
             symbols: None,
+            ca_file: None,
         };
         let check = QuietCheck {
             clock: clock.clone(),

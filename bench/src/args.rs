@@ -15,7 +15,10 @@ TARGET:
   --proxy-bin PATH        fxproxy binary (default: ../target/release/fxproxy or target/release/fxproxy)
   --proxy-set KEY=VALUE   extra/overriding proxy.conf line; KEY= (empty) drops a generated key; repeatable
   --peer CMD              command line of another proxy (run with sh -c 'exec CMD')
-  --url URL               an already-running proxy on loopback
+  --url URL               an already-running proxy on loopback (ws:// or wss://)
+  --tls                   serve TLS: a certificate is made for the run; fxproxy gets tls_cert_file and
+                          tls_key_file, a --peer command {tls_cert} and {tls_key}; clients use wss://
+  --ca-file PEM           with --url wss://: the CA (or certificate) the clients trust
   --pid PID               its process id, for CPU/RSS/threads (with --url)
   --label NAME            implementation name in the report (default: fxproxy / peer / url)
   --key KEY               client key (default benchkey-0001)
@@ -64,6 +67,8 @@ pub struct Options {
     pub connect_timeout: f64,
     pub loadgen_threads: usize,
     pub json: Option<PathBuf>,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -119,6 +124,8 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         connect_timeout: 120.0,
         loadgen_threads: 1,
         json: None,
+        tls: false,
+        ca_file: None,
     };
     let mut targets = 0;
     while let Some(flag) = it.next() {
@@ -164,6 +171,8 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
             "--connect-timeout" => o.connect_timeout = num(&flag, &val(&flag)?)?,
             "--loadgen-threads" => o.loadgen_threads = num(&flag, &val(&flag)?)?,
             "--json" => o.json = Some(val(&flag)?.into()),
+            "--tls" => o.tls = true,
+            "--ca-file" => o.ca_file = Some(val(&flag)?.into()),
             _ => return Err(format!("unknown argument {flag:?} (see --help)")),
         }
     }
@@ -181,6 +190,22 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     }
     if o.loadgen_threads == 0 {
         return Err("--loadgen-threads must be at least 1".into());
+    }
+    if let Target::Url(url) = &o.target {
+        if o.tls {
+            return Err(
+                "--tls is for a spawned target; for --url give a wss:// URL and --ca-file".into(),
+            );
+        }
+        if url.starts_with("wss://") != o.ca_file.is_some() {
+            return Err(
+                "--url wss://… needs --ca-file PEM (and --ca-file needs a wss:// URL)".into(),
+            );
+        }
+    } else if o.ca_file.is_some() {
+        return Err(
+            "--ca-file is for --url wss://…; with --tls the run makes its own certificate".into(),
+        );
     }
     if o.pid.is_some() && !matches!(o.target, Target::Url(_)) {
         return Err("--pid is only for --url (a spawned proxy's pid is known)".into());

@@ -57,6 +57,8 @@ pub struct ClientConfig {
     pub concurrency: usize,
     /// The feed's interval; 0 when idle. A client silent for much longer than this is stalled.
     pub interval_ns: u64,
+    /// For wss://: the TLS config (trusting the target's certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -228,10 +230,18 @@ async fn client(
         let wsc = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(cfg.url.as_str(), tcp, Some(wsc))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
+        let connector = match &cfg.tls {
+            Some(tls) => tokio_tungstenite::Connector::Rustls(Arc::clone(tls)),
+            None => tokio_tungstenite::Connector::Plain,
+        };
+        let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
+            cfg.url.as_str(),
+            tcp,
+            Some(wsc),
+            Some(connector),
+        )
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
         ws.send(Message::text(cfg.auth.as_str()))
             .await
             .map_err(|e| format!("auth send: {e}"))?;

@@ -12,6 +12,7 @@ mod procstat;
 mod report;
 mod run;
 mod target;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -98,6 +98,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
         } else {
             0
         },
+        tls: tgt.tls.clone(),
     });
 
     let cpu0 = watch(&pid);

@@ -10,6 +10,7 @@ pub mod process;
 pub mod raw_ws;
 pub mod relay;
 pub mod storm;
+pub mod tls;
 pub mod traffic;
 
 use fxproxy::clock::Clock;
@@ -23,6 +24,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
 pub const KEY: &str = "test-key-0123456789";
@@ -219,24 +221,57 @@ impl Drop for TestProxy {
 
 /// A WebSocket client that never waits forever.
 pub struct Client {
-    pub ws: WebSocket<TcpStream>,
+    pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).unwrap();
+        Client::connect_to(&tls::Endpoint::plain(addr))
+    }
+
+    /// Connects over plain TCP or TLS, as `to` says.
+    pub fn connect_to(to: &tls::Endpoint) -> Client {
+        Client::try_connect_to(to).unwrap_or_else(|e| panic!("connecting to {}: {e}", to.ws_url()))
+    }
+
+    /// As [`Client::connect_to`], the failure returned (a refused TLS handshake, say).
+    pub fn try_connect_to(to: &tls::Endpoint) -> Result<Client, tungstenite::Error> {
+        let stream = TcpStream::connect(to.addr)?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        let connector = to
+            .tls
+            .as_ref()
+            .map(|c| tungstenite::Connector::Rustls(Arc::clone(c)));
+        let (ws, _) = tungstenite::client_tls_with_config(to.ws_url(), stream, None, connector)
+            .map_err(|e| match e {
+                tungstenite::HandshakeError::Failure(e) => e,
+                tungstenite::HandshakeError::Interrupted(_) => {
+                    tungstenite::Error::Io(std::io::ErrorKind::WouldBlock.into())
+                }
+            })?;
+        let c = Client { ws };
         // Short reads from here on, so `next_within` can keep to its deadline.
-        ws.get_ref()
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Client { ws }
+        c.tcp().set_read_timeout(Some(Duration::from_millis(100)))?;
+        Ok(c)
+    }
+
+    /// The socket under the WebSocket (and TLS).
+    pub fn tcp(&self) -> &TcpStream {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(s) => s,
+            MaybeTlsStream::Rustls(s) => &s.sock,
+            _ => unreachable!("the tests build tungstenite with rustls only"),
+        }
     }
 
     /// Connects, expects the greeting, and sends the auth message.
     pub fn auth(addr: SocketAddr, key: &str, symbols: Option<&str>) -> Client {
-        let mut c = Client::connect(addr);
+        Client::auth_to(&tls::Endpoint::plain(addr), key, symbols)
+    }
+
+    /// As [`Client::auth`], over plain TCP or TLS as `to` says.
+    pub fn auth_to(to: &tls::Endpoint, key: &str, symbols: Option<&str>) -> Client {
+        let mut c = Client::connect_to(to);
         assert_eq!(c.next().expect("greeting"), Message::text("Connected"));
         let msg = match symbols {
             Some(s) => format!(r#"{{"userKey":"{key}","symbol":"{s}"}}"#),

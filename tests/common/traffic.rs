@@ -204,7 +204,12 @@ fn read_all(
 
 /// `n` clients of `KEY` for EURUSD (the feed) and GBPUSD (its sentinel).
 pub fn healthy_clients(addr: SocketAddr, n: usize) -> Vec<Client> {
+    healthy_clients_to(&super::tls::Endpoint::plain(addr), n)
+}
+
+/// As [`healthy_clients`], over plain TCP or TLS as `to` says.
+pub fn healthy_clients_to(to: &super::tls::Endpoint, n: usize) -> Vec<Client> {
     (0..n)
-        .map(|_| Client::auth(addr, KEY, Some("EURUSD,GBPUSD")))
+        .map(|_| Client::auth_to(to, KEY, Some("EURUSD,GBPUSD")))
         .collect()
 }
