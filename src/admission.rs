@@ -18,8 +18,10 @@
 //!   it has waited longer than [`GRACE`]; while places are held by client threads that are
 //!   still winding down, the newcomer waits for one; otherwise it gets 503.
 
+use crate::config::Config;
 use crate::context::Context;
 use crate::handshake::{Admitted, Conn, Next};
+use crate::live::Cached;
 use crate::metrics::{Eviction, Rejection};
 use crate::places::Place;
 use log::{debug, error, warn};
@@ -99,8 +101,11 @@ impl Admission {
 
     /// Runs until `ctx.stop` is set (and the waker woken).
     pub fn run(self, ctx: &Arc<Context>, hand_off: HandOff) -> io::Result<()> {
+        let config = Cached::new(ctx.live_config());
+        let max_pending = config.get().max_pending_connections;
         let mut state = State {
             ctx: Arc::clone(ctx),
+            config,
             poll: self.poll,
             listener: self.listener,
             hand_off,
@@ -117,7 +122,7 @@ impl Admission {
             starved_logged: false,
             next_id: 0,
             spawn_failures: crate::distributor::RateLimited::new(Duration::from_secs(10)),
-            max_pending: ctx.config.max_pending_connections,
+            max_pending,
         };
         state.run()
     }
@@ -125,6 +130,8 @@ impl Admission {
 
 struct State {
     ctx: Arc<Context>,
+    /// The running configuration, refreshed once per turn of the loop.
+    config: Cached<Config>,
     poll: Poll,
     listener: TcpListener,
     hand_off: HandOff,
@@ -160,6 +167,9 @@ impl State {
             if self.ctx.stop.is_set() {
                 self.shut_down();
                 return Ok(());
+            }
+            if self.config.refresh() {
+                self.max_pending = self.config.get().max_pending_connections;
             }
             let timeout = self.timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -345,7 +355,7 @@ impl State {
             return;
         }
         self.next_id += 1;
-        let conn = Conn::new(stream, peer, self.next_id, now, &self.ctx.config);
+        let conn = Conn::new(stream, peer, self.next_id, now, self.config.get());
         let Some(slot) = self.insert(conn) else {
             return;
         };

@@ -27,6 +27,7 @@ use crate::config::redacted_key;
 use crate::context::Context;
 use crate::distributor::{ClientSlot, Idle, JoinError, Kick};
 use crate::handshake::{unknown_symbol, Admitted};
+use crate::live::Cached;
 use crate::metrics::{now_ms, AuthFailure};
 use crate::stream::ClientStream;
 use crossbeam_channel::Receiver;
@@ -185,7 +186,8 @@ fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<Owed> {
     // The write buffer is capped near one upstream frame, the biggest thing a real client is
     // sent; an echo must fit the biggest message a client may send, or a send over the cap
     // fails and the connection is dropped without a close frame.
-    let most = ctx.config.client_write_buffer_bytes + ctx.config.max_message_bytes + 16;
+    let config = ctx.config();
+    let most = config.client_write_buffer_bytes + config.max_message_bytes + 16;
     ws.set_config(|c| c.max_write_buffer_size = c.max_write_buffer_size.max(most));
     if ws.get_mut().set_nonblocking(false).is_err() {
         return None;
@@ -443,11 +445,23 @@ fn deliver_loop(
     blocked: &mut Blocked,
     probe: &mut Probe,
 ) -> End {
-    let ping_every = ctx.config.client_ping;
-    let lag_limit = ctx.config.max_client_lag;
+    // The keep-alive period, the lag limit and the message budget follow a reload; the
+    // config is looked at once per turn, which costs one atomic load while it is unchanged.
+    let mut config = Cached::new(ctx.live_config());
+    let mut ping_every = config.get().client_ping;
+    let mut lag_limit = config.get().max_client_lag;
     let mut tick = next_tick(ping_every);
     let mut last_heard = Instant::now();
     loop {
+        if config.refresh() {
+            let c = config.get();
+            if c.client_ping != ping_every {
+                ping_every = c.client_ping;
+                tick = next_tick(ping_every);
+            }
+            lag_limit = c.max_client_lag;
+            budget.set_rate(c.max_client_messages_per_sec);
+        }
         let kick = slot.kicked();
         if kick != Kick::None {
             return End::Kicked(kick);

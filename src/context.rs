@@ -5,6 +5,7 @@ use crate::ceiling::Ceiling;
 use crate::config::Config;
 use crate::distributor::Hub;
 use crate::keys::KeyStore;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::places::Places;
 use crate::stop::Stop;
@@ -15,7 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub struct Context {
-    pub config: Config,
+    /// The running configuration: a reload (SIGHUP) replaces it, keeping the values that
+    /// need a restart as they were (see [`crate::reload`]).
+    config: Arc<Live<Config>>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub watcher: Arc<Watcher>,
@@ -47,7 +50,7 @@ impl Context {
         echo: bool,
     ) -> Context {
         Context {
-            config,
+            config: Arc::new(Live::new(config)),
             hub,
             metrics,
             watcher,
@@ -59,6 +62,21 @@ impl Context {
             echo,
             keys: RwLock::new(Arc::new(keys)),
         }
+    }
+
+    /// The running configuration, as of now. A loop that reads it on every turn keeps a
+    /// [`crate::live::Cached`] copy of [`Context::live_config`] instead.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
+    pub fn live_config(&self) -> &Arc<Live<Config>> {
+        &self.config
+    }
+
+    /// Replaces the running configuration (see [`crate::reload`]).
+    pub fn set_config(&self, config: Config) {
+        self.config.set(config);
     }
 
     pub fn keys(&self) -> Arc<KeyStore> {

@@ -15,23 +15,24 @@ pub fn respond(ctx: &Context, request: &Request) -> Vec<u8> {
     if request.method != "GET" && !head_only {
         return http::response(405, "text/plain", "only GET is served here\n", false);
     }
+    let config = ctx.config();
     match request.route() {
-        "/healthz" if ctx.config.http_endpoints => {
+        "/healthz" if config.http_endpoints => {
             let (status, body) = ctx.metrics.health(
-                &ctx.config.market(),
-                ctx.config.upstream_stale,
+                &config.market(),
+                config.upstream_stale,
                 ctx.metrics.now_ms(),
             );
             http::response(status, "application/json", &body, head_only)
         }
-        "/metrics" if ctx.config.http_endpoints => http::response(
+        "/metrics" if config.http_endpoints => http::response(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             &metrics_text(ctx),
             head_only,
         ),
-        "/" if ctx.config.page => {
-            let page = crate::page::render(&ctx.config.market());
+        "/" if config.page => {
+            let page = crate::page::render(&config.market());
             http::response(200, "text/html; charset=utf-8", &page, head_only)
         }
         _ => http::response(404, "text/plain", "not found\n", head_only),
@@ -41,7 +42,7 @@ pub fn respond(ctx: &Context, request: &Request) -> Vec<u8> {
 fn metrics_text(ctx: &Context) -> String {
     let queues = ctx.hub.queue_stats();
     let symbols = ctx.hub.last_quotes();
-    let market = ctx.config.market();
+    let market = ctx.config().market();
     ctx.metrics.render(&View {
         market: &market,
         symbols: &symbols,

@@ -257,13 +257,14 @@ impl Conn {
                 return Next::Closed;
             }
         }
+        let config = ctx.config();
         let ws = WebSocket::from_partially_read(
             ClientStream::new(stream),
             leftover,
             Role::Server,
-            Some(ws_config(&ctx.config)),
+            Some(ws_config(&config)),
         );
-        let budget = Budget::new(ctx.config.max_client_messages_per_sec);
+        let budget = Budget::new(config.max_client_messages_per_sec);
         if ctx.echo {
             return Next::Ready(
                 Box::new(Admitted {
@@ -276,7 +277,7 @@ impl Conn {
                 place,
             );
         }
-        self.deadline = now + ctx.config.auth_timeout;
+        self.deadline = now + config.auth_timeout;
         self.phase = Phase::Auth {
             ws: Box::new(ws),
             budget,
@@ -300,7 +301,7 @@ impl Conn {
             ),
             _ => warn!(
                 "{}: refused: max_clients ({}) reached",
-                self.peer, ctx.config.max_clients
+                self.peer, ctx.config().max_clients
             ),
         }
         let resp = http::response(503, "text/plain", "too many clients\n", false);
@@ -406,7 +407,7 @@ impl Conn {
             let resp = endpoints::respond(ctx, &request);
             return self.respond(stream, resp, now);
         }
-        if !http::origin_allowed(&request, &ctx.config.allowed_origins) {
+        if !http::origin_allowed(&request, &ctx.config().allowed_origins) {
             ctx.metrics.rejected(Rejection::Origin);
             warn!(
                 "{peer}: refused: Origin {:?} is not in allowed_origins",

@@ -4,13 +4,6 @@
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
 
 pub fn init(level: &str) {
-    let filter = match level {
-        "error" => LevelFilter::Error,
-        "warn" => LevelFilter::Warn,
-        "debug" => LevelFilter::Debug,
-        "trace" => LevelFilter::Trace,
-        _ => LevelFilter::Info,
-    };
     let mut config = ConfigBuilder::new();
     config
         .set_thread_level(LevelFilter::Error)
@@ -22,8 +15,23 @@ pub fn init(level: &str) {
     for noisy in ["rustls", "tungstenite", "mio"] {
         config.add_filter_ignore_str(noisy);
     }
-    // Only fails when a logger is already set (tests starting several servers): keep that one.
-    let _ = WriteLogger::init(filter, config.build(), std::io::stderr());
+    // The logger passes every level and `log`'s global filter decides, so that a reload can
+    // change the level (see `set_level`). Only fails when a logger is already set (tests
+    // starting several servers): keep that one, and its level.
+    if WriteLogger::init(LevelFilter::Trace, config.build(), std::io::stderr()).is_ok() {
+        set_level(level);
+    }
+}
+
+/// Logs from now on at `level` (`error` … `trace`, as in `proxy.conf`).
+pub fn set_level(level: &str) {
+    log::set_max_level(match level {
+        "error" => LevelFilter::Error,
+        "warn" => LevelFilter::Warn,
+        "debug" => LevelFilter::Debug,
+        "trace" => LevelFilter::Trace,
+        _ => LevelFilter::Info,
+    });
 }
 
 /// Sends panics to the log, with the thread's name and the place in the code, instead of

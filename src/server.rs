@@ -1,6 +1,7 @@
 //! Wires the proxy together: binds the client port, works out the thread ceiling, starts the
 //! upstream, distributor, watcher, admission and housekeeping threads, hands each admitted
-//! client a thread of its own, and takes them all down again in under two seconds.
+//! client a thread of its own, and takes them all down again in under two seconds. Its
+//! [`Control`] is what the signals reach: a reload (SIGHUP).
 
 use crate::admission::{Admission, HandOff};
 use crate::ceiling::{self, Ceiling};
@@ -10,8 +11,10 @@ use crate::config::{Config, Upstream};
 use crate::context::Context;
 use crate::distributor::{self, Hub, Kick};
 use crate::keys::KeyStore;
+use crate::live::Cached;
 use crate::metrics::Metrics;
 use crate::places::Places;
+use crate::reload::{Commit, Reloaded, Reloader};
 use crate::sim::{SimOptions, SimServer};
 use crate::stop::Stop;
 use crate::threads::{panic_message, Threads};
@@ -26,7 +29,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Stack for each client thread: the writer loop is shallow; measured use is far below this.
 pub const CLIENT_STACK: usize = 128 * 1024;
@@ -126,6 +129,31 @@ pub struct Server {
     sim: Option<SimServer>,
     admission: Arc<Waker>,
     failure: Arc<Failure>,
+    control: Control,
+}
+
+/// What a signal can ask of a running proxy; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Control {
+    ctx: Arc<Context>,
+    reloader: Arc<Reloader>,
+}
+
+impl Control {
+    /// Reloads proxy.conf and the key file (SIGHUP; see [`crate::reload`]). An error means
+    /// nothing changed; it has been logged and counted already.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        if self.ctx.stop.is_set() {
+            return Err("the proxy is stopping".to_string());
+        }
+        self.reloader.reload()
+    }
+
+    /// The reload machinery, for a part of the proxy with something of its own to re-read
+    /// on a reload (see [`Reloader::add_step`]).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
 }
 
 impl Server {
@@ -214,7 +242,7 @@ impl Server {
             (Upstream::Sim, Some(sim)) => format!("ws://{}/", sim.local_addr()),
             (Upstream::Sim, None) => unreachable!("the simulator was started above"),
         };
-        let settings = upstream::Settings {
+        let mut settings = upstream::Settings {
             url,
             subscribe: config.subscribe_text(),
             connect_timeout: config.upstream_connect_timeout,
@@ -223,10 +251,14 @@ impl Server {
             market: config.market(),
             backoff_min: config.upstream_backoff_min,
             backoff_max: config.upstream_backoff_max,
+            live: None,
         };
         let ctx = Arc::new(Context::new(
             config, hub, metrics, watcher, threads, ceiling, places, addr, keys, echo,
         ));
+        settings.live = Some(Cached::new(ctx.live_config()));
+        let reloader = Arc::new(Reloader::new(Arc::clone(&ctx)));
+        add_reload_steps(&reloader, &ctx, sim.as_ref());
         // The channel from upstream to distributor is bounded: should the distributor ever
         // fall behind, the upstream read waits and TCP pushes back on the source.
         let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
@@ -252,18 +284,34 @@ impl Server {
         })
         .map_err(StartError::Thread)?;
         let housekeeping_ctx = Arc::clone(&ctx);
+        let housekeeping_reloader = Arc::clone(&reloader);
         spawn_service(threads, &failure, "housekeeping", move || {
-            housekeeping(&housekeeping_ctx)
+            housekeeping(&housekeeping_ctx, &housekeeping_reloader)
         })
         .map_err(StartError::Thread)?;
         info!("listening on {addr}");
+        let control = Control {
+            ctx: Arc::clone(&ctx),
+            reloader,
+        };
         Ok(Server {
             ctx,
             addr,
             sim,
             admission: waker,
             failure,
+            control,
         })
+    }
+
+    /// What signals reach.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Reloads proxy.conf and the key file, as SIGHUP does.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        self.control.reload()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -337,23 +385,52 @@ fn hand_off(ctx: Arc<Context>) -> HandOff {
     })
 }
 
+/// What a reload does besides the configuration and the keys (see [`crate::reload`]): the
+/// simulator's pace, and the capacity warnings of start-up again when the limits changed.
+/// A part of the proxy with something of its own to re-read on SIGHUP adds its step here.
+fn add_reload_steps(reloader: &Reloader, ctx: &Arc<Context>, sim: Option<&SimServer>) {
+    if let Some(sim) = sim {
+        let set_rate = Arc::new(sim.rate_control());
+        reloader.add_step(
+            "simulated source",
+            Box::new(move |next| {
+                let set_rate = Arc::clone(&set_rate);
+                let rate = next.sim_rate;
+                Ok(Box::new(move || set_rate(rate)) as Commit)
+            }),
+        );
+    }
+    let ctx = Arc::clone(ctx);
+    reloader.add_step(
+        "capacity",
+        Box::new(move |next| {
+            let running = ctx.config();
+            let same = running.max_clients == next.max_clients
+                && running.max_pending_connections == next.max_pending_connections;
+            let report = (!same).then(|| capacity_report(next, &ctx.ceiling));
+            Ok(Box::new(move || {
+                if let Some((line, warnings)) = report {
+                    info!("{line}");
+                    for w in warnings {
+                        warn!("{w}");
+                    }
+                }
+            }) as Commit)
+        }),
+    );
+}
+
 /// Re-reads the key file when it changes and writes the periodic status line.
-fn housekeeping(ctx: &Arc<Context>) {
-    let path = ctx.config.user_keys_file.clone();
-    let mut stamp = file_stamp(&path);
+fn housekeeping(ctx: &Arc<Context>, reloader: &Reloader) {
     let mut last_key_check = Instant::now();
     let mut last_status = Instant::now();
     let mut counters = [0u64; 3];
     while !ctx.stop.wait(Duration::from_secs(1)) {
         if last_key_check.elapsed() >= KEY_FILE_CHECK {
             last_key_check = Instant::now();
-            let now = file_stamp(&path);
-            if now != stamp {
-                stamp = now;
-                reload_keys(ctx);
-            }
+            reloader.poll_keys();
         }
-        if let Some(every) = ctx.config.status_interval {
+        if let Some(every) = ctx.config().status_interval {
             let elapsed = last_status.elapsed();
             if elapsed >= every {
                 last_status = Instant::now();
@@ -363,37 +440,6 @@ fn housekeeping(ctx: &Arc<Context>) {
                     ctx.metrics.status_line(&mut counters, elapsed, behind)
                 );
             }
-        }
-    }
-}
-
-/// Modification time, size and inode: an editor that writes a new file and renames it over
-/// the old one changes the inode even within one timestamp tick.
-fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len(), meta.ino()))
-}
-
-fn reload_keys(ctx: &Context) {
-    match KeyStore::load(&ctx.config.user_keys_file) {
-        Ok(store) => {
-            ctx.metrics.key_reloads.fetch_add(1, Ordering::Relaxed);
-            let store = Arc::new(store);
-            ctx.set_keys(Arc::clone(&store));
-            let kicked = ctx
-                .hub
-                .kick_where(Kick::KeyRevoked, |c| !ctx.hub.still_entitled(c, &store));
-            info!(
-                "reloaded {} client key(s); disconnected {kicked} client(s) whose key was removed or narrowed",
-                store.len()
-            );
-        }
-        Err(e) => {
-            ctx.metrics
-                .key_reload_failures
-                .fetch_add(1, Ordering::Relaxed);
-            error!("key file changed but cannot be used, keeping the previous keys: {e}")
         }
     }
 }

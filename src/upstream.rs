@@ -2,7 +2,9 @@
 //! frames and hand them to the distributor, keep the connection honest (pings, staleness
 //! while the market is open), and reconnect with exponential back-off when it fails.
 
+use crate::config::Config;
 use crate::distributor::RateLimited;
+use crate::live::Cached;
 use crate::market::{self, Market, MarketState};
 use crate::metrics::{Metrics, UpstreamState};
 use crate::protocol::{self, Kind, MAX_UPSTREAM_FRAME};
@@ -39,6 +41,30 @@ pub struct Settings {
     pub market: Market,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The running configuration, looked at between frames: a reload changes the timing keys
+    /// and the market's hours above (the URL and the subscribe message need a restart).
+    pub live: Option<Cached<Config>>,
+}
+
+impl Settings {
+    /// Takes the timing keys and the market rule of a reloaded configuration; one atomic
+    /// load when nothing changed. True when they were taken.
+    fn follow(&mut self) -> bool {
+        let Some(live) = self.live.as_mut() else {
+            return false;
+        };
+        if !live.refresh() {
+            return false;
+        }
+        let c = live.get();
+        self.connect_timeout = c.upstream_connect_timeout;
+        self.ping_every = c.upstream_ping;
+        self.stale_after = c.upstream_stale;
+        self.market = c.market();
+        self.backoff_min = c.upstream_backoff_min;
+        self.backoff_max = c.upstream_backoff_max;
+        true
+    }
 }
 
 type Socket = WebSocket<MaybeTlsStream<Timed>>;
@@ -132,8 +158,13 @@ struct Ended {
 
 /// The upstream thread's body: connects and reconnects until `stop` is set; then closes
 /// politely and returns, which drops `frames` and so ends the distributor.
-pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>, stop: Arc<Stop>) {
-    let shown = display_url(&settings.url);
+pub fn run(
+    mut settings: Settings,
+    frames: Sender<Utf8Bytes>,
+    metrics: Arc<Metrics>,
+    stop: Arc<Stop>,
+) {
+    let shown = display_url(&settings.url).to_string();
     let mut backoff = Backoff::new(
         settings.backoff_min,
         settings.backoff_max,
@@ -146,8 +177,11 @@ pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>,
     // Open or closed when last looked at, across connections: each change is logged once.
     let mut market_open = None;
     while !stop.is_set() {
+        if settings.follow() {
+            backoff.set_bounds(settings.backoff_min, settings.backoff_max);
+        }
         let ended = match session(
-            &settings,
+            &mut settings,
             &frames,
             &metrics,
             &stop,
@@ -184,6 +218,9 @@ pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>,
             delay
         };
         metrics.upstream_reconnects.fetch_add(1, Ordering::Relaxed);
+        if settings.follow() {
+            backoff.set_bounds(settings.backoff_min, settings.backoff_max);
+        }
         if stop.wait(delay) {
             return;
         }
@@ -191,14 +228,14 @@ pub fn run(settings: Settings, frames: Sender<Utf8Bytes>, metrics: Arc<Metrics>,
 }
 
 fn session(
-    settings: &Settings,
+    settings: &mut Settings,
     frames: &Sender<Utf8Bytes>,
     metrics: &Metrics,
     stop: &Stop,
     ignored: &mut Ignored,
     market_open: &mut Option<bool>,
 ) -> Result<(), Ended> {
-    let shown = display_url(&settings.url);
+    let shown = display_url(&settings.url).to_string();
     let fail = |why: String| Ended {
         why,
         refused: false,
@@ -280,6 +317,7 @@ fn session(
             Err(WsError::Io(e)) if crate::http::is_timeout(&e) => {}
             Err(e) => return Err(end(format!("connection failed: {e}"), false, got_quotes)),
         }
+        settings.follow();
         let now = Instant::now();
         if now.duration_since(last_ping) >= settings.ping_every {
             last_ping = now;
@@ -451,6 +489,13 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.step = self.start;
+    }
+
+    /// New bounds after a reload; the current step moves within them.
+    pub fn set_bounds(&mut self, start: Duration, max: Duration) {
+        self.start = start;
+        self.max = max;
+        self.step = self.step.clamp(start, max);
     }
 
     fn jitter(&mut self, step: Duration) -> Duration {
