@@ -4,7 +4,8 @@
 //! A quote's path, one module each: [`upstream`] reads it, [`distributor`] parses it once and
 //! queues it for every interested client, [`client`] writes it out. A client gets there
 //! through [`admission`] (accept, HTTP, upgrade, auth: [`handshake`]), which gives it a thread
-//! only once it has authenticated. [`server`] wires them up.
+//! only once it has authenticated. [`server`] wires them up; [`signals`] tells SIGTERM from
+//! SIGHUP ([`reload`]).
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod places;
 pub mod protocol;
 pub mod reload;
 pub mod server;
+pub mod signals;
 pub mod sim;
 pub mod stop;
 pub mod stream;
