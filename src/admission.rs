@@ -24,6 +24,7 @@ use crate::handshake::{Admitted, Conn, Next};
 use crate::live::Cached;
 use crate::metrics::{Eviction, Rejection};
 use crate::places::Place;
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -73,6 +74,43 @@ pub struct Admission {
     poll: Poll,
     listener: TcpListener,
     waker: Arc<Waker>,
+    asks: Receiver<Ask>,
+    asker: Asker,
+}
+
+/// The connections that have no thread yet, as the state dump (SIGUSR1) shows them.
+pub struct PendingSnapshot {
+    pub total: usize,
+    /// How many are in each phase (see [`Conn::phase_name`]), in a fixed order.
+    pub by_phase: Vec<(&'static str, usize)>,
+    /// The oldest first, as many as were asked for: peer, phase, time since accepted.
+    pub oldest: Vec<(SocketAddr, &'static str, Duration)>,
+    /// Accepting is paused (the pending set is full of young connections).
+    pub paused: bool,
+}
+
+struct Ask {
+    limit: usize,
+    reply: Sender<PendingSnapshot>,
+}
+
+/// Asks the admission loop, from another thread, what it holds. It answers between two
+/// polls, so the question costs it nothing until it is asked.
+#[derive(Clone)]
+pub struct Asker {
+    tx: Sender<Ask>,
+    waker: Arc<Waker>,
+}
+
+impl Asker {
+    /// A snapshot with at most `limit` connections listed; `None` if the loop has not
+    /// answered within `wait` (or is gone).
+    pub fn pending(&self, limit: usize, wait: Duration) -> Option<PendingSnapshot> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.tx.try_send(Ask { limit, reply }).ok()?;
+        self.waker.wake().ok()?;
+        answer.recv_timeout(wait).ok()
+    }
 }
 
 impl Admission {
@@ -87,16 +125,29 @@ impl Admission {
             Interest::READABLE,
         )?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // A few questions at a time: the state dump asks one at a time.
+        let (tx, asks) = crossbeam_channel::bounded(4);
+        let asker = Asker {
+            tx,
+            waker: Arc::clone(&waker),
+        };
         Ok(Admission {
             poll,
             listener,
             waker,
+            asks,
+            asker,
         })
     }
 
     /// Wakes the loop (to see the stop signal).
     pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
+    }
+
+    /// For asking the running loop what it holds.
+    pub fn asker(&self) -> Asker {
+        self.asker.clone()
     }
 
     /// Runs until `ctx.stop` is set (and the waker woken).
@@ -106,6 +157,7 @@ impl Admission {
         let mut state = State {
             ctx: Arc::clone(ctx),
             config,
+            asks: self.asks,
             poll: self.poll,
             listener: self.listener,
             hand_off,
@@ -132,6 +184,7 @@ struct State {
     ctx: Arc<Context>,
     /// The running configuration, refreshed once per turn of the loop.
     config: Cached<Config>,
+    asks: Receiver<Ask>,
     poll: Poll,
     listener: TcpListener,
     hand_off: HandOff,
@@ -182,7 +235,7 @@ impl State {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
-                    WAKER => {}
+                    WAKER => self.answer(now),
                     Token(t) => {
                         let slot = t - FIRST_CONN;
                         self.drive(slot, now, |conn, ctx| conn.on_ready(ctx, now));
@@ -199,6 +252,44 @@ impl State {
                 .metrics
                 .pending_connections
                 .store(self.live as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Answers what the state dump asked: every pending connection counted by phase, the
+    /// oldest listed.
+    fn answer(&mut self, now: Instant) {
+        while let Ok(ask) = self.asks.try_recv() {
+            let mut by_phase: Vec<(&'static str, usize)> =
+                ["head", "place", "responding", "auth", "closing"]
+                    .iter()
+                    .map(|p| (*p, 0))
+                    .collect();
+            for conn in self.slots.iter().flatten() {
+                let phase = conn.phase_name();
+                if let Some(entry) = by_phase.iter_mut().find(|(p, _)| *p == phase) {
+                    entry.1 += 1;
+                }
+            }
+            let oldest = self
+                .order
+                .iter()
+                .filter(|&&(slot, id)| self.is_live(slot, id))
+                .filter_map(|&(slot, _)| self.slots[slot].as_ref())
+                .take(ask.limit)
+                .map(|c| {
+                    (
+                        c.peer,
+                        c.phase_name(),
+                        now.saturating_duration_since(c.accepted),
+                    )
+                })
+                .collect();
+            let _ = ask.reply.try_send(PendingSnapshot {
+                total: self.live,
+                by_phase,
+                oldest,
+                paused: self.paused_for_pending || self.paused_until.is_some(),
+            });
         }
     }
 

@@ -21,6 +21,7 @@
 //! [`crate::admission::CLIENT_UNSENT_BYTES`] unsent for it. When the socket takes no more,
 //! the writer stops taking frames and waits for it to drain: new quotes wait in the queue.
 
+use crate::activity::ClientActivity;
 use crate::budget::Budget;
 use crate::closes::{self, Owed, SLOW_CONSUMER, TOO_MANY};
 use crate::config::redacted_key;
@@ -65,13 +66,16 @@ pub fn serve(ctx: &Context, admitted: Admitted) {
         peer,
         mut budget,
         auth,
-        ..
+        id,
     } = admitted;
+    let activity = ctx
+        .activity
+        .enter(id, peer, auth.as_ref().map(|a| a.key.as_str()));
     // A bug while serving this client must not leave it hanging, nor take others down: the
     // client is told (1011), the slot and the watch are released by their guards as the
     // panic unwinds, and every other client goes on.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| match auth {
-        Some(auth) => session(ctx, &mut ws, peer, auth, &mut budget),
+        Some(auth) => session(ctx, &mut ws, peer, auth, &mut budget, &activity),
         None => echo(ctx, &mut ws, &mut budget),
     }));
     let last_words = match outcome {
@@ -85,6 +89,7 @@ pub fn serve(ctx: &Context, admitted: Admitted) {
             Some((CloseCode::Error, "Internal error".to_string()))
         }
     };
+    activity.closing();
     if let Some((code, reason)) = last_words {
         // Counted here, whichever way the session ended.
         ctx.metrics.protocol_error(u16::from(code));
@@ -105,6 +110,7 @@ fn session(
     peer: SocketAddr,
     auth: crate::auth::AuthRequest,
     budget: &mut Budget,
+    activity: &ClientActivity,
 ) -> Option<Owed> {
     let (slot, rx) = match ctx
         .hub
@@ -125,6 +131,7 @@ fn session(
         }
     };
     let subscription = Subscription::new(ctx, slot);
+    activity.serving(&subscription.slot);
     ctx.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
     info!(
         "{peer}: authenticated key {} for {}",
@@ -134,7 +141,7 @@ fn session(
             .map_or("all symbols".to_string(), |s| s.join(","))
     );
     let started = Instant::now();
-    let end = deliver(ctx, ws, &subscription.slot, &rx, budget);
+    let end = deliver(ctx, ws, &subscription.slot, &rx, budget, activity);
     drop(subscription);
     info!(
         "{peer}: disconnected after {:.1} s: {end}",
@@ -289,6 +296,7 @@ fn deliver(
     slot: &Arc<ClientSlot>,
     rx: &Receiver<Utf8Bytes>,
     budget: &mut Budget,
+    activity: &ClientActivity,
 ) -> End {
     let fd = ws.get_ref().as_raw_fd();
     if let Err(e) = ctx.watcher.watch(fd, slot) {
@@ -297,7 +305,7 @@ fn deliver(
     let _watched = Watched { ctx, fd, slot };
     // Anything that arrived with or after the auth message came before the watch began.
     slot.readable.store(true, Ordering::SeqCst);
-    let mut blocked = Blocked::new(ctx);
+    let mut blocked = Blocked::new(ctx, activity);
     deliver_loop(ctx, ws, slot, rx, budget, &mut blocked, &mut Probe::new())
 }
 
@@ -318,13 +326,15 @@ impl Drop for Watched<'_> {
 /// does not.
 struct Blocked<'a> {
     ctx: &'a Context,
+    activity: &'a ClientActivity,
     blocked: bool,
 }
 
 impl<'a> Blocked<'a> {
-    fn new(ctx: &'a Context) -> Blocked<'a> {
+    fn new(ctx: &'a Context, activity: &'a ClientActivity) -> Blocked<'a> {
         Blocked {
             ctx,
+            activity,
             blocked: false,
         }
     }
@@ -337,6 +347,7 @@ impl<'a> Blocked<'a> {
     fn block(&mut self) {
         if !self.blocked {
             self.blocked = true;
+            self.activity.set_blocked(true);
             let gauge = &self.ctx.metrics.writers_blocked;
             gauge.fetch_add(1, Ordering::Relaxed);
         }
@@ -345,6 +356,7 @@ impl<'a> Blocked<'a> {
     fn unblock(&mut self) {
         if self.blocked {
             self.blocked = false;
+            self.activity.set_blocked(false);
             let gauge = &self.ctx.metrics.writers_blocked;
             gauge.fetch_sub(1, Ordering::Relaxed);
         }
@@ -515,6 +527,9 @@ fn deliver_loop(
             }
         }
         let now = Instant::now();
+        if written > 0 {
+            blocked.activity.wrote(now);
+        }
         if let Some(behind) = probe.overdue(lag_limit, now) {
             return End::Lagging(behind);
         }

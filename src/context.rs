@@ -1,6 +1,7 @@
 //! What every connection and service thread shares: the configuration, the hub, the
 //! counters, the socket watcher, the client keys, the thread registry and the stop signal.
 
+use crate::activity::Activity;
 use crate::ceiling::Ceiling;
 use crate::config::Config;
 use crate::distributor::Hub;
@@ -32,6 +33,8 @@ pub struct Context {
     pub listen: SocketAddr,
     /// Test-only echo service (see [`crate::Server::start_echo`]).
     pub echo: bool,
+    /// What each client thread is doing, for the state dump (SIGUSR1).
+    pub activity: Activity,
     keys: RwLock<Arc<KeyStore>>,
 }
 
@@ -60,6 +63,7 @@ impl Context {
             places,
             listen,
             echo,
+            activity: Activity::default(),
             keys: RwLock::new(Arc::new(keys)),
         }
     }

@@ -56,6 +56,18 @@ const PARKED_TIMED: u8 = 2;
 /// the socket turning writable, a read or a kick wake it.
 const PARKED_BLOCKED: u8 = 3;
 
+/// A writer's state as the state dump shows it (see [`crate::activity`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterState {
+    Running,
+    /// Waiting for frames.
+    Parked,
+    /// Asleep until its tick on the batch grid.
+    ParkedTimed,
+    /// Waiting for its socket to drain or for a ping's answer.
+    ParkedBlocked,
+}
+
 /// What a writer waits for when it parks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idle {
@@ -138,6 +150,20 @@ impl ClientSlot {
 
     pub fn kicked(&self) -> Kick {
         Kick::from_u8(self.kick.load(Ordering::SeqCst))
+    }
+
+    /// Frames in its queue. Reads the queue's counters only: no lock.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn writer_state(&self) -> WriterState {
+        match self.state.load(Ordering::Relaxed) {
+            PARKED => WriterState::Parked,
+            PARKED_TIMED => WriterState::ParkedTimed,
+            PARKED_BLOCKED => WriterState::ParkedBlocked,
+            _ => WriterState::Running,
+        }
     }
 
     /// Announces the writer is about to park, waiting for `what`. Returns false when there is

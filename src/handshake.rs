@@ -179,6 +179,19 @@ impl Conn {
         matches!(self.phase, Phase::Auth { .. })
     }
 
+    /// The phase, in a word, for the state dump: `head` (reading the request), `place`
+    /// (a valid upgrade waiting for a place), `responding` (writing an HTTP answer), `auth`
+    /// (upgraded, waiting for the auth message), `closing` (lingering after our last word).
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Head { .. } => "head",
+            Phase::NeedsPlace { .. } => "place",
+            Phase::Responding { .. } => "responding",
+            Phase::Auth { .. } => "auth",
+            Phase::Lingering { .. } | Phase::Gone => "closing",
+        }
+    }
+
     pub fn needs_place(&self) -> bool {
         matches!(self.phase, Phase::NeedsPlace { .. })
     }

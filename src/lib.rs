@@ -5,10 +5,11 @@
 //! queues it for every interested client, [`client`] writes it out. A client gets there
 //! through [`admission`] (accept, HTTP, upgrade, auth: [`handshake`]), which gives it a thread
 //! only once it has authenticated. [`server`] wires them up; [`signals`] tells SIGTERM from
-//! SIGHUP ([`reload`]).
+//! SIGHUP ([`reload`]) and SIGUSR1 ([`dump`]).
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admission;
 pub mod auth;
 pub mod budget;
@@ -20,6 +21,7 @@ pub mod closes;
 pub mod config;
 pub mod context;
 pub mod distributor;
+pub mod dump;
 pub mod endpoints;
 pub mod handshake;
 pub mod http;

@@ -92,7 +92,12 @@ fn run(path: &std::path::Path) -> ExitCode {
     logging::init(config.log_level.name());
     logging::log_panics();
     // Before the server starts its threads, so that every one of them has them blocked.
-    let blocked = match block_signals(&[Signal::Interrupt, Signal::Terminate, Signal::HangUp]) {
+    let blocked = match block_signals(&[
+        Signal::Interrupt,
+        Signal::Terminate,
+        Signal::HangUp,
+        Signal::User1,
+    ]) {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -120,7 +125,10 @@ fn run(path: &std::path::Path) -> ExitCode {
             // Logged and counted either way; a broken file changed nothing.
             let _ = control.reload();
         }
-        Signal::User1 => {}
+        Signal::User1 => {
+            log::info!("SIGUSR1 received: writing a state dump");
+            control.dump_state();
+        }
     }) {
         Ok(l) => l,
         Err(code) => {

@@ -1,9 +1,9 @@
 //! Wires the proxy together: binds the client port, works out the thread ceiling, starts the
 //! upstream, distributor, watcher, admission and housekeeping threads, hands each admitted
 //! client a thread of its own, and takes them all down again in under two seconds. Its
-//! [`Control`] is what the signals reach: a reload (SIGHUP).
+//! [`Control`] is what the signals reach: a reload (SIGHUP) and a state dump (SIGUSR1).
 
-use crate::admission::{Admission, HandOff};
+use crate::admission::{Admission, Asker, HandOff};
 use crate::ceiling::{self, Ceiling};
 use crate::client;
 use crate::clock::Clock;
@@ -38,7 +38,7 @@ const SERVICE_STACK: usize = 512 * 1024;
 /// How long shutdown waits for clients to take their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// Threads that are not clients: main, upstream, distributor, watcher, admission,
-/// housekeeping, reaper, the signal handler, the simulator's, and slack.
+/// housekeeping, reaper, signals, state-dump, the simulator's, and slack.
 pub const SERVICE_THREADS: u64 = 16;
 /// How often the key file's modification time is looked at.
 const KEY_FILE_CHECK: Duration = Duration::from_secs(2);
@@ -137,6 +137,9 @@ pub struct Server {
 pub struct Control {
     ctx: Arc<Context>,
     reloader: Arc<Reloader>,
+    asker: Asker,
+    /// A state dump is being written.
+    dumping: Arc<AtomicBool>,
 }
 
 impl Control {
@@ -153,6 +156,42 @@ impl Control {
     /// on a reload (see [`Reloader::add_step`]).
     pub fn reloader(&self) -> &Arc<Reloader> {
         &self.reloader
+    }
+
+    /// Starts writing a state dump to the log (SIGUSR1; see [`crate::dump`]) on a thread of
+    /// its own, unless one is being written already. True if it started.
+    pub fn dump_state(&self) -> bool {
+        if self.ctx.stop.is_set() {
+            return false;
+        }
+        if self.dumping.swap(true, Ordering::SeqCst) {
+            warn!("a state dump is being written already; not starting another");
+            return false;
+        }
+        let ctx = Arc::clone(&self.ctx);
+        let asker = self.asker.clone();
+        let dumping = Arc::clone(&self.dumping);
+        let started = self.ctx.threads.spawn(
+            "state-dump".to_string(),
+            SERVICE_STACK,
+            move || {
+                // A bug in the dump must not take the proxy down: it is only a dump.
+                if let Err(payload) =
+                    panic::catch_unwind(AssertUnwindSafe(|| crate::dump::write(&ctx, &asker)))
+                {
+                    error!("the state dump failed: {}", panic_message(&*payload));
+                }
+            },
+            // Another may start once this thread is gone.
+            move || dumping.store(false, Ordering::SeqCst),
+        );
+        match started {
+            Ok(()) => true,
+            Err(e) => {
+                error!("cannot start a thread for the state dump: {e}");
+                false
+            }
+        }
     }
 }
 
@@ -274,6 +313,7 @@ impl Server {
         })
         .map_err(StartError::Thread)?;
         let waker = admission.waker();
+        let asker = admission.asker();
         let admission_ctx = Arc::clone(&ctx);
         let admission_failure = Arc::clone(&failure);
         spawn_service(threads, &failure, "admission", move || {
@@ -293,6 +333,8 @@ impl Server {
         let control = Control {
             ctx: Arc::clone(&ctx),
             reloader,
+            asker,
+            dumping: Arc::new(AtomicBool::new(false)),
         };
         Ok(Server {
             ctx,
@@ -304,7 +346,7 @@ impl Server {
         })
     }
 
-    /// What signals reach.
+    /// What signals reach: reload and state dump.
     pub fn control(&self) -> Control {
         self.control.clone()
     }
