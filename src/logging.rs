@@ -2,6 +2,10 @@
 //! line can be matched to `top -H` and gdb's thread list.
 
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
+use std::io::LineWriter;
+
+/// Bytes of one log line gathered before it is written (longer ones go out in pieces).
+const LINE_BUFFER: usize = 8 * 1024;
 
 pub fn init(level: &str) {
     let mut config = ConfigBuilder::new();
@@ -18,7 +22,10 @@ pub fn init(level: &str) {
     // The logger passes every level and `log`'s global filter decides, so that a reload can
     // change the level (see `set_level`). Only fails when a logger is already set (tests
     // starting several servers): keep that one, and its level.
-    if WriteLogger::init(LevelFilter::Trace, config.build(), std::io::stderr()).is_ok() {
+    // simplelog writes a line in some twenty pieces (the time alone in fourteen), and stderr
+    // is unbuffered: a line buffer makes that one write(2) per line.
+    let stderr = LineWriter::with_capacity(LINE_BUFFER, std::io::stderr());
+    if WriteLogger::init(LevelFilter::Trace, config.build(), stderr).is_ok() {
         set_level(level);
     }
 }
