@@ -120,31 +120,9 @@ fn follow(
     Seen { conns }
 }
 
-/// Raises this process's soft open-file limit to its hard limit when it is too low for the
-/// test (the proxy child inherits it): `prlimit` needs no privilege for that.
-fn ensure_open_files(wanted: u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft: Option<u64> = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok());
-    if soft.is_some_and(|s| s >= wanted) {
-        return;
-    }
-    let pid = std::process::id().to_string();
-    let raised = std::process::Command::new("prlimit")
-        .args(["--pid", &pid, &format!("--nofile={wanted}:")])
-        .status();
-    assert!(
-        matches!(raised, Ok(s) if s.success()),
-        "this test needs {wanted} open files; raise `ulimit -n`"
-    );
-}
-
 #[test]
 fn sigterm_under_full_load_gives_every_client_1001_and_exits_0_within_2_s() {
-    ensure_open_files(2 * CLIENTS as u64 + 256);
+    common::process::ensure_open_files(2 * CLIENTS as u64 + 256);
     let dir = common::process::temp_dir();
     let keys = common::process::write_keys(&dir, &[common::KEY]);
     // This test's one reader thread, at a million frames a second, falls a second or two
