@@ -21,7 +21,7 @@ use crate::admission::{Asker, PendingSnapshot};
 use crate::context::Context;
 use crate::metrics::UpstreamState;
 use log::Level;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -65,25 +65,25 @@ struct Task {
     cpu: Duration,
 }
 
-/// Every thread of this process, by tid.
-fn read_tasks() -> Vec<Task> {
+/// The id of every thread of this process, in order.
+fn list_tids() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
-    let mut tasks: Vec<Task> = dir
+    let mut tids: Vec<i32> = dir
         .flatten()
-        .enumerate()
-        .filter_map(|(i, entry)| {
-            if i % CHUNK == CHUNK - 1 {
-                std::thread::sleep(PAUSE);
-            }
-            let tid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            parse_stat(tid, &stat)
-        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
-    tasks.sort_by_key(|t| t.tid);
-    tasks
+    tids.sort_unstable();
+    tids
+}
+
+/// One thread as the kernel sees it now; `None` once it has gone. Read only for the threads
+/// a dump lists: the file costs the kernel a few microseconds to make on an idle host, much
+/// more on a busy one, and there may be fifteen thousand threads.
+fn read_task(tid: i32) -> Option<Task> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    parse_stat(tid, &stat)
 }
 
 /// `/proc/PID/task/TID/stat`: `tid (name) state …`, where the name may hold spaces and
@@ -118,8 +118,6 @@ fn secs(d: Duration) -> String {
 /// A client thread's line, and what ranks it among those to list.
 struct ClientRow {
     tid: i32,
-    name: String,
-    kernel: String,
     doing: &'static str,
     queue: usize,
     since_write: Option<Duration>,
@@ -143,13 +141,25 @@ impl ClientRow {
         )
     }
 
-    fn line(&self, now: Instant) -> String {
+    /// As the kernel names the thread: `client-ID`, cut to 15 bytes as `top -H` shows it.
+    fn name(&self) -> String {
+        let mut name = format!("client-{}", self.record.id);
+        name.truncate(15);
+        name
+    }
+
+    fn line(&self, task: Option<&Task>, now: Instant) -> String {
         let r = &self.record;
+        let (name, kernel) = match task {
+            Some(t) => (
+                t.name.clone(),
+                format!("kernel={} cpu={}", t.state, secs(t.cpu)),
+            ),
+            None => (self.name(), "kernel=- cpu=-".to_string()),
+        };
         let mut line = format!(
-            "thread tid={} name={} {} doing={} peer={} key={} queue={} last_write={} connected={}",
+            "thread tid={} name={name} {kernel} doing={} peer={} key={} queue={} last_write={} connected={}",
             self.tid,
-            self.name,
-            self.kernel,
             self.doing,
             r.peer,
             r.key,
@@ -255,28 +265,20 @@ pub fn write(ctx: &Context, asker: &Asker) {
         level,
         written: 0,
     };
-    let tasks = read_tasks();
+    let tids = list_tids();
     let records = ctx.activity.snapshot();
     let pending = asker.pending(PENDING_LINES, ASK_WAIT);
     let now = Instant::now();
     let pid = std::process::id();
 
-    let by_tid: HashMap<i32, &Task> = tasks.iter().map(|t| (t.tid, t)).collect();
     let mut rows: Vec<ClientRow> = records
         .into_iter()
-        .map(|record| {
-            let task = by_tid.get(&record.tid);
-            ClientRow {
-                tid: record.tid,
-                name: task.map_or(format!("client-{}", record.id), |t| t.name.clone()),
-                kernel: task.map_or("kernel=- cpu=-".to_string(), |t| {
-                    format!("kernel={} cpu={}", t.state, secs(t.cpu))
-                }),
-                doing: record.doing(),
-                queue: record.queued().unwrap_or(0),
-                since_write: record.since_last_write(now),
-                record,
-            }
+        .map(|record| ClientRow {
+            tid: record.tid,
+            doing: record.doing(),
+            queue: record.queued().unwrap_or(0),
+            since_write: record.since_last_write(now),
+            record,
         })
         .collect();
     let clients = rows.len();
@@ -291,10 +293,10 @@ pub fn write(ctx: &Context, asker: &Asker) {
     let deepest = rows
         .iter()
         .max_by_key(|r| r.queue)
-        .map(|r| (r.queue, r.name.clone()));
+        .map(|r| (r.queue, r.name()));
     let stalest = rows
         .iter()
-        .filter_map(|r| r.since_write.map(|d| (d, r.name.clone())))
+        .filter_map(|r| r.since_write.map(|d| (d, r.name())))
         .max_by_key(|(d, _)| *d);
     let kicked = rows.iter().filter(|r| r.record.kicked().is_some()).count();
     if rows.len() > CLIENT_LINES {
@@ -302,14 +304,16 @@ pub fn write(ctx: &Context, asker: &Asker) {
         rows.truncate(CLIENT_LINES);
     }
     rows.sort_by_key(|r| r.tid);
-    let others: Vec<&Task> = tasks
+    // fxproxy's own threads (and any other), as the kernel sees them.
+    let others: Vec<Task> = tids
         .iter()
-        .filter(|t| !client_tids.contains(&t.tid))
+        .filter(|tid| !client_tids.contains(tid))
+        .filter_map(|tid| read_task(*tid))
         .collect();
 
     let begin = format!(
         "state dump: pid {pid}, {} threads ({clients} serving clients), {} pending connections without a thread; tid is the PID column of `top -H`, the LWP in gdb and /proc/{pid}/task/TID",
-        tasks.len(),
+        tids.len(),
         pending.as_ref().map_or("?".to_string(), |p| p.total.to_string()),
     );
     if !out.line(&begin) {
@@ -332,7 +336,7 @@ pub fn write(ctx: &Context, asker: &Asker) {
         }
     }
     for row in &rows {
-        if !out.line(&row.line(now)) {
+        if !out.line(&row.line(read_task(row.tid).as_ref(), now)) {
             return;
         }
     }
@@ -347,7 +351,7 @@ pub fn write(ctx: &Context, asker: &Asker) {
 
     let mut summary = format!(
         "state dump summary: {} threads: {clients} client threads (",
-        tasks.len()
+        tids.len()
     );
     let counts: Vec<String> = doing
         .iter()
@@ -441,8 +445,9 @@ mod tests {
 
     #[test]
     fn this_process_lists_its_own_threads() {
-        let tasks = read_tasks();
         let me = nix::unistd::gettid().as_raw();
-        assert!(tasks.iter().any(|t| t.tid == me), "{tasks:?}");
+        assert!(list_tids().contains(&me));
+        let task = read_task(me).expect("this thread's stat");
+        assert_eq!(task.state, 'R', "it is running: it reads its own stat");
     }
 }

@@ -157,11 +157,15 @@ fn sigusr1_dumps_every_thread_under_1000_clients_without_stalling_the_quotes() {
     process::ensure_open_files(clients as u64 + 512);
     let dir = process::temp_dir();
     let keys = process::write_keys(&dir, &[KEY]);
+    // Clients are read only once all have connected (15,000 take half a minute): the lag
+    // and queue limits must not close the first ones meanwhile.
     let proxy = Proxy::spawn(&format!(
         "upstream_url = sim\nsim_rate = {rate}\nsymbols = EURUSD,GBPUSD,USDJPY,AUDUSD\n\
          user_keys_file = {}\nstatus_interval_secs = 0\nhandshake_timeout_secs = 60\n\
-         auth_timeout_secs = 60\n",
-        keys.display()
+         auth_timeout_secs = 60\nmax_clients = {}\nmax_client_lag_secs = 600\n\
+         client_queue_len = 16384\n",
+        keys.display(),
+        clients + 100
     ));
     let streams: Vec<TcpStream> = (0..clients)
         .map(|_| authenticated_socket(proxy.addr, KEY))
