@@ -24,12 +24,16 @@
 //! finished its handshake but not sent its whole request head, is as quick to evict as a
 //! plain one that has not sent its whole request head.
 
+use crate::config::Config;
 use crate::context::Context;
+use crate::forwarded::Peer;
 use crate::handshake::{Admitted, Conn, Next};
 use crate::listener;
+use crate::live::Cached;
 use crate::metrics::{Eviction, Rejection};
 use crate::places::Place;
 use crate::stream::ClientStream;
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -76,6 +80,43 @@ pub struct Admission {
     poll: Poll,
     listener: TcpListener,
     waker: Arc<Waker>,
+    asks: Receiver<Ask>,
+    asker: Asker,
+}
+
+/// The connections that have no thread yet, as the state dump (SIGUSR1) shows them.
+pub struct PendingSnapshot {
+    pub total: usize,
+    /// How many are in each phase (see [`Conn::phase_name`]), in a fixed order.
+    pub by_phase: Vec<(&'static str, usize)>,
+    /// The oldest first, as many as were asked for: peer, phase, time since accepted.
+    pub oldest: Vec<(Peer, &'static str, Duration)>,
+    /// Accepting is paused (the pending set is full of young connections).
+    pub paused: bool,
+}
+
+struct Ask {
+    limit: usize,
+    reply: Sender<PendingSnapshot>,
+}
+
+/// Asks the admission loop, from another thread, what it holds. It answers between two
+/// polls, so the question costs it nothing until it is asked.
+#[derive(Clone)]
+pub struct Asker {
+    tx: Sender<Ask>,
+    waker: Arc<Waker>,
+}
+
+impl Asker {
+    /// A snapshot with at most `limit` connections listed; `None` if the loop has not
+    /// answered within `wait` (or is gone).
+    pub fn pending(&self, limit: usize, wait: Duration) -> Option<PendingSnapshot> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.tx.try_send(Ask { limit, reply }).ok()?;
+        self.waker.wake().ok()?;
+        answer.recv_timeout(wait).ok()
+    }
 }
 
 impl Admission {
@@ -90,10 +131,18 @@ impl Admission {
             Interest::READABLE,
         )?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // A few questions at a time: the state dump asks one at a time.
+        let (tx, asks) = crossbeam_channel::bounded(4);
+        let asker = Asker {
+            tx,
+            waker: Arc::clone(&waker),
+        };
         Ok(Admission {
             poll,
             listener,
             waker,
+            asks,
+            asker,
         })
     }
 
@@ -102,10 +151,19 @@ impl Admission {
         Arc::clone(&self.waker)
     }
 
+    /// For asking the running loop what it holds.
+    pub fn asker(&self) -> Asker {
+        self.asker.clone()
+    }
+
     /// Runs until `ctx.stop` is set (and the waker woken).
     pub fn run(self, ctx: &Arc<Context>, hand_off: HandOff) -> io::Result<()> {
+        let config = Cached::new(ctx.live_config());
+        let max_pending = config.get().max_pending_connections;
         let mut state = State {
             ctx: Arc::clone(ctx),
+            config,
+            asks: self.asks,
             poll: self.poll,
             listener: self.listener,
             hand_off,
@@ -122,7 +180,7 @@ impl Admission {
             starved_logged: false,
             next_id: 0,
             spawn_failures: crate::distributor::RateLimited::new(Duration::from_secs(10)),
-            max_pending: ctx.config.max_pending_connections,
+            max_pending,
         };
         state.run()
     }
@@ -130,6 +188,9 @@ impl Admission {
 
 struct State {
     ctx: Arc<Context>,
+    /// The running configuration, refreshed once per turn of the loop.
+    config: Cached<Config>,
+    asks: Receiver<Ask>,
     poll: Poll,
     listener: TcpListener,
     hand_off: HandOff,
@@ -166,6 +227,9 @@ impl State {
                 self.shut_down();
                 return Ok(());
             }
+            if self.config.refresh() {
+                self.max_pending = self.config.get().max_pending_connections;
+            }
             let timeout = self.timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -177,7 +241,7 @@ impl State {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
-                    WAKER => {}
+                    WAKER => self.answer(now),
                     Token(t) => {
                         let slot = t - FIRST_CONN;
                         self.drive(slot, now, |conn, ctx| conn.on_ready(ctx, now));
@@ -194,6 +258,44 @@ impl State {
                 .metrics
                 .pending_connections
                 .store(self.live as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Answers what the state dump asked: every pending connection counted by phase, the
+    /// oldest listed.
+    fn answer(&mut self, now: Instant) {
+        while let Ok(ask) = self.asks.try_recv() {
+            let mut by_phase: Vec<(&'static str, usize)> =
+                ["head", "place", "responding", "auth", "closing"]
+                    .iter()
+                    .map(|p| (*p, 0))
+                    .collect();
+            for conn in self.slots.iter().flatten() {
+                let phase = conn.phase_name();
+                if let Some(entry) = by_phase.iter_mut().find(|(p, _)| *p == phase) {
+                    entry.1 += 1;
+                }
+            }
+            let oldest = self
+                .order
+                .iter()
+                .filter(|&&(slot, id)| self.is_live(slot, id))
+                .filter_map(|&(slot, _)| self.slots[slot].as_ref())
+                .take(ask.limit)
+                .map(|c| {
+                    (
+                        c.peer,
+                        c.phase_name(),
+                        now.saturating_duration_since(c.accepted),
+                    )
+                })
+                .collect();
+            let _ = ask.reply.try_send(PendingSnapshot {
+                total: self.live,
+                by_phase,
+                oldest,
+                paused: self.paused_for_pending || self.paused_until.is_some(),
+            });
         }
     }
 
@@ -367,7 +469,7 @@ impl State {
             },
         };
         self.next_id += 1;
-        let conn = Conn::new(stream, peer, self.next_id, now, &self.ctx.config);
+        let conn = Conn::new(stream, peer, self.next_id, now, self.config.get());
         let Some(slot) = self.insert(conn) else {
             return;
         };

@@ -14,15 +14,25 @@ pub struct Budget {
 impl Budget {
     /// `rate` 0 means no limit.
     pub fn new(rate: u32) -> Budget {
-        let rate = if rate == 0 {
-            f64::INFINITY
-        } else {
-            f64::from(rate)
-        };
+        let rate = per_sec(rate);
         Budget {
             rate,
             tokens: rate,
             last: Instant::now(),
+        }
+    }
+
+    /// A new `max_client_messages_per_sec` after a reload: what is left of the burst is kept,
+    /// within the new limit.
+    pub fn set_rate(&mut self, rate: u32) {
+        let rate = per_sec(rate);
+        if rate != self.rate {
+            self.tokens = if self.rate.is_infinite() {
+                rate
+            } else {
+                self.tokens.min(rate)
+            };
+            self.rate = rate;
         }
     }
 
@@ -43,6 +53,14 @@ impl Budget {
     }
 }
 
+fn per_sec(rate: u32) -> f64 {
+    if rate == 0 {
+        f64::INFINITY
+    } else {
+        f64::from(rate)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +77,11 @@ mod tests {
         assert!(!b.take(start + Duration::from_millis(100)));
         let mut unlimited = Budget::new(0);
         assert!((0..100_000).all(|_| unlimited.take(start)));
+        unlimited.last = start;
+        unlimited.set_rate(3);
+        assert!((0..3).all(|_| unlimited.take(start)));
+        assert!(!unlimited.take(start), "the new limit holds at once");
+        unlimited.set_rate(0);
+        assert!((0..1000).all(|_| unlimited.take(start)));
     }
 }

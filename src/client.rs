@@ -21,6 +21,7 @@
 //! [`crate::admission::CLIENT_UNSENT_BYTES`] unsent for it. When the socket takes no more,
 //! the writer stops taking frames and waits for it to drain: new quotes wait in the queue.
 
+use crate::activity::ClientActivity;
 use crate::budget::Budget;
 use crate::closes::{self, Owed, SLOW_CONSUMER, TOO_MANY};
 use crate::config::{redacted_key, SlowClient};
@@ -29,6 +30,7 @@ use crate::context::Context;
 use crate::distributor::{ClientSlot, Idle, JoinError, Kick};
 use crate::forwarded::Peer;
 use crate::handshake::{unknown_symbol, Admitted};
+use crate::live::Cached;
 use crate::logsafe;
 use crate::metrics::{now_ms, AuthFailure};
 use crate::stream::ClientStream;
@@ -69,14 +71,17 @@ pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
         peer,
         budget,
         auth,
-        ..
+        id,
     } = &mut *admitted;
-    let (ws, peer, auth) = (ws, *peer, auth.take());
+    let (ws, peer, auth, id) = (ws, *peer, auth.take(), *id);
+    let activity = ctx
+        .activity
+        .enter(id, peer, auth.as_ref().map(|a| a.key.as_str()));
     // A bug while serving this client must not leave it hanging, nor take others down: the
     // client is told (1011), the slot and the watch are released by their guards as the
     // panic unwinds, and every other client goes on.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| match auth {
-        Some(auth) => session(ctx, ws, peer, auth, budget),
+        Some(auth) => session(ctx, ws, peer, auth, budget, &activity),
         None => echo(ctx, ws, budget),
     }));
     let last_words = match outcome {
@@ -90,6 +95,7 @@ pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
             Some((CloseCode::Error, "Internal error".to_string()))
         }
     };
+    activity.closing();
     if let Some((code, reason)) = last_words {
         // Counted here, whichever way the session ended.
         ctx.metrics.protocol_error(u16::from(code));
@@ -110,10 +116,11 @@ fn session(
     peer: Peer,
     auth: crate::auth::AuthRequest,
     budget: &mut Budget,
+    activity: &ClientActivity,
 ) -> Option<Owed> {
     let conflate = auth
         .conflate
-        .unwrap_or(ctx.config.slow_client == SlowClient::Conflate);
+        .unwrap_or(ctx.config().slow_client == SlowClient::Conflate);
     let (slot, rx) = match ctx.hub.join_with(
         &auth.key,
         auth.symbols.as_deref(),
@@ -136,6 +143,7 @@ fn session(
         }
     };
     let subscription = Subscription::new(ctx, slot);
+    activity.serving(&subscription.slot);
     ctx.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
     info!(
         "{peer}: authenticated key {} for {}{}",
@@ -150,7 +158,7 @@ fn session(
         }
     );
     let started = Instant::now();
-    let end = deliver(ctx, ws, &subscription.slot, &rx, budget);
+    let end = deliver(ctx, ws, &subscription.slot, &rx, budget, activity);
     drop(subscription);
     info!(
         "{peer}: disconnected after {:.1} s: {end}",
@@ -202,7 +210,8 @@ fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<Owed> {
     // The write buffer is capped near one upstream frame, the biggest thing a real client is
     // sent; an echo must fit the biggest message a client may send, or a send over the cap
     // fails and the connection is dropped without a close frame.
-    let most = ctx.config.client_write_buffer_bytes + ctx.config.max_message_bytes + 16;
+    let config = ctx.config();
+    let most = config.client_write_buffer_bytes + config.max_message_bytes + 16;
     ws.set_config(|c| c.max_write_buffer_size = c.max_write_buffer_size.max(most));
     if ws.get_mut().set_nonblocking(false).is_err() {
         return None;
@@ -304,6 +313,7 @@ fn deliver(
     slot: &Arc<ClientSlot>,
     rx: &Receiver<Utf8Bytes>,
     budget: &mut Budget,
+    activity: &ClientActivity,
 ) -> End {
     let fd = ws.get_ref().as_raw_fd();
     if let Err(e) = ctx.watcher.watch(fd, slot) {
@@ -312,7 +322,7 @@ fn deliver(
     let _watched = Watched { ctx, fd, slot };
     // Anything that arrived with or after the auth message came before the watch began.
     slot.readable.store(true, Ordering::SeqCst);
-    let mut blocked = Blocked::new(ctx);
+    let mut blocked = Blocked::new(ctx, activity);
     deliver_loop(ctx, ws, slot, rx, budget, &mut blocked, &mut Probe::new())
 }
 
@@ -333,13 +343,15 @@ impl Drop for Watched<'_> {
 /// does not.
 struct Blocked<'a> {
     ctx: &'a Context,
+    activity: &'a ClientActivity,
     blocked: bool,
 }
 
 impl<'a> Blocked<'a> {
-    fn new(ctx: &'a Context) -> Blocked<'a> {
+    fn new(ctx: &'a Context, activity: &'a ClientActivity) -> Blocked<'a> {
         Blocked {
             ctx,
+            activity,
             blocked: false,
         }
     }
@@ -352,6 +364,7 @@ impl<'a> Blocked<'a> {
     fn block(&mut self) {
         if !self.blocked {
             self.blocked = true;
+            self.activity.set_blocked(true);
             let gauge = &self.ctx.metrics.writers_blocked;
             gauge.fetch_add(1, Ordering::Relaxed);
         }
@@ -360,6 +373,7 @@ impl<'a> Blocked<'a> {
     fn unblock(&mut self) {
         if self.blocked {
             self.blocked = false;
+            self.activity.set_blocked(false);
             let gauge = &self.ctx.metrics.writers_blocked;
             gauge.fetch_sub(1, Ordering::Relaxed);
         }
@@ -460,11 +474,23 @@ fn deliver_loop(
     blocked: &mut Blocked,
     probe: &mut Probe,
 ) -> End {
-    let ping_every = ctx.config.client_ping;
-    let lag_limit = ctx.config.max_client_lag;
+    // The keep-alive period, the lag limit and the message budget follow a reload; the
+    // config is looked at once per turn, which costs one atomic load while it is unchanged.
+    let mut config = Cached::new(ctx.live_config());
+    let mut ping_every = config.get().client_ping;
+    let mut lag_limit = config.get().max_client_lag;
     let mut tick = next_tick(ping_every);
     let mut last_heard = Instant::now();
     loop {
+        if config.refresh() {
+            let c = config.get();
+            if c.client_ping != ping_every {
+                ping_every = c.client_ping;
+                tick = next_tick(ping_every);
+            }
+            lag_limit = c.max_client_lag;
+            budget.set_rate(c.max_client_messages_per_sec);
+        }
         let kick = slot.kicked();
         if kick != Kick::None {
             return End::Kicked(kick);
@@ -541,6 +567,9 @@ fn deliver_loop(
             }
         }
         let now = Instant::now();
+        if written > 0 {
+            blocked.activity.wrote(now);
+        }
         if let Some(behind) = probe.overdue(lag_limit, now) {
             // A conflating client that is behind is sent the latest quotes when it catches
             // up; only the keep-alive's ping timeout ends one that has stopped reading.

@@ -29,7 +29,7 @@ pub const API_KEY_ENV: &str = "FXPROXY_UPSTREAM_API_KEY";
 const CREDENTIALS_PLACEHOLDER: &str = "${CREDENTIALS_DIRECTORY}";
 
 /// Every key the file may set, in the order of the shipped `proxy.conf`.
-const KEYS: &[&str] = &[
+pub const KEYS: &[&str] = &[
     "listen",
     "tls_cert_file",
     "tls_key_file",

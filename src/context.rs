@@ -1,11 +1,13 @@
 //! What every connection and service thread shares: the configuration, the hub, the
 //! counters, the socket watcher, the client keys, the thread registry and the stop signal.
 
+use crate::activity::Activity;
 use crate::backbone;
 use crate::ceiling::Ceiling;
 use crate::config::Config;
 use crate::distributor::Hub;
 use crate::keys::KeyStore;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::places::Places;
 use crate::stop::Stop;
@@ -17,7 +19,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub struct Context {
-    pub config: Config,
+    /// The running configuration: a reload (SIGHUP) replaces it, keeping the values that
+    /// need a restart as they were (see [`crate::reload`]).
+    config: Arc<Live<Config>>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub watcher: Arc<Watcher>,
@@ -35,6 +39,8 @@ pub struct Context {
     pub backbone: Option<Arc<backbone::Status>>,
     /// TLS on the client port, when `tls_cert_file` is set.
     pub tls: Option<Arc<ServerTls>>,
+    /// What each client thread is doing, for the state dump (SIGUSR1).
+    pub activity: Activity,
     keys: RwLock<Arc<KeyStore>>,
 }
 
@@ -54,7 +60,7 @@ impl Context {
         tls: Option<Arc<ServerTls>>,
     ) -> Context {
         Context {
-            config,
+            config: Arc::new(Live::new(config)),
             hub,
             metrics,
             watcher,
@@ -66,6 +72,7 @@ impl Context {
             echo,
             backbone: None,
             tls,
+            activity: Activity::default(),
             keys: RwLock::new(Arc::new(keys)),
         }
     }
@@ -74,6 +81,21 @@ impl Context {
     /// and the key file lists no key: the certificate alone admits them (any `userKey`).
     pub fn keys_checked(&self, keys: &KeyStore) -> bool {
         !(keys.is_empty() && self.tls.as_ref().is_some_and(|t| t.client_auth()))
+    }
+
+    /// The running configuration, as of now. A loop that reads it on every turn keeps a
+    /// [`crate::live::Cached`] copy of [`Context::live_config`] instead.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
+    pub fn live_config(&self) -> &Arc<Live<Config>> {
+        &self.config
+    }
+
+    /// Replaces the running configuration (see [`crate::reload`]).
+    pub fn set_config(&self, config: Config) {
+        self.config.set(config);
     }
 
     pub fn keys(&self) -> Arc<KeyStore> {

@@ -58,6 +58,18 @@ const PARKED_TIMED: u8 = 2;
 /// the socket turning writable, a read or a kick wake it.
 const PARKED_BLOCKED: u8 = 3;
 
+/// A writer's state as the state dump shows it (see [`crate::activity`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterState {
+    Running,
+    /// Waiting for frames.
+    Parked,
+    /// Asleep until its tick on the batch grid.
+    ParkedTimed,
+    /// Waiting for its socket to drain or for a ping's answer.
+    ParkedBlocked,
+}
+
 /// What a writer waits for when it parks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idle {
@@ -155,6 +167,20 @@ impl ClientSlot {
         Kick::from_u8(self.kick.load(Ordering::SeqCst))
     }
 
+    /// Frames in its queue. Reads the queue's counters only: no lock.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn writer_state(&self) -> WriterState {
+        match self.state.load(Ordering::Relaxed) {
+            PARKED => WriterState::Parked,
+            PARKED_TIMED => WriterState::ParkedTimed,
+            PARKED_BLOCKED => WriterState::ParkedBlocked,
+            _ => WriterState::Running,
+        }
+    }
+
     /// Announces the writer is about to park, waiting for `what`. Returns false when there is
     /// already work, in which case the writer must not park.
     pub fn going_idle(&self, rx: &Receiver<Utf8Bytes>, what: Idle) -> bool {
@@ -244,8 +270,10 @@ struct HubInner {
 pub struct Hub {
     symbols: Vec<String>,
     index: HashMap<String, usize>,
-    queue_len: usize,
-    max_per_key: usize,
+    /// `client_queue_len` and `max_clients_per_key`: a reload may change them (see
+    /// [`Hub::set_limits`]); read once per batch and once per join.
+    queue_len: AtomicUsize,
+    max_per_key: AtomicUsize,
     next_id: AtomicU64,
     /// Epoch ms of the last quote per symbol (0: none yet), for `/metrics`.
     last_quote_ms: Vec<AtomicU64>,
@@ -261,7 +289,8 @@ pub struct Hub {
 /// writer reads this on every batch, so it lives on cache lines of its own, away from the
 /// lock and counters the distributor writes on every quote.
 struct Grid {
-    batch: Duration,
+    /// `batch_delay_ms` in nanoseconds; a reload may change it.
+    batch_nanos: AtomicU64,
     epoch: Instant,
     /// True while batching pays (see `Hub::worth_batching`); written only when it changes.
     streaming: AtomicBool,
@@ -282,8 +311,8 @@ impl Hub {
                 .enumerate()
                 .map(|(i, s)| (s.clone(), i))
                 .collect(),
-            queue_len,
-            max_per_key,
+            queue_len: AtomicUsize::new(queue_len),
+            max_per_key: AtomicUsize::new(max_per_key),
             next_id: AtomicU64::new(1),
             last_quote_ms: symbols.iter().map(|_| AtomicU64::new(0)).collect(),
             metrics,
@@ -294,7 +323,7 @@ impl Hub {
                 queued: Vec::new(),
             }),
             grid: Padded(Grid {
-                batch,
+                batch_nanos: AtomicU64::new(batch.as_nanos() as u64),
                 epoch: Instant::now(),
                 streaming: AtomicBool::new(false),
             }),
@@ -314,12 +343,30 @@ impl Hub {
         self.symbol_of.id(frame, |name| self.symbol_id(name))
     }
 
+    /// New `client_queue_len`, `max_clients_per_key` and `batch_delay_ms` after a reload:
+    /// every queue is held to the new length from the next quote on (a client already
+    /// further behind is a slow consumer then), the per-key limit applies to clients that
+    /// join from now on, and the batch grid takes the new period at the next batch.
+    pub fn set_limits(&self, queue_len: usize, max_per_key: usize, batch: Duration) {
+        self.queue_len.store(queue_len, Ordering::Relaxed);
+        self.max_per_key.store(max_per_key, Ordering::Relaxed);
+        let nanos = batch.as_nanos() as u64;
+        if self.grid.batch_nanos.load(Ordering::Relaxed) != nanos {
+            self.grid.batch_nanos.store(nanos, Ordering::Relaxed);
+        }
+    }
+
+    fn batch(&self) -> Duration {
+        Duration::from_nanos(self.grid.batch_nanos.load(Ordering::Relaxed))
+    }
+
     /// The first instant on the batch grid after `now`.
     /// Batching pays when quotes come faster than one per batch period and waking every
     /// writer for every quote would cost real CPU; below `BATCH_ABOVE` deliveries a second
     /// each quote goes out at once.
     fn worth_batching(&self, mean_gap: Duration) -> bool {
-        if self.grid.batch.is_zero() || mean_gap >= self.grid.batch {
+        let batch = self.batch();
+        if batch.is_zero() || mean_gap >= batch {
             return false;
         }
         let clients = self.inner.lock().clients.len() as f64;
@@ -332,7 +379,7 @@ impl Hub {
     }
 
     fn next_tick(&self, now: Instant, phase: u64) -> Instant {
-        let step = self.grid.batch.as_nanos().max(1);
+        let step = self.batch().as_nanos().max(1);
         let offset = step * u128::from(phase % PHASES) / u128::from(PHASES);
         let since = now.saturating_duration_since(self.grid.epoch).as_nanos();
         let next = match since.checked_sub(offset) {
@@ -347,7 +394,7 @@ impl Hub {
     /// the grid: all of them waking at one instant would starve everything else on the host
     /// (the upstream reader, the distributor, the clients themselves) for the whole burst.
     pub fn next_batch_wake(&self, slot: &ClientSlot, now: Instant) -> Option<Instant> {
-        if self.grid.batch.is_zero() || !self.grid.streaming.load(Ordering::Relaxed) {
+        if self.batch().is_zero() || !self.grid.streaming.load(Ordering::Relaxed) {
             return None;
         }
         Some(self.next_tick(now, slot.id))
@@ -373,7 +420,7 @@ impl Hub {
     /// [`QueueStats`]. Taken under the hub lock, which the distributor wants on every batch,
     /// so only a length is read per client.
     pub fn queue_stats(&self) -> QueueStats {
-        let mut stats = QueueStats::new(self.queue_len);
+        let mut stats = QueueStats::new(self.queue_len.load(Ordering::Relaxed));
         let inner = self.inner.lock();
         for client in &inner.clients {
             let held = client.conflation.as_ref().map_or(0, |c| c.waiting());
@@ -432,7 +479,8 @@ impl Hub {
         });
         let mut inner = self.inner.lock();
         let count = inner.per_key.entry(key.to_string()).or_insert(0);
-        if self.max_per_key > 0 && *count >= self.max_per_key {
+        let max_per_key = self.max_per_key.load(Ordering::Relaxed);
+        if max_per_key > 0 && *count >= max_per_key {
             return Err(JoinError::TooManyForKey);
         }
         *count += 1;
@@ -499,6 +547,7 @@ impl Hub {
     /// their frames, and the lock is not held across syscalls.
     fn publish(&self, batch: &[(usize, Utf8Bytes)]) {
         let now = self.metrics.now_ms();
+        let queue_len = self.queue_len.load(Ordering::Relaxed);
         let mut inner = self.inner.lock();
         for (id, frame) in batch {
             inner.latest[*id] = Some(frame.clone());
@@ -517,7 +566,7 @@ impl Hub {
                     offered = true;
                     let behind = &self.metrics.clients_conflating;
                     if let Offer::Held { replaced, started } =
-                        conflation.offer(*id, frame, &client.tx, self.queue_len, behind)
+                        conflation.offer(*id, frame, &client.tx, queue_len, behind)
                     {
                         conflated += u64::from(replaced);
                         if started {
@@ -533,7 +582,7 @@ impl Hub {
             for (n, (_, frame)) in batch.iter().filter(|(id, _)| client.wants(*id)).enumerate() {
                 // An unbounded (linked-block) channel capped by its length: a bounded one
                 // allocates every slot up front, which thousands of clients cannot afford.
-                if client.tx.len() >= self.queue_len {
+                if client.tx.len() >= queue_len {
                     slow.push(pos);
                     break;
                 }

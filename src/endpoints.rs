@@ -14,27 +14,25 @@ pub fn respond(ctx: &Context, request: &Request) -> Vec<u8> {
     if request.method != "GET" && !head_only {
         return http::response(405, "text/plain", "only GET is served here\n", false);
     }
+    let config = ctx.config();
     match request.route() {
-        "/healthz" if ctx.config.http_endpoints => {
-            let (market, stale, now) = (
-                ctx.config.market(),
-                ctx.config.upstream_stale,
-                ctx.metrics.now_ms(),
-            );
+        "/healthz" if config.http_endpoints => {
+            let (market, stale, now) =
+                (config.market(), config.upstream_stale, ctx.metrics.now_ms());
             let (status, body) = match &ctx.backbone {
                 Some(backbone) => backbone.health(&ctx.metrics, &market, stale, now),
                 None => ctx.metrics.health(&market, stale, now),
             };
             http::response(status, "application/json", &body, head_only)
         }
-        "/metrics" if ctx.config.http_endpoints => http::response(
+        "/metrics" if config.http_endpoints => http::response(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             &metrics_text(ctx),
             head_only,
         ),
-        "/" if ctx.config.page => {
-            let page = crate::page::render(&ctx.config.market());
+        "/" if config.page => {
+            let page = crate::page::render(&config.market());
             let headers = crate::page::headers(&page);
             http::response_with(200, &headers, "text/html; charset=utf-8", &page, head_only)
         }
@@ -45,7 +43,7 @@ pub fn respond(ctx: &Context, request: &Request) -> Vec<u8> {
 fn metrics_text(ctx: &Context) -> String {
     let queues = ctx.hub.queue_stats();
     let symbols = ctx.hub.last_quotes();
-    let market = ctx.config.market();
+    let market = ctx.config().market();
     let text = ctx.metrics.render(&View {
         market: &market,
         symbols: &symbols,

@@ -184,6 +184,19 @@ impl Conn {
         matches!(self.phase, Phase::Auth { .. })
     }
 
+    /// The phase, in a word, for the state dump: `head` (reading the request), `place`
+    /// (a valid upgrade waiting for a place), `responding` (writing an HTTP answer), `auth`
+    /// (upgraded, waiting for the auth message), `closing` (lingering after our last word).
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Head { .. } => "head",
+            Phase::NeedsPlace { .. } => "place",
+            Phase::Responding { .. } => "responding",
+            Phase::Auth { .. } => "auth",
+            Phase::Lingering { .. } | Phase::Gone => "closing",
+        }
+    }
+
     pub fn needs_place(&self) -> bool {
         matches!(self.phase, Phase::NeedsPlace { .. })
     }
@@ -284,13 +297,14 @@ impl Conn {
                 return Next::Closed;
             }
         }
+        let config = ctx.config();
         let ws = WebSocket::from_partially_read(
             stream,
             leftover,
             Role::Server,
-            Some(ws_config(&ctx.config)),
+            Some(ws_config(&config)),
         );
-        let budget = Budget::new(ctx.config.max_client_messages_per_sec);
+        let budget = Budget::new(config.max_client_messages_per_sec);
         if ctx.echo {
             return Next::Ready(
                 Box::new(Admitted {
@@ -303,7 +317,7 @@ impl Conn {
                 place,
             );
         }
-        self.deadline = now + ctx.config.auth_timeout;
+        self.deadline = now + config.auth_timeout;
         self.phase = Phase::Auth {
             ws: Box::new(ws),
             budget,
@@ -327,7 +341,7 @@ impl Conn {
             ),
             _ => warn!(
                 "{}: refused: max_clients ({}) reached",
-                self.peer, ctx.config.max_clients
+                self.peer, ctx.config().max_clients
             ),
         }
         let resp = http::response(503, "text/plain", "too many clients\n", false);
@@ -430,9 +444,9 @@ impl Conn {
             }
         };
         // Behind a trusted load balancer, the log names the client it says it forwards.
-        if !ctx.config.trusted_proxies.is_empty() {
+        if !ctx.config().trusted_proxies.is_empty() {
             let forwarded = request.header_values("X-Forwarded-For");
-            self.peer = Peer::forwarded(self.peer.socket, forwarded, &ctx.config.trusted_proxies);
+            self.peer = Peer::forwarded(self.peer.socket, forwarded, &ctx.config().trusted_proxies);
         }
         let peer = self.peer;
         if !request.is_websocket_upgrade() {
@@ -449,7 +463,7 @@ impl Conn {
                 "this instance serves no quotes (backbone_role = ingest): connect to an edge\n";
             return self.respond(stream, http::response(503, "text/plain", body, false), now);
         }
-        if !http::origin_allowed(&request, &ctx.config.allowed_origins) {
+        if !http::origin_allowed(&request, &ctx.config().allowed_origins) {
             ctx.metrics.rejected(Rejection::Origin);
             warn!(
                 "{peer}: refused: Origin {} is not in allowed_origins",

@@ -5,11 +5,13 @@
 //! queues it for every interested client, [`client`] writes it out. A client gets there
 //! through [`admission`] (accept, HTTP, upgrade, auth: [`handshake`]), which gives it a thread
 //! only once it has authenticated, over plain TCP or TLS ([`stream`], [`tls`]). [`server`]
-//! wires them up. Past one host, [`backbone`] sits between the upstream and the distributor:
-//! the frames go through Redis.
+//! wires them up; [`signals`] tells SIGTERM from SIGHUP ([`reload`]) and SIGUSR1 ([`dump`]).
+//! Past one host, [`backbone`] sits between the upstream and the distributor: the frames go
+//! through Redis.
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admission;
 pub mod auth;
 pub mod backbone;
@@ -24,12 +26,14 @@ pub mod conflate;
 pub mod context;
 pub mod demo_key;
 pub mod distributor;
+pub mod dump;
 pub mod endpoints;
 pub mod forwarded;
 pub mod handshake;
 pub mod http;
 pub mod keys;
 pub mod listener;
+pub mod live;
 pub mod logging;
 pub mod logsafe;
 pub mod market;
@@ -40,8 +44,10 @@ pub mod places;
 pub mod protocol;
 pub mod provider;
 pub mod record;
+pub mod reload;
 pub mod replay;
 pub mod server;
+pub mod signals;
 pub mod sim;
 pub mod stop;
 pub mod stream;

@@ -2,15 +2,12 @@
 //! line can be matched to `top -H` and gdb's thread list.
 
 use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
+use std::io::LineWriter;
+
+/// Bytes of one log line gathered before it is written (longer ones go out in pieces).
+const LINE_BUFFER: usize = 8 * 1024;
 
 pub fn init(level: &str) {
-    let filter = match level {
-        "error" => LevelFilter::Error,
-        "warn" => LevelFilter::Warn,
-        "debug" => LevelFilter::Debug,
-        "trace" => LevelFilter::Trace,
-        _ => LevelFilter::Info,
-    };
     let mut config = ConfigBuilder::new();
     config
         .set_thread_level(LevelFilter::Error)
@@ -22,8 +19,26 @@ pub fn init(level: &str) {
     for noisy in ["rustls", "tungstenite", "mio"] {
         config.add_filter_ignore_str(noisy);
     }
-    // Only fails when a logger is already set (tests starting several servers): keep that one.
-    let _ = WriteLogger::init(filter, config.build(), std::io::stderr());
+    // The logger passes every level and `log`'s global filter decides, so that a reload can
+    // change the level (see `set_level`). Only fails when a logger is already set (tests
+    // starting several servers): keep that one, and its level.
+    // simplelog writes a line in some twenty pieces (the time alone in fourteen), and stderr
+    // is unbuffered: a line buffer makes that one write(2) per line.
+    let stderr = LineWriter::with_capacity(LINE_BUFFER, std::io::stderr());
+    if WriteLogger::init(LevelFilter::Trace, config.build(), stderr).is_ok() {
+        set_level(level);
+    }
+}
+
+/// Logs from now on at `level` (`error` … `trace`, as in `proxy.conf`).
+pub fn set_level(level: &str) {
+    log::set_max_level(match level {
+        "error" => LevelFilter::Error,
+        "warn" => LevelFilter::Warn,
+        "debug" => LevelFilter::Debug,
+        "trace" => LevelFilter::Trace,
+        _ => LevelFilter::Info,
+    });
 }
 
 /// Sends panics to the log, with the thread's name and the place in the code, instead of

@@ -3,9 +3,11 @@
 
 use fxproxy::cli::{self, Command};
 use fxproxy::server::StartError;
+use fxproxy::signals::{self, Signal};
+use fxproxy::stop::Stop;
 use fxproxy::{config, logging, sim, watch, Server};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,15 +76,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Waits for SIGINT/SIGTERM. ctrlc's handler runs on its own thread and only sets the flag.
-fn termination_signal() -> Result<Arc<fxproxy::stop::Stop>, ExitCode> {
-    let stop = Arc::new(fxproxy::stop::Stop::new());
-    let handler_stop = Arc::clone(&stop);
-    ctrlc::set_handler(move || handler_stop.set()).map_err(|e| {
-        eprintln!("fxproxy: cannot install the signal handler: {e}");
+/// Blocks `which` in this thread and so in every thread started after: call before any.
+fn block_signals(which: &[Signal]) -> Result<signals::Blocked, ExitCode> {
+    signals::block(which).map_err(|e| {
+        eprintln!("fxproxy: cannot block signals: {e}");
         ExitCode::from(1)
-    })?;
-    Ok(stop)
+    })
+}
+
+fn listen(
+    blocked: signals::Blocked,
+    on_signal: impl FnMut(Signal) + Send + 'static,
+) -> Result<signals::Listener, ExitCode> {
+    blocked.listen(on_signal).map_err(|e| {
+        eprintln!("fxproxy: cannot start the signal thread: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
@@ -95,10 +104,17 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     logging::init(config.log_level.name());
     logging::log_panics();
-    let signal = match termination_signal() {
-        Ok(s) => s,
+    // Before the server starts its threads, so that every one of them has them blocked.
+    let blocked = match block_signals(&[
+        Signal::Interrupt,
+        Signal::Terminate,
+        Signal::HangUp,
+        Signal::User1,
+    ]) {
+        Ok(b) => b,
         Err(code) => return code,
     };
+    let signal = Arc::new(Stop::new());
     let server = match Server::start_with_alarm(config, Arc::clone(&signal)) {
         Ok(s) => s,
         // The key file, the provider's template, a recording to replay, the file to record
@@ -117,12 +133,36 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let control = server.control();
+    let stop = Arc::clone(&signal);
+    let listener = match listen(blocked, move |received| match received {
+        Signal::Interrupt | Signal::Terminate => {
+            log::info!("{} received", received.name());
+            stop.set();
+        }
+        Signal::HangUp => {
+            log::info!("SIGHUP received: reloading the configuration");
+            // Logged and counted either way; a broken file changed nothing.
+            let _ = control.reload();
+        }
+        Signal::User1 => {
+            log::info!("SIGUSR1 received: writing a state dump");
+            control.dump_state();
+        }
+    }) {
+        Ok(l) => l,
+        Err(code) => {
+            server.shutdown();
+            return code;
+        }
+    };
     while !signal.wait(Duration::from_secs(3600)) {}
     let failed = server.failed();
     if !failed {
         log::info!("termination signal received");
     }
     server.shutdown();
+    listener.stop();
     if failed {
         ExitCode::from(1)
     } else {
@@ -130,20 +170,20 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run_sim(listen: std::net::SocketAddr, rate: u32, symbols: Vec<String>) -> ExitCode {
+fn run_sim(addr: std::net::SocketAddr, rate: u32, symbols: Vec<String>) -> ExitCode {
     logging::init("info");
-    let signal = match termination_signal() {
-        Ok(s) => s,
+    let blocked = match block_signals(&[Signal::Interrupt, Signal::Terminate, Signal::HangUp]) {
+        Ok(b) => b,
         Err(code) => return code,
     };
     let server = match sim::SimServer::start(sim::SimOptions {
-        listen,
+        listen: addr,
         rate,
         symbols,
     }) {
         Ok(s) => s,
         Err(e) => {
-            log::error!("cannot start the simulator on {listen}: {e}");
+            log::error!("cannot start the simulator on {addr}: {e}");
             return ExitCode::from(1);
         }
     };
@@ -151,8 +191,18 @@ fn run_sim(listen: std::net::SocketAddr, rate: u32, symbols: Vec<String>) -> Exi
         "simulated source listening on ws://{}/ at {rate} quotes/s",
         server.local_addr()
     );
+    let signal = Arc::new(Stop::new());
+    let stop = Arc::clone(&signal);
+    let listener = match listen(blocked, move |received| match received {
+        Signal::HangUp => log::info!("SIGHUP received: the simulator has nothing to reload"),
+        _ => stop.set(),
+    }) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     while !signal.wait(Duration::from_secs(3600)) {}
     server.stop();
+    listener.stop();
     ExitCode::SUCCESS
 }
 
@@ -170,12 +220,25 @@ fn run_watch(
         );
         return ExitCode::from(2);
     };
+    // Ctrl-C (and SIGTERM, and SIGHUP when the terminal goes) is how a ticker is stopped:
+    // the watch says goodbye to the proxy and exits quietly with 128 + the signal's number,
+    // as a shell reports a command it interrupted (130 for Ctrl-C), so `watch … && next`
+    // does not go on as if the watch had ended by itself.
+    let blocked = match block_signals(&[Signal::Interrupt, Signal::Terminate, Signal::HangUp]) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
     let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = Arc::clone(&stop);
-    if let Err(e) = ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst)) {
-        eprintln!("fxproxy: cannot install the signal handler: {e}");
-        return ExitCode::from(1);
-    }
+    let stopped_by = Arc::new(AtomicI32::new(0));
+    let (handler_stop, handler_by) = (Arc::clone(&stop), Arc::clone(&stopped_by));
+    let listener = match listen(blocked, move |received| {
+        let _ =
+            handler_by.compare_exchange(0, received.number(), Ordering::SeqCst, Ordering::SeqCst);
+        handler_stop.store(true, Ordering::SeqCst);
+    }) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let opts = watch::WatchOptions {
         url,
         key,
@@ -183,7 +246,13 @@ fn run_watch(
         ca_file,
     };
     let mut out = std::io::stdout();
-    match watch::run(&opts, &mut out, &stop) {
+    let result = watch::run(&opts, &mut out, &stop);
+    listener.stop();
+    let signal = stopped_by.load(Ordering::SeqCst);
+    if signal != 0 {
+        return ExitCode::from(128 + signal as u8);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // `fxproxy watch … | head` closing the pipe is a normal way to stop.
         Err(watch::WatchError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {

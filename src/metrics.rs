@@ -226,6 +226,12 @@ pub struct Metrics {
     pub accept_pauses: AtomicU64,
     pub key_reloads: AtomicU64,
     pub key_reload_failures: AtomicU64,
+    /// Configuration reloads (SIGHUP) applied, and refused because the file (or the key file)
+    /// was broken: then the running configuration stays as it was.
+    pub config_reloads: AtomicU64,
+    pub config_reload_failures: AtomicU64,
+    /// Keys whose value in proxy.conf differs from the running one and waits for a restart.
+    pub config_pending_restart: AtomicU64,
     pub upstream_connects: AtomicU64,
     pub upstream_reconnects: AtomicU64,
     /// Clients closed for a protocol error (1002), invalid UTF-8 (1007) or size (1009).
@@ -475,6 +481,24 @@ impl Metrics {
                     c(&self.key_reload_failures) as f64,
                 ),
             ],
+        );
+        metric(
+            "fxproxy_config_reloads_total",
+            "counter",
+            "Configuration reloads (SIGHUP), by outcome (failed: a broken proxy.conf or key file; the running configuration was kept).",
+            &[
+                ("{result=\"ok\"}".to_string(), c(&self.config_reloads) as f64),
+                (
+                    "{result=\"failed\"}".to_string(),
+                    c(&self.config_reload_failures) as f64,
+                ),
+            ],
+        );
+        metric(
+            "fxproxy_config_pending_restart",
+            "gauge",
+            "Keys of proxy.conf changed at the last reload that take effect only after a restart (listen, upstream_url, symbols, ...).",
+            &one(c(&self.config_pending_restart)),
         );
         metric(
             "fxproxy_upstream_connects_total",

@@ -3,14 +3,16 @@
 //! is gone. There are fewer places than `max_clients` when the kernel's thread ceiling is
 //! lower (see [`crate::ceiling`]), so a client never costs a thread the process cannot have.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub struct Places {
     taken: AtomicUsize,
-    limit: usize,
+    limit: AtomicUsize,
     /// Whether the thread ceiling, not `max_clients`, sets `limit`.
-    by_ceiling: bool,
+    by_ceiling: AtomicBool,
+    /// Clients the thread ceiling allows.
+    ceiling: usize,
 }
 
 impl Places {
@@ -18,16 +20,27 @@ impl Places {
     pub fn new(max_clients: usize, ceiling: usize) -> Arc<Places> {
         Arc::new(Places {
             taken: AtomicUsize::new(0),
-            limit: max_clients.min(ceiling),
-            by_ceiling: ceiling < max_clients,
+            limit: AtomicUsize::new(max_clients.min(ceiling)),
+            by_ceiling: AtomicBool::new(ceiling < max_clients),
+            ceiling,
         })
+    }
+
+    /// A new `max_clients` after a reload. Places already taken stay taken: lowering it
+    /// below the clients connected closes nobody, newcomers wait or get 503 until enough
+    /// have left.
+    pub fn set_max_clients(&self, max_clients: usize) {
+        self.limit
+            .store(max_clients.min(self.ceiling), Ordering::Relaxed);
+        self.by_ceiling
+            .store(self.ceiling < max_clients, Ordering::Relaxed);
     }
 
     /// Takes a place, if one is free.
     pub fn take(self: &Arc<Self>) -> Option<Place> {
         let mut taken = self.taken.load(Ordering::Relaxed);
         loop {
-            if taken >= self.limit {
+            if taken >= self.limit() {
                 return None;
             }
             match self.taken.compare_exchange_weak(
@@ -47,12 +60,12 @@ impl Places {
     }
 
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
     }
 
     /// Whether the places run out at the thread ceiling rather than at `max_clients`.
     pub fn limited_by_ceiling(&self) -> bool {
-        self.by_ceiling
+        self.by_ceiling.load(Ordering::Relaxed)
     }
 }
 
@@ -81,5 +94,18 @@ mod tests {
         assert!(places.take().is_some());
         assert!(!Places::new(3, 10).limited_by_ceiling());
         assert_eq!(Places::new(3, 10).limit(), 3);
+    }
+
+    #[test]
+    fn a_new_max_clients_takes_no_place_back() {
+        let places = Places::new(3, 10);
+        let _held: Vec<Place> = (0..3).map(|_| places.take().unwrap()).collect();
+        places.set_max_clients(1);
+        assert_eq!((places.taken(), places.limit()), (3, 1));
+        assert!(places.take().is_none());
+        places.set_max_clients(20);
+        assert_eq!(places.limit(), 10, "still under the ceiling");
+        assert!(places.limited_by_ceiling());
+        assert!(places.take().is_some());
     }
 }

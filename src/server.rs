@@ -1,8 +1,9 @@
 //! Wires the proxy together: binds the client port, works out the thread ceiling, starts the
 //! upstream, distributor, watcher, admission and housekeeping threads, hands each admitted
-//! client a thread of its own, and takes them all down again in under two seconds.
+//! client a thread of its own, and takes them all down again in under two seconds. Its
+//! [`Control`] is what the signals reach: a reload (SIGHUP) and a state dump (SIGUSR1).
 
-use crate::admission::{Admission, HandOff};
+use crate::admission::{Admission, Asker, HandOff};
 use crate::backbone;
 use crate::ceiling::{self, Ceiling};
 use crate::client;
@@ -11,9 +12,11 @@ use crate::config::{Config, ConfigError, Upstream};
 use crate::context::Context;
 use crate::distributor::{self, Hub, Kick};
 use crate::keys::KeyStore;
+use crate::live::Cached;
 use crate::metrics::Metrics;
 use crate::places::Places;
 use crate::record::Recorder;
+use crate::reload::{Commit, Reloaded, Reloader};
 use crate::replay::ReplayServer;
 use crate::sim::{SimOptions, SimServer};
 use crate::stop::Stop;
@@ -31,7 +34,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Stack for each client thread: the writer loop is shallow; measured use is far below this.
 pub const CLIENT_STACK: usize = 128 * 1024;
@@ -40,7 +43,7 @@ const SERVICE_STACK: usize = 512 * 1024;
 /// How long shutdown waits for clients to take their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// Threads that are not clients: main, upstream, distributor, watcher, admission,
-/// housekeeping, reaper, the signal handler, the simulator's, and slack.
+/// housekeeping, reaper, signals, state-dump, the simulator's, and slack.
 pub const SERVICE_THREADS: u64 = 16;
 /// How often the key file's modification time is looked at.
 const KEY_FILE_CHECK: Duration = Duration::from_secs(2);
@@ -141,6 +144,70 @@ pub struct Server {
     replay: Option<ReplayServer>,
     admission: Arc<Waker>,
     failure: Arc<Failure>,
+    control: Control,
+}
+
+/// What a signal can ask of a running proxy; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Control {
+    ctx: Arc<Context>,
+    reloader: Arc<Reloader>,
+    asker: Asker,
+    /// A state dump is being written.
+    dumping: Arc<AtomicBool>,
+}
+
+impl Control {
+    /// Reloads proxy.conf and the key file (SIGHUP; see [`crate::reload`]). An error means
+    /// nothing changed; it has been logged and counted already.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        if self.ctx.stop.is_set() {
+            return Err("the proxy is stopping".to_string());
+        }
+        self.reloader.reload()
+    }
+
+    /// The reload machinery, for a part of the proxy with something of its own to re-read
+    /// on a reload (see [`Reloader::add_step`]).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    /// Starts writing a state dump to the log (SIGUSR1; see [`crate::dump`]) on a thread of
+    /// its own, unless one is being written already. True if it started.
+    pub fn dump_state(&self) -> bool {
+        if self.ctx.stop.is_set() {
+            return false;
+        }
+        if self.dumping.swap(true, Ordering::SeqCst) {
+            warn!("a state dump is being written already; not starting another");
+            return false;
+        }
+        let ctx = Arc::clone(&self.ctx);
+        let asker = self.asker.clone();
+        let dumping = Arc::clone(&self.dumping);
+        let started = self.ctx.threads.spawn(
+            "state-dump".to_string(),
+            SERVICE_STACK,
+            move || {
+                // A bug in the dump must not take the proxy down: it is only a dump.
+                if let Err(payload) =
+                    panic::catch_unwind(AssertUnwindSafe(|| crate::dump::write(&ctx, &asker)))
+                {
+                    error!("the state dump failed: {}", panic_message(&*payload));
+                }
+            },
+            // Another may start once this thread is gone.
+            move || dumping.store(false, Ordering::SeqCst),
+        );
+        match started {
+            Ok(()) => true,
+            Err(e) => {
+                error!("cannot start a thread for the state dump: {e}");
+                false
+            }
+        }
+    }
 }
 
 impl Server {
@@ -299,7 +366,7 @@ impl Server {
             Some((r, w)) => (Some(r), Some(w)),
             None => (None, None),
         };
-        let settings = upstream::Settings {
+        let mut settings = upstream::Settings {
             url,
             key,
             steps,
@@ -317,6 +384,7 @@ impl Server {
             backoff_max: config.upstream_backoff_max,
             recorder,
             tls: upstream_tls,
+            live: None,
         };
         let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
             url: url.clone(),
@@ -344,6 +412,9 @@ impl Server {
         );
         context.backbone = status.clone();
         let ctx = Arc::new(context);
+        settings.live = Some(Cached::new(ctx.live_config()));
+        let reloader = Arc::new(Reloader::new(Arc::clone(&ctx)));
+        add_reload_steps(&reloader, &ctx, sim.as_ref());
         // The channel from upstream to distributor is bounded: should the distributor ever
         // fall behind, the upstream read waits and TCP pushes back on the source.
         let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
@@ -382,6 +453,7 @@ impl Server {
             .map_err(StartError::Thread)?,
         }
         let waker = admission.waker();
+        let asker = admission.asker();
         let admission_ctx = Arc::clone(&ctx);
         let admission_failure = Arc::clone(&failure);
         spawn_service(threads, &failure, "admission", move || {
@@ -392,12 +464,19 @@ impl Server {
         })
         .map_err(StartError::Thread)?;
         let housekeeping_ctx = Arc::clone(&ctx);
+        let housekeeping_reloader = Arc::clone(&reloader);
         spawn_service(threads, &failure, "housekeeping", move || {
-            housekeeping(&housekeeping_ctx)
+            housekeeping(&housekeeping_ctx, &housekeeping_reloader)
         })
         .map_err(StartError::Thread)?;
         let scheme = if ctx.tls.is_some() { "wss" } else { "ws" };
         info!("listening on {addr} ({scheme}://)");
+        let control = Control {
+            ctx: Arc::clone(&ctx),
+            reloader,
+            asker,
+            dumping: Arc::new(AtomicBool::new(false)),
+        };
         Ok(Server {
             ctx,
             addr,
@@ -405,7 +484,18 @@ impl Server {
             replay,
             admission: waker,
             failure,
+            control,
         })
+    }
+
+    /// What signals reach: reload and state dump.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Reloads proxy.conf and the key file, as SIGHUP does.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        self.control.reload()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -507,26 +597,70 @@ fn hand_off(ctx: Arc<Context>) -> HandOff {
     })
 }
 
+/// What a reload does besides the configuration and the keys (see [`crate::reload`]): the
+/// simulator's pace, and the capacity warnings of start-up again when the limits changed.
+/// A part of the proxy with something of its own to re-read on SIGHUP adds its step here.
+fn add_reload_steps(reloader: &Reloader, ctx: &Arc<Context>, sim: Option<&SimServer>) {
+    if let Some(sim) = sim {
+        let set_rate = Arc::new(sim.rate_control());
+        reloader.add_step(
+            "simulated source",
+            Box::new(move |next| {
+                let set_rate = Arc::clone(&set_rate);
+                let rate = next.sim_rate;
+                Ok(Box::new(move || set_rate(rate)) as Commit)
+            }),
+        );
+    }
+    if let Some(tls) = ctx.tls.clone() {
+        // The certificate pair is read again on SIGHUP too (as on a change of the files): a
+        // pair that does not load refuses the reload, and the running one stays.
+        let metrics = Arc::clone(&ctx.metrics);
+        reloader.add_step(
+            "TLS certificate",
+            Box::new(move |_next| {
+                tls::load(tls.files()).map_err(|e| e.to_string())?;
+                let (tls, metrics) = (Arc::clone(&tls), Arc::clone(&metrics));
+                Ok(Box::new(move || {
+                    tls::reload(&tls, &metrics);
+                }) as Commit)
+            }),
+        );
+    }
+    let ctx = Arc::clone(ctx);
+    reloader.add_step(
+        "capacity",
+        Box::new(move |next| {
+            let running = ctx.config();
+            let same = running.max_clients == next.max_clients
+                && running.max_pending_connections == next.max_pending_connections;
+            let report = (!same).then(|| capacity_report(next, &ctx.ceiling));
+            Ok(Box::new(move || {
+                if let Some((line, warnings)) = report {
+                    info!("{line}");
+                    for w in warnings {
+                        warn!("{w}");
+                    }
+                }
+            }) as Commit)
+        }),
+    );
+}
+
 /// Re-reads the key file when it changes and writes the periodic status line.
-fn housekeeping(ctx: &Arc<Context>) {
-    let path = ctx.config.user_keys_file.clone();
-    let mut stamp = file_stamp(&path);
+fn housekeeping(ctx: &Arc<Context>, reloader: &Reloader) {
     let mut last_key_check = Instant::now();
     let mut last_status = Instant::now();
     let mut counters = [0u64; 3];
     while !ctx.stop.wait(Duration::from_secs(1)) {
         if last_key_check.elapsed() >= KEY_FILE_CHECK {
             last_key_check = Instant::now();
-            let now = file_stamp(&path);
-            if now != stamp {
-                stamp = now;
-                reload_keys(ctx);
-            }
+            reloader.poll_keys();
             if let Some(tls) = &ctx.tls {
                 tls.look(&ctx.metrics);
             }
         }
-        if let Some(every) = ctx.config.status_interval {
+        if let Some(every) = ctx.config().status_interval {
             let elapsed = last_status.elapsed();
             if elapsed >= every {
                 last_status = Instant::now();
@@ -536,40 +670,6 @@ fn housekeeping(ctx: &Arc<Context>) {
                     ctx.metrics.status_line(&mut counters, elapsed, behind)
                 );
             }
-        }
-    }
-}
-
-/// Modification time, size and inode: an editor that writes a new file and renames it over
-/// the old one changes the inode even within one timestamp tick.
-fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len(), meta.ino()))
-}
-
-fn reload_keys(ctx: &Context) {
-    let file = &ctx.config.user_keys_file;
-    let loaded = KeyStore::load(file)
-        .and_then(|s| crate::demo_key::check(ctx.config.listen, &s, file).map(|()| s));
-    match loaded {
-        Ok(store) => {
-            ctx.metrics.key_reloads.fetch_add(1, Ordering::Relaxed);
-            let store = Arc::new(store);
-            ctx.set_keys(Arc::clone(&store));
-            let kicked = ctx.hub.kick_where(Kick::KeyRevoked, |c| {
-                ctx.keys_checked(&store) && !ctx.hub.still_entitled(c, &store)
-            });
-            info!(
-                "reloaded {} client key(s); disconnected {kicked} client(s) whose key was removed or narrowed",
-                store.len()
-            );
-        }
-        Err(e) => {
-            ctx.metrics
-                .key_reload_failures
-                .fetch_add(1, Ordering::Relaxed);
-            error!("key file changed but cannot be used, keeping the previous keys: {e}")
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,7 +53,8 @@ pub struct SimServer {
 
 struct Shared {
     shutdown: AtomicBool,
-    rate: u32,
+    /// Quotes per second per connection; [`SimServer::set_rate`] changes it while running.
+    rate: AtomicU32,
     allowed: Vec<String>,
 }
 
@@ -64,7 +65,7 @@ impl SimServer {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
-            rate: opts.rate,
+            rate: AtomicU32::new(opts.rate),
             allowed: opts.symbols,
         });
         let accept_shared = Arc::clone(&shared);
@@ -85,6 +86,13 @@ impl SimServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A handle that sets the pace of every connection, from its next quote on (`sim_rate`
+    /// on a reload).
+    pub fn rate_control(&self) -> impl Fn(u32) + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move |rate| shared.rate.store(rate, Ordering::Relaxed)
     }
 
     /// Stops accepting and ends every connection thread (close frame 1001), joining them;
@@ -325,10 +333,12 @@ impl Connection<'_> {
     }
 
     fn stream_quotes(&mut self, rng: &mut Rng) -> End {
-        let interval = match self.shared.rate {
+        let pace = |rate| match rate {
             0 => None,
             rate => Some(Duration::from_secs(1) / rate),
         };
+        let mut rate = self.shared.rate.load(Ordering::Relaxed);
+        let mut interval = pace(rate);
         let mut next_due = Instant::now();
         let mut next_read = next_due + POLL;
         let mut turn = 0usize;
@@ -337,6 +347,12 @@ impl Connection<'_> {
                 return End::Shutdown;
             }
             let now = Instant::now();
+            let asked = self.shared.rate.load(Ordering::Relaxed);
+            if asked != rate {
+                rate = asked;
+                interval = pace(rate);
+                next_due = now;
+            }
             if now >= next_read {
                 if let Err(end) = self.read_pass(rng) {
                     return end;

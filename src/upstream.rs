@@ -5,8 +5,9 @@
 //! exponential back-off when it fails. What a frame is, quote or notice or refusal, is the
 //! [`Translator`]'s call; every frame can also go to the recording.
 
-use crate::config::redacted_key;
+use crate::config::{redacted_key, Config};
 use crate::distributor::RateLimited;
+use crate::live::Cached;
 use crate::logsafe;
 use crate::market::{self, Market, MarketState};
 use crate::metrics::{Metrics, UpstreamState};
@@ -65,6 +66,30 @@ pub struct Settings {
     /// The roots a `wss://` source is checked against when `upstream_ca_file` is set; `None`:
     /// tungstenite's own, the web PKI roots bundled in the binary.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The running configuration, looked at between frames: a reload changes the timing keys
+    /// and the market's hours above (the URL and the subscribe message need a restart).
+    pub live: Option<Cached<Config>>,
+}
+
+impl Settings {
+    /// Takes the timing keys and the market rule of a reloaded configuration; one atomic
+    /// load when nothing changed. True when they were taken.
+    fn follow(&mut self) -> bool {
+        let Some(live) = self.live.as_mut() else {
+            return false;
+        };
+        if !live.refresh() {
+            return false;
+        }
+        let c = live.get();
+        self.connect_timeout = c.upstream_connect_timeout;
+        self.ping_every = c.upstream_ping;
+        self.stale_after = c.upstream_stale;
+        self.market = c.market();
+        self.backoff_min = c.upstream_backoff_min;
+        self.backoff_max = c.upstream_backoff_max;
+        true
+    }
 }
 
 type Socket = WebSocket<MaybeTlsStream<Timed>>;
@@ -183,8 +208,11 @@ pub fn run(
     // Open or closed when last looked at, across connections: each change is logged once.
     let mut market_open = None;
     while frames.connect_allowed(&stop) {
+        if settings.follow() {
+            backoff.set_bounds(settings.backoff_min, settings.backoff_max);
+        }
         let ended = match session(
-            &settings,
+            &mut settings,
             &frames,
             &metrics,
             &stop,
@@ -225,6 +253,9 @@ pub fn run(
             delay
         };
         metrics.upstream_reconnects.fetch_add(1, Ordering::Relaxed);
+        if settings.follow() {
+            backoff.set_bounds(settings.backoff_min, settings.backoff_max);
+        }
         if stop.wait(delay) {
             return;
         }
@@ -276,13 +307,13 @@ impl Init<'_> {
 }
 
 fn session(
-    settings: &Settings,
+    settings: &mut Settings,
     frames: &impl Outlet,
     metrics: &Metrics,
     stop: &Stop,
     extras: &mut Extras,
 ) -> Result<(), Ended> {
-    let shown = display_url(&settings.url);
+    let shown = display_url(&settings.url).to_string();
     // What the source said and what errors repeat of it is escaped once, here: the reason
     // goes to the log, the status line and /healthz.
     let fail = |why: String| Ended {
@@ -297,8 +328,10 @@ fn session(
     metrics.set_upstream(UpstreamState::Connected {
         since_ms: connected_ms,
     });
+    // The steps are copied: the settings follow a reload while this connection lasts.
+    let steps = settings.steps.clone();
     let mut init = Init {
-        steps: &settings.steps,
+        steps: &steps,
         next: 0,
         awaiting: None,
     };
@@ -417,6 +450,7 @@ fn session(
             Err(WsError::Io(e)) if crate::http::is_timeout(&e) => {}
             Err(e) => return Err(end(format!("connection failed: {e}"), got_quotes)),
         }
+        settings.follow();
         let now = Instant::now();
         if let Some((i, since)) = init.awaiting {
             if now.duration_since(since) > settings.reply_timeout {
@@ -630,6 +664,13 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.step = self.start;
+    }
+
+    /// New bounds after a reload; the current step moves within them.
+    pub fn set_bounds(&mut self, start: Duration, max: Duration) {
+        self.start = start;
+        self.max = max;
+        self.step = self.step.clamp(start, max);
     }
 
     fn jitter(&mut self, step: Duration) -> Duration {

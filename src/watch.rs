@@ -194,6 +194,9 @@ pub fn run_with(
             }
             Ok(_) => {}
             Err(e) if is_timeout(&e) => {}
+            // A signal cut the read short: nothing was lost (and the stop flag says whether
+            // it was the user's Ctrl-C).
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(connection_lost(e)),
         }
         if let Some(line) = quiet.check(&opts.url, check) {

@@ -228,6 +228,54 @@ fn a_key_file_that_fails_to_parse_keeps_the_old_keys() {
 }
 
 #[test]
+fn a_reload_applies_at_once_and_says_what_changed() {
+    let up = TestUpstream::start();
+    let proxy = TestProxy::simple(&up);
+    up.expect_subscribe();
+    let mut first = Client::auth(proxy.addr, KEY, None);
+    let mut other = Client::auth(proxy.addr, OTHER_KEY, None);
+    proxy.wait_for_clients(2);
+    let path = proxy.dir.join("proxy.conf");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}max_clients_per_key = 1\nclient_ping_secs = 7\nlisten = 127.0.0.1:1\n")
+            .replacen("listen = 127.0.0.1:0\n", "", 1),
+    )
+    .unwrap();
+    let reloaded = proxy.server().reload().expect("the reload goes through");
+    assert_eq!(
+        reloaded.applied,
+        ["client_ping_secs", "max_clients_per_key"]
+    );
+    assert_eq!(reloaded.waiting, ["listen"]);
+    assert_eq!((reloaded.keys, reloaded.disconnected), (2, 0));
+    // In force as soon as reload returns: a second client of KEY is one too many.
+    let mut second = Client::auth(proxy.addr, KEY, None);
+    assert_eq!(
+        second.expect_close(),
+        (1008, "Too many connections for this key".to_string())
+    );
+    up.send(&quote("EURUSD", 1));
+    assert_eq!(first.next_text(), quote("EURUSD", 1));
+    assert_eq!(other.next_text(), quote("EURUSD", 1));
+    let metrics = scrape(proxy.addr);
+    assert_eq!(
+        metric(&metrics, "fxproxy_config_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(metric(&metrics, "fxproxy_config_pending_restart"), 1.0);
+
+    std::fs::write(&path, "listen = \n").unwrap();
+    assert!(proxy.server().reload().is_err());
+    let metrics = scrape(proxy.addr);
+    assert_eq!(
+        metric(&metrics, "fxproxy_config_reloads_total{result=\"failed\"}"),
+        1.0
+    );
+}
+
+#[test]
 fn the_client_over_max_clients_is_refused_while_the_others_keep_receiving() {
     let up = TestUpstream::start();
     let proxy = TestProxy::start(&up.url(), "max_clients = 2", &format!("{KEY}\n"));

@@ -152,6 +152,16 @@ impl Proxy {
         &self.config
     }
 
+    /// Rewrites the config file as [`Proxy::spawn`] wrote it, with `config` (for a reload).
+    /// Written to a new file and renamed over the old, as editors and deploy tools do, so
+    /// the proxy never reads half a file.
+    pub fn write_config(&self, config: &str) {
+        let new = self.dir.join("proxy.conf.new");
+        fs::write(&new, format!("listen = 127.0.0.1:0\n{config}"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", new.display()));
+        fs::rename(&new, &self.config).expect("renaming the new config into place");
+    }
+
     /// Everything the proxy has written to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -240,6 +250,28 @@ pub fn open_fds(pid: u32) -> u64 {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("/proc/PID/fd")
         .count() as u64
+}
+
+/// Raises this process's soft open-file limit to its hard limit when it is too low for the
+/// test (the proxy child inherits it): `prlimit` needs no privilege for that.
+pub fn ensure_open_files(wanted: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft: Option<u64> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok());
+    if soft.is_some_and(|s| s >= wanted) {
+        return;
+    }
+    let pid = std::process::id().to_string();
+    let raised = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={wanted}:")])
+        .status();
+    assert!(
+        matches!(raised, Ok(s) if s.success()),
+        "this test needs {wanted} open files; raise `ulimit -n`"
+    );
 }
 
 /// Calls `done` every 10 ms until it returns true (then true) or `deadline` passes (false).
