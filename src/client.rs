@@ -516,16 +516,6 @@ fn deliver_loop(
                 Ok(n) => written = n,
                 Err(end) => return end,
             }
-            if written > 0 && !blocked.is_blocked() {
-                match flush(ws) {
-                    Ok(true) => {}
-                    Ok(false) => blocked.block(),
-                    Err(end) => return end,
-                }
-            }
-            ctx.metrics
-                .quotes_delivered
-                .fetch_add(written, Ordering::Relaxed);
         } else if !blocked.is_blocked() && !held_back {
             while let Ok(frame) = rx.try_recv() {
                 written += 1;
@@ -542,20 +532,21 @@ fn deliver_loop(
                     break;
                 }
             }
-            if written > 0 {
-                #[cfg(test)]
-                tests::maybe_fail(&slot.key);
-                if !blocked.is_blocked() {
-                    match flush(ws) {
-                        Ok(true) => {}
-                        Ok(false) => blocked.block(),
-                        Err(end) => return end,
-                    }
+        }
+        if written > 0 {
+            #[cfg(test)]
+            tests::maybe_fail(&slot.key);
+            // What was written is buffered in tungstenite: out in one go, one flush a turn.
+            if !blocked.is_blocked() {
+                match flush(ws) {
+                    Ok(true) => {}
+                    Ok(false) => blocked.block(),
+                    Err(end) => return end,
                 }
-                ctx.metrics
-                    .quotes_delivered
-                    .fetch_add(written, Ordering::Relaxed);
             }
+            ctx.metrics
+                .quotes_delivered
+                .fetch_add(written, Ordering::Relaxed);
         }
         // Woken from a chain: this writer's quotes are out, the next one's turn.
         slot.pass_on();

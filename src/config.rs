@@ -11,9 +11,10 @@
 //! Adding a key: a field in [`Config`], its default in [`Config::with_required`], its name in
 //! `KEYS` and one arm in `apply`.
 
-use crate::backbone::{self, RedisUrl, Role};
+use crate::backbone::options::{self as backbone, RedisUrl, Role};
 use crate::forwarded::{self, Cidr};
 use crate::market::{Date, Market};
+use crate::provider;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
@@ -379,25 +380,11 @@ impl Config {
     /// One left-to-right pass, so a key that happens to contain `{symbols}` is not expanded
     /// again. Values are inserted as they are, not JSON-escaped.
     pub fn subscribe_text(&self) -> String {
-        let symbols = self.symbols.join(",");
-        let mut out = String::with_capacity(self.subscribe_message.len() + symbols.len());
-        let mut rest = self.subscribe_message.as_str();
-        while let Some(start) = rest.find('{') {
-            out.push_str(&rest[..start]);
-            let tail = &rest[start..];
-            if let Some(after) = tail.strip_prefix("{api_key}") {
-                out.push_str(self.upstream_api_key.expose());
-                rest = after;
-            } else if let Some(after) = tail.strip_prefix("{symbols}") {
-                out.push_str(&symbols);
-                rest = after;
-            } else {
-                out.push('{');
-                rest = &tail[1..];
-            }
-        }
-        out.push_str(rest);
-        out
+        provider::substitute(
+            &self.subscribe_message,
+            self.upstream_api_key.expose(),
+            &self.symbols.join(","),
+        )
     }
 }
 

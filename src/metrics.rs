@@ -355,24 +355,7 @@ impl Metrics {
                     serde_json::Value::String(reason)
                 ),
             ),
-            UpstreamState::Connected { .. } => match market.state(now_ms) {
-                MarketState::Closed { opens_ms, .. } => (
-                    true,
-                    "market_closed",
-                    format!(
-                        ",\"market_opens_ms\":{opens_ms},\"market_opens\":\"{}\"",
-                        market::iso_utc(opens_ms)
-                    ),
-                ),
-                MarketState::Open { since_ms } => {
-                    let quiet = now_ms.saturating_sub(last.max(since_ms));
-                    match age {
-                        _ if quiet <= stale.as_millis() as u64 => (true, "ok", String::new()),
-                        Some(_) => (false, "stale", String::new()),
-                        None => (false, "no_quote_yet", String::new()),
-                    }
-                }
-            },
+            UpstreamState::Connected { .. } => feed_verdict(market, stale, now_ms, last),
         };
         let body = format!(
             "{{\"status\":\"{status}\"{detail},\"last_quote_age_secs\":{age_json},\"clients\":{}}}\n",
@@ -753,6 +736,38 @@ pub fn process_threads() -> u64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Whether a feed whose last quote came at `last` (ms, 0 for never) is healthy by the
+/// market-hours rule: the market is closed, or a quote arrived within `stale`, or the market
+/// opened less than `stale` ago. Returns the verdict, the status word and any further JSON
+/// fields of a `/healthz` body (each with its leading comma).
+pub fn feed_verdict(
+    market: &Market,
+    stale: Duration,
+    now_ms: u64,
+    last: u64,
+) -> (bool, &'static str, String) {
+    match market.state(now_ms) {
+        MarketState::Closed { opens_ms, .. } => (
+            true,
+            "market_closed",
+            format!(
+                ",\"market_opens_ms\":{opens_ms},\"market_opens\":\"{}\"",
+                market::iso_utc(opens_ms)
+            ),
+        ),
+        MarketState::Open { since_ms } => {
+            let quiet = now_ms.saturating_sub(last.max(since_ms));
+            if quiet <= stale.as_millis() as u64 {
+                (true, "ok", String::new())
+            } else if last > 0 {
+                (false, "stale", String::new())
+            } else {
+                (false, "no_quote_yet", String::new())
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,18 @@ fn finish(subs: Vec<Subscriber>) -> Vec<(String, Vec<u64>, Ended)> {
         .collect()
 }
 
+/// Stops the subscribers, each of which must still have been connected and must pass
+/// `check` (its name and frame numbers); all must have seen the same frames.
+fn finish_connected(subs: Vec<Subscriber>, check: impl Fn(&str, &[u64])) {
+    let mut seen = Vec::new();
+    for (name, numbers, ended) in finish(subs) {
+        assert_eq!(ended, Ended::Stopped, "{name} stayed connected");
+        check(&name, &numbers);
+        seen.push((name, numbers));
+    }
+    assert_same_frames(&seen);
+}
+
 #[test]
 fn three_instances_share_one_provider_connection_and_a_standby_takes_over_after_kill_9() {
     if !redis_available("backbone::three_instances") {
@@ -115,16 +127,12 @@ fn three_instances_share_one_provider_connection_and_a_standby_takes_over_after_
         .map(|(_, p)| p)
         .collect();
     wait_for_holder(&survivors_proxies);
-    let mut seen = Vec::new();
-    for (name, numbers, ended) in finish(rest) {
-        assert_eq!(ended, Ended::Stopped, "{name} stayed connected");
-        assert_increasing(&name, &numbers);
+    finish_connected(rest, |name, numbers| {
+        assert_increasing(name, numbers);
         // Consecutive but for one jump: what the source sent the dead ingest was never added.
         let jumps = numbers.windows(2).filter(|w| w[1] != w[0] + 1).count();
         assert!(jumps <= 1, "{name}: {jumps} gaps in {numbers:?}");
-        seen.push((name, numbers));
-    }
-    assert_same_frames(&seen);
+    });
     for p in &survivors_proxies {
         assert!(gauge(p, "fxproxy_backbone_frames_received_total") > 50.0);
         assert!(gauge(p, "fxproxy_backbone_lag_frames") < 100.0);
@@ -183,13 +191,7 @@ fn an_ingest_paused_past_its_lock_expiry_adds_nothing_after_its_successor() {
     assert_eq!(source.most_at_once(), 1);
     let fenced = gauge(&proxies[holder], "fxproxy_backbone_frames_fenced_total");
     println!("SIGCONT: {fenced} frame(s) of the paused ingest refused by the fence");
-    let mut seen = Vec::new();
-    for (name, numbers, ended) in finish(subs) {
-        assert_eq!(ended, Ended::Stopped, "{name} stayed connected");
-        assert_increasing(&name, &numbers);
-        seen.push((name, numbers));
-    }
-    assert_same_frames(&seen);
+    finish_connected(subs, assert_increasing);
     assert_increasing("the stream", &stream_numbers(&redis, "paused"));
 }
 
@@ -246,13 +248,7 @@ fn an_ingest_cut_off_from_redis_is_fenced_out_when_it_comes_back() {
         gauge(&first, "fxproxy_backbone_frames_fenced_total")
     );
     assert_eq!(source.most_at_once(), 1);
-    let mut seen = Vec::new();
-    for (name, numbers, ended) in finish(subs) {
-        assert_eq!(ended, Ended::Stopped, "{name} stayed connected");
-        assert_increasing(&name, &numbers);
-        seen.push((name, numbers));
-    }
-    assert_same_frames(&seen);
+    finish_connected(subs, assert_increasing);
     assert_increasing("the stream", &stream_numbers(&redis, "cut"));
 }
 
@@ -302,13 +298,7 @@ fn redis_restarted_under_load_loses_and_repeats_nothing() {
         1,
         "the provider connection was kept"
     );
-    let mut seen = Vec::new();
-    for (name, numbers, ended) in finish(subs) {
-        assert_eq!(ended, Ended::Stopped, "{name} stayed connected");
-        assert_consecutive(&name, &numbers);
-        seen.push((name, numbers));
-    }
-    assert_same_frames(&seen);
+    finish_connected(subs, assert_consecutive);
     let stream = stream_numbers(&redis, "restart");
     assert_consecutive("the stream", &stream);
 }

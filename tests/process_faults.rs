@@ -7,34 +7,19 @@
 mod common;
 
 use common::process::Proxy;
-use common::raw_ws::{self, FrameReader};
+use common::raw_ws::{self, authenticated_socket, FrameReader};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use tungstenite::Message;
 
 const CLIENTS: usize = 1000;
 const QUOTES_PER_SEC: u32 = 1000;
-
-/// Connects, takes the greeting, authenticates, and hands back the bare socket. Nothing but
-/// the greeting is sent before the auth message, so no quote is left in tungstenite's buffer.
-fn authenticated_socket(addr: SocketAddr, key: &str) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
-    assert_eq!(ws.read().expect("greeting"), Message::text("Connected"));
-    ws.send(Message::text(format!(r#"{{"userKey":"{key}"}}"#)))
-        .expect("auth");
-    ws.into_inner()
-}
 
 struct Conn {
     stream: TcpStream,

@@ -5,13 +5,13 @@
 mod common;
 
 use common::process::{self, Proxy};
-use common::raw_ws::{self, FrameReader};
+use common::raw_ws::{self, authenticated_socket, FrameReader};
 use common::{metric_of, KEY};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,19 +34,6 @@ const DUMPS: usize = 3;
 /// A baseline p99 above this says the machine is too busy to tell a stall from its own noise
 /// (four times the p99 measured for 1,000 clients at 200 quotes/s in BENCHMARKS.md).
 const OVERLOADED_P99_MS: u64 = 100;
-
-/// Connects, takes the greeting, authenticates, and hands back the bare socket.
-fn authenticated_socket(addr: SocketAddr, key: &str) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
-    assert_eq!(ws.read().expect("greeting"), Message::text("Connected"));
-    ws.send(Message::text(format!(r#"{{"userKey":"{key}"}}"#)))
-        .expect("auth");
-    ws.into_inner()
-}
 
 fn epoch_ms() -> u64 {
     SystemTime::now()

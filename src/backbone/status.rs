@@ -3,8 +3,8 @@
 //! clients are fed from Redis.
 
 use super::{Lease, Role};
-use crate::market::{self, Market, MarketState};
-use crate::metrics::{Metrics, UpstreamState};
+use crate::market::Market;
+use crate::metrics::{self, Metrics, UpstreamState};
 use parking_lot::Mutex;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -211,24 +211,7 @@ impl Status {
         {
             (false, "reconnecting", String::new())
         } else {
-            match market.state(now_ms) {
-                MarketState::Closed { opens_ms, .. } => (
-                    true,
-                    "market_closed",
-                    format!(
-                        ",\"market_opens_ms\":{opens_ms},\"market_opens\":\"{}\"",
-                        market::iso_utc(opens_ms)
-                    ),
-                ),
-                MarketState::Open { since_ms } => {
-                    let quiet = now_ms.saturating_sub(last.max(since_ms));
-                    match age {
-                        _ if quiet <= stale.as_millis() as u64 => (true, "ok", String::new()),
-                        Some(_) => (false, "stale", String::new()),
-                        None => (false, "no_quote_yet", String::new()),
-                    }
-                }
-            }
+            metrics::feed_verdict(market, stale, now_ms, last)
         };
         let body = format!(
             "{{\"status\":\"{status}\"{detail},\"role\":\"{}\",\"lock_held\":{held},\"lock_holder\":{},\"last_quote_age_secs\":{age_json},\"clients\":{}}}\n",

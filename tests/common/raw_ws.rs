@@ -122,6 +122,26 @@ pub fn client_close(code: u16) -> Vec<u8> {
     client_frame(CLOSE, &code.to_be_bytes())
 }
 
+/// Connects, takes the greeting, authenticates, and hands back the bare socket, for a test
+/// that reads the frames itself ([`FrameReader`]). Nothing but the greeting is read before the
+/// auth message goes, so no quote is left behind in tungstenite's buffer.
+pub fn authenticated_socket(addr: std::net::SocketAddr, key: &str) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("a read timeout");
+    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
+    assert_eq!(
+        ws.read().expect("greeting"),
+        tungstenite::Message::text("Connected")
+    );
+    ws.send(tungstenite::Message::text(format!(
+        r#"{{"userKey":"{key}"}}"#
+    )))
+    .expect("auth");
+    ws.into_inner()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
