@@ -875,8 +875,7 @@ impl Config {
     /// `provider_template` file (read here). Checked against the symbols, and resolves
     /// `upstream_url` left unset to the template's `url`. Errors name the template's file,
     /// line and key, or the line of proxy.conf that the problem comes from.
-    pub fn provider_description(&mut self) -> Result<crate::provider::Provider, ConfigError> {
-        use crate::provider;
+    pub fn provider_description(&mut self) -> Result<provider::Provider, ConfigError> {
         let mut description = match self.provider {
             ProviderChoice::Tradermade | ProviderChoice::TradermadeV2 => {
                 provider::preset(self.provider.name()).ok_or_else(|| {

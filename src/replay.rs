@@ -61,8 +61,9 @@ impl ReplayServer {
             .spawn(move || player.serve(listener))?;
         let pace = match replay.speed {
             None => "as fast as it is taken".to_string(),
-            Some(1.0) => "at the recorded pace".to_string(),
-            Some(s) => format!("at {s} times the recorded pace"),
+            // Compared, not matched: Rust 1.71 (our rust-version) warns on float patterns.
+            Some(s) if s != 1.0 => format!("at {s} times the recorded pace"),
+            Some(_) => "at the recorded pace".to_string(),
         };
         info!(
             "replaying {} {pace}{}",
