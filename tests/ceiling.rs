@@ -197,6 +197,8 @@ fn past_a_cgroup_task_limit_the_proxy_refuses_cleanly_and_never_aborts() {
     let (most, line) = serving_at_most(&proxy);
     assert!(line.contains("pids.max"), "{line}");
     assert!(most > 50 && most < 160, "{line}");
+    // The proxy's own tasks before any client: the service threads.
+    let idle = cgroup.current();
     let storm = Storm::run(proxy.addr, KEY, most + 100, 8);
     assert_alive(&mut proxy);
     assert!(storm.failed.is_empty(), "{}", storm.failures());
@@ -210,6 +212,9 @@ fn past_a_cgroup_task_limit_the_proxy_refuses_cleanly_and_never_aborts() {
     eventually("the clients to leave", || {
         metric_of(proxy.addr, "fxproxy_clients_connected") == 0.0
     });
+    // A client is counted out before its thread has exited; the room below is only what it
+    // says once every client thread has gone.
+    eventually("the client threads to exit", || cgroup.current() <= idle);
 
     // Someone else in the cgroup takes the tasks the proxy counted on: its threads now fail
     // to start, and those clients are told to come back later. Nothing aborts.
