@@ -15,22 +15,8 @@ DURATION=${DURATION:-10}
 JSON=${JSON:-bench/results-backbone.jsonl}
 for f in "$BIN" "$BENCH"; do [ -x "$f" ] || { echo "build first: $f" >&2; exit 1; }; done
 
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-port=$(free_port)
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --logfile "$dir/redis.log" --daemonize no &
-redis_pid=$!
-until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+# shellcheck source=bench/scratch-redis.sh
+source "$(dirname "$0")/scratch-redis.sh"
 echo "benchkey-0001" > "$dir/users.keys"
 
 run=0

@@ -11,24 +11,9 @@ BIN=${BIN:-target/release/fxproxy}
 SECS=${SECS:-20}
 WARMUP=${WARMUP:-5}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
-
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --logfile "$dir/redis.log" --daemonize no &
-redis_pid=$!
+# shellcheck source=bench/scratch-redis.sh
+source "$(dirname "$0")/scratch-redis.sh"
 cli() { redis-cli -p "$port" "$@"; }
-until cli ping >/dev/null 2>&1; do sleep 0.1; done
 echo "loadkey-0001" > "$dir/users.keys"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

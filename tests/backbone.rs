@@ -13,6 +13,7 @@ use common::cluster::{
 };
 use common::process::{poll, temp_dir, write_keys, Proxy};
 use common::relay::{Mode, Relay};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Quotes from the source: 50 a second.
@@ -21,6 +22,29 @@ const EVERY: Duration = Duration::from_millis(20);
 const SEE_WITHIN: Duration = Duration::from_secs(15);
 
 const LOCK_HELD: &str = "fxproxy_backbone_lock_held";
+
+/// What every test here starts from: Redis with its files in a scratch directory, a key file
+/// with the client key, and a source of numbered frames. None when `redis-server` is missing
+/// (the test is skipped, except under CI, where that fails).
+struct Bed {
+    redis: RedisServer,
+    keys: PathBuf,
+    source: Source,
+}
+
+impl Bed {
+    fn start(test: &str) -> Option<Bed> {
+        if !redis_available(test) {
+            return None;
+        }
+        let dir = temp_dir();
+        Some(Bed {
+            redis: RedisServer::start(&dir),
+            keys: write_keys(&dir, &[CLIENT_KEY]),
+            source: Source::start(EVERY),
+        })
+    }
+}
 
 /// Two subscribers on each proxy.
 fn subscribe(proxies: &[&Proxy]) -> Vec<Subscriber> {
@@ -70,13 +94,14 @@ fn finish_connected(subs: Vec<Subscriber>, check: impl Fn(&str, &[u64])) {
 
 #[test]
 fn three_instances_share_one_provider_connection_and_a_standby_takes_over_after_kill_9() {
-    if !redis_available("backbone::three_instances") {
+    let Some(Bed {
+        redis,
+        keys,
+        source,
+    }) = Bed::start("backbone::three_instances")
+    else {
         return;
-    }
-    let dir = temp_dir();
-    let redis = RedisServer::start(&dir);
-    let keys = write_keys(&dir, &[CLIENT_KEY]);
-    let source = Source::start(EVERY);
+    };
     let conf = instance_config(&source.url(), &redis.url(), "three", &keys, "");
     let proxies: Vec<Proxy> = (0..3).map(|_| Proxy::spawn(&conf)).collect();
     let all: Vec<&Proxy> = proxies.iter().collect();
@@ -150,13 +175,14 @@ fn three_instances_share_one_provider_connection_and_a_standby_takes_over_after_
 
 #[test]
 fn an_ingest_paused_past_its_lock_expiry_adds_nothing_after_its_successor() {
-    if !redis_available("backbone::paused_ingest") {
+    let Some(Bed {
+        redis,
+        keys,
+        source,
+    }) = Bed::start("backbone::paused_ingest")
+    else {
         return;
-    }
-    let dir = temp_dir();
-    let redis = RedisServer::start(&dir);
-    let keys = write_keys(&dir, &[CLIENT_KEY]);
-    let source = Source::start(EVERY);
+    };
     let conf = instance_config(&source.url(), &redis.url(), "paused", &keys, "");
     let proxies: Vec<Proxy> = (0..2).map(|_| Proxy::spawn(&conf)).collect();
     let all: Vec<&Proxy> = proxies.iter().collect();
@@ -197,13 +223,14 @@ fn an_ingest_paused_past_its_lock_expiry_adds_nothing_after_its_successor() {
 
 #[test]
 fn an_ingest_cut_off_from_redis_is_fenced_out_when_it_comes_back() {
-    if !redis_available("backbone::partitioned_ingest") {
+    let Some(Bed {
+        redis,
+        keys,
+        source,
+    }) = Bed::start("backbone::partitioned_ingest")
+    else {
         return;
-    }
-    let dir = temp_dir();
-    let redis = RedisServer::start(&dir);
-    let keys = write_keys(&dir, &[CLIENT_KEY]);
-    let source = Source::start(EVERY);
+    };
     // The first instance reaches Redis through a relay the test can cut.
     let relay = Relay::start(redis.addr());
     let via_relay = format!("redis://{}", relay.addr());
@@ -254,13 +281,14 @@ fn an_ingest_cut_off_from_redis_is_fenced_out_when_it_comes_back() {
 
 #[test]
 fn redis_restarted_under_load_loses_and_repeats_nothing() {
-    if !redis_available("backbone::redis_restart") {
+    let Some(Bed {
+        mut redis,
+        keys,
+        source,
+    }) = Bed::start("backbone::redis_restart")
+    else {
         return;
-    }
-    let dir = temp_dir();
-    let mut redis = RedisServer::start(&dir);
-    let keys = write_keys(&dir, &[CLIENT_KEY]);
-    let source = Source::start(EVERY);
+    };
     let conf = instance_config(&source.url(), &redis.url(), "restart", &keys, "");
     let proxies: Vec<Proxy> = (0..2).map(|_| Proxy::spawn(&conf)).collect();
     let all: Vec<&Proxy> = proxies.iter().collect();
@@ -305,13 +333,14 @@ fn redis_restarted_under_load_loses_and_repeats_nothing() {
 
 #[test]
 fn an_edge_started_later_serves_a_warm_snapshot_and_an_ingest_serves_no_clients() {
-    if !redis_available("backbone::late_edge") {
+    let Some(Bed {
+        redis,
+        keys,
+        source,
+    }) = Bed::start("backbone::late_edge")
+    else {
         return;
-    }
-    let dir = temp_dir();
-    let redis = RedisServer::start(&dir);
-    let keys = write_keys(&dir, &[CLIENT_KEY]);
-    let source = Source::start(EVERY);
+    };
     let ingest = Proxy::spawn(&instance_config(
         &source.url(),
         &redis.url(),
@@ -372,13 +401,14 @@ fn an_edge_started_later_serves_a_warm_snapshot_and_an_ingest_serves_no_clients(
 
 #[test]
 fn an_edge_cut_off_from_redis_for_a_moment_resumes_without_a_gap() {
-    if !redis_available("backbone::edge_disconnect") {
+    let Some(Bed {
+        redis,
+        keys,
+        source,
+    }) = Bed::start("backbone::edge_disconnect")
+    else {
         return;
-    }
-    let dir = temp_dir();
-    let redis = RedisServer::start(&dir);
-    let keys = write_keys(&dir, &[CLIENT_KEY]);
-    let source = Source::start(EVERY);
+    };
     let ingest = Proxy::spawn(&instance_config(
         &source.url(),
         &redis.url(),
@@ -420,13 +450,14 @@ fn an_edge_cut_off_from_redis_for_a_moment_resumes_without_a_gap() {
 
 #[test]
 fn a_holder_stopped_cleanly_hands_over_at_once() {
-    if !redis_available("backbone::clean_stop") {
+    let Some(Bed {
+        redis,
+        keys,
+        source,
+    }) = Bed::start("backbone::clean_stop")
+    else {
         return;
-    }
-    let dir = temp_dir();
-    let redis = RedisServer::start(&dir);
-    let keys = write_keys(&dir, &[CLIENT_KEY]);
-    let source = Source::start(EVERY);
+    };
     let conf = instance_config(&source.url(), &redis.url(), "handover", &keys, "");
     let mut proxies: Vec<Proxy> = (0..2).map(|_| Proxy::spawn(&conf)).collect();
     let holder = wait_for_holder(&proxies.iter().collect::<Vec<_>>());
