@@ -367,11 +367,7 @@ fn serve(
                 break;
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if super::read_timed_out(&e) => {}
             Err(_) => break,
         }
     }
@@ -444,11 +440,7 @@ impl Subscriber {
                         return Ended::Closed(format!("close frame {f:?}"));
                     }
                     Ok(_) => {}
-                    Err(tungstenite::Error::Io(e))
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if super::read_timed_out(&e) => {}
                     Err(e) => return Ended::Closed(e.to_string()),
                 }
             })

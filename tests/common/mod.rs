@@ -287,11 +287,7 @@ impl Client {
         while Instant::now() < until {
             match self.ws.read() {
                 Ok(m) => return Some(m),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if read_timed_out(&e) => {}
                 Err(e) => panic!("read failed: {e}"),
             }
         }
@@ -371,6 +367,15 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < until, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether a read ended only because its socket's read timeout passed: nothing came yet.
+pub fn read_timed_out(e: &tungstenite::Error) -> bool {
+    matches!(
+        e,
+        tungstenite::Error::Io(e)
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    )
 }
 
 /// The body of `/metrics`.
