@@ -121,7 +121,7 @@ fn session(
     let conflate = auth
         .conflate
         .unwrap_or(ctx.config().slow_client == SlowClient::Conflate);
-    let (slot, rx) = match ctx.hub.join_with(
+    let (slot, rx) = match ctx.hub.join(
         &auth.key,
         auth.symbols.as_deref(),
         std::thread::current(),

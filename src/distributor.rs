@@ -431,19 +431,9 @@ impl Hub {
 
     /// Adds a client. Its queue first gets the latest quote of each of its symbols, in the same
     /// critical section that adds it to the fan-out list, so the snapshot and the live stream
-    /// meet without a duplicate or a gap.
+    /// meet without a duplicate or a gap. A client that `conflate`s is sent the latest quote per symbol when it falls behind,
+    /// instead of being closed.
     pub fn join(
-        &self,
-        key: &str,
-        symbols: Option<&[String]>,
-        thread: Thread,
-    ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), JoinError> {
-        self.join_with(key, symbols, thread, false)
-    }
-
-    /// As [`Hub::join`]; a client that `conflate`s is sent the latest quote per symbol when it
-    /// falls behind, instead of being closed.
-    pub fn join_with(
         &self,
         key: &str,
         symbols: Option<&[String]>,
@@ -726,7 +716,9 @@ mod tests {
         let hub = hub(16);
         hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
         hub.publish(&[(0, frame("EURUSD", 2))]);
-        let (_slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
+        let (_slot, rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
         hub.publish(&[(1, frame("GBPUSD", 2))]);
         assert_eq!(
             drain(&rx),
@@ -743,13 +735,14 @@ mod tests {
         let hub = hub(16);
         let only = vec!["GBPUSD".to_string()];
         let (_slot, rx) = hub
-            .join("key-1", Some(&only), std::thread::current())
+            .join("key-1", Some(&only), std::thread::current(), false)
             .unwrap();
         hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
         assert_eq!(drain(&rx), vec![r#"{"symbol":"GBPUSD","n":1}"#]);
         let bad = vec!["XAUUSD".to_string()];
         assert_eq!(
-            hub.join("key-1", Some(&bad), std::thread::current()).err(),
+            hub.join("key-1", Some(&bad), std::thread::current(), false)
+                .err(),
             Some(JoinError::UnknownSymbol("XAUUSD".into()))
         );
     }
@@ -757,8 +750,12 @@ mod tests {
     #[test]
     fn a_full_queue_kicks_only_that_client() {
         let hub = hub(2);
-        let (slow, _slow_rx) = hub.join("key-1", None, std::thread::current()).unwrap();
-        let (fast, fast_rx) = hub.join("key-2", None, std::thread::current()).unwrap();
+        let (slow, _slow_rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let (fast, fast_rx) = hub
+            .join("key-2", None, std::thread::current(), false)
+            .unwrap();
         for n in 0..3 {
             hub.publish(&[(0, frame("EURUSD", n))]);
             drain(&fast_rx);
@@ -777,20 +774,28 @@ mod tests {
     #[test]
     fn limits_clients_per_key() {
         let hub = hub(4);
-        let (a, _ra) = hub.join("key-1", None, std::thread::current()).unwrap();
-        let _b = hub.join("key-1", None, std::thread::current()).unwrap();
+        let (a, _ra) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let _b = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
         assert_eq!(
-            hub.join("key-1", None, std::thread::current()).err(),
+            hub.join("key-1", None, std::thread::current(), false).err(),
             Some(JoinError::TooManyForKey)
         );
         hub.leave(&a);
-        assert!(hub.join("key-1", None, std::thread::current()).is_ok());
+        assert!(hub
+            .join("key-1", None, std::thread::current(), false)
+            .is_ok());
     }
 
     #[test]
     fn an_idle_writer_is_woken_and_a_busy_one_is_not() {
         let hub = hub(8);
-        let (slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
+        let (slot, rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
         assert!(slot.going_idle(&rx, Idle::Frames));
         hub.publish(&[(0, frame("EURUSD", 1))]);
         assert_eq!(
@@ -821,7 +826,9 @@ mod tests {
     #[test]
     fn a_blocked_writer_waits_for_its_socket_not_for_frames() {
         let hub = hub(8);
-        let (slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
+        let (slot, rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
         assert!(slot.going_idle(&rx, Idle::Writable));
         hub.publish(&[(0, frame("EURUSD", 1))]);
         assert_eq!(
@@ -841,8 +848,12 @@ mod tests {
     #[test]
     fn queue_stats_cover_every_client() {
         let hub = hub(4);
-        let (_a, _ra) = hub.join("key-1", None, std::thread::current()).unwrap();
-        let (_b, rb) = hub.join("key-2", None, std::thread::current()).unwrap();
+        let (_a, _ra) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let (_b, rb) = hub
+            .join("key-2", None, std::thread::current(), false)
+            .unwrap();
         hub.publish(&[(0, frame("EURUSD", 1))]);
         hub.publish(&[(0, frame("EURUSD", 2)), (1, frame("GBPUSD", 1))]);
         rb.try_recv().unwrap();
@@ -880,7 +891,10 @@ mod tests {
         let hub = hub_with_batch(Duration::from_millis(20));
         assert!(!hub.worth_batching(Duration::from_millis(5)), "no clients");
         let joined: Vec<_> = (0..300)
-            .map(|_| hub.join("key-1", None, std::thread::current()).unwrap())
+            .map(|_| {
+                hub.join("key-1", None, std::thread::current(), false)
+                    .unwrap()
+            })
             .collect();
         assert!(hub.worth_batching(Duration::from_millis(5)), "300 x 200/s");
         assert!(
@@ -909,7 +923,9 @@ mod tests {
     #[test]
     fn distributor_parses_and_drops_non_quotes() {
         let hub = hub(8);
-        let (_slot, rx) = hub.join("key-1", None, std::thread::current()).unwrap();
+        let (_slot, rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
         let (tx, frames) = crossbeam_channel::unbounded();
         for text in [
             r#"{"error":"x"}"#,
