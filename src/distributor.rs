@@ -431,8 +431,8 @@ impl Hub {
 
     /// Adds a client. Its queue first gets the latest quote of each of its symbols, in the same
     /// critical section that adds it to the fan-out list, so the snapshot and the live stream
-    /// meet without a duplicate or a gap. A client that `conflate`s is sent the latest quote per symbol when it falls behind,
-    /// instead of being closed.
+    /// meet without a duplicate or a gap. A client that `conflate`s is sent the latest quote
+    /// per symbol when it falls behind, instead of being closed.
     pub fn join(
         &self,
         key: &str,
