@@ -167,6 +167,15 @@ fn listening(mut child: Child, port: u16, log: std::path::PathBuf) -> Option<Bal
     }
 }
 
+/// Whether `/healthz` at `addr` answers 200.
+fn healthy(addr: SocketAddr) -> bool {
+    common::http_get(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .starts_with("HTTP/1.1 200")
+}
+
 fn nginx() -> &'static str {
     if Path::new("/usr/sbin/nginx").exists() {
         "/usr/sbin/nginx"
@@ -201,15 +210,19 @@ fn clients_follow_the_balancer_when_an_instance_dies(
     );
     let proxies: Vec<Proxy> = (0..2).map(|_| Proxy::spawn(&conf)).collect();
     wait_for_holder(&proxies.iter().collect::<Vec<_>>());
+    // Each instance must be healthy (quotes arriving from the stream) before the balancer sees
+    // it: nginx's passive check leaves an instance that answers 503, as one still warming up
+    // does, out for fail_timeout (5 s), and the clients would all go to the other.
+    for p in &proxies {
+        assert!(
+            poll(Duration::from_secs(10), || healthy(p.addr)),
+            "an instance never became healthy:\n{}",
+            p.stderr_text()
+        );
+    }
     let balancer = start(&dir, &[proxies[0].addr, proxies[1].addr]);
     // HAProxy's first health checks must pass before it sends anybody anywhere.
-    assert!(poll(Duration::from_secs(10), || {
-        let probe = common::http_get(
-            balancer.addr,
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        );
-        probe.starts_with("HTTP/1.1 200")
-    }));
+    assert!(poll(Duration::from_secs(10), || healthy(balancer.addr)));
 
     let subs: Vec<Subscriber> = (0..4)
         .map(|i| {
