@@ -29,7 +29,7 @@ fn setting(name: &str, default: u64) -> u64 {
 }
 
 /// Dumps taken (see the test).
-const DUMPS: usize = 3;
+const DUMPS: usize = 5;
 
 /// A baseline p99 above this says the machine is too busy to tell a stall from its own noise
 /// (four times the p99 measured for 1,000 clients at 200 quotes/s in BENCHMARKS.md).
