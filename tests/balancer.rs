@@ -248,7 +248,7 @@ fn clients_follow_the_balancer_when_an_instance_dies(
     );
     for p in &proxies {
         assert!(
-            p.stderr_text().contains("127.0.0.2 (via 127.0.0.1:"),
+            p.wait_for_log("127.0.0.2 (via 127.0.0.1:", Duration::from_secs(5)),
             "the log names the client behind {what}:\n{}",
             p.stderr_text()
         );

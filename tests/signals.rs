@@ -108,6 +108,7 @@ fn sighup_under_load_changes_a_limit_and_the_keys_and_nobody_else_notices() {
 
     assert_eq!(reloads(proxy.addr, "ok"), 1.0);
     assert_eq!(reloads(proxy.addr, "failed"), 0.0);
+    assert!(proxy.wait_for_log("max_clients_per_key = 20", Duration::from_secs(10)));
     let log = proxy.stderr_text();
     assert!(
         log.contains("max_clients_per_key = 20 (was 0): applies to new connections"),
@@ -134,6 +135,8 @@ fn a_broken_file_on_sighup_keeps_the_running_configuration() {
     assert!(process::poll(Duration::from_secs(10), || reloads(
         proxy.addr, "failed"
     ) == 1.0));
+    // Counted after it is logged; the log's last lines may still be in the pipe.
+    assert!(proxy.wait_for_log("configuration reload failed", Duration::from_secs(10)));
     let log = proxy.stderr_text();
     assert!(
         log.contains("configuration reload failed; the running configuration is kept: ")
@@ -252,6 +255,8 @@ struct Watch {
     child: std::process::Child,
     out: Arc<Mutex<String>>,
     err: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr; each ends when its pipe does.
+    drains: Vec<thread::JoinHandle<()>>,
 }
 
 impl Watch {
@@ -267,7 +272,7 @@ impl Watch {
         let drain = |pipe: Box<dyn Read + Send>| {
             let text = Arc::new(Mutex::new(String::new()));
             let sink = Arc::clone(&text);
-            thread::spawn(move || {
+            let reader = thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
                     let mut t = sink.lock().unwrap();
@@ -275,11 +280,16 @@ impl Watch {
                     t.push('\n');
                 }
             });
-            text
+            (text, reader)
         };
-        let out = drain(Box::new(child.stdout.take().unwrap()));
-        let err = drain(Box::new(child.stderr.take().unwrap()));
-        Watch { child, out, err }
+        let (out, out_reader) = drain(Box::new(child.stdout.take().unwrap()));
+        let (err, err_reader) = drain(Box::new(child.stderr.take().unwrap()));
+        Watch {
+            child,
+            out,
+            err,
+            drains: vec![out_reader, err_reader],
+        }
     }
 
     fn wait_for_quotes(&self) {
@@ -310,7 +320,12 @@ impl Watch {
             status = self.child.try_wait().unwrap();
             status.is_some()
         });
-        status.expect("fxproxy watch exits")
+        let status = status.expect("fxproxy watch exits");
+        // Its last words may still be in the pipes; they end with the process.
+        for reader in self.drains.drain(..) {
+            reader.join().expect("a pipe reader");
+        }
+        status
     }
 
     fn stderr(&self) -> String {

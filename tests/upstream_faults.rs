@@ -840,12 +840,15 @@ fn non_quote_frames_are_logged_rate_limited_and_never_forwarded() {
     feed.send_all(&fresh);
     expect_quotes(&mut clients, &fresh);
     assert_eq!(provider.attempts(), 1, "no reconnect for non-quotes");
-    let log = rig.log();
     for (kind, needle) in [
         ("binary", "binary frame"),
         ("text", "non-quote text"),
         ("JSON", "not quotes of a configured symbol"),
     ] {
+        // The proxy's stderr reaches the test through a pipe and a reader thread, so a line
+        // the proxy wrote before the quotes went out may still be on its way.
+        rig.wait_for_log(needle);
+        let log = rig.log();
         assert_eq!(
             log_lines(&log, needle),
             1,
@@ -957,6 +960,8 @@ fn fifty_upstream_restarts_under_100_clients_leak_no_thread_memory_or_descriptor
         rss_after <= rss + 1024,
         "VmRSS grew from {rss} kB to {rss_after} kB over {RESTARTS} restarts"
     );
+    rig.wait_for_log_lines("reset by peer", RESTARTS as usize / 2);
+    rig.wait_for_log_lines("closed by the source", RESTARTS as usize / 2);
     let log = rig.log();
     assert_eq!(log_lines(&log, "reset by peer"), RESTARTS as usize / 2);
     assert_eq!(

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     child: Child,
     log: Arc<Mutex<String>>,
+    /// Set once stderr has reached its end (the process and its pipe are gone).
+    log_done: Arc<AtomicBool>,
     dir: PathBuf,
     config: PathBuf,
 }
@@ -84,6 +86,8 @@ impl Proxy {
         let (found_tx, found_rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
+        let log_done = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&log_done);
         // Drains stderr for the whole life of the process, so the proxy never blocks on a full
         // pipe, and reports the listening address once.
         thread::Builder::new()
@@ -105,6 +109,7 @@ impl Proxy {
                     }
                     line.clear();
                 }
+                done.store(true, Ordering::SeqCst);
                 // Dropping `found` here tells a waiting `spawn` that no address is coming.
             })
             .expect("spawning the stderr reader");
@@ -113,6 +118,7 @@ impl Proxy {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child,
             log,
+            log_done,
             dir,
             config: config_path,
         };
@@ -198,6 +204,12 @@ impl Proxy {
             status = self.child.try_wait().expect("waiting for fxproxy");
             status.is_some()
         });
+        // Its last lines may still be in the pipe: the log is whole once the reader saw its end.
+        if status.is_some() {
+            poll(Duration::from_secs(5), || {
+                self.log_done.load(Ordering::SeqCst)
+            });
+        }
         status
     }
 }
