@@ -298,16 +298,16 @@ fn redis_restarted_under_load_loses_and_repeats_nothing() {
 
     redis.shutdown();
     for p in &proxies {
-        let mut body = String::new();
+        let (mut code, mut body) = (0, String::new());
         assert!(
             poll(Duration::from_secs(5), || {
-                body = common::http_get(p.addr, "GET /healthz HTTP/1.1\r\n\r\n");
+                (code, body) = common::healthz(p.addr);
                 body.contains("\"status\":\"degraded\"")
             }),
             "/healthz did not say degraded: {body}"
         );
         assert!(body.contains("unreachable"), "{body}");
-        assert_eq!(common::status_of(&body), 503);
+        assert_eq!(code, 503);
     }
     redis.restart();
     all_see_more(&subs.iter().collect::<Vec<_>>(), &source, 50);
@@ -315,7 +315,7 @@ fn redis_restarted_under_load_loses_and_repeats_nothing() {
         let mut body = String::new();
         assert!(
             poll(Duration::from_secs(5), || {
-                body = common::http_get(p.addr, "GET /healthz HTTP/1.1\r\n\r\n");
+                body = common::healthz(p.addr).1;
                 body.contains("\"status\":\"ok\"")
             }),
             "/healthz did not recover: {body}"
@@ -349,14 +349,15 @@ fn an_edge_started_later_serves_a_warm_snapshot_and_an_ingest_serves_no_clients(
         "backbone_role = ingest\n",
     ));
     assert_eq!(wait_for_holder(&[&ingest]), 0);
-    let mut health = String::new();
+    let mut health = (0, String::new());
     assert!(
         poll(Duration::from_secs(5), || {
-            health = common::http_get(ingest.addr, "GET /healthz HTTP/1.1\r\n\r\n");
-            common::status_of(&health) == 200
+            health = common::healthz(ingest.addr);
+            health.0 == 200
         }),
-        "{health}"
+        "{health:?}"
     );
+    let health = health.1;
     assert!(health.contains("\"role\":\"ingest\""), "{health}");
     // An ingest serves no quotes: a client is told to go to an edge.
     let refused = common::http_get(

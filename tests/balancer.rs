@@ -169,11 +169,7 @@ fn listening(mut child: Child, port: u16, log: std::path::PathBuf) -> Option<Bal
 
 /// Whether `/healthz` at `addr` answers 200.
 fn healthy(addr: SocketAddr) -> bool {
-    common::http_get(
-        addr,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .starts_with("HTTP/1.1 200")
+    common::healthz(addr).0 == 200
 }
 
 fn nginx() -> &'static str {
@@ -301,26 +297,25 @@ fn clients_follow_the_balancer_when_an_instance_dies(
 
 #[test]
 fn nginx_in_front_of_two_instances() {
-    let missing: Vec<String> = if command_succeeds(nginx(), &["-v"]) {
-        vec![]
-    } else {
-        vec!["nginx (apt-get install nginx)".into()]
-    };
-    if !redis_available("balancer::nginx") || !prerequisites_met("balancer::nginx", &missing) {
-        return;
-    }
-    clients_follow_the_balancer_when_an_instance_dies(start_nginx, "nginx");
+    behind("nginx", nginx(), start_nginx);
 }
 
 #[test]
 fn haproxy_in_front_of_two_instances() {
-    let missing: Vec<String> = if command_succeeds(haproxy(), &["-v"]) {
+    behind("haproxy", haproxy(), start_haproxy);
+}
+
+/// The test behind the balancer `what` (also its Debian package), unless it or Redis is
+/// missing outside CI.
+fn behind(what: &str, program: &str, start: fn(&Path, &[SocketAddr]) -> Balancer) {
+    let missing: Vec<String> = if command_succeeds(program, &["-v"]) {
         vec![]
     } else {
-        vec!["haproxy (apt-get install haproxy)".into()]
+        vec![format!("{what} (apt-get install {what})")]
     };
-    if !redis_available("balancer::haproxy") || !prerequisites_met("balancer::haproxy", &missing) {
+    let test = format!("balancer::{what}");
+    if !redis_available(&test) || !prerequisites_met(&test, &missing) {
         return;
     }
-    clients_follow_the_balancer_when_an_instance_dies(start_haproxy, "haproxy");
+    clients_follow_the_balancer_when_an_instance_dies(start, what);
 }

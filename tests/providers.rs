@@ -57,9 +57,7 @@ fn no_quote_within(client: &mut Client, d: Duration) {
 }
 
 fn health(proxy: &TestProxy) -> serde_json::Value {
-    let r = http_get(proxy.addr, "GET /healthz HTTP/1.1\r\n\r\n");
-    let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap()
+    serde_json::from_str(&healthz(proxy.addr).1).unwrap()
 }
 
 /// A refusal is logged, shows in /healthz with what it means, and the next attempt waits the

@@ -206,7 +206,7 @@ fn a_slow_client_is_dropped_while_a_reading_client_keeps_up() {
                 saw_close = Some((u16::from(f.code), f.reason.to_string()))
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if read_timed_out(&e) => {}
             Err(_) => break,
         }
     }
@@ -305,8 +305,7 @@ fn a_connection_limit_refusal_backs_off_to_the_maximum() {
     up.expect_subscribe();
     up.send("User Key Used to many times");
     eventually("the refusal reported by /healthz", || {
-        let r = http_get(proxy.addr, "GET /healthz HTTP/1.1\r\n\r\n");
-        r.contains("\"status\":\"refused\"")
+        healthz(proxy.addr).1.contains("\"status\":\"refused\"")
     });
     // The back-off jumps to its 60 s maximum rather than starting at 1 s.
     assert!(

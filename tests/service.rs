@@ -9,10 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tungstenite::Message;
 
-fn body_of(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
 #[test]
 fn healthz_follows_the_upstream() {
     let up = TestUpstream::start();
@@ -53,10 +49,8 @@ fn healthz_says_when_the_upstream_is_unreachable() {
         .port();
     let proxy = TestProxy::start(&format!("ws://127.0.0.1:{port}/"), "", &format!("{KEY}\n"));
     eventually("a reconnecting health report", || {
-        let r = http_get(proxy.addr, "GET /healthz HTTP/1.1\r\n\r\n");
-        status_of(&r) == 503
-            && body_of(&r).contains("\"status\":\"reconnecting\"")
-            && r.contains("since_ms")
+        let (code, body) = healthz(proxy.addr);
+        code == 503 && body.contains("\"status\":\"reconnecting\"") && body.contains("since_ms")
     });
 }
 

@@ -104,17 +104,7 @@ impl Rig {
 
     /// `/healthz`: the status code and the body.
     fn health(&self) -> (u16, String) {
-        let response = http_get(self.proxy.addr, "GET /healthz HTTP/1.1\r\n\r\n");
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .trim_end();
-        (status, body.to_string())
+        healthz(self.proxy.addr)
     }
 
     /// Checks `/healthz` reports the upstream down for the reason `why` names (any of the

@@ -30,17 +30,12 @@ fn at(date: &str, hh: u64, mm: u64) -> u64 {
 /// upstream looks at the clock every half second.
 const NO_RECONNECT: Duration = Duration::from_secs(2);
 
-fn body_of(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
 /// `/healthz`: the status code and the parsed body.
 fn health(addr: SocketAddr) -> (u16, Value) {
-    let response = http_get(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    let body = body_of(&response);
-    let parsed = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("/healthz body is not JSON ({e}): {response}"));
-    (status_of(&response), parsed)
+    let (code, body) = healthz(addr);
+    let parsed = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/healthz body is not JSON ({e}): {body}"));
+    (code, parsed)
 }
 
 fn status(addr: SocketAddr) -> (u16, String) {

@@ -207,15 +207,7 @@ impl FakeSource {
                                 }
                                 Ok(Message::Close(_)) => break 'conn,
                                 Ok(_) => {}
-                                Err(tungstenite::Error::Io(e))
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) =>
-                                {
-                                    break
-                                }
+                                Err(e) if super::read_timed_out(&e) => break,
                                 Err(_) => break 'conn,
                             }
                         }

@@ -97,12 +97,7 @@ impl TestUpstream {
                             // Between sends: answer the proxy's pings, notice its close.
                             Err(mpsc::RecvTimeoutError::Timeout) => match ws.read() {
                                 Ok(_) => {}
-                                Err(tungstenite::Error::Io(e))
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) => {}
+                                Err(e) if read_timed_out(&e) => {}
                                 Err(_) => break,
                             },
                             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -378,10 +373,24 @@ pub fn read_timed_out(e: &tungstenite::Error) -> bool {
     )
 }
 
+/// The body of an HTTP response.
+pub fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
 /// The body of `/metrics`.
 pub fn scrape(addr: SocketAddr) -> String {
-    let r = http_get(addr, "GET /metrics HTTP/1.1\r\n\r\n");
-    r.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string()
+    body_of(&http_get(addr, "GET /metrics HTTP/1.1\r\n\r\n")).to_string()
+}
+
+/// `/healthz` at `addr`: the status code and the body. `Connection: close`, so that a
+/// balancer in between closes too.
+pub fn healthz(addr: SocketAddr) -> (u16, String) {
+    let r = http_get(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    (status_of(&r), body_of(&r).to_string())
 }
 
 /// The value of one series (`name` or `name{labels}`) in a /metrics text.

@@ -261,7 +261,7 @@ impl Endpoint {
     /// The body of `/metrics`.
     pub fn scrape(&self) -> String {
         let r = self.http_get("GET /metrics HTTP/1.1\r\n\r\n");
-        r.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string()
+        super::body_of(&r).to_string()
     }
 
     /// One series, scraped now.

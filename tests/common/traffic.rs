@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use super::*;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -188,11 +187,7 @@ fn read_all(
                 ))
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if read_timed_out(&e) => {}
             Err(e) => {
                 return Err(format!(
                     "healthy client {i}: read failed after {next} quotes: {e}"
