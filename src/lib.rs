@@ -1,62 +1,41 @@
 //! fxproxy: one WebSocket connection to a Forex market-data source, fanned out to any number
 //! of authenticated clients. Synchronous and thread-per-connection by design.
 //!
-//! A quote's path, one module each: [`upstream`] reads it, [`distributor`] parses it once and
-//! queues it for every interested client, [`client`] writes it out. A client gets there
-//! through [`admission`] (accept, HTTP, upgrade, auth: [`handshake`]), which gives it a thread
-//! only once it has authenticated, over plain TCP or TLS ([`stream`], [`tls`]). [`server`]
-//! wires them up; [`signals`] tells SIGTERM from SIGHUP ([`reload`]) and SIGUSR1 ([`dump`]).
-//! Past one host, [`backbone`] sits between the upstream and the distributor: the frames go
-//! through Redis.
+//! The folders follow a quote's path, and imports run one way, down this list:
+//! - [`server`] wires the stages together; [`commands`] runs what the command line asked for.
+//! - `ops`: what operators reach — `/healthz`, `/metrics` and the page, reloads (SIGHUP), the
+//!   state dump (SIGUSR1), signals and logging.
+//! - `clients`: every client connection, from accept through the HTTP upgrade, TLS and auth
+//!   (one `admission` loop) to its own writer thread.
+//! - `fanout`: the distributor and the hub: every frame parsed once and queued for each
+//!   interested client, the writers woken.
+//! - `backbone`: past one host, frames go through Redis between the feed and the fan-out.
+//! - `feed`: the one upstream connection, provider templates, translation, the simulator,
+//!   record and replay.
+//! - [`config`]: `proxy.conf`, parsed and validated.
+//! - `base`: small helpers every stage shares (stop signals, threads, clocks, market hours,
+//!   counters, log-safe text).
+//!
+//! [`watch`] stands apart: the terminal client, which only shares the protocol and the helpers.
 
 #![forbid(unsafe_code)]
 
-pub mod activity;
-pub mod admission;
-pub mod auth;
-pub mod backbone;
-pub mod budget;
-pub mod ceiling;
+mod backbone;
+mod base;
 pub mod cli;
-pub mod client;
-pub mod clock;
-pub mod closes;
+mod clients;
+pub mod commands;
 pub mod config;
-pub mod conflate;
-pub mod context;
-pub mod demo_key;
-pub mod distributor;
-pub mod dump;
-pub mod endpoints;
-pub mod forwarded;
-pub mod handshake;
-pub mod http;
-pub mod keys;
-pub mod listener;
-pub mod live;
-pub mod logging;
-pub mod logsafe;
-pub mod market;
-pub mod metrics;
-pub mod outlet;
-pub mod page;
-pub mod places;
-pub mod protocol;
-pub mod provider;
-pub mod record;
-pub mod reload;
-pub mod replay;
+mod fanout;
+mod feed;
+mod ops;
 pub mod server;
-pub mod signals;
-pub mod sim;
-pub mod stop;
-pub mod stream;
-pub mod threads;
-pub mod tls;
-pub mod translate;
-pub mod upstream;
 pub mod watch;
-pub mod watcher;
-pub mod x509;
 
 pub use server::Server;
+
+// The public face beyond the server: what tests, fuzz targets and the benchmark reach.
+pub use base::{clock, logsafe, market};
+pub use clients::{auth, http, keys};
+pub use feed::protocol;
+pub use ops::{dump, page};

@@ -3,28 +3,30 @@
 //! client a thread of its own, and takes them all down again in under two seconds. Its
 //! [`Control`] is what the signals reach: a reload (SIGHUP) and a state dump (SIGUSR1).
 
-use crate::admission::{Admission, Asker, HandOff};
 use crate::backbone;
-use crate::ceiling::{self, Ceiling};
-use crate::client;
-use crate::clock::Clock;
+use crate::base::ceiling::{self, Ceiling};
+use crate::base::clock::Clock;
+use crate::base::live::Cached;
+use crate::base::metrics::Metrics;
+use crate::base::stop::Stop;
+use crate::base::threads::{panic_message, Threads};
+use crate::clients::admission::{Admission, Asker, HandOff};
+use crate::clients::client;
+use crate::clients::context::Context;
+use crate::clients::keys::KeyStore;
+use crate::clients::places::Places;
+use crate::clients::tls::{self, ServerTls, TlsFiles};
+use crate::clients::watcher::Watcher;
 use crate::config::{Config, ConfigError, Upstream};
-use crate::context::Context;
-use crate::distributor::{self, Hub, Kick};
-use crate::keys::KeyStore;
-use crate::live::Cached;
-use crate::metrics::Metrics;
-use crate::places::Places;
-use crate::record::Recorder;
-use crate::reload::{Commit, Reloaded, Reloader};
-use crate::replay::ReplayServer;
-use crate::sim::{SimOptions, SimServer};
-use crate::stop::Stop;
-use crate::threads::{panic_message, Threads};
-use crate::tls::{self, ServerTls, TlsFiles};
-use crate::translate::Translator;
-use crate::upstream;
-use crate::watcher::Watcher;
+use crate::fanout::distributor::{self, Hub};
+use crate::fanout::slot::Kick;
+use crate::feed::provider;
+use crate::feed::record::Recorder;
+use crate::feed::replay::ReplayServer;
+use crate::feed::sim::{SimOptions, SimServer};
+use crate::feed::translate::Translator;
+use crate::feed::upstream;
+use crate::ops::reload::{Commit, Reloaded, Reloader};
 use log::{error, info, warn};
 use mio::Waker;
 use parking_lot::Mutex;
@@ -58,7 +60,7 @@ impl Failure {
     fn raise(&self, thread: &str, why: &str) {
         error!(
             "internal error: the {thread} thread failed ({}); stopping so the service manager can restart fxproxy",
-            crate::logsafe::escaped(why)
+            crate::base::logsafe::escaped(why)
         );
         self.failed.store(true, Ordering::SeqCst);
         self.alarm.set();
@@ -158,7 +160,7 @@ pub struct Control {
 }
 
 impl Control {
-    /// Reloads proxy.conf and the key file (SIGHUP; see [`crate::reload`]). An error means
+    /// Reloads proxy.conf and the key file (SIGHUP; see [`crate::ops::reload`]). An error means
     /// nothing changed; it has been logged and counted already.
     pub fn reload(&self) -> Result<Reloaded, String> {
         if self.ctx.stop.is_set() {
@@ -173,7 +175,7 @@ impl Control {
         &self.reloader
     }
 
-    /// Starts writing a state dump to the log (SIGUSR1; see [`crate::dump`]) on a thread of
+    /// Starts writing a state dump to the log (SIGUSR1; see [`crate::ops::dump`]) on a thread of
     /// its own, unless one is being written already. True if it started.
     pub fn dump_state(&self) -> bool {
         if self.ctx.stop.is_set() {
@@ -192,7 +194,7 @@ impl Control {
             move || {
                 // A bug in the dump must not take the proxy down: it is only a dump.
                 if let Err(payload) =
-                    panic::catch_unwind(AssertUnwindSafe(|| crate::dump::write(&ctx, &asker)))
+                    panic::catch_unwind(AssertUnwindSafe(|| crate::ops::dump::write(&ctx, &asker)))
                 {
                     error!("the state dump failed: {}", panic_message(&*payload));
                 }
@@ -245,12 +247,12 @@ impl Server {
         // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
         // in. An error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let provider = Arc::new(config.provider_description().map_err(StartError::Config)?);
+        let provider = Arc::new(provider::describe(&mut config).map_err(StartError::Config)?);
         let translator =
             Translator::new(Arc::clone(&provider), config.client_format, &config.symbols)
                 .map_err(|m| StartError::Config(config.error_at("symbols", m)))?;
         let keys = KeyStore::load(&config.user_keys_file).map_err(StartError::Keys)?;
-        crate::demo_key::check(config.listen, &keys, &config.user_keys_file)
+        crate::clients::demo_key::check(config.listen, &keys, &config.user_keys_file)
             .map_err(StartError::Keys)?;
         let metrics = Arc::new(Metrics::with_clock(clock));
         let server_tls = server_tls(&config, &metrics)?;
@@ -272,16 +274,17 @@ impl Server {
             config.max_clients,
             usize::try_from(ceiling.clients(SERVICE_THREADS)).unwrap_or(usize::MAX),
         );
-        let hub = Arc::new(
-            Hub::new(
-                &config.symbols,
-                config.client_queue_len,
-                config.max_clients_per_key,
-                config.batch_delay,
-                Arc::clone(&metrics),
-            )
-            .with_symbol_of(translator.symbol_of()),
-        );
+        let hub = Arc::new(Hub::new(
+            &config.symbols,
+            config.client_queue_len,
+            config.max_clients_per_key,
+            config.batch_delay,
+            Arc::clone(&metrics),
+            {
+                let symbol_of = translator.symbol_of();
+                Box::new(move |frame| symbol_of.id(frame))
+            },
+        ));
         let failure = Arc::new(Failure {
             failed: AtomicBool::new(false),
             alarm,
@@ -328,7 +331,7 @@ impl Server {
             ),
             (Upstream::Sim, Some(sim), _) => (
                 format!("ws://{}/", sim.local_addr()),
-                vec![(config.subscribe_text(), None)],
+                vec![(provider::subscribe_text(&config), None)],
             ),
             // A recording holds the source's replies already: nothing to send, nobody to wait for.
             (Upstream::Replay(_), _, Some(replay)) => {
@@ -339,7 +342,7 @@ impl Server {
                 (String::new(), Vec::new())
             }
             _ => unreachable!(
-                "provider_description resolves the URL; sim and replay were started above"
+                "provider::describe resolves the URL; sim and replay were started above"
             ),
         };
         // The template's ping interval, unless proxy.conf sets its own.
@@ -411,6 +414,7 @@ impl Server {
             config, hub, metrics, watcher, threads, ceiling, places, addr, keys, echo, server_tls,
         );
         context.backbone = status.clone();
+        context.answer_http = crate::ops::endpoints::respond;
         let ctx = Arc::new(context);
         settings.live = Some(Cached::new(ctx.live_config()));
         let reloader = Arc::new(Reloader::new(Arc::clone(&ctx)));
@@ -556,12 +560,12 @@ fn upstream_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, St
     let Some(ca) = &config.upstream_ca_file else {
         return Ok(None);
     };
-    let tls = tls::client_config(Some(ca), config.upstream_bundled_roots)
+    let tls = crate::base::tls::client_config(Some(ca), config.upstream_bundled_roots)
         .map_err(|e| tls_error(config, e))?;
     Ok(Some(tls))
 }
 
-fn tls_error(config: &Config, e: tls::TlsError) -> StartError {
+fn tls_error(config: &Config, e: crate::base::tls::TlsError) -> StartError {
     StartError::Tls(config.error_at(e.key, e.message).to_string())
 }
 
@@ -597,7 +601,7 @@ fn hand_off(ctx: Arc<Context>) -> HandOff {
     })
 }
 
-/// What a reload does besides the configuration and the keys (see [`crate::reload`]): the
+/// What a reload does besides the configuration and the keys (see [`crate::ops::reload`]): the
 /// simulator's pace, and the capacity warnings of start-up again when the limits changed.
 /// A part of the proxy with something of its own to re-read on SIGHUP adds its step here.
 fn add_reload_steps(reloader: &Reloader, ctx: &Arc<Context>, sim: Option<&SimServer>) {
@@ -667,7 +671,7 @@ fn housekeeping(ctx: &Arc<Context>, reloader: &Reloader) {
                 let behind = ctx.hub.queue_stats().behind;
                 info!(
                     "{}",
-                    ctx.metrics.status_line(&mut counters, elapsed, behind)
+                    crate::ops::metrics::status_line(&ctx.metrics, &mut counters, elapsed, behind)
                 );
             }
         }

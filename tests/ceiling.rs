@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// Client threads the address-space limit is set to leave room for.
 const ROOM_FOR: u64 = 300;
-/// What `fxproxy` counts a client thread's address space at (src/ceiling.rs).
+/// What `fxproxy` counts a client thread's address space at (src/base/ceiling.rs).
 const PER_THREAD: u64 = 192 * 1024;
 /// One storm at a time: they would starve each other on two cores.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -37,7 +37,7 @@ fn every_frame_is_recorded_with_its_receive_time() {
     let up = TestUpstream::start();
     let dir = temp_dir("record");
     let file = dir.join("feed.jsonl");
-    let before = fxproxy::metrics::now_ms();
+    let before = fxproxy::clock::now_ms();
     let proxy = TestProxy::start(
         &up.url(),
         &format!("record_file = {}\n", file.display()),
@@ -59,7 +59,7 @@ fn every_frame_is_recorded_with_its_receive_time() {
     let lines = lines_of(&file);
     let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(texts, ["Connected", &sent[0], &sent[1], &sent[2]]);
-    let after = fxproxy::metrics::now_ms();
+    let after = fxproxy::clock::now_ms();
     assert!(lines.iter().all(|(ms, _)| (before..=after).contains(ms)));
     assert!(lines.windows(2).all(|w| w[0].0 <= w[1].0), "in order");
 }

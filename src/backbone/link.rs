@@ -3,10 +3,10 @@
 //! so a thread blocked on Redis comes back to look at the stop signal.
 
 use super::status::{LinkKind, Status};
-use crate::distributor::RateLimited;
-use crate::metrics::Metrics;
-use crate::stop::Stop;
-use crate::upstream::Backoff;
+use crate::base::backoff::Backoff;
+use crate::base::metrics::Metrics;
+use crate::base::ratelimit::RateLimited;
+use crate::base::stop::Stop;
 use log::{info, warn};
 use redis::{Connection, RedisError, Value};
 use std::sync::atomic::Ordering::Relaxed;
@@ -80,7 +80,7 @@ impl Link {
             backoff: Backoff::new(
                 BACKOFF_MIN,
                 BACKOFF_MAX,
-                crate::metrics::now_ms() + kind as u64,
+                crate::base::clock::now_ms() + kind as u64,
             ),
             pause: None,
             status: Arc::clone(status),

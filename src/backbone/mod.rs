@@ -15,65 +15,28 @@
 //!   `backbone_max_len` entries (see [`publish`]);
 //! - `NAME:last` — the last frame per symbol, with the id of the entry it is current at (`@id`),
 //!   written with each entry, so an edge started later has a warm snapshot at once (see [`read`]).
+//!
+//! May import: `feed` (the upstream's outlet, the quote protocol), `config`, `base`.
 
+mod held;
 mod lease;
 mod link;
-pub mod options;
 mod publish;
 mod read;
+mod settings;
 mod status;
 
-pub use lease::{Lease, LOCK_TTL};
-pub use options::{parse_name, RedisUrl, Role};
-pub use status::{LinkKind, Status};
+pub use held::Lease;
+pub use settings::{instance_name, Keys, Settings};
+pub use status::Status;
 
-use crate::metrics::Metrics;
-use crate::outlet::Outlet;
-use crate::stop::Stop;
+use crate::base::metrics::Metrics;
+use crate::base::stop::Stop;
+use crate::feed::outlet::Outlet;
 use crossbeam_channel::{SendError, Sender};
 use std::io;
 use std::sync::Arc;
 use tungstenite::Utf8Bytes;
-
-/// What the backbone threads need, taken from the config once.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub url: RedisUrl,
-    pub role: Role,
-    pub name: String,
-    /// How this instance names itself in the lock, so an operator reading it finds the host.
-    pub instance: String,
-    /// The stream is trimmed to about this many entries.
-    pub max_len: u64,
-}
-
-/// The Redis keys of one feed.
-#[derive(Clone, Debug)]
-pub struct Keys {
-    pub lock: String,
-    pub fence: String,
-    pub stream: String,
-    pub last: String,
-}
-
-impl Keys {
-    pub fn new(name: &str) -> Keys {
-        Keys {
-            lock: format!("{name}:lock"),
-            fence: format!("{name}:fence"),
-            stream: format!("{name}:stream"),
-            last: format!("{name}:last"),
-        }
-    }
-}
-
-/// How this process names itself in the lock: `HOST LISTEN pid PID`.
-pub fn instance_name(listen: std::net::SocketAddr) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".to_string());
-    format!("{host} {listen} pid {}", std::process::id())
-}
 
 /// Starts a service thread: the server's, which names it, bounds its stack and raises the
 /// alarm should it panic.
@@ -159,53 +122,5 @@ impl Drop for IngestOutlet {
     /// The upstream thread is done with the provider connection: the lock may be let go.
     fn drop(&mut self) {
         self.lease.upstream_closed();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redis_urls() {
-        for ok in [
-            "redis://127.0.0.1:6379",
-            "redis://localhost",
-            "redis://r.example:6380/2",
-            "redis://:secret@10.0.0.5:6379/0",
-            "redis://[::1]:6379",
-        ] {
-            assert!(RedisUrl::parse(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "http://x:6379",
-            "redis://",
-            "redis://:6379",
-            "redis://h:0",
-            "redis://h:99999",
-            "redis://h:6379/x",
-            "redis://h 1:6379",
-        ] {
-            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
-        }
-        let e = RedisUrl::parse("rediss://:pw@h:6379").unwrap_err();
-        assert!(
-            e.contains("TLS to Redis is not supported") && !e.contains("pw"),
-            "{e}"
-        );
-        let url = RedisUrl::parse("redis://user:pa55@h:6379/1").unwrap();
-        assert_eq!(url.shown(), "redis://…@h:6379/1");
-        assert!(!format!("{url:?}").contains("pa55"));
-    }
-
-    #[test]
-    fn roles_and_names() {
-        assert_eq!(Role::parse("EDGE"), Ok(Role::Edge));
-        assert!(Role::parse("leader").is_err());
-        assert!(Role::Both.ingests() && Role::Both.serves_clients());
-        assert!(!Role::Ingest.serves_clients() && !Role::Edge.ingests());
-        assert_eq!(parse_name("fx-prod:eu"), Ok("fx-prod:eu".into()));
-        assert!(parse_name("a b").is_err() && parse_name("").is_err());
-        assert_eq!(Keys::new("fx").stream, "fx:stream");
     }
 }

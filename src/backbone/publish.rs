@@ -12,14 +12,14 @@
 //! While Redis is out of reach the frames wait in a bounded queue; once it is full, the
 //! upstream thread waits too and TCP holds the provider back.
 
-use super::lease::Lease;
+use super::held::Lease;
 use super::link::{Link, Target};
+use super::settings::{Keys, Settings};
 use super::status::{LinkKind, Status};
-use super::{Keys, Settings};
-use crate::distributor::RateLimited;
-use crate::metrics::Metrics;
-use crate::protocol;
-use crate::stop::Stop;
+use crate::base::metrics::Metrics;
+use crate::base::ratelimit::RateLimited;
+use crate::base::stop::Stop;
+use crate::feed::protocol;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::warn;
 use redis::Script;

@@ -13,11 +13,11 @@
 //! gap, counted and logged.
 
 use super::link::{self, Link, Target};
+use super::settings::Keys;
 use super::status::{LinkKind, Status};
-use super::Keys;
-use crate::distributor::RateLimited;
-use crate::metrics::Metrics;
-use crate::stop::Stop;
+use crate::base::metrics::Metrics;
+use crate::base::ratelimit::RateLimited;
+use crate::base::stop::Stop;
 use crossbeam_channel::Sender;
 use log::{info, warn};
 use redis::{RedisError, Value};

@@ -2,11 +2,12 @@
 //! the lock, the counters for `/metrics`, and the `/healthz` verdict of an instance whose
 //! clients are fed from Redis.
 
-use super::{Lease, Role};
-use crate::market::Market;
-use crate::metrics::{self, Metrics, UpstreamState};
+use super::held::Lease;
+use crate::base::market::Market;
+use crate::base::metrics::{Metrics, UpstreamState};
+use crate::base::prometheus::{label, Exposition};
+use crate::config::backbone::Role;
 use parking_lot::Mutex;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -211,7 +212,7 @@ impl Status {
         {
             (false, "reconnecting", String::new())
         } else {
-            metrics::feed_verdict(market, stale, now_ms, last)
+            crate::feed::health::feed_verdict(market, stale, now_ms, last)
         };
         let body = format!(
             "{{\"status\":\"{status}\"{detail},\"role\":\"{}\",\"lock_held\":{held},\"lock_holder\":{},\"last_quote_age_secs\":{age_json},\"clients\":{}}}\n",
@@ -224,126 +225,103 @@ impl Status {
 
     /// The backbone's part of `/metrics`, in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in lines {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        let one = |v: u64| vec![(String::new(), v)];
+        let mut out = Exposition::with_capacity(2048);
         let c = |a: &AtomicU64| a.load(Relaxed);
         let roles: Vec<(String, u64)> = [Role::Both, Role::Ingest, Role::Edge]
             .iter()
-            .map(|r| {
-                (
-                    format!("{{role=\"{}\"}}", r.name()),
-                    u64::from(*r == self.role),
-                )
-            })
+            .map(|r| (label("role", r.name()), u64::from(*r == self.role)))
             .collect();
-        metric(
+        out.family(
             "fxproxy_backbone_role",
             "gauge",
             "This instance's backbone_role (1 for the one it has).",
-            &roles,
+            roles,
         );
-        metric(
+        out.single(
             "fxproxy_backbone_lock_held",
             "gauge",
             "1 while this instance holds the backbone lock, and so the provider connection.",
-            &one(u64::from(self.lock_held())),
+            u64::from(self.lock_held()),
         );
         let links: Vec<(String, u64)> = LinkKind::ALL
             .iter()
             .filter(|k| k.used_by(self.role))
-            .map(|k| {
-                (
-                    format!("{{link=\"{}\"}}", k.name()),
-                    u64::from(self.link_is_up(*k)),
-                )
-            })
+            .map(|k| (label("link", k.name()), u64::from(self.link_is_up(*k))))
             .collect();
-        metric(
+        out.family(
             "fxproxy_backbone_connected",
             "gauge",
             "1 while this Redis connection is up, per connection this role uses.",
-            &links,
+            links,
         );
-        metric(
+        out.single(
             "fxproxy_backbone_takeovers_total",
             "counter",
             "Times this instance won the backbone lock.",
-            &one(c(&self.takeovers)),
+            c(&self.takeovers),
         );
-        metric(
+        out.single(
             "fxproxy_backbone_frames_published_total",
             "counter",
             "Provider frames this instance added to the stream.",
-            &one(c(&self.published)),
+            c(&self.published),
         );
-        metric(
+        out.single(
             "fxproxy_backbone_publish_queue",
             "gauge",
             "Provider frames taken and not yet in Redis.",
-            &one(c(&self.publish_queue)),
+            c(&self.publish_queue),
         );
-        metric(
+        out.single(
             "fxproxy_backbone_frames_fenced_total",
             "counter",
             "Frames refused because another instance had won the lock since they were taken.",
-            &one(c(&self.fenced)),
+            c(&self.fenced),
         );
-        metric(
+        out.single(
             "fxproxy_backbone_frames_received_total",
             "counter",
             "Frames read from the stream for this instance's clients.",
-            &one(c(&self.received)),
+            c(&self.received),
         );
-        metric(
+        out.single(
             "fxproxy_backbone_duplicates_dropped_total",
             "counter",
             "Stream entries seen twice and dropped before they reached a client.",
-            &one(c(&self.duplicates)),
+            c(&self.duplicates),
         );
-        metric(
+        out.single(
             "fxproxy_backbone_gap_frames_total",
             "counter",
             "Frames known to be missing from what this instance read (trimmed or lost in Redis).",
-            &one(c(&self.gaps)),
+            c(&self.gaps),
         );
-        metric(
+        out.single(
             "fxproxy_backbone_lag_frames",
             "gauge",
             "Entries between the last one this instance read and the head of the stream.",
-            &one(c(&self.lag_frames)),
+            c(&self.lag_frames),
         );
-        let _ = writeln!(
-            out,
-            "# HELP fxproxy_backbone_lag_seconds Age of the last entry read when the stream head is newer; 0 when caught up.\n# TYPE fxproxy_backbone_lag_seconds gauge\nfxproxy_backbone_lag_seconds {}",
-            c(&self.lag_ms) as f64 / 1000.0
+        out.single(
+            "fxproxy_backbone_lag_seconds",
+            "gauge",
+            "Age of the last entry read when the stream head is newer; 0 when caught up.",
+            c(&self.lag_ms) as f64 / 1000.0,
         );
-        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        };
-        metric(
+        out.single(
             "fxproxy_backbone_reconnects_total",
             "counter",
             "Times a Redis connection was lost or could not be made.",
             c(&self.reconnects),
         );
-        out
+        out.into_text()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::market::MarketHours;
+    use crate::base::market::MarketHours;
 
     fn json(body: &str) -> serde_json::Value {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))

@@ -1,0 +1,880 @@
+//! One authenticated client, on its own thread until it leaves: it joins the hub (the
+//! snapshot, then the live stream), and its writer loop delivers quotes.
+//!
+//! The writer also reads. tungstenite cannot read and write one socket from two threads, so
+//! this thread owns the `WebSocket`. It sleeps in `park_timeout` and wakes when the
+//! distributor queued frames (it drains the queue, writes every frame into one buffer and
+//! flushes once), when the watcher saw the socket readable (it reads until there is nothing
+//! left: pings are answered, a close is noticed) or writable again, or on the keep-alive grid
+//! (it pings, and drops a peer that has not answered two pings).
+//!
+//! How far behind a client is cannot be seen in the kernel: a client that stops reading goes
+//! on taking bytes into its own receive buffer, which the kernel grows to megabytes, so
+//! nothing blocks for minutes while it shows ever older prices. So the writer asks: after
+//! every [`PROBE_BYTES`] it sends (and whenever the socket is full) it sends a ping, which the
+//! client's WebSocket library answers only once it has read everything before it. A client
+//! that has not answered within `max_client_lag_secs` is that far behind and is closed with
+//! 1008 `Slow consumer`, as is one whose queue fills; and no client is sent more than
+//! [`UNPROVEN_BYTES`] beyond what it has proven to have read, so its lag shows in its queue.
+//!
+//! The socket is non-blocking and the kernel holds at most
+//! [`super::admission::CLIENT_UNSENT_BYTES`] unsent for it. When the socket takes no more,
+//! the writer stops taking frames and waits for it to drain: new quotes wait in the queue.
+
+use crate::base::clock::now_ms;
+use crate::base::live::Cached;
+use crate::base::logsafe;
+use crate::base::logsafe::redacted_key;
+use crate::base::metrics::AuthFailure;
+use crate::clients::activity::ClientActivity;
+use crate::clients::budget::Budget;
+use crate::clients::closes::{self, Owed, SLOW_CONSUMER, TOO_MANY};
+use crate::clients::context::Context;
+use crate::clients::forwarded::Peer;
+use crate::clients::handshake::{unknown_symbol, Admitted};
+use crate::clients::stream::ClientStream;
+use crate::config::SlowClient;
+use crate::fanout::conflate::Conflation;
+use crate::fanout::distributor::JoinError;
+use crate::fanout::slot::{ClientSlot, Idle, Kick};
+use crossbeam_channel::Receiver;
+use log::{debug, error, info, warn};
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
+
+type Socket = WebSocket<ClientStream>;
+
+/// After this many bytes sent since its last answered ping, a client is pinged again.
+pub const PROBE_BYTES: u64 = 32 * 1024;
+/// A client is sent no more than this many bytes it has not been proven to have read: past
+/// that, quotes wait in its queue, where they count against `client_queue_len` and show in
+/// `/metrics`, instead of piling up unseen in its kernel's receive buffer.
+pub const UNPROVEN_BYTES: u64 = 2 * PROBE_BYTES;
+/// How long our last writes (what was buffered, and the close frame) may take.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long to wait for the peer's answer to our close frame.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// How often the echo service (tests only) looks at the stop flag.
+const STOP_SLICE: Duration = Duration::from_millis(250);
+
+/// Serves one admitted connection to its end.
+///
+/// The connection stays boxed: moved onto the stack it would cost every client thread
+/// another page of stack for as long as it lives.
+pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
+    let Admitted {
+        ws,
+        peer,
+        budget,
+        auth,
+        id,
+    } = &mut *admitted;
+    let (ws, peer, auth, id) = (ws, *peer, auth.take(), *id);
+    let activity = ctx
+        .activity
+        .enter(id, peer, auth.as_ref().map(|a| a.key.as_str()));
+    // A bug while serving this client must not leave it hanging, nor take others down: the
+    // client is told (1011), the slot and the watch are released by their guards as the
+    // panic unwinds, and every other client goes on.
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| match auth {
+        Some(auth) => session(ctx, ws, peer, auth, budget, &activity),
+        None => echo(ctx, ws, budget),
+    }));
+    let last_words = match outcome {
+        Ok(words) => words,
+        Err(payload) => {
+            ctx.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
+            error!(
+                "{peer}: internal error while serving this client ({}); closing it with 1011",
+                logsafe::escaped(crate::base::threads::panic_message(&*payload))
+            );
+            Some((CloseCode::Error, "Internal error".to_string()))
+        }
+    };
+    activity.closing();
+    if let Some((code, reason)) = last_words {
+        // Counted here, whichever way the session ended.
+        ctx.metrics.protocol_error(u16::from(code));
+        if reason == TOO_MANY {
+            ctx.metrics
+                .flood_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        close(ws, code, reason);
+    }
+}
+
+/// Joins the hub and delivers quotes until the client leaves. Returns the close frame still
+/// owed to the client, if any.
+fn session(
+    ctx: &Context,
+    ws: &mut Socket,
+    peer: Peer,
+    auth: crate::clients::auth::AuthRequest,
+    budget: &mut Budget,
+    activity: &ClientActivity,
+) -> Option<Owed> {
+    let conflate = auth
+        .conflate
+        .unwrap_or(ctx.config().slow_client == SlowClient::Conflate);
+    let (slot, rx) = match ctx.hub.join(
+        &auth.key,
+        auth.symbols.as_deref(),
+        std::thread::current(),
+        conflate,
+    ) {
+        Ok(joined) => joined,
+        Err(e) => {
+            let (why, reason) = match e {
+                JoinError::UnknownSymbol(s) => (AuthFailure::Symbol, unknown_symbol(&s)),
+                JoinError::TooManyForKey => (
+                    AuthFailure::TooManyForKey,
+                    "Too many connections for this key".to_string(),
+                ),
+            };
+            ctx.metrics.auth_failed(why);
+            let key = redacted_key(&auth.key);
+            warn!("{peer}: refused key {}: {reason}", logsafe::quoted(&key));
+            return Some((CloseCode::Policy, reason));
+        }
+    };
+    let subscription = Subscription::new(ctx, slot);
+    activity.serving(&subscription.slot);
+    ctx.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
+    info!(
+        "{peer}: authenticated key {} for {}{}",
+        logsafe::quoted(&redacted_key(&auth.key)),
+        auth.symbols
+            .as_ref()
+            .map_or("all symbols".to_string(), |s| s.join(",")),
+        if conflate {
+            ", conflated when behind"
+        } else {
+            ""
+        }
+    );
+    let started = Instant::now();
+    let end = deliver(ctx, ws, &subscription.slot, &rx, budget, activity);
+    drop(subscription);
+    info!(
+        "{peer}: disconnected after {:.1} s: {end}",
+        started.elapsed().as_secs_f64()
+    );
+    if end.is_slow_consumer() {
+        if let End::Lagging(_) = end {
+            ctx.metrics
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // The kernel holds our unsent bytes up to the low-water mark; lift it so the close
+        // frame gets in behind them and reaches the client if it ever reads again.
+        let _ = socket2::SockRef::from(&**ws.get_ref()).set_tcp_notsent_lowat(i32::MAX as u32);
+    }
+    end.close_frame()
+        .map(|(code, reason)| (code, reason.to_string()))
+}
+
+/// A client's place in the hub, given back (and counted out) however the session ends,
+/// a panic included.
+struct Subscription<'a> {
+    ctx: &'a Context,
+    slot: Arc<ClientSlot>,
+}
+
+impl<'a> Subscription<'a> {
+    fn new(ctx: &'a Context, slot: Arc<ClientSlot>) -> Subscription<'a> {
+        ctx.metrics
+            .clients_connected
+            .fetch_add(1, Ordering::Relaxed);
+        Subscription { ctx, slot }
+    }
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        self.ctx.hub.leave(&self.slot);
+        self.ctx
+            .metrics
+            .clients_connected
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The test-only echo service: every text or binary message goes back as it came. Reads,
+/// limits and errors take the same paths as a real client's.
+fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<Owed> {
+    // The write buffer is capped near one upstream frame, the biggest thing a real client is
+    // sent; an echo must fit the biggest message a client may send, or a send over the cap
+    // fails and the connection is dropped without a close frame.
+    let config = ctx.config();
+    let most = config.client_write_buffer_bytes + config.max_message_bytes + 16;
+    ws.set_config(|c| c.max_write_buffer_size = c.max_write_buffer_size.max(most));
+    if ws.get_mut().set_nonblocking(false).is_err() {
+        return None;
+    }
+    loop {
+        if ctx.stop.is_set() {
+            return Some((CloseCode::Away, closes::SHUTTING_DOWN.into()));
+        }
+        let _ = ws.get_mut().set_read_timeout(Some(STOP_SLICE));
+        let message = match ws.read() {
+            Ok(m) => m,
+            Err(WsError::Io(e)) if crate::base::io::is_timeout(&e) => continue,
+            Err(e) => return closes::read_failure(&e),
+        };
+        if !budget.take(Instant::now()) {
+            return Some((CloseCode::Policy, TOO_MANY.into()));
+        }
+        let sent = match message {
+            Message::Text(_) | Message::Binary(_) => ws.send(message),
+            // Queued pongs and the reply to a close go out with the flush.
+            _ => ws.flush(),
+        };
+        // Closed (after the closing handshake) or failed: either way nobody is left to tell.
+        if let Err(e) = sent {
+            debug!("echo connection ended: {e}");
+            return None;
+        }
+    }
+}
+
+/// Why a writer loop ended.
+enum End {
+    Kicked(Kick),
+    /// A ping sent with quotes before it went unanswered this long.
+    Lagging(Duration),
+    ClientClosed,
+    /// A frame that broke the protocol (1002), invalid UTF-8 (1007) or was too big (1009).
+    ProtocolError(CloseCode, &'static str),
+    Flood,
+    PingTimeout,
+    Failed(String),
+}
+
+impl End {
+    fn is_slow_consumer(&self) -> bool {
+        matches!(self, End::Kicked(Kick::SlowConsumer) | End::Lagging(_))
+    }
+
+    fn close_frame(&self) -> Option<(CloseCode, &'static str)> {
+        match self {
+            End::Kicked(Kick::SlowConsumer) | End::Lagging(_) => {
+                Some((CloseCode::Policy, SLOW_CONSUMER))
+            }
+            End::Kicked(Kick::KeyRevoked) => Some((CloseCode::Policy, "Authentication failed")),
+            End::Kicked(_) => Some((CloseCode::Away, closes::SHUTTING_DOWN)),
+            End::PingTimeout => Some((CloseCode::Away, "Ping timeout")),
+            End::ProtocolError(code, reason) => Some((*code, reason)),
+            End::Flood => Some((CloseCode::Policy, TOO_MANY)),
+            End::ClientClosed | End::Failed(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Kicked(Kick::SlowConsumer) => f.write_str("slow consumer (queue full)"),
+            End::Lagging(behind) => write!(
+                f,
+                "slow consumer (at least {:.1} s behind: a ping sent after quotes went unanswered)",
+                behind.as_secs_f64()
+            ),
+            End::Kicked(Kick::KeyRevoked) => f.write_str("key removed from the key file"),
+            End::Kicked(_) => f.write_str("server shutting down"),
+            End::ClientClosed => f.write_str("closed by the client"),
+            End::PingTimeout => f.write_str("no answer to two pings"),
+            End::ProtocolError(code, reason) => {
+                write!(f, "{reason} (close {})", u16::from(*code))
+            }
+            End::Flood => f.write_str("sent more than max_client_messages_per_sec"),
+            End::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The next instant on the keep-alive grid. Every writer computes the same grid from the wall
+/// clock, so idle writers wake together and the host sees one burst, not a steady drizzle.
+fn next_tick(period: Duration) -> Instant {
+    let period_ms = period.as_millis().max(1) as u64;
+    let now = now_ms();
+    let wait = period_ms - now % period_ms;
+    Instant::now() + Duration::from_millis(wait)
+}
+
+/// The writer loop: delivers queued frames, answers the client, keeps the connection alive.
+fn deliver(
+    ctx: &Context,
+    ws: &mut Socket,
+    slot: &Arc<ClientSlot>,
+    rx: &Receiver<Utf8Bytes>,
+    budget: &mut Budget,
+    activity: &ClientActivity,
+) -> End {
+    let fd = ws.get_ref().as_raw_fd();
+    if let Err(e) = ctx.watcher.watch(fd, slot) {
+        return End::Failed(format!("cannot watch the socket: {e}"));
+    }
+    let _watched = Watched { ctx, fd, slot };
+    // Anything that arrived with or after the auth message came before the watch began.
+    slot.readable.store(true, Ordering::SeqCst);
+    let mut blocked = Blocked::new(ctx, activity);
+    deliver_loop(ctx, ws, slot, rx, budget, &mut blocked, &mut Probe::new())
+}
+
+/// The socket's registration with the watcher, undone however the writer loop ends.
+struct Watched<'a> {
+    ctx: &'a Context,
+    fd: std::os::unix::io::RawFd,
+    slot: &'a ClientSlot,
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.ctx.watcher.unwatch(self.fd, self.slot);
+    }
+}
+
+/// Whether the client's socket takes bytes; counted in `fxproxy_writers_blocked` while it
+/// does not.
+struct Blocked<'a> {
+    ctx: &'a Context,
+    activity: &'a ClientActivity,
+    blocked: bool,
+}
+
+impl<'a> Blocked<'a> {
+    fn new(ctx: &'a Context, activity: &'a ClientActivity) -> Blocked<'a> {
+        Blocked {
+            ctx,
+            activity,
+            blocked: false,
+        }
+    }
+
+    fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// A write would block: from now on new frames wait in the queue.
+    fn block(&mut self) {
+        if !self.blocked {
+            self.blocked = true;
+            self.activity.set_blocked(true);
+            let gauge = &self.ctx.metrics.writers_blocked;
+            gauge.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn unblock(&mut self) {
+        if self.blocked {
+            self.blocked = false;
+            self.activity.set_blocked(false);
+            let gauge = &self.ctx.metrics.writers_blocked;
+            gauge.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Our pings and what their answers prove: that the client has read everything sent before.
+struct Probe {
+    /// Payload of the next ping: a counter, so that a pong can be matched to its ping.
+    next: u64,
+    /// The ping awaiting its pong: its counter, when it was sent, and whether bytes were sent
+    /// before it that no answer had yet proven read (then it is overdue after the lag limit).
+    out: Option<(u64, Instant, bool)>,
+    /// Bytes sent (into the kernel) that the last answered ping proves read.
+    proven: u64,
+    /// Bytes sent when the outstanding ping went out.
+    at_send: u64,
+}
+
+impl Probe {
+    fn new() -> Probe {
+        Probe {
+            next: 1,
+            out: None,
+            proven: 0,
+            at_send: 0,
+        }
+    }
+
+    /// Whether a ping should go now: none is out, and enough has been sent unproven (or the
+    /// socket is full with unproven bytes).
+    fn due(&self, sent: u64, blocked: bool) -> bool {
+        let unproven = sent - self.proven;
+        self.out.is_none() && (unproven >= PROBE_BYTES || (blocked && unproven > 0))
+    }
+
+    /// A ping is going out now; its payload.
+    fn sending(&mut self, sent: u64, now: Instant) -> [u8; 8] {
+        let id = self.next;
+        self.next += 1;
+        self.out = Some((id, now, sent > self.proven));
+        self.at_send = sent;
+        id.to_be_bytes()
+    }
+
+    /// A pong arrived; true if it answers the outstanding ping.
+    fn answered(&mut self, payload: &[u8]) -> bool {
+        match self.out {
+            Some((id, _, _)) if payload == id.to_be_bytes() => {
+                self.out = None;
+                self.proven = self.at_send;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How long an overdue ping has gone unanswered, if one is overdue.
+    fn overdue(&self, limit: Duration, now: Instant) -> Option<Duration> {
+        match self.out {
+            Some((_, sent, true)) if now.duration_since(sent) >= limit => {
+                Some(now.duration_since(sent))
+            }
+            _ => None,
+        }
+    }
+
+    /// When the outstanding ping becomes overdue, if it can.
+    fn deadline(&self, limit: Duration) -> Option<Instant> {
+        match self.out {
+            Some((_, sent, true)) => Some(sent + limit),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.unblock();
+    }
+}
+
+/// Writes out what tungstenite has buffered; `Ok(false)` when the socket is full.
+fn flush(ws: &mut Socket) -> Result<bool, End> {
+    match ws.flush() {
+        Ok(()) => Ok(true),
+        Err(e) if closes::would_block(&e) => Ok(false),
+        Err(e) => Err(End::Failed(format!("write failed: {e}"))),
+    }
+}
+
+fn deliver_loop(
+    ctx: &Context,
+    ws: &mut Socket,
+    slot: &ClientSlot,
+    rx: &Receiver<Utf8Bytes>,
+    budget: &mut Budget,
+    blocked: &mut Blocked,
+    probe: &mut Probe,
+) -> End {
+    // The keep-alive period, the lag limit and the message budget follow a reload; the
+    // config is looked at once per turn, which costs one atomic load while it is unchanged.
+    let mut config = Cached::new(ctx.live_config());
+    let mut ping_every = config.get().client_ping;
+    let mut lag_limit = config.get().max_client_lag;
+    let mut tick = next_tick(ping_every);
+    let mut last_heard = Instant::now();
+    loop {
+        if config.refresh() {
+            let c = config.get();
+            if c.client_ping != ping_every {
+                ping_every = c.client_ping;
+                tick = next_tick(ping_every);
+            }
+            lag_limit = c.max_client_lag;
+            budget.set_rate(c.max_client_messages_per_sec);
+        }
+        let kick = slot.kicked();
+        if kick != Kick::None {
+            return End::Kicked(kick);
+        }
+        if blocked.is_blocked() && slot.writable.swap(false, Ordering::SeqCst) {
+            match flush(ws) {
+                Ok(true) => blocked.unblock(),
+                Ok(false) => {}
+                Err(end) => return end,
+            }
+        }
+        let mut written = 0u64;
+        let unproven = ws.get_ref().written() - probe.proven;
+        let held_back = unproven >= UNPROVEN_BYTES;
+        let holding = slot.conflation().filter(|c| c.is_holding());
+        if let Some(conflation) = holding {
+            // What was queued before it held is older than its slots: folded in at once, so
+            // that a client waiting for its socket holds one frame per symbol, not a queue.
+            fold_queue(ctx, conflation, rx);
+        }
+        if let (Some(conflation), false) = (holding, blocked.is_blocked() || held_back) {
+            match deliver_latest(ctx, ws, slot, conflation, blocked) {
+                Ok(n) => written = n,
+                Err(end) => return end,
+            }
+        } else if !blocked.is_blocked() && !held_back {
+            while let Ok(frame) = rx.try_recv() {
+                written += 1;
+                match ws.write(Message::Text(frame)) {
+                    Ok(()) => {}
+                    // The frame is buffered; the socket takes no more for now.
+                    Err(e) if closes::would_block(&e) => {
+                        blocked.block();
+                        break;
+                    }
+                    Err(e) => return End::Failed(format!("write failed: {e}")),
+                }
+                if slot.kicked() != Kick::None {
+                    break;
+                }
+            }
+        }
+        if written > 0 {
+            #[cfg(test)]
+            tests::maybe_fail(&slot.key);
+            // What was written is buffered in tungstenite: out in one go, one flush a turn.
+            if !blocked.is_blocked() {
+                match flush(ws) {
+                    Ok(true) => {}
+                    Ok(false) => blocked.block(),
+                    Err(end) => return end,
+                }
+            }
+            ctx.metrics
+                .quotes_delivered
+                .fetch_add(written, Ordering::Relaxed);
+        }
+        // Woken from a chain: this writer's quotes are out, the next one's turn.
+        slot.pass_on();
+        if slot.readable.swap(false, Ordering::SeqCst) {
+            match read_pass(ws, budget, probe) {
+                Ok(true) => last_heard = Instant::now(),
+                Ok(false) => {}
+                Err(end) => return end,
+            }
+        }
+        let now = Instant::now();
+        if written > 0 {
+            blocked.activity.wrote(now);
+        }
+        if let Some(behind) = probe.overdue(lag_limit, now) {
+            // A conflating client that is behind is sent the latest quotes when it catches
+            // up; only the keep-alive's ping timeout ends one that has stopped reading.
+            if slot.conflation().is_none() {
+                return End::Lagging(behind);
+            }
+        }
+        let keep_alive = now >= tick;
+        if keep_alive {
+            if now.duration_since(last_heard) > ping_every * 2 {
+                return End::PingTimeout;
+            }
+            tick = next_tick(ping_every);
+        }
+        let sent = ws.get_ref().written();
+        if probe.due(sent, blocked.is_blocked()) || (keep_alive && probe.out.is_none()) {
+            let payload = probe.sending(sent, now);
+            match ws.write(Message::Ping(payload.to_vec().into())) {
+                Ok(()) => {}
+                // Buffered behind what the socket has not taken yet.
+                Err(e) if closes::would_block(&e) => blocked.block(),
+                Err(e) => return End::Failed(format!("ping failed: {e}")),
+            }
+            if !blocked.is_blocked() {
+                match flush(ws) {
+                    Ok(true) => {}
+                    Ok(false) => blocked.block(),
+                    Err(end) => return end,
+                }
+            }
+        }
+        // Held back: more sent than the client has proven it read. A conflating client that
+        // far behind gets the latest quote per symbol from now on (a full queue does the same,
+        // in the distributor). A socket that is merely full is flow control, not lag.
+        let held_back = ws.get_ref().written() - probe.proven >= UNPROVEN_BYTES;
+        if let Some(conflation) = slot.conflation().filter(|_| held_back) {
+            start_holding(ctx, conflation, rx);
+        }
+        let mut until = tick;
+        if let Some(t) = probe
+            .deadline(lag_limit)
+            .filter(|_| slot.conflation().is_none())
+        {
+            until = until.min(t);
+        }
+        let idle = if blocked.is_blocked() {
+            Idle::Writable
+        } else if ws.get_ref().written() - probe.proven >= UNPROVEN_BYTES {
+            Idle::Reply
+        } else {
+            match (written > 0)
+                .then(|| ctx.hub.next_batch_wake(slot, Instant::now()))
+                .flatten()
+            {
+                Some(appointment) => {
+                    until = until.min(appointment);
+                    Idle::Batch
+                }
+                None => Idle::Frames,
+            }
+        };
+        if slot.going_idle(rx, idle) {
+            std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+            slot.awake();
+        }
+    }
+}
+
+/// A conflating client fell behind (it has not proven it read what it was sent): new quotes
+/// wait in its latest-value slots, and what its queue holds is folded in.
+// Out of line, as are the two below: inlined into the writer loop they cost every client's
+// thread one more page of stack (measured: 12 KiB touched against 16 KiB), conflating or not.
+#[inline(never)]
+fn start_holding(ctx: &Context, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
+    conflation.hold(&ctx.metrics.clients_conflating);
+    fold_queue(ctx, conflation, rx);
+}
+
+/// Moves what waits in the queue of a holding client into its slots. Once it holds, nothing
+/// more is queued, so everything here is older than what the slots hold.
+#[inline(never)]
+fn fold_queue(ctx: &Context, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
+    if rx.is_empty() {
+        return;
+    }
+    let queued: Vec<(usize, Utf8Bytes)> = rx
+        .try_iter()
+        .filter_map(|frame| Some((ctx.hub.symbol_of(&frame)?, frame)))
+        .collect();
+    let dropped = conflation.fold(queued);
+    ctx.metrics
+        .quotes_conflated
+        .fetch_add(dropped, Ordering::Relaxed);
+}
+
+/// Writes a holding client's latest quotes until none is left (it is live again) or its socket
+/// is full. Returns how many were written.
+#[inline(never)]
+fn deliver_latest(
+    ctx: &Context,
+    ws: &mut Socket,
+    slot: &ClientSlot,
+    conflation: &Conflation,
+    blocked: &mut Blocked,
+) -> Result<u64, End> {
+    let mut written = 0;
+    loop {
+        let Some(frame) = conflation.take(&ctx.metrics.clients_conflating) else {
+            return Ok(written);
+        };
+        written += 1;
+        match ws.write(Message::Text(frame)) {
+            Ok(()) => {}
+            Err(e) if closes::would_block(&e) => {
+                blocked.block();
+                return Ok(written);
+            }
+            Err(e) => return Err(End::Failed(format!("write failed: {e}"))),
+        }
+        if slot.kicked() != Kick::None {
+            return Ok(written);
+        }
+    }
+}
+
+/// Reads everything the client has sent without blocking: tungstenite queues the pong for a
+/// ping and the reply to a close; both are flushed here. Returns whether anything arrived.
+fn read_pass(ws: &mut Socket, budget: &mut Budget, probe: &mut Probe) -> Result<bool, End> {
+    let mut heard = false;
+    let result = loop {
+        match ws.read() {
+            Ok(Message::Close(_)) => break Err(End::ClientClosed),
+            // The answer to our own ping is not the client's doing: it costs no budget.
+            Ok(Message::Pong(payload)) if probe.answered(&payload) => heard = true,
+            Ok(_) if !budget.take(Instant::now()) => break Err(End::Flood),
+            Ok(_) => heard = true,
+            // A wake-up that completed no message is charged as one: a peer sending endless
+            // fragments of a message that never ends costs reads like a flood of messages.
+            Err(e) if closes::would_block(&e) => {
+                if !heard && !budget.take(Instant::now()) {
+                    break Err(End::Flood);
+                }
+                break Ok(heard);
+            }
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                break Err(End::ClientClosed)
+            }
+            Err(e) => {
+                break Err(match closes::close_for_read_error(&e) {
+                    Some((code, reason)) => End::ProtocolError(code, reason),
+                    None => End::Failed(format!("read failed: {e}")),
+                })
+            }
+        }
+    };
+    // Sends the pong, or completes the closing handshake the client started; a full socket
+    // keeps them buffered for the next flush.
+    match ws.flush() {
+        Ok(()) | Err(WsError::ConnectionClosed) => result,
+        Err(e) if closes::would_block(&e) => result,
+        Err(e) if result.is_ok() => Err(End::Failed(format!("write failed: {e}"))),
+        Err(_) => result,
+    }
+}
+
+/// Sends a close frame and waits briefly for the peer's answer, so the frame is not lost to
+/// a reset when the socket closes with unread data.
+///
+/// Never inlined, and its buffer small: every client thread runs the writer loop, few run
+/// this, and a big frame inlined into the loop's caller would touch (and keep) another page
+/// of every client's stack.
+#[inline(never)]
+fn close(ws: &mut Socket, code: CloseCode, reason: String) {
+    // The last writes may wait, briefly: what is buffered must go out before the close frame.
+    let stream = ws.get_mut();
+    if stream.set_nonblocking(false).is_err()
+        || stream.set_write_timeout(Some(CLOSE_WRITE_TIMEOUT)).is_err()
+    {
+        return;
+    }
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if ws.close(Some(frame)).is_err() {
+        return;
+    }
+    // The peer is told we are done (FIN after the close frame: RFC 6455 has the server
+    // close the TCP connection first), and what it still sends, its close reply included, is
+    // read as raw bytes and dropped until it closes too or the linger is over. Raw, because
+    // after an error (1002, 1007, 1009) tungstenite's reader may be stuck mid-frame, and
+    // because a WebSocket read returns only with a whole message: a peer trickling bytes
+    // would hold the thread past any deadline. Unread bytes at close would turn our close
+    // frame into a reset.
+    ws.get_mut().shutdown_write();
+    let until = Instant::now() + CLOSE_LINGER;
+    let mut sink = [0u8; 512];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let _ = ws.get_mut().set_read_timeout(Some(left));
+        if !matches!(io::Read::read(&mut **ws.get_mut(), &mut sink), Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::feed::protocol::GREETING;
+    use crate::Server;
+    use std::cell::Cell;
+    use std::net::{SocketAddr, TcpStream};
+
+    /// The key whose writer panics after queuing its first frame (see [`maybe_fail`]).
+    const PANIC_KEY: &str = "panic-in-the-writer-key";
+
+    /// A fault injected into the writer loop, in unit tests only.
+    pub fn maybe_fail(key: &str) {
+        thread_local!(static FAILED: Cell<bool> = const { Cell::new(false) });
+        if key == PANIC_KEY && !FAILED.with(|f| f.replace(true)) {
+            panic!("injected fault");
+        }
+    }
+
+    #[test]
+    fn a_ping_goes_out_after_enough_unproven_bytes_and_its_answer_proves_them_read() {
+        let now = Instant::now();
+        let limit = Duration::from_secs(5);
+        let mut p = Probe::new();
+        assert!(!p.due(PROBE_BYTES - 1, false));
+        assert!(p.due(10, true), "a full socket asks at once");
+        assert!(p.due(PROBE_BYTES, false));
+        let payload = p.sending(PROBE_BYTES, now);
+        assert!(!p.due(3 * PROBE_BYTES, false), "one ping at a time");
+        assert_eq!(p.deadline(limit), Some(now + limit));
+        assert_eq!(p.overdue(limit, now + Duration::from_secs(4)), None);
+        assert!(!p.answered(b"another"), "only its own answer counts");
+        assert_eq!(
+            p.overdue(limit, now + Duration::from_secs(6)),
+            Some(Duration::from_secs(6))
+        );
+        assert!(p.answered(&payload));
+        assert_eq!(p.overdue(limit, now + Duration::from_secs(60)), None);
+        assert!(!p.due(PROBE_BYTES + 10, false), "proven up to the ping");
+        // A keep-alive ping with nothing unproven before it is never overdue.
+        p.sending(PROBE_BYTES, now);
+        assert_eq!(p.deadline(limit), None);
+    }
+
+    fn read_text(ws: &mut WebSocket<TcpStream>) -> Message {
+        loop {
+            match ws.read().expect("a message") {
+                Message::Ping(_) | Message::Pong(_) => {}
+                m => return m,
+            }
+        }
+    }
+
+    fn connect(addr: SocketAddr, key: &str) -> WebSocket<TcpStream> {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).unwrap();
+        assert_eq!(read_text(&mut ws), Message::text(GREETING));
+        ws.send(Message::text(format!(r#"{{"userKey":"{key}"}}"#)))
+            .unwrap();
+        ws
+    }
+
+    #[test]
+    fn a_panic_while_serving_one_client_closes_only_that_client_with_1011() {
+        let dir = std::env::temp_dir().join(format!("fxproxy-panic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("keys"),
+            format!("good-key-0123456789\n{PANIC_KEY}\n"),
+        )
+        .unwrap();
+        let text = "listen = 127.0.0.1:0\nupstream_url = sim\nsim_rate = 200\nsymbols = EURUSD\n\
+                    user_keys_file = keys\nstatus_interval_secs = 0\n";
+        let cfg = config::parse(text, &dir.join("proxy.conf")).unwrap();
+        let server = Server::start(cfg).unwrap();
+        let addr = server.local_addr();
+        let metrics = server.metrics();
+        let mut good = connect(addr, "good-key-0123456789");
+        let mut bad = connect(addr, PANIC_KEY);
+        // It may get a quote or two first: they were queued before the fault.
+        let mut first = read_text(&mut bad);
+        while let Message::Text(_) = first {
+            first = read_text(&mut bad);
+        }
+        match first {
+            Message::Close(Some(f)) => {
+                assert_eq!(f.code, CloseCode::Error);
+                assert_eq!(f.reason.as_str(), "Internal error");
+            }
+            other => panic!("expected close 1011, got {other:?}"),
+        }
+        // The other client goes on receiving, and the failed one has left the hub.
+        for _ in 0..20 {
+            assert!(matches!(read_text(&mut good), Message::Text(_)));
+        }
+        assert_eq!(metrics.internal_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.clients_connected.load(Ordering::Relaxed), 1);
+        server.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

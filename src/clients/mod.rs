@@ -1,0 +1,27 @@
+//! The clients: every connection on the client port, from `accept` to its close. One
+//! `admission` thread drives every connection that has no thread of its own yet (listener,
+//! HTTP request, TLS, upgrade, auth, keys); once authenticated, a client gets its own writer
+//! thread (`client`), which joins the hub and writes its quotes.
+//!
+//! May import: `fanout`, `backbone` (its status, for `/healthz`), `feed` (the quote protocol),
+//! `config`, `base`. Plain HTTP requests are answered by a function the server plugs into the
+//! context, so the endpoints (in `ops`) stay above.
+
+pub mod activity;
+pub mod admission;
+pub mod auth;
+pub mod budget;
+pub mod client;
+pub mod closes;
+pub mod context;
+pub mod demo_key;
+pub mod forwarded;
+pub mod handshake;
+pub mod http;
+pub mod keys;
+pub mod listener;
+pub mod places;
+pub mod stream;
+pub mod tls;
+pub mod watcher;
+pub mod x509;

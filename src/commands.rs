@@ -1,0 +1,265 @@
+//! What each command of the command line does (see [`crate::cli`]): run the proxy, check a
+//! configuration, run the simulator or the terminal client. Each turns its outcome into an
+//! exit code: 0 clean stop, 2 bad configuration or arguments, 1 anything else.
+
+use crate::base::stop::Stop;
+use crate::cli::{self, Command};
+use crate::feed::sim;
+use crate::ops::logging;
+use crate::ops::signals::{self, Signal};
+use crate::server::StartError;
+use crate::watch;
+use crate::{config, Server};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs `command` to its end.
+pub fn run_command(command: Command) -> ExitCode {
+    match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("fxproxy {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match config::load(&config)
+            // The provider's template is read and checked too, as start-up would.
+            .and_then(|mut c| crate::feed::provider::describe(&mut c).map(|_| c))
+            .map_err(|e| e.to_string())
+            .and_then(|c| crate::clients::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, k)))
+            .and_then(|(c, k)| {
+                crate::clients::demo_key::check(c.listen, &k, &c.user_keys_file).map(|()| (c, k))
+            })
+            .and_then(|(c, k)| crate::clients::tls::check(&c).map(|tls| (c, k, tls)))
+        {
+            Ok((c, keys, tls)) => {
+                println!(
+                    "{}: valid ({} symbols, {} client keys)",
+                    config.display(),
+                    c.symbols.len(),
+                    keys.len()
+                );
+                for line in tls {
+                    println!("{line}");
+                }
+                // What this host would let the proxy have, as the start-up log says it.
+                let (line, warnings) =
+                    crate::server::capacity_report(&c, &crate::base::ceiling::measure());
+                println!("{line}");
+                for w in warnings {
+                    eprintln!("fxproxy: warning: {w}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fxproxy: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => run(&config),
+        Command::Sim {
+            listen,
+            rate,
+            symbols,
+        } => run_sim(listen, rate, symbols),
+        Command::Watch {
+            url,
+            key,
+            symbols,
+            ca_file,
+        } => run_watch(url, key, symbols, ca_file),
+    }
+}
+
+/// Blocks `which` in this thread and so in every thread started after: call before any.
+fn block_signals(which: &[Signal]) -> Result<signals::Blocked, ExitCode> {
+    signals::block(which).map_err(|e| {
+        eprintln!("fxproxy: cannot block signals: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn listen(
+    blocked: signals::Blocked,
+    on_signal: impl FnMut(Signal) + Send + 'static,
+) -> Result<signals::Listener, ExitCode> {
+    blocked.listen(on_signal).map_err(|e| {
+        eprintln!("fxproxy: cannot start the signal thread: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fxproxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.log_level.name());
+    logging::log_panics();
+    // Before the server starts its threads, so that every one of them has them blocked.
+    let blocked = match block_signals(&[
+        Signal::Interrupt,
+        Signal::Terminate,
+        Signal::HangUp,
+        Signal::User1,
+    ]) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let signal = Arc::new(Stop::new());
+    let server = match Server::start_with_alarm(config, Arc::clone(&signal)) {
+        Ok(s) => s,
+        // The key file, the provider's template, a recording to replay, the file to record
+        // to, or the TLS pair: all named by the configuration.
+        Err(
+            e @ (StartError::Keys(_)
+            | StartError::Config(_)
+            | StartError::File(_)
+            | StartError::Tls(_)),
+        ) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let control = server.control();
+    let stop = Arc::clone(&signal);
+    let listener = match listen(blocked, move |received| match received {
+        Signal::Interrupt | Signal::Terminate => {
+            log::info!("{} received", received.name());
+            stop.set();
+        }
+        Signal::HangUp => {
+            log::info!("SIGHUP received: reloading the configuration");
+            // Logged and counted either way; a broken file changed nothing.
+            let _ = control.reload();
+        }
+        Signal::User1 => {
+            log::info!("SIGUSR1 received: writing a state dump");
+            control.dump_state();
+        }
+    }) {
+        Ok(l) => l,
+        Err(code) => {
+            server.shutdown();
+            return code;
+        }
+    };
+    while !signal.wait(Duration::from_secs(3600)) {}
+    let failed = server.failed();
+    if !failed {
+        log::info!("termination signal received");
+    }
+    server.shutdown();
+    listener.stop();
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_sim(addr: std::net::SocketAddr, rate: u32, symbols: Vec<String>) -> ExitCode {
+    logging::init("info");
+    let blocked = match block_signals(&[Signal::Interrupt, Signal::Terminate, Signal::HangUp]) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let server = match sim::SimServer::start(sim::SimOptions {
+        listen: addr,
+        rate,
+        symbols,
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot start the simulator on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    log::info!(
+        "simulated source listening on ws://{}/ at {rate} quotes/s",
+        server.local_addr()
+    );
+    let signal = Arc::new(Stop::new());
+    let stop = Arc::clone(&signal);
+    let listener = match listen(blocked, move |received| match received {
+        Signal::HangUp => log::info!("SIGHUP received: the simulator has nothing to reload"),
+        _ => stop.set(),
+    }) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    while !signal.wait(Duration::from_secs(3600)) {}
+    server.stop();
+    listener.stop();
+    ExitCode::SUCCESS
+}
+
+fn run_watch(
+    url: String,
+    key: Option<String>,
+    symbols: Option<Vec<String>>,
+    ca_file: Option<std::path::PathBuf>,
+) -> ExitCode {
+    logging::init("warn");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(key) = key.or_else(|| std::env::var("FXPROXY_KEY").ok()) else {
+        eprintln!(
+            "fxproxy watch: a key is required: --key KEY or the FXPROXY_KEY environment variable"
+        );
+        return ExitCode::from(2);
+    };
+    // Ctrl-C (and SIGTERM, and SIGHUP when the terminal goes) is how a ticker is stopped:
+    // the watch says goodbye to the proxy and exits quietly with 128 + the signal's number,
+    // as a shell reports a command it interrupted (130 for Ctrl-C), so `watch … && next`
+    // does not go on as if the watch had ended by itself.
+    let blocked = match block_signals(&[Signal::Interrupt, Signal::Terminate, Signal::HangUp]) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped_by = Arc::new(AtomicI32::new(0));
+    let (handler_stop, handler_by) = (Arc::clone(&stop), Arc::clone(&stopped_by));
+    let listener = match listen(blocked, move |received| {
+        let _ =
+            handler_by.compare_exchange(0, received.number(), Ordering::SeqCst, Ordering::SeqCst);
+        handler_stop.store(true, Ordering::SeqCst);
+    }) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let opts = watch::WatchOptions {
+        url,
+        key,
+        symbols,
+        ca_file,
+    };
+    let mut out = std::io::stdout();
+    let result = watch::run(&opts, &mut out, &stop);
+    listener.stop();
+    let signal = stopped_by.load(Ordering::SeqCst);
+    if signal != 0 {
+        return ExitCode::from(128 + signal as u8);
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `fxproxy watch … | head` closing the pipe is a normal way to stop.
+        Err(watch::WatchError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fxproxy watch: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

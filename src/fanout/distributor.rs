@@ -1,0 +1,713 @@
+//! The hub between the upstream and the clients: the list of client queues and the latest
+//! quote per symbol, and the distributor thread that parses each upstream frame once and
+//! offers it to every interested client without ever blocking on one.
+//!
+//! A frame's bytes (`Utf8Bytes`) are reference-counted: every client queue holds the same
+//! allocation. How writers learn of new frames is where the CPU goes (a wake-up and a `send`
+//! per client per batch are most of it), so:
+//! - a writer still busy with earlier frames is not woken: it drains its queue before parking;
+//! - under heavy load writers are not woken at all: each sleeps until its next tick on a
+//!   batch grid staggered over `PHASES` offsets, and writes everything queued meanwhile;
+//! - otherwise the writers to wake form a few chains (see [`WakeChain`]).
+
+use crate::base::metrics::{Metrics, Padded, QueueStats};
+use crate::base::ratelimit::RateLimited;
+use crate::fanout::conflate::{Conflation, Offer};
+use crate::fanout::slot::{ClientSlot, Kick, WakeChain, CHAINS};
+use crossbeam_channel::Receiver;
+use log::{debug, warn};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+use tungstenite::Utf8Bytes;
+
+/// Deliveries per second above which writers batch (see `Hub::worth_batching`): at a few
+/// microseconds of wake-up and send per delivery, below this the proxy needs well under a
+/// tenth of a core however it wakes its writers.
+const BATCH_ABOVE: f64 = 50_000.0;
+
+/// How many groups the writers' batch grid is staggered into.
+const PHASES: u64 = 8;
+
+/// Why a client could not join.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JoinError {
+    UnknownSymbol(String),
+    TooManyForKey,
+}
+
+struct HubInner {
+    clients: Vec<Arc<ClientSlot>>,
+    latest: Vec<Option<Utf8Bytes>>,
+    per_key: HashMap<String, usize>,
+    /// Scratch for `publish`: positions of the clients a batch was queued for, kept to reuse
+    /// its allocation.
+    queued: Vec<usize>,
+}
+
+/// Shared by the distributor, every client thread and the housekeeping thread.
+pub struct Hub {
+    symbols: Vec<String>,
+    index: HashMap<String, usize>,
+    /// `client_queue_len` and `max_clients_per_key`: a reload may change them (see
+    /// [`Hub::set_limits`]); read once per batch and once per join.
+    queue_len: AtomicUsize,
+    max_per_key: AtomicUsize,
+    next_id: AtomicU64,
+    /// Epoch ms of the last quote per symbol (0: none yet), for `/metrics`.
+    last_quote_ms: Vec<AtomicU64>,
+    metrics: Arc<Metrics>,
+    inner: Mutex<HubInner>,
+    grid: Padded<Grid>,
+    /// How a frame's symbol is found: the v1 shape's `symbol`, or a provider's own field.
+    symbol_of: SymbolOf,
+}
+
+/// How the hub finds a frame's symbol: its position in the hub's symbols, `None` for a frame
+/// that is no quote of one. The feed knows how its frames name their symbol (the v1 shape's
+/// `symbol`, or a provider's own field); the hub only asks.
+pub type SymbolOf = Box<dyn Fn(&str) -> Option<usize> + Send + Sync>;
+
+/// The batch grid: while quotes stream, busy writers sleep until the next instant
+/// `epoch + k × batch` (staggered by phase) and then write all that was queued meanwhile. Every
+/// writer reads this on every batch, so it lives on cache lines of its own, away from the
+/// lock and counters the distributor writes on every quote.
+struct Grid {
+    /// `batch_delay_ms` in nanoseconds; a reload may change it.
+    batch_nanos: AtomicU64,
+    epoch: Instant,
+    /// True while batching pays (see `Hub::worth_batching`); written only when it changes.
+    streaming: AtomicBool,
+}
+
+impl Hub {
+    pub fn new(
+        symbols: &[String],
+        queue_len: usize,
+        max_per_key: usize,
+        batch: Duration,
+        metrics: Arc<Metrics>,
+        symbol_of: SymbolOf,
+    ) -> Hub {
+        Hub {
+            symbols: symbols.to_vec(),
+            index: symbols
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.clone(), i))
+                .collect(),
+            queue_len: AtomicUsize::new(queue_len),
+            max_per_key: AtomicUsize::new(max_per_key),
+            next_id: AtomicU64::new(1),
+            last_quote_ms: symbols.iter().map(|_| AtomicU64::new(0)).collect(),
+            metrics,
+            inner: Mutex::new(HubInner {
+                clients: Vec::new(),
+                latest: vec![None; symbols.len()],
+                per_key: HashMap::new(),
+                queued: Vec::new(),
+            }),
+            grid: Padded(Grid {
+                batch_nanos: AtomicU64::new(batch.as_nanos() as u64),
+                epoch: Instant::now(),
+                streaming: AtomicBool::new(false),
+            }),
+            symbol_of,
+        }
+    }
+
+    /// The symbol id of a frame from the upstream side, if it is a quote of a carried symbol.
+    pub fn symbol_of(&self, frame: &str) -> Option<usize> {
+        (self.symbol_of)(frame)
+    }
+
+    /// New `client_queue_len`, `max_clients_per_key` and `batch_delay_ms` after a reload:
+    /// every queue is held to the new length from the next quote on (a client already
+    /// further behind is a slow consumer then), the per-key limit applies to clients that
+    /// join from now on, and the batch grid takes the new period at the next batch.
+    pub fn set_limits(&self, queue_len: usize, max_per_key: usize, batch: Duration) {
+        self.queue_len.store(queue_len, Ordering::Relaxed);
+        self.max_per_key.store(max_per_key, Ordering::Relaxed);
+        let nanos = batch.as_nanos() as u64;
+        if self.grid.batch_nanos.load(Ordering::Relaxed) != nanos {
+            self.grid.batch_nanos.store(nanos, Ordering::Relaxed);
+        }
+    }
+
+    fn batch(&self) -> Duration {
+        Duration::from_nanos(self.grid.batch_nanos.load(Ordering::Relaxed))
+    }
+
+    /// The first instant on the batch grid after `now`.
+    /// Batching pays when quotes come faster than one per batch period and waking every
+    /// writer for every quote would cost real CPU; below `BATCH_ABOVE` deliveries a second
+    /// each quote goes out at once.
+    fn worth_batching(&self, mean_gap: Duration) -> bool {
+        let batch = self.batch();
+        if batch.is_zero() || mean_gap >= batch {
+            return false;
+        }
+        let clients = self.inner.lock().clients.len() as f64;
+        clients / mean_gap.as_secs_f64().max(1e-6) > BATCH_ABOVE
+    }
+
+    /// Whether writers are on the batch grid now.
+    pub fn batching(&self) -> bool {
+        self.grid.streaming.load(Ordering::Relaxed)
+    }
+
+    fn next_tick(&self, now: Instant, phase: u64) -> Instant {
+        let step = self.batch().as_nanos().max(1);
+        let offset = step * u128::from(phase % PHASES) / u128::from(PHASES);
+        let since = now.saturating_duration_since(self.grid.epoch).as_nanos();
+        let next = match since.checked_sub(offset) {
+            Some(past) => (past / step + 1) * step + offset,
+            None => offset,
+        };
+        self.grid.epoch + Duration::from_nanos(next as u64)
+    }
+
+    /// When a writer that just delivered frames should wake for its next batch, if quotes are
+    /// streaming; `None` means "wait to be woken". Writers are spread over `PHASES` offsets of
+    /// the grid: all of them waking at one instant would starve everything else on the host
+    /// (the upstream reader, the distributor, the clients themselves) for the whole burst.
+    pub fn next_batch_wake(&self, slot: &ClientSlot, now: Instant) -> Option<Instant> {
+        if self.batch().is_zero() || !self.grid.streaming.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.next_tick(now, slot.id))
+    }
+
+    pub fn symbol_id(&self, symbol: &str) -> Option<usize> {
+        self.index.get(symbol).copied()
+    }
+
+    pub fn last_quotes(&self) -> Vec<(String, u64)> {
+        self.symbols
+            .iter()
+            .zip(&self.last_quote_ms)
+            .map(|(s, t)| (s.clone(), t.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.inner.lock().clients.len()
+    }
+
+    /// How far behind the clients are: the depth of every queue, summed up into
+    /// [`QueueStats`]. Taken under the hub lock, which the distributor wants on every batch,
+    /// so only a length is read per client.
+    pub fn queue_stats(&self) -> QueueStats {
+        let mut stats = QueueStats::new(self.queue_len.load(Ordering::Relaxed));
+        let inner = self.inner.lock();
+        for client in &inner.clients {
+            let held = client.conflation.as_ref().map_or(0, |c| c.waiting());
+            stats.add(client.tx.len() + held);
+        }
+        stats
+    }
+
+    /// Adds a client. Its queue first gets the latest quote of each of its symbols, in the same
+    /// critical section that adds it to the fan-out list, so the snapshot and the live stream
+    /// meet without a duplicate or a gap. A client that `conflate`s is sent the latest quote
+    /// per symbol when it falls behind, instead of being closed.
+    pub fn join(
+        &self,
+        key: &str,
+        symbols: Option<&[String]>,
+        thread: Thread,
+        conflate: bool,
+    ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), JoinError> {
+        let wants = match symbols {
+            None => None,
+            Some(list) => {
+                let mut wants = vec![false; self.symbols.len()].into_boxed_slice();
+                for s in list {
+                    let id = self
+                        .symbol_id(s)
+                        .ok_or_else(|| JoinError::UnknownSymbol(s.clone()))?;
+                    wants[id] = true;
+                }
+                Some(wants)
+            }
+        };
+        // The design asks for a bounded queue per client; this is an unbounded (linked-block)
+        // channel capped by its length instead (`client_queue_len`, checked in `publish`):
+        // crossbeam's `bounded(n)` allocates all n slots up front, 1,024 × 16 bytes for every
+        // client, which fifteen thousand mostly idle clients cannot afford. The cap is the
+        // same bound: a client with a full queue is a slow consumer.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let slot = Arc::new(ClientSlot::new(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            key,
+            tx,
+            wants,
+            thread,
+            conflate.then(|| Box::new(Conflation::new(self.symbols.len()))),
+        ));
+        let mut inner = self.inner.lock();
+        let count = inner.per_key.entry(key.to_string()).or_insert(0);
+        let max_per_key = self.max_per_key.load(Ordering::Relaxed);
+        if max_per_key > 0 && *count >= max_per_key {
+            return Err(JoinError::TooManyForKey);
+        }
+        *count += 1;
+        for (id, frame) in inner.latest.iter().enumerate() {
+            if let Some(frame) = frame {
+                if slot.wants(id) {
+                    // The receiver is alive in this scope, so the send cannot fail.
+                    let _ = slot.tx.send(frame.clone());
+                }
+            }
+        }
+        inner.clients.push(Arc::clone(&slot));
+        Ok((slot, rx))
+    }
+
+    /// Removes a client (its writer is ending). Idempotent.
+    pub fn leave(&self, slot: &ClientSlot) {
+        // A chain this writer never passed on holds the slot itself: pass it on (the writers
+        // after this one are waiting for it) and break the cycle.
+        slot.pass_on();
+        let mut inner = self.inner.lock();
+        if let Some(pos) = inner.clients.iter().position(|c| c.id == slot.id) {
+            inner.clients.swap_remove(pos);
+        }
+        // Out of the list, nobody can start it holding any more.
+        if let Some(conflation) = &slot.conflation {
+            conflation.release(&self.metrics.clients_conflating);
+        }
+        if let Some(count) = inner.per_key.get_mut(&slot.key) {
+            *count -= 1;
+            if *count == 0 {
+                inner.per_key.remove(&slot.key);
+            }
+        }
+    }
+
+    /// The symbols `client` receives, by name.
+    pub fn symbols_of<'a>(&'a self, client: &'a ClientSlot) -> impl Iterator<Item = &'a str> + 'a {
+        self.symbols
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| client.wants(*id))
+            .map(|(_, symbol)| symbol.as_str())
+    }
+
+    /// Tells every client matching `pred` to leave with `why`; returns how many.
+    pub fn kick_where(&self, why: Kick, pred: impl Fn(&ClientSlot) -> bool) -> usize {
+        let inner = self.inner.lock();
+        let mut n = 0;
+        for c in inner.clients.iter().filter(|c| pred(c)) {
+            c.kick(why);
+            n += 1;
+        }
+        n
+    }
+
+    /// Offers a batch of quotes (symbol id, frame) to every client that wants them.
+    /// Queues a batch for every interested client, then wakes those that need it. All queues
+    /// are filled before the first (slow) unpark, so writers woken by their own timers find
+    /// their frames, and the lock is not held across syscalls.
+    fn publish(&self, batch: &[(usize, Utf8Bytes)]) {
+        let now = self.metrics.now_ms();
+        let queue_len = self.queue_len.load(Ordering::Relaxed);
+        let mut inner = self.inner.lock();
+        for (id, frame) in batch {
+            inner.latest[*id] = Some(frame.clone());
+            self.last_quote_ms[*id].store(now, Ordering::Relaxed);
+        }
+        let mut slow = Vec::new();
+        let mut queued = std::mem::take(&mut inner.queued);
+        let mut conflated = 0;
+        // Conflating clients whose queue just filled: their writers fold it into their slots,
+        // even if they are parked waiting for the socket.
+        let mut to_fold: Vec<Arc<ClientSlot>> = Vec::new();
+        for (pos, client) in inner.clients.iter().enumerate() {
+            if let Some(conflation) = &client.conflation {
+                let mut offered = false;
+                for (id, frame) in batch.iter().filter(|(id, _)| client.wants(*id)) {
+                    offered = true;
+                    let behind = &self.metrics.clients_conflating;
+                    if let Offer::Held { replaced, started } =
+                        conflation.offer(*id, frame, &client.tx, queue_len, behind)
+                    {
+                        conflated += u64::from(replaced);
+                        if started {
+                            to_fold.push(Arc::clone(client));
+                        }
+                    }
+                }
+                if offered {
+                    queued.push(pos);
+                }
+                continue;
+            }
+            for (n, (_, frame)) in batch.iter().filter(|(id, _)| client.wants(*id)).enumerate() {
+                // An unbounded (linked-block) channel capped by its length: a bounded one
+                // allocates every slot up front, which thousands of clients cannot afford.
+                if client.tx.len() >= queue_len {
+                    slow.push(pos);
+                    break;
+                }
+                let _ = client.tx.send(frame.clone());
+                if n == 0 {
+                    queued.push(pos);
+                }
+            }
+        }
+        // After every queue is filled, so a writer that parks meanwhile sees its frames. Only
+        // writers parked without an appointment are taken (and their slots cloned) for waking:
+        // under load that is almost none of them.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let woken: Vec<Arc<ClientSlot>> = queued
+            .drain(..)
+            .map(|pos| &inner.clients[pos])
+            .filter(|c| c.needs_wake())
+            .cloned()
+            .collect();
+        inner.queued = queued;
+        for pos in slow.into_iter().rev() {
+            let client = inner.clients.swap_remove(pos);
+            client.kick(Kick::SlowConsumer);
+            self.metrics
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        drop(inner);
+        if conflated > 0 {
+            let m = &self.metrics;
+            m.quotes_conflated.fetch_add(conflated, Ordering::Relaxed);
+        }
+        for client in to_fold {
+            client.wake();
+        }
+        if !woken.is_empty() {
+            let chain = Arc::new(WakeChain {
+                slots: woken,
+                next: AtomicUsize::new(0),
+            });
+            chain.wake_some(CHAINS);
+        }
+    }
+}
+
+/// The distributor thread's body: runs until the upstream side drops its sender.
+///
+/// Every quote is queued for its clients the moment it arrives. While quotes stream faster
+/// than one per batch period, busy writers do not wait for an unpark from here: they sleep
+/// until the next tick of the batch grid and write everything queued meanwhile in one go. A
+/// wake-up and a `send` per client per batch are most of the proxy's CPU, and an unpark from
+/// this one thread to a thousand others is slow and serial; timers wake them in parallel.
+pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
+    let mut batch: Vec<(usize, Utf8Bytes)> = Vec::with_capacity(64);
+    let mut ignored = RateLimited::new(Duration::from_secs(60));
+    let mut last_arrival: Option<Instant> = None;
+    // Mean time between arrivals, smoothed over about eight of them.
+    let mut mean_gap = Duration::from_secs(1);
+    while let Ok(first) = frames.recv() {
+        let now = Instant::now();
+        if let Some(last) = last_arrival {
+            mean_gap = (mean_gap * 7 + (now - last)) / 8;
+        }
+        last_arrival = Some(now);
+        let streaming = hub.worth_batching(mean_gap);
+        if hub.grid.streaming.load(Ordering::Relaxed) != streaming {
+            hub.grid.streaming.store(streaming, Ordering::Relaxed);
+        }
+        for frame in std::iter::once(first).chain(frames.try_iter()) {
+            match hub.symbol_of(&frame) {
+                Some(id) => batch.push((id, frame)),
+                None => ignored.note(|n| {
+                    warn!("ignored {n} upstream frame(s) that are not quotes of a configured symbol, e.g. {}", crate::base::logsafe::quoted(&frame))
+                }),
+            }
+        }
+        if !batch.is_empty() {
+            hub.metrics
+                .quotes_received
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let stamp = hub.metrics.now_ms();
+            hub.metrics.last_quote_ms.store(stamp, Ordering::Relaxed);
+            hub.publish(&batch);
+            debug!("published {} quote(s)", batch.len());
+            batch.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::slot::{Idle, PARKED_BLOCKED, PARKED_TIMED, RUNNING};
+
+    /// Quotes as the tests write them: `{"symbol":"EURUSD",…}`.
+    fn symbol_field(symbols: &[String]) -> SymbolOf {
+        let symbols = symbols.to_vec();
+        Box::new(move |frame| {
+            let json: serde_json::Value = serde_json::from_str(frame).ok()?;
+            let symbol = json.get("symbol")?.as_str()?;
+            symbols.iter().position(|s| s == symbol)
+        })
+    }
+
+    fn hub(queue_len: usize) -> Arc<Hub> {
+        let symbols = vec!["EURUSD".to_string(), "GBPUSD".to_string()];
+        Arc::new(Hub::new(
+            &symbols,
+            queue_len,
+            2,
+            Duration::ZERO,
+            Arc::new(Metrics::new()),
+            symbol_field(&symbols),
+        ))
+    }
+
+    fn frame(sym: &str, n: u32) -> Utf8Bytes {
+        Utf8Bytes::from(format!(r#"{{"symbol":"{sym}","n":{n}}}"#))
+    }
+
+    fn drain(rx: &Receiver<Utf8Bytes>) -> Vec<String> {
+        rx.try_iter().map(|f| f.as_str().to_string()).collect()
+    }
+
+    #[test]
+    fn snapshot_then_live_without_duplicates() {
+        let hub = hub(16);
+        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
+        hub.publish(&[(0, frame("EURUSD", 2))]);
+        let (_slot, rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        hub.publish(&[(1, frame("GBPUSD", 2))]);
+        assert_eq!(
+            drain(&rx),
+            vec![
+                r#"{"symbol":"EURUSD","n":2}"#,
+                r#"{"symbol":"GBPUSD","n":1}"#,
+                r#"{"symbol":"GBPUSD","n":2}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn filters_by_symbol_and_refuses_unknown_ones() {
+        let hub = hub(16);
+        let only = vec!["GBPUSD".to_string()];
+        let (_slot, rx) = hub
+            .join("key-1", Some(&only), std::thread::current(), false)
+            .unwrap();
+        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
+        assert_eq!(drain(&rx), vec![r#"{"symbol":"GBPUSD","n":1}"#]);
+        let bad = vec!["XAUUSD".to_string()];
+        assert_eq!(
+            hub.join("key-1", Some(&bad), std::thread::current(), false)
+                .err(),
+            Some(JoinError::UnknownSymbol("XAUUSD".into()))
+        );
+    }
+
+    #[test]
+    fn a_full_queue_kicks_only_that_client() {
+        let hub = hub(2);
+        let (slow, _slow_rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let (fast, fast_rx) = hub
+            .join("key-2", None, std::thread::current(), false)
+            .unwrap();
+        for n in 0..3 {
+            hub.publish(&[(0, frame("EURUSD", n))]);
+            drain(&fast_rx);
+        }
+        assert_eq!(slow.kicked(), Kick::SlowConsumer);
+        assert_eq!(fast.kicked(), Kick::None);
+        assert_eq!(hub.client_count(), 1);
+        assert_eq!(
+            hub.metrics
+                .slow_consumer_disconnects
+                .load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn limits_clients_per_key() {
+        let hub = hub(4);
+        let (a, _ra) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let _b = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        assert_eq!(
+            hub.join("key-1", None, std::thread::current(), false).err(),
+            Some(JoinError::TooManyForKey)
+        );
+        hub.leave(&a);
+        assert!(hub
+            .join("key-1", None, std::thread::current(), false)
+            .is_ok());
+    }
+
+    #[test]
+    fn an_idle_writer_is_woken_and_a_busy_one_is_not() {
+        let hub = hub(8);
+        let (slot, rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        assert!(slot.going_idle(&rx, Idle::Frames));
+        hub.publish(&[(0, frame("EURUSD", 1))]);
+        assert_eq!(
+            slot.state.load(Ordering::SeqCst),
+            RUNNING,
+            "publishing woke it"
+        );
+        assert!(
+            !slot.going_idle(&rx, Idle::Frames),
+            "queued work keeps it from parking"
+        );
+        rx.try_recv().unwrap();
+        assert!(slot.going_idle(&rx, Idle::Batch));
+        hub.publish(&[(0, frame("EURUSD", 2))]);
+        assert_eq!(
+            slot.state.load(Ordering::SeqCst),
+            PARKED_TIMED,
+            "a timed writer wakes itself"
+        );
+        slot.wake();
+        assert_eq!(
+            slot.state.load(Ordering::SeqCst),
+            RUNNING,
+            "but a kick or a ping wakes it"
+        );
+    }
+
+    #[test]
+    fn a_blocked_writer_waits_for_its_socket_not_for_frames() {
+        let hub = hub(8);
+        let (slot, rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        assert!(slot.going_idle(&rx, Idle::Writable));
+        hub.publish(&[(0, frame("EURUSD", 1))]);
+        assert_eq!(
+            slot.state.load(Ordering::SeqCst),
+            PARKED_BLOCKED,
+            "new frames wait in the queue"
+        );
+        slot.writable.store(true, Ordering::SeqCst);
+        slot.wake();
+        assert!(!slot.going_idle(&rx, Idle::Writable), "writable again");
+        slot.writable.store(false, Ordering::SeqCst);
+        assert!(slot.going_idle(&rx, Idle::Reply));
+        slot.readable.store(true, Ordering::SeqCst);
+        assert!(!slot.going_idle(&rx, Idle::Reply), "a reply came");
+    }
+
+    #[test]
+    fn queue_stats_cover_every_client() {
+        let hub = hub(4);
+        let (_a, _ra) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let (_b, rb) = hub
+            .join("key-2", None, std::thread::current(), false)
+            .unwrap();
+        hub.publish(&[(0, frame("EURUSD", 1))]);
+        hub.publish(&[(0, frame("EURUSD", 2)), (1, frame("GBPUSD", 1))]);
+        rb.try_recv().unwrap();
+        let stats = hub.queue_stats();
+        assert_eq!((stats.count, stats.sum, stats.behind), (2, 5, 1));
+    }
+
+    #[test]
+    fn batch_ticks_are_staggered_over_the_grid() {
+        let symbols = vec!["EURUSD".to_string()];
+        let hub = Hub::new(
+            &symbols,
+            8,
+            0,
+            Duration::from_millis(16),
+            Arc::new(Metrics::new()),
+            symbol_field(&symbols),
+        );
+        let now = hub.grid.epoch + Duration::from_millis(33);
+        let ticks: Vec<Duration> = (0..PHASES)
+            .map(|phase| hub.next_tick(now, phase) - hub.grid.epoch)
+            .collect();
+        // Phase p ticks at k x 16 ms + p x 2 ms: the next one after 33 ms.
+        let ms = |d: &Duration| d.as_millis() as u64;
+        assert_eq!(
+            ticks.iter().map(ms).collect::<Vec<_>>(),
+            vec![48, 34, 36, 38, 40, 42, 44, 46]
+        );
+        assert!(ticks
+            .iter()
+            .all(|t| *t > Duration::from_millis(33) && *t <= Duration::from_millis(49)));
+    }
+
+    #[test]
+    fn batching_needs_a_fast_feed_and_many_deliveries() {
+        let hub = hub_with_batch(Duration::from_millis(20));
+        assert!(!hub.worth_batching(Duration::from_millis(5)), "no clients");
+        let joined: Vec<_> = (0..300)
+            .map(|_| {
+                hub.join("key-1", None, std::thread::current(), false)
+                    .unwrap()
+            })
+            .collect();
+        assert!(hub.worth_batching(Duration::from_millis(5)), "300 x 200/s");
+        assert!(
+            !hub.worth_batching(Duration::from_millis(25)),
+            "slower than the period"
+        );
+        assert!(
+            !hub.worth_batching(Duration::from_millis(10)),
+            "300 x 100/s is little work"
+        );
+        let (slot, _) = &joined[0];
+        assert!(
+            hub.next_batch_wake(slot, Instant::now()).is_none(),
+            "not streaming yet"
+        );
+        hub.grid.streaming.store(true, Ordering::Relaxed);
+        let wake = hub.next_batch_wake(slot, Instant::now()).unwrap();
+        assert!(wake <= Instant::now() + Duration::from_millis(20));
+    }
+
+    fn hub_with_batch(batch: Duration) -> Arc<Hub> {
+        let symbols = vec!["EURUSD".to_string()];
+        Arc::new(Hub::new(
+            &symbols,
+            8,
+            0,
+            batch,
+            Arc::new(Metrics::new()),
+            symbol_field(&symbols),
+        ))
+    }
+
+    #[test]
+    fn distributor_parses_and_drops_non_quotes() {
+        let hub = hub(8);
+        let (_slot, rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let (tx, frames) = crossbeam_channel::unbounded();
+        for text in [
+            r#"{"error":"x"}"#,
+            r#"{"symbol":"USDJPY"}"#,
+            r#"{"symbol":"EURUSD"}"#,
+        ] {
+            tx.send(Utf8Bytes::from(text)).unwrap();
+        }
+        drop(tx);
+        run(Arc::clone(&hub), frames);
+        assert_eq!(drain(&rx), vec![r#"{"symbol":"EURUSD"}"#]);
+        assert_eq!(hub.metrics.quotes_received.load(Ordering::Relaxed), 1);
+    }
+}

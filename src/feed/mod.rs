@@ -1,0 +1,18 @@
+//! The feed: the one connection to the market-data source and what its frames mean. The
+//! upstream thread connects, speaks the provider's protocol as its template describes it,
+//! translates each frame into quotes and hands them to its outlet (the distributor, or the
+//! backbone). The simulator and the replay of a recording are sources the same thread connects
+//! to; the recorder keeps what arrived. Also here: fxproxy's own quote protocol, and the
+//! health verdict of the feed.
+//!
+//! May import: `config`, `base`.
+
+pub mod health;
+pub mod outlet;
+pub mod protocol;
+pub mod provider;
+pub mod record;
+pub mod replay;
+pub mod sim;
+pub mod translate;
+pub mod upstream;

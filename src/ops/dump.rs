@@ -1,0 +1,454 @@
+//! The state dump (SIGUSR1): what every thread is doing, written to the log, for whoever
+//! debugs the proxy with `top -H`, gdb and `/proc/PID/task`.
+//!
+//! One line per thread, from the kernel's own list (`/proc/self/task`): its id (`tid`: the PID
+//! column of `top -H`, gdb's LWP, the directory in `/proc/PID/task`), its name as `top -H` shows
+//! it, the kernel's state letter and the CPU time it has used (read from `/proc` for the threads
+//! listed only), then what fxproxy knows it to be doing; for a client thread also its peer, key
+//! prefix, queue and the time since it last wrote. Connections that have not authenticated have no
+//! thread: the admission loop lists them (`pending` lines, oldest first). A summary line ends the
+//! dump.
+//!
+//! It is written by a thread of its own, a line at a time, and takes no lock the quotes go through:
+//! client threads keep their own records ([`crate::clients::activity`]), a queue's depth is read
+//! from its counters, and the admission loop answers between two polls. It is bounded: at most
+//! [`CLIENT_LINES`] client threads (those furthest behind first) and [`PENDING_LINES`] pending
+//! connections are listed, the summary counts all of them. Fifteen thousand lines at once would
+//! trip journald's rate limit (10,000 messages per 30 s by default), which then drops the proxy's
+//! other messages too.
+
+use crate::base::metrics::UpstreamState;
+use crate::clients::activity::ClientActivity;
+use crate::clients::admission::{Asker, PendingSnapshot};
+use crate::clients::context::Context;
+use log::Level;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Client threads listed at most; the summary counts every one.
+pub const CLIENT_LINES: usize = 2000;
+/// Pending connections listed at most, the oldest first.
+pub const PENDING_LINES: usize = 500;
+/// How long the admission loop has to answer.
+const ASK_WAIT: Duration = Duration::from_secs(1);
+/// Lines written (each after reading its thread's `/proc` entry) between two pauses.
+const CHUNK: usize = 100;
+/// The pause: the dump is in no hurry, and with the proxy busy on every core, a thread that
+/// reads `/proc` and writes the log flat out takes a whole core from the client threads
+/// for as long as it runs (0.1 to 0.25 s for 1,011 threads here).
+const PAUSE: Duration = Duration::from_millis(1);
+/// The unit of CPU times in `/proc/PID/task/TID/stat`: USER_HZ, 100 on every Linux
+/// architecture fxproxy is built for.
+const TICKS_PER_SEC: u64 = 100;
+
+/// What a client thread can be doing (see [`ClientActivity::doing`]), in the summary's order.
+const DOINGS: [&str; 7] = [
+    "writing",
+    "parked",
+    "batch-wait",
+    "blocked",
+    "awaiting-pong",
+    "joining",
+    "closing",
+];
+
+/// One thread, as the kernel lists it.
+#[derive(Debug, PartialEq)]
+struct Task {
+    tid: i32,
+    /// Its name as `top -H` shows it (at most 15 bytes).
+    name: String,
+    /// R running, S sleeping, D in the kernel, T stopped, …
+    state: char,
+    cpu: Duration,
+}
+
+/// The id of every thread of this process, in order.
+fn list_tids() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut tids: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
+/// One thread as the kernel sees it now; `None` once it has gone. Read only for the threads
+/// a dump lists: the file costs the kernel a few microseconds to make on an idle host, much
+/// more on a busy one, and there may be fifteen thousand threads.
+fn read_task(tid: i32) -> Option<Task> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    parse_stat(tid, &stat)
+}
+
+/// `/proc/PID/task/TID/stat`: `tid (name) state …`, where the name may hold spaces and
+/// parentheses, so it runs to the last `)`; user and system time are fields 14 and 15.
+fn parse_stat(tid: i32, text: &str) -> Option<Task> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let name = text.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Task {
+        tid,
+        name,
+        state,
+        cpu: Duration::from_millis(ticks * 1000 / TICKS_PER_SEC),
+    })
+}
+
+/// Where in the kernel a thread waits (`futex_wait_queue`, `do_epoll_wait`, …), where the
+/// kernel tells.
+fn wchan(tid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).ok()?;
+    let text = text.trim();
+    (!text.is_empty() && text != "0").then(|| text.to_string())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+/// A client thread's line, and what ranks it among those to list.
+struct ClientRow {
+    tid: i32,
+    doing: &'static str,
+    queue: usize,
+    since_write: Option<Duration>,
+    record: Arc<ClientActivity>,
+}
+
+impl ClientRow {
+    /// Lower is more worth listing: a client in trouble, then the deepest queue, then the
+    /// longest without a write.
+    fn rank(&self) -> (u8, std::cmp::Reverse<usize>, std::cmp::Reverse<Duration>) {
+        let trouble = match self.doing {
+            "blocked" | "awaiting-pong" | "closing" => 0,
+            _ if self.record.kicked().is_some() => 0,
+            "writing" | "joining" => 1,
+            _ => 2,
+        };
+        (
+            trouble,
+            std::cmp::Reverse(self.queue),
+            std::cmp::Reverse(self.since_write.unwrap_or(Duration::ZERO)),
+        )
+    }
+
+    /// As the kernel names the thread: `client-ID`, cut to 15 bytes as `top -H` shows it.
+    fn name(&self) -> String {
+        let mut name = format!("client-{}", self.record.id);
+        name.truncate(15);
+        name
+    }
+
+    fn line(&self, task: Option<&Task>, now: Instant) -> String {
+        let r = &self.record;
+        let (name, kernel) = match task {
+            Some(t) => (
+                t.name.clone(),
+                format!("kernel={} cpu={}", t.state, secs(t.cpu)),
+            ),
+            None => (self.name(), "kernel=- cpu=-".to_string()),
+        };
+        let mut line = format!(
+            "thread tid={} name={name} {kernel} doing={} peer={} key={} queue={} last_write={} connected={}",
+            self.tid,
+            self.doing,
+            r.peer,
+            r.key,
+            self.queue,
+            self.since_write.map_or("never".to_string(), secs),
+            secs(r.age(now)),
+        );
+        if let Some(why) = r.kicked() {
+            let _ = write!(line, " kicked={why}");
+        }
+        line
+    }
+}
+
+/// What fxproxy's own threads do, by name.
+fn service(ctx: &Context, task: &Task, pending: Option<&PendingSnapshot>) -> String {
+    let now_ms = ctx.metrics.now_ms();
+    let ago = |ms: u64| secs(Duration::from_millis(now_ms.saturating_sub(ms)));
+    if task.tid as u32 == std::process::id() {
+        return "doing=main (waits until the proxy stops)".to_string();
+    }
+    match task.name.as_str() {
+        "upstream" => {
+            let last = ctx.metrics.last_quote_ms.load(Ordering::Relaxed);
+            let last = if last == 0 {
+                "never".to_string()
+            } else {
+                ago(last)
+            };
+            match ctx.metrics.upstream() {
+                UpstreamState::NotYetConnected => format!("doing=connecting last_quote={last}"),
+                UpstreamState::Connected { since_ms } => format!(
+                    "doing=reading-quotes connected={} last_quote={last}",
+                    ago(since_ms)
+                ),
+                UpstreamState::Reconnecting { since_ms, reason } => format!(
+                    "doing=reconnecting since={} reason={reason:?} last_quote={last}",
+                    ago(since_ms)
+                ),
+                UpstreamState::Refused { since_ms, .. } => format!(
+                    "doing=waiting-after-refusal since={} last_quote={last}",
+                    ago(since_ms)
+                ),
+            }
+        }
+        "distributor" => format!(
+            "doing=fanning-out quotes_received={} batching={}",
+            ctx.metrics.quotes_received.load(Ordering::Relaxed),
+            ctx.hub.batching()
+        ),
+        "admission" => match pending {
+            Some(p) => format!(
+                "doing=admitting pending={}{}",
+                p.total,
+                if p.paused { " accepting=paused" } else { "" }
+            ),
+            None => "doing=admitting (did not answer the dump within 1 s)".to_string(),
+        },
+        "watcher" => "doing=watching-client-sockets".to_string(),
+        "housekeeping" => "doing=status-line-and-key-file-checks".to_string(),
+        "reaper" => format!(
+            "doing=joining-finished-threads threads_started={}",
+            ctx.threads.live()
+        ),
+        "signals" => "doing=waiting-for-signals".to_string(),
+        "state-dump" => "doing=writing-this-dump".to_string(),
+        n if n.starts_with("sim-") => "doing=simulated-source".to_string(),
+        n if n.starts_with("client-") => "doing=exiting (its connection is over)".to_string(),
+        _ => "doing=-".to_string(),
+    }
+}
+
+/// Writes lines to the log a chunk at a time.
+struct Out<'a> {
+    ctx: &'a Context,
+    level: Level,
+    written: usize,
+}
+
+impl Out<'_> {
+    /// False once the proxy is stopping: the rest of the dump is not worth the wait.
+    fn line(&mut self, text: &str) -> bool {
+        log::log!(self.level, "{text}");
+        self.written += 1;
+        if self.written % CHUNK == 0 {
+            std::thread::sleep(PAUSE);
+            return !self.ctx.stop.is_set();
+        }
+        true
+    }
+}
+
+/// Writes the dump. Runs on a thread of its own (see [`crate::server::Control::dump_state`]).
+pub fn write(ctx: &Context, asker: &Asker) {
+    let started = Instant::now();
+    // A dump is asked for: it is written at info, or at the most severe level the log lets
+    // through when that is quieter.
+    let Some(level) = log::max_level().to_level().map(|l| l.min(Level::Info)) else {
+        return;
+    };
+    let mut out = Out {
+        ctx,
+        level,
+        written: 0,
+    };
+    let tids = list_tids();
+    let records = ctx.activity.snapshot();
+    let pending = asker.pending(PENDING_LINES, ASK_WAIT);
+    let now = Instant::now();
+    let pid = std::process::id();
+
+    let mut rows: Vec<ClientRow> = records
+        .into_iter()
+        .map(|record| ClientRow {
+            tid: record.tid,
+            doing: record.doing(),
+            queue: record.queued().unwrap_or(0),
+            since_write: record.since_last_write(now),
+            record,
+        })
+        .collect();
+    let clients = rows.len();
+    let client_tids: HashSet<i32> = rows.iter().map(|r| r.tid).collect();
+    let mut doing: Vec<(&str, usize)> = DOINGS.iter().map(|d| (*d, 0)).collect();
+    for row in &rows {
+        if let Some(entry) = doing.iter_mut().find(|(d, _)| *d == row.doing) {
+            entry.1 += 1;
+        }
+    }
+    let queued: usize = rows.iter().map(|r| r.queue).sum();
+    let deepest = rows
+        .iter()
+        .max_by_key(|r| r.queue)
+        .map(|r| (r.queue, r.name()));
+    let stalest = rows
+        .iter()
+        .filter_map(|r| r.since_write.map(|d| (d, r.name())))
+        .max_by_key(|(d, _)| *d);
+    let kicked = rows.iter().filter(|r| r.record.kicked().is_some()).count();
+    if rows.len() > CLIENT_LINES {
+        rows.sort_by_key(ClientRow::rank);
+        rows.truncate(CLIENT_LINES);
+    }
+    rows.sort_by_key(|r| r.tid);
+    // fxproxy's own threads (and any other), as the kernel sees them.
+    let others: Vec<Task> = tids
+        .iter()
+        .filter(|tid| !client_tids.contains(tid))
+        .filter_map(|tid| read_task(*tid))
+        .collect();
+
+    let begin = format!(
+        "state dump: pid {pid}, {} threads ({clients} client threads), {} pending connections without a thread; tid is the PID column of `top -H`, the LWP in gdb and /proc/{pid}/task/TID",
+        tids.len(),
+        pending.as_ref().map_or("?".to_string(), |p| p.total.to_string()),
+    );
+    if !out.line(&begin) {
+        return;
+    }
+    for task in &others {
+        let mut line = format!(
+            "thread tid={} name={} kernel={} cpu={}",
+            task.tid,
+            task.name,
+            task.state,
+            secs(task.cpu)
+        );
+        if let Some(w) = wchan(task.tid) {
+            let _ = write!(line, " wchan={w}");
+        }
+        let _ = write!(line, " {}", service(ctx, task, pending.as_ref()));
+        if !out.line(&line) {
+            return;
+        }
+    }
+    for row in &rows {
+        if !out.line(&row.line(read_task(row.tid).as_ref(), now)) {
+            return;
+        }
+    }
+    if let Some(p) = &pending {
+        for (peer, phase, age) in &p.oldest {
+            let line = format!("pending peer={peer} phase={phase} age={}", secs(*age));
+            if !out.line(&line) {
+                return;
+            }
+        }
+    }
+
+    let mut summary = format!(
+        "state dump summary: {} threads: {clients} client threads (",
+        tids.len()
+    );
+    let counts: Vec<String> = doing
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(d, n)| format!("{n} {d}"))
+        .collect();
+    let _ = write!(
+        summary,
+        "{}), {} others",
+        if counts.is_empty() {
+            "none".to_string()
+        } else {
+            counts.join(", ")
+        },
+        others.len()
+    );
+    if kicked > 0 {
+        let _ = write!(summary, "; {kicked} told to leave");
+    }
+    match &pending {
+        Some(p) => {
+            let phases: Vec<String> = p
+                .by_phase
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(phase, n)| format!("{n} {phase}"))
+                .collect();
+            let _ = write!(
+                summary,
+                "; {} pending connections{}{}",
+                p.total,
+                if phases.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", phases.join(", "))
+                },
+                if p.paused { ", accepting paused" } else { "" }
+            );
+        }
+        None => summary.push_str("; pending connections unknown (admission did not answer)"),
+    }
+    let _ = write!(summary, "; {queued} frames queued");
+    if let Some((depth, name)) = deepest.filter(|(d, _)| *d > 0) {
+        let _ = write!(summary, " (deepest {depth} on {name})");
+    }
+    if let Some((since, name)) = stalest {
+        let _ = write!(
+            summary,
+            "; longest without a write {} ({name})",
+            secs(since)
+        );
+    }
+    let _ = write!(
+        summary,
+        "; listed {} of {clients} client threads{} and {} of {} pending connections (the oldest); written in {:.0} ms",
+        rows.len(),
+        if rows.len() < clients {
+            " (those furthest behind)"
+        } else {
+            ""
+        },
+        pending.as_ref().map_or(0, |p| p.oldest.len()),
+        pending.as_ref().map_or(0, |p| p.total),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    out.line(&summary);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_name_state_and_cpu_even_with_odd_names() {
+        let line = "4242 (client-17) S 1 1 1 0 -1 4194368 30 0 0 0 123 77 0 0 20 0 1 0 5 0 0";
+        assert_eq!(
+            parse_stat(4242, line),
+            Some(Task {
+                tid: 4242,
+                name: "client-17".into(),
+                state: 'S',
+                cpu: Duration::from_secs(2),
+            })
+        );
+        let odd = "7 (a (b) c) R 1 1 1 0 -1 0 0 0 0 0 5 5 0 0";
+        let task = parse_stat(7, odd).unwrap();
+        assert_eq!((task.name.as_str(), task.state), ("a (b) c", 'R'));
+        assert_eq!(task.cpu, Duration::from_millis(100));
+        assert_eq!(parse_stat(1, "garbage"), None);
+    }
+
+    #[test]
+    fn this_process_lists_its_own_threads() {
+        let me = nix::unistd::gettid().as_raw();
+        assert!(list_tids().contains(&me));
+        let task = read_task(me).expect("this thread's stat");
+        assert_eq!(task.state, 'R', "it is running: it reads its own stat");
+    }
+}

@@ -1,0 +1,13 @@
+//! Operations: what an operator reaches. The HTTP endpoints (`/healthz`, `/metrics`, the
+//! quotes page), reloading the configuration (SIGHUP), the state dump (SIGUSR1), the signals
+//! themselves and the log.
+//!
+//! May import: every stage below (`clients`, `fanout`, `backbone`, `feed`, `config`, `base`).
+
+pub mod dump;
+pub mod endpoints;
+pub mod logging;
+pub mod metrics;
+pub mod page;
+pub mod reload;
+pub mod signals;
