@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Redis's own load on the backbone (README, "Scaling out"): redis-server's CPU and memory while
-# one ingest publishes R frames/s (fxproxy's built-in simulator as its source) and E edges
+# Redis's own load on the backbone (docs/scaling-out.md, "Scaling out"): redis-server's CPU
+# and memory while one ingest publishes R frames/s (fxproxy's built-in simulator as its source) and E edges
 # read them, for R in 200 and 2000 and E in 1 and 3; then the memory of a full stream
 # (backbone_max_len entries of a typical frame). Everything on 127.0.0.1; about 2 minutes.
 #   bench/backbone-load.sh            # uses target/release/fxproxy

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The small-host profile in the README ("Small hosts: memory and CPU"): memory and CPU of one
+# The small-host profile in docs/install.md ("Small hosts: memory and CPU"): memory and CPU of one
 # fxproxy binary at 10, 100 and 1,000 clients x 10 quotes/s, with the default settings and with
 # the small-host settings, then at 1,000 clients with each small-host setting alone (what each
 # costs). Every run is made twice and both figures are printed: the machine may be shared.
@@ -39,13 +39,14 @@ mkdir -p target
 rounds=2
 [ $quick = 0 ] || rounds=1
 
-# The small-host settings (README): each bounds memory that the defaults leave to larger hosts.
+# The small-host settings (docs/install.md): each bounds memory that the defaults leave to
+# larger hosts.
 SMALL=(
   max_clients=2000             # 10000: the ceiling on threads and memory
   client_queue_len=256         # 1024: frames a lagging client may hold before it is dropped
   client_read_buffer_bytes=512 # 1024: each client's read buffer
 )
-# Tried alone too, and left out of SMALL for what they measured (README): a smaller write
+# Tried alone too, and left out of SMALL for what they measured (docs/install.md): a smaller write
 # buffer saves nothing measurable; a small pending cap evicts real clients in a connect burst.
 TRIED=(
   client_write_buffer_bytes=2048

@@ -5,7 +5,7 @@ usage: contrib/smoke-test.py [--runner CMD] [--clients N] BINARY
   --runner CMD  run BINARY (the proxy and every `watch`) through CMD, e.g. qemu-aarch64
   --clients N   `fxproxy watch` clients to start (default 4)
 
-What it proves, using only the documented contract (shared protocol.md and the README): the
+What it proves, using only the documented contract (shared protocol.md, the README and docs/): the
 proxy starts with `upstream_url = sim` on `listen = 127.0.0.1:0` and logs
 `listening on 127.0.0.1:PORT`; `/healthz` answers 200; N `fxproxy watch URL --key KEY`
 clients (the same binary) and a Python `websockets` client receive quotes; on SIGTERM the
