@@ -6,8 +6,8 @@
 //!
 //! A template is `key = value` lines, `#` comment lines and blank lines; values run to the end
 //! of the line (JSON messages may hold `#`). `send`, `ignore` and `refuse` may repeat; an
-//! `expect` belongs to the `send` above it, a `refuse_reason` to the `refuse` above it. See the
-//! README's *Providers* section for every key.
+//! `expect` belongs to the `send` above it, a `refuse_reason` to the `refuse` above it. See
+//! docs/providers.md for every key.
 
 use crate::config::{Config, ConfigError, ProviderChoice, Upstream};
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! without dropping a client takes effect; a broken file changes nothing.
 //!
 //! Each key of proxy.conf reaches a running proxy in one of three ways ([`Reach`]), listed in
-//! [`SETTINGS`] (and in the README's table): at once for everyone, connected clients
+//! [`SETTINGS`] (and in the table of docs/configuration.md): at once for everyone, connected clients
 //! included; for connections made from now on (sizes and limits a connection was admitted
 //! under stay with it); or only after a restart (what the listening socket, the upstream
 //! connection and the hub were built from). Those last keep their running value, so
