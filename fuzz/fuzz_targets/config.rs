@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let message = e.to_string();
             assert!(!message.chars().any(char::is_control), "{message:?}");
-            if let Some(line) = e.line {
+            if let Some(line) = e.line() {
                 assert!(
                     line >= 1 && line <= text.lines().count(),
                     "line {line}: {message}"

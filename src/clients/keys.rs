@@ -5,6 +5,7 @@
 //! lines whose first non-blank character is `#` are ignored, and elsewhere a `#` after
 //! whitespace starts a trailing comment.
 
+use crate::config::value::symbol_list;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -101,7 +102,7 @@ impl KeyStore {
             let symbols = if rest.is_empty() {
                 None
             } else {
-                Some(parse_symbols(rest).map_err(err)?)
+                Some(symbol_list(rest).map_err(|e| err(e.to_string()))?)
             };
             entries.push(KeyEntry {
                 key: key.to_string(),
@@ -195,29 +196,6 @@ fn strip_comment(line: &str) -> &str {
         after_space = c.is_whitespace();
     }
     line
-}
-
-fn parse_symbols(list: &str) -> Result<Vec<String>, String> {
-    let mut symbols: Vec<String> = Vec::new();
-    for part in list.split(',') {
-        let symbol = part.trim().to_ascii_uppercase();
-        if symbol.is_empty() {
-            return Err(format!("empty symbol in the list {list:?}"));
-        }
-        let valid_char =
-            |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || "._/:-".contains(c);
-        if symbol.len() > 32 || !symbol.chars().all(valid_char) {
-            return Err(format!(
-                "symbol {symbol:?} must be 1 to 32 characters of A-Z, 0-9 and . _ / : - \
-                 (symbols are separated by commas)"
-            ));
-        }
-        if symbols.contains(&symbol) {
-            return Err(format!("symbol {symbol} is listed twice"));
-        }
-        symbols.push(symbol);
-    }
-    Ok(symbols)
 }
 
 #[cfg(test)]
@@ -314,10 +292,10 @@ dave#key#0004 # a # inside a key is kept
         let e = KeyStore::parse("alice-key-0001 EURUSD,,GBPUSD").unwrap_err();
         assert_eq!(
             e.to_string(),
-            r#"line 1: empty symbol in the list "EURUSD,,GBPUSD""#
+            r#"line 1: expected comma-separated symbols such as EURUSD,GBPUSD, got an empty entry in "EURUSD,,GBPUSD""#
         );
         let e = KeyStore::parse("alice-key-0001 EURUSD,").unwrap_err();
-        assert!(e.message.starts_with("empty symbol"));
+        assert!(e.message.contains("got an empty entry"));
         let e = KeyStore::parse("x\nalice-key-0001 EURUSD GBPUSD").unwrap_err();
         assert_eq!(e.line, 1);
         let e = KeyStore::parse("alice-key-0001 EURUSD GBPUSD").unwrap_err();

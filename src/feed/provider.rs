@@ -474,14 +474,11 @@ pub fn describe(config: &mut Config) -> Result<Provider, ConfigError> {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            parse_template(&text).map_err(|e| ConfigError {
+            parse_template(&text).map_err(|e| ConfigError::Named {
                 file: path.clone(),
                 line: e.line,
                 key: e.key.clone(),
-                message: match (&e.key, e.line) {
-                    (Some(key), None) => format!("key `{key}`: {}", e.message),
-                    _ => e.message.clone(),
-                },
+                message: e.message.clone(),
             })?
         }
     };
@@ -495,14 +492,10 @@ pub fn describe(config: &mut Config) -> Result<Provider, ConfigError> {
         match &description.url {
             Some(url) => config.upstream = Upstream::Url(url.clone()),
             None => {
-                return Err(ConfigError {
+                return Err(ConfigError::Missing {
                     file: config.file.clone(),
-                    line: None,
-                    key: Some("upstream_url".into()),
-                    message: format!(
-                        "missing required key `upstream_url` (the {} template gives no `url`)",
-                        description.name
-                    ),
+                    key: "upstream_url",
+                    note: Some(format!("the {} template gives no `url`", description.name)),
                 })
             }
         }

@@ -2,8 +2,8 @@
 //! proxy.conf and the key file are read again at once, and every value that can change
 //! without dropping a client takes effect; a broken file changes nothing.
 //!
-//! Each key of proxy.conf reaches a running proxy in one of three ways ([`Reach`]), listed in
-//! [`SETTINGS`] (and in the table of docs/configuration.md): at once for everyone, connected clients
+//! Each key of proxy.conf reaches a running proxy in one of three ways ([`Reach`]), defined
+//! with the key in `config::settings`: at once for everyone, connected clients
 //! included; for connections made from now on (sizes and limits a connection was admitted
 //! under stay with it); or only after a restart (what the listening socket, the upstream
 //! connection and the hub were built from). Those last keep their running value, so
@@ -18,441 +18,15 @@
 
 use crate::clients::context::Context;
 use crate::clients::keys::KeyStore;
-use crate::config::{self, Config, Upstream};
+use crate::config::settings::{Reach, Setting, SETTINGS};
+use crate::config::{self, Config};
 use crate::fanout::slot::Kick;
-use crate::feed::upstream::display_url;
 use log::{error, info, warn};
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
-
-/// Whom a new value of a key reaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reach {
-    /// At once, connected clients and the upstream connection included.
-    Everyone,
-    /// Connections accepted (or upgraded) from now on; connected clients keep theirs.
-    NewConnections,
-    /// Only a restart: the running value stays.
-    Restart,
-}
-
-impl Reach {
-    fn words(self) -> &'static str {
-        match self {
-            Reach::Everyone => "applies at once, to connected clients too",
-            Reach::NewConnections => "applies to new connections",
-            Reach::Restart => "needs a restart",
-        }
-    }
-}
-
-/// How a value may be shown in the log.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Shown {
-    Value,
-    /// A URL without its query string, where some providers put the key.
-    Url,
-    /// A credential, or text that may hold one: named, never shown.
-    Hidden,
-}
-
-/// One key of proxy.conf as a reload sees it.
-pub struct Setting {
-    pub key: &'static str,
-    pub reach: Reach,
-    /// The value as a string, to compare and (unless hidden) to log.
-    value: fn(&Config) -> String,
-    shown: Shown,
-}
-
-fn secs(d: std::time::Duration) -> String {
-    d.as_secs().to_string()
-}
-
-/// Every key of proxy.conf, in the order of the shipped file, and whom a change reaches.
-pub static SETTINGS: &[Setting] = &[
-    Setting {
-        key: "listen",
-        reach: Reach::Restart,
-        value: |c| c.listen.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "tls_cert_file",
-        reach: Reach::Restart,
-        value: |c| {
-            c.tls_cert_file
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string())
-        },
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "tls_key_file",
-        reach: Reach::Restart,
-        value: |c| {
-            c.tls_key_file
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string())
-        },
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "tls_client_ca_file",
-        reach: Reach::Restart,
-        value: |c| {
-            c.tls_client_ca_file
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string())
-        },
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "upstream_url",
-        reach: Reach::Restart,
-        value: |c| match &c.upstream {
-            Upstream::Sim => "sim".to_string(),
-            Upstream::Url(url) => url.clone(),
-            Upstream::ProviderUrl => "(the provider template's url)".to_string(),
-            Upstream::Replay(replay) => format!(
-                "replay:{} (speed {}, loop {})",
-                replay.path.display(),
-                replay.speed.map_or("max".to_string(), |s| s.to_string()),
-                replay.looped
-            ),
-        },
-        shown: Shown::Url,
-    },
-    Setting {
-        key: "upstream_api_key",
-        reach: Reach::Restart,
-        value: |c| c.upstream_api_key.expose().to_string(),
-        shown: Shown::Hidden,
-    },
-    Setting {
-        key: "upstream_api_key_file",
-        reach: Reach::Restart,
-        value: |c| {
-            c.upstream_api_key_file
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string())
-        },
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "upstream_ca_file",
-        reach: Reach::Restart,
-        value: |c| {
-            c.upstream_ca_file
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string())
-        },
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "upstream_bundled_roots",
-        reach: Reach::Restart,
-        value: |c| c.upstream_bundled_roots.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "symbols",
-        reach: Reach::Restart,
-        value: |c| c.symbols.join(","),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "subscribe_message",
-        reach: Reach::Restart,
-        value: |c| c.subscribe_message.clone(),
-        shown: Shown::Hidden,
-    },
-    Setting {
-        key: "provider",
-        reach: Reach::Restart,
-        value: |c| c.provider.name().to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "provider_template",
-        reach: Reach::Restart,
-        value: |c| {
-            c.provider_template
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string())
-        },
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "client_format",
-        reach: Reach::Restart,
-        value: |c| format!("{:?}", c.client_format).to_lowercase(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "record_file",
-        reach: Reach::Restart,
-        value: |c| {
-            c.record_file
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string())
-        },
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "record_max_bytes",
-        reach: Reach::Restart,
-        value: |c| c.record_max_bytes.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "slow_client",
-        reach: Reach::NewConnections,
-        value: |c| format!("{:?}", c.slow_client).to_lowercase(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "user_keys_file",
-        reach: Reach::Everyone,
-        value: |c| c.user_keys_file.display().to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "auth_timeout_secs",
-        reach: Reach::NewConnections,
-        value: |c| secs(c.auth_timeout),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "handshake_timeout_secs",
-        reach: Reach::NewConnections,
-        value: |c| secs(c.handshake_timeout),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "upstream_stale_secs",
-        reach: Reach::Everyone,
-        value: |c| secs(c.upstream_stale),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "upstream_connect_timeout_secs",
-        reach: Reach::Everyone,
-        value: |c| secs(c.upstream_connect_timeout),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "upstream_ping_secs",
-        reach: Reach::Everyone,
-        value: |c| secs(c.upstream_ping),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "upstream_backoff_min_ms",
-        reach: Reach::Everyone,
-        value: |c| c.upstream_backoff_min.as_millis().to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "upstream_backoff_max_secs",
-        reach: Reach::Everyone,
-        value: |c| secs(c.upstream_backoff_max),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "market_hours",
-        reach: Reach::Everyone,
-        value: |c| c.market_hours.name().to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "market_closed_dates",
-        reach: Reach::Everyone,
-        value: |c| {
-            let dates: Vec<String> = c
-                .market_closed_dates
-                .iter()
-                .map(|d| d.to_string())
-                .collect();
-            dates.join(",")
-        },
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "client_queue_len",
-        reach: Reach::Everyone,
-        value: |c| c.client_queue_len.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "max_client_lag_secs",
-        reach: Reach::Everyone,
-        value: |c| secs(c.max_client_lag),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "client_ping_secs",
-        reach: Reach::Everyone,
-        value: |c| secs(c.client_ping),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "max_clients",
-        reach: Reach::NewConnections,
-        value: |c| c.max_clients.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "max_clients_per_key",
-        reach: Reach::NewConnections,
-        value: |c| c.max_clients_per_key.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "max_pending_connections",
-        reach: Reach::NewConnections,
-        value: |c| c.max_pending_connections.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "max_message_bytes",
-        reach: Reach::NewConnections,
-        value: |c| c.max_message_bytes.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "max_client_messages_per_sec",
-        reach: Reach::Everyone,
-        value: |c| c.max_client_messages_per_sec.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "client_read_buffer_bytes",
-        reach: Reach::NewConnections,
-        value: |c| c.client_read_buffer_bytes.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "client_write_buffer_bytes",
-        reach: Reach::NewConnections,
-        value: |c| c.client_write_buffer_bytes.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "allowed_origins",
-        reach: Reach::NewConnections,
-        value: |c| c.allowed_origins.join(","),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "http_endpoints",
-        reach: Reach::Everyone,
-        value: |c| c.http_endpoints.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "page",
-        reach: Reach::Everyone,
-        value: |c| c.page.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "status_interval_secs",
-        reach: Reach::Everyone,
-        value: |c| c.status_interval.map_or("0".to_string(), secs),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "batch_delay_ms",
-        reach: Reach::Everyone,
-        value: |c| c.batch_delay.as_millis().to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "sim_rate",
-        reach: Reach::Everyone,
-        value: |c| c.sim_rate.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "log_level",
-        reach: Reach::Everyone,
-        value: |c| c.log_level.name().to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "backbone",
-        reach: Reach::Restart,
-        value: |c| c.backbone.as_ref().map_or(String::new(), |u| u.shown()),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "backbone_role",
-        reach: Reach::Restart,
-        value: |c| c.backbone_role.name().to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "backbone_name",
-        reach: Reach::Restart,
-        value: |c| c.backbone_name.clone(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "backbone_max_len",
-        reach: Reach::Restart,
-        value: |c| c.backbone_max_len.to_string(),
-        shown: Shown::Value,
-    },
-    Setting {
-        key: "trusted_proxies",
-        reach: Reach::NewConnections,
-        value: |c| {
-            c.trusted_proxies
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        },
-        shown: Shown::Value,
-    },
-];
-
-impl Setting {
-    fn show(&self, c: &Config) -> String {
-        match self.shown {
-            Shown::Value => {
-                let v = (self.value)(c);
-                if v.is_empty() {
-                    "(empty)".to_string()
-                } else {
-                    v
-                }
-            }
-            Shown::Url => display_url(&(self.value)(c)).to_string(),
-            Shown::Hidden => "(not shown)".to_string(),
-        }
-    }
-}
-
-/// Puts the running value of a key that needs a restart back into `next`.
-fn keep_running(next: &mut Config, running: &Config, key: &str) {
-    match key {
-        "listen" => next.listen = running.listen,
-        "upstream_url" => next.upstream = running.upstream.clone(),
-        "upstream_api_key" => next.upstream_api_key = running.upstream_api_key.clone(),
-        "upstream_api_key_file" => {
-            next.upstream_api_key_file = running.upstream_api_key_file.clone()
-        }
-        "symbols" => next.symbols = running.symbols.clone(),
-        "subscribe_message" => next.subscribe_message = running.subscribe_message.clone(),
-        // A key marked Restart without a line here fails the unit test below.
-        _ => {}
-    }
-}
 
 /// What a reload of a file over the running configuration comes to.
 pub struct Merged {
@@ -469,18 +43,18 @@ pub fn merge(running: &Config, file: Config) -> Merged {
     let mut applied = Vec::new();
     let mut waiting = Vec::new();
     for setting in SETTINGS {
-        if (setting.value)(running) == (setting.value)(&next) {
+        if setting.same(running, &next) {
             continue;
         }
         if setting.reach == Reach::Restart {
-            waiting.push((setting, setting.show(&next)));
+            waiting.push((setting, setting.shown(&next)));
         } else {
             applied.push(setting);
         }
     }
     // Only after every comparison: the API key's file and its contents both wait.
     for (setting, _) in &waiting {
-        keep_running(&mut next, running, setting.key);
+        setting.keep(&mut next, running);
     }
     Merged {
         next,
@@ -589,21 +163,21 @@ impl Reloader {
         for setting in &applied {
             info!(
                 "reload: {} = {} (was {}): {}",
-                setting.key,
-                setting.show(&next),
-                setting.show(&running),
+                setting.name,
+                setting.shown(&next),
+                setting.shown(&running),
                 setting.reach.words()
             );
         }
         let file_name = next.file.display().to_string();
         for (setting, wanted) in &waiting {
             let place = next
-                .line_of(setting.key)
+                .line_of(setting.name)
                 .map_or(file_name.clone(), |line| format!("{file_name}:{line}"));
             warn!(
                 "reload: {place}: {} changed to {wanted} but needs a restart; still {} until then",
-                setting.key,
-                setting.show(&running),
+                setting.name,
+                setting.shown(&running),
             );
         }
         if next.log_level != running.log_level {
@@ -633,8 +207,8 @@ impl Reloader {
             waiting.len()
         );
         Ok(Reloaded {
-            applied: applied.iter().map(|s| s.key).collect(),
-            waiting: waiting.iter().map(|(s, _)| s.key).collect(),
+            applied: applied.iter().map(|s| s.name).collect(),
+            waiting: waiting.iter().map(|(s, _)| s.name).collect(),
             keys: count,
             disconnected,
         })
@@ -700,10 +274,89 @@ mod tests {
 
     const BASE: &str = "upstream_url = sim\nsymbols = EURUSD\nuser_keys_file = users.keys\n";
 
+    /// Every key that needs a restart set, so that each can be changed alone.
+    const ALL_SET: &str = "upstream_url = ws://feed.example/a\nsymbols = EURUSD\n\
+        user_keys_file = users.keys\nlisten = 127.0.0.1:1\ntls_cert_file = a.pem\n\
+        tls_key_file = a.key\ntls_client_ca_file = ca.pem\nupstream_api_key = key-one\n\
+        upstream_ca_file = up.pem\nupstream_bundled_roots = true\n\
+        subscribe_message = {\"a\":\"{api_key}\"}\nrecord_file = rec.jsonl\n\
+        record_max_bytes = 4096\nbackbone = redis://:pw-one@127.0.0.1:6379\n\
+        backbone_role = both\nbackbone_name = fx\nbackbone_max_len = 1000\n\
+        client_format = normalized\n";
+
+    /// `ALL_SET` with `key` changed (and whatever must change with it).
+    fn changed(key: &str) -> String {
+        let replace = |line: &str| {
+            let name = line.split('=').next().unwrap_or("").trim();
+            match (name, key) {
+                // Only one of the two may be set.
+                ("upstream_api_key", "upstream_api_key_file") => {
+                    "upstream_api_key_file = key.txt".to_string()
+                }
+                // The other providers take no subscribe_message.
+                ("subscribe_message", "provider" | "provider_template") => String::new(),
+                (n, k) if n == k => match k {
+                    "listen" => "listen = 127.0.0.1:2".into(),
+                    "upstream_url" => "upstream_url = ws://feed.example/b".into(),
+                    "upstream_bundled_roots" => "upstream_bundled_roots = false".into(),
+                    "symbols" => "symbols = EURUSD,GBPUSD".into(),
+                    "subscribe_message" => "subscribe_message = {\"b\":\"{api_key}\"}".into(),
+                    "record_max_bytes" => "record_max_bytes = 8192".into(),
+                    // The password alone: the log shows the URL without it.
+                    "backbone" => "backbone = redis://:pw-two@127.0.0.1:6379".into(),
+                    "backbone_role" => "backbone_role = edge".into(),
+                    "backbone_max_len" => "backbone_max_len = 2000".into(),
+                    "client_format" => "client_format = upstream".into(),
+                    // A file or a name: another one.
+                    _ => line.replace(" = ", " = other-"),
+                },
+                _ => line.to_string(),
+            }
+        };
+        let mut text: String = ALL_SET.lines().map(|l| replace(l) + "\n").collect();
+        match key {
+            "provider" => text.push_str("provider = tradermade-v2\n"),
+            "provider_template" => {
+                text.push_str("provider = custom\nprovider_template = feed.conf\n")
+            }
+            _ => {}
+        }
+        text
+    }
+
     #[test]
-    fn every_key_of_proxy_conf_is_listed_once_in_file_order() {
-        let listed: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
-        assert_eq!(listed, config::KEYS);
+    fn every_key_that_needs_a_restart_is_still_pending_at_the_next_reload() {
+        let restart = SETTINGS.iter().filter(|s| s.reach == Reach::Restart);
+        for setting in restart {
+            let running = parse(ALL_SET);
+            let file = parse(&changed(setting.name));
+            let first = merge(&running, file.clone());
+            let waits = |m: &Merged| m.waiting.iter().any(|(s, _)| s.name == setting.name);
+            assert!(waits(&first), "{}: not reported as waiting", setting.name);
+            for other in SETTINGS.iter().filter(|s| s.reach == Reach::Restart) {
+                assert!(
+                    other.same(&first.next, &running),
+                    "{}: after a change of {}, its running value was not kept",
+                    other.name,
+                    setting.name
+                );
+            }
+            // A second SIGHUP with the same file still finds the change waiting.
+            let second = merge(&first.next, file);
+            assert!(
+                waits(&second),
+                "{}: forgotten at the second reload",
+                setting.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_changed_backbone_password_is_reported_but_never_shown() {
+        let merged = merge(&parse(ALL_SET), parse(&changed("backbone")));
+        let (setting, shown) = &merged.waiting[0];
+        assert_eq!(setting.name, "backbone");
+        assert!(!shown.contains("pw-"), "{shown}");
     }
 
     #[test]
@@ -715,7 +368,7 @@ mod tests {
              subscribe_message = {\"k\":\"{api_key}\"}\nuser_keys_file = users.keys\n",
         );
         let merged = merge(&running, file);
-        let waiting: Vec<&str> = merged.waiting.iter().map(|(s, _)| s.key).collect();
+        let waiting: Vec<&str> = merged.waiting.iter().map(|(s, _)| s.name).collect();
         assert_eq!(
             waiting,
             [
@@ -728,11 +381,10 @@ mod tests {
         );
         assert!(merged.applied.is_empty());
         for setting in SETTINGS {
-            assert_eq!(
-                (setting.value)(&merged.next),
-                (setting.value)(&running),
+            assert!(
+                setting.same(&merged.next, &running),
                 "{} kept",
-                setting.key
+                setting.name
             );
         }
         // What the log may say: no key, no query string, no subscribe text.
@@ -763,7 +415,8 @@ mod tests {
              log_level = debug\nallowed_origins = https://a.example\n"
         ));
         let merged = merge(&running, file);
-        let applied: Vec<(&str, Reach)> = merged.applied.iter().map(|s| (s.key, s.reach)).collect();
+        let applied: Vec<(&str, Reach)> =
+            merged.applied.iter().map(|s| (s.name, s.reach)).collect();
         assert_eq!(
             applied,
             [

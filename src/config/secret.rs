@@ -1,0 +1,224 @@
+//! Credentials in the configuration: the provider key, kept out of `Debug` output, and where
+//! it comes from when proxy.conf does not hold it (a key file, systemd's `LoadCredential=`
+//! directory, the environment); the TLS files, which may come as credentials too.
+
+use crate::base::logsafe::redacted_key;
+use crate::config::error::ConfigError;
+use crate::config::value::CREDENTIALS_PLACEHOLDER;
+use crate::config::Config;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The environment variable that supplies the upstream key when the file sets neither
+/// `upstream_api_key` nor `upstream_api_key_file`.
+pub const API_KEY_ENV: &str = "FXPROXY_UPSTREAM_API_KEY";
+
+/// A credential that never appears in full in `Debug` output; read it with [`Secret::expose`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for sending upstream; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", redacted_key(&self.0))
+    }
+}
+
+/// Expands `${CREDENTIALS_DIRECTORY}` in a path and resolves the result against `base`; paths
+/// without the placeholder were resolved when the file was parsed and are returned as they are.
+fn expand_credentials(
+    path: &Path,
+    credentials_dir: Option<&OsStr>,
+    base: &Path,
+) -> Result<PathBuf, String> {
+    // Placeholder paths come from a &str in `value::credential_path`, so they are valid UTF-8.
+    let Some(text) = path
+        .to_str()
+        .filter(|t| t.contains(CREDENTIALS_PLACEHOLDER))
+    else {
+        return Ok(path.to_path_buf());
+    };
+    let Some(dir) = credentials_dir.filter(|d| !d.is_empty()) else {
+        return Err(
+            "uses ${CREDENTIALS_DIRECTORY} but that environment variable is not set \
+             (it is set by systemd's LoadCredential=)"
+                .to_string(),
+        );
+    };
+    let mut expanded = OsString::new();
+    for (i, piece) in text.split(CREDENTIALS_PLACEHOLDER).enumerate() {
+        if i > 0 {
+            expanded.push(dir);
+        }
+        expanded.push(piece);
+    }
+    // The directory is joined as an OsString so a non-UTF-8 path survives intact.
+    Ok(base.join(expanded))
+}
+
+/// Expands `${CREDENTIALS_DIRECTORY}` in the TLS file paths (systemd's `LoadCredential=`).
+pub fn resolve_tls_paths(
+    config: &mut Config,
+    credentials_dir: Option<&OsStr>,
+) -> Result<(), ConfigError> {
+    let base = config.file.parent().unwrap_or(Path::new("")).to_path_buf();
+    let expand = |config: &Config, key: &str, path: &Option<PathBuf>| {
+        path.as_ref()
+            .map(|p| expand_credentials(p, credentials_dir, &base))
+            .transpose()
+            .map_err(|m| config.error_at(key, m))
+    };
+    let cert = expand(config, "tls_cert_file", &config.tls_cert_file)?;
+    let key = expand(config, "tls_key_file", &config.tls_key_file)?;
+    let client_ca = expand(config, "tls_client_ca_file", &config.tls_client_ca_file)?;
+    let upstream_ca = expand(config, "upstream_ca_file", &config.upstream_ca_file)?;
+    config.tls_cert_file = cert;
+    config.tls_key_file = key;
+    config.tls_client_ca_file = client_ca;
+    config.upstream_ca_file = upstream_ca;
+    Ok(())
+}
+
+/// Fills `config.upstream_api_key`: an explicit `upstream_api_key` (even empty) wins; else the
+/// key file's contents with trailing whitespace trimmed; else `env_key`.
+pub fn resolve_api_key(
+    config: &mut Config,
+    credentials_dir: Option<&OsStr>,
+    env_key: Option<String>,
+    read: impl Fn(&Path) -> io::Result<String>,
+) -> Result<(), ConfigError> {
+    const KEY: &str = "upstream_api_key_file";
+    if let Some(path) = config.upstream_api_key_file.clone() {
+        let base = config.file.parent().unwrap_or(Path::new("")).to_path_buf();
+        let path = expand_credentials(&path, credentials_dir, &base)
+            .map_err(|m| config.error_at(KEY, m))?;
+        let text = read(&path)
+            .map_err(|e| config.error_at(KEY, format!("cannot read {}: {e}", path.display())))?;
+        let key = text.trim_end();
+        if key.is_empty() {
+            return Err(config.error_at(KEY, format!("{} is empty", path.display())));
+        }
+        config.upstream_api_key = Secret::new(key);
+        config.upstream_api_key_file = Some(path);
+    } else if config.line_of("upstream_api_key").is_none() {
+        if let Some(key) = env_key {
+            config.upstream_api_key = Secret::new(key.trim());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, ConfigError};
+    use std::collections::HashMap;
+
+    const MINIMAL: &str = "upstream_url = sim\nsymbols = EURUSD\nuser_keys_file = users.keys\n";
+
+    fn reader(files: &[(&str, &str)]) -> impl Fn(&Path) -> io::Result<String> {
+        let files: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+            .collect();
+        move |p: &Path| {
+            files
+                .get(p)
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found"))
+        }
+    }
+
+    fn resolved(extra: &str, cred: Option<&str>, env: Option<&str>) -> Result<Config, ConfigError> {
+        let mut c = parse(
+            &format!("{MINIMAL}{extra}"),
+            Path::new("/etc/fxproxy/proxy.conf"),
+        )?;
+        let files = reader(&[
+            ("/etc/fxproxy/key.txt", "from-file\n"),
+            ("/run/creds/upkey", "from-creds \r\n"),
+            ("/etc/fxproxy/empty", "\n"),
+        ]);
+        resolve_api_key(&mut c, cred.map(OsStr::new), env.map(str::to_string), files)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn api_key_precedence() {
+        let key = |extra: &str, cred, env| {
+            resolved(extra, cred, env)
+                .unwrap()
+                .upstream_api_key
+                .expose()
+                .to_string()
+        };
+        assert_eq!(
+            key("upstream_api_key = inline\n", None, Some("env")),
+            "inline"
+        );
+        // Set explicitly, even to nothing, the file's value wins over the environment.
+        assert_eq!(key("upstream_api_key =\n", None, Some("env")), "");
+        assert_eq!(
+            key("upstream_api_key_file = key.txt\n", None, Some("env")),
+            "from-file"
+        );
+        assert_eq!(key("", None, Some(" env \n")), "env");
+        assert_eq!(key("", None, None), "");
+        assert_eq!(
+            key(
+                "upstream_api_key_file = ${CREDENTIALS_DIRECTORY}/upkey\n",
+                Some("/run/creds"),
+                None
+            ),
+            "from-creds"
+        );
+        let c = resolved(
+            "upstream_api_key_file = ${CREDENTIALS_DIRECTORY}/upkey\n",
+            Some("/run/creds"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.upstream_api_key_file,
+            Some(PathBuf::from("/run/creds/upkey"))
+        );
+    }
+
+    #[test]
+    fn api_key_errors() {
+        let err = |extra: &str, cred| resolved(extra, cred, None).unwrap_err().to_string();
+        assert_eq!(
+            err("upstream_api_key = a\nupstream_api_key_file = key.txt\n", None),
+            "/etc/fxproxy/proxy.conf:5: key `upstream_api_key_file`: `upstream_api_key` is already set on line 4; set only one of the two"
+        );
+        assert_eq!(
+            err("upstream_api_key_file = missing\n", None),
+            "/etc/fxproxy/proxy.conf:4: key `upstream_api_key_file`: cannot read /etc/fxproxy/missing: not found"
+        );
+        assert_eq!(
+            err("upstream_api_key_file = empty\n", None),
+            "/etc/fxproxy/proxy.conf:4: key `upstream_api_key_file`: /etc/fxproxy/empty is empty"
+        );
+        let m = err(
+            "upstream_api_key_file = ${CREDENTIALS_DIRECTORY}/upkey\n",
+            None,
+        );
+        assert!(m.starts_with("/etc/fxproxy/proxy.conf:4: key `upstream_api_key_file`: uses ${CREDENTIALS_DIRECTORY} but"), "{m}");
+    }
+}
