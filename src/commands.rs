@@ -83,14 +83,35 @@ fn block_signals(which: &[Signal]) -> Result<signals::Blocked, ExitCode> {
     })
 }
 
-fn listen(
-    blocked: signals::Blocked,
-    on_signal: impl FnMut(Signal) + Send + 'static,
-) -> Result<signals::Listener, ExitCode> {
-    blocked.listen(on_signal).map_err(|e| {
-        eprintln!("fxproxy: cannot start the signal thread: {e}");
-        ExitCode::from(1)
-    })
+/// The signal threads of a running command: ctrlc's for the stop signals, ours for the rest.
+struct SignalThreads {
+    stop: signals::StopSignals,
+    others: signals::Listener,
+}
+
+impl SignalThreads {
+    /// `on_stop` for each of `stop_on` (through ctrlc), `on_signal` for each of `others`; all
+    /// were blocked by [`block_signals`] before any thread started.
+    fn start(
+        blocked: &signals::Blocked,
+        stop_on: &[Signal],
+        on_stop: impl FnMut() + Send + 'static,
+        others: &[Signal],
+        on_signal: impl FnMut(Signal) + Send + 'static,
+    ) -> Result<SignalThreads, ExitCode> {
+        let fail = |e: std::io::Error| {
+            eprintln!("fxproxy: cannot start the signal threads: {e}");
+            ExitCode::from(1)
+        };
+        let others = blocked.listen(others, on_signal).map_err(fail)?;
+        let stop = blocked.on_stop(stop_on, on_stop).map_err(fail)?;
+        Ok(SignalThreads { stop, others })
+    }
+
+    fn stop(self) {
+        self.stop.stop();
+        self.others.stop();
+    }
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
@@ -134,22 +155,29 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let control = server.control();
     let stop = Arc::clone(&signal);
-    let listener = match listen(blocked, move |received| match received {
-        Signal::Interrupt | Signal::Terminate => {
-            log::info!("{} received", received.name());
+    let threads = match SignalThreads::start(
+        &blocked,
+        &[Signal::Interrupt, Signal::Terminate],
+        move || {
+            log::info!("SIGINT or SIGTERM received: stopping");
             stop.set();
-        }
-        Signal::HangUp => {
-            log::info!("SIGHUP received: reloading the configuration");
-            // Logged and counted either way; a broken file changed nothing.
-            let _ = control.reload();
-        }
-        Signal::User1 => {
-            log::info!("SIGUSR1 received: writing a state dump");
-            control.dump_state();
-        }
-    }) {
-        Ok(l) => l,
+        },
+        &[Signal::HangUp, Signal::User1],
+        move |received| match received {
+            Signal::HangUp => {
+                log::info!("SIGHUP received: reloading the configuration");
+                // Logged and counted either way; a broken file changed nothing.
+                let _ = control.reload();
+            }
+            Signal::User1 => {
+                log::info!("SIGUSR1 received: writing a state dump");
+                control.dump_state();
+            }
+            // Not listened to here: they go through ctrlc.
+            Signal::Interrupt | Signal::Terminate => {}
+        },
+    ) {
+        Ok(t) => t,
         Err(code) => {
             server.shutdown();
             return code;
@@ -157,11 +185,8 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     while !signal.wait(Duration::from_secs(3600)) {}
     let failed = server.failed();
-    if !failed {
-        log::info!("termination signal received");
-    }
     server.shutdown();
-    listener.stop();
+    threads.stop();
     if failed {
         ExitCode::from(1)
     } else {
@@ -192,16 +217,19 @@ fn run_sim(addr: std::net::SocketAddr, rate: u32, symbols: Vec<String>) -> ExitC
     );
     let signal = Arc::new(Stop::new());
     let stop = Arc::clone(&signal);
-    let listener = match listen(blocked, move |received| match received {
-        Signal::HangUp => log::info!("SIGHUP received: the simulator has nothing to reload"),
-        _ => stop.set(),
-    }) {
-        Ok(l) => l,
+    let threads = match SignalThreads::start(
+        &blocked,
+        &[Signal::Interrupt, Signal::Terminate],
+        move || stop.set(),
+        &[Signal::HangUp],
+        |_| log::info!("SIGHUP received: the simulator has nothing to reload"),
+    ) {
+        Ok(t) => t,
         Err(code) => return code,
     };
     while !signal.wait(Duration::from_secs(3600)) {}
     server.stop();
-    listener.stop();
+    threads.stop();
     ExitCode::SUCCESS
 }
 
@@ -229,13 +257,22 @@ fn run_watch(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let stopped_by = Arc::new(AtomicI32::new(0));
+    let stopped = move |stop: &AtomicBool, by: &AtomicI32, signal: Signal| {
+        let _ = by.compare_exchange(0, signal.number(), Ordering::SeqCst, Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
+    };
+    let (ctrl_c_stop, ctrl_c_by) = (Arc::clone(&stop), Arc::clone(&stopped_by));
     let (handler_stop, handler_by) = (Arc::clone(&stop), Arc::clone(&stopped_by));
-    let listener = match listen(blocked, move |received| {
-        let _ =
-            handler_by.compare_exchange(0, received.number(), Ordering::SeqCst, Ordering::SeqCst);
-        handler_stop.store(true, Ordering::SeqCst);
-    }) {
-        Ok(l) => l,
+    // Ctrl-C through ctrlc; SIGTERM and SIGHUP told apart on the signals thread, for the exit
+    // status (ctrlc runs one closure for every signal it takes, and cannot say which).
+    let threads = match SignalThreads::start(
+        &blocked,
+        &[Signal::Interrupt],
+        move || stopped(&ctrl_c_stop, &ctrl_c_by, Signal::Interrupt),
+        &[Signal::Terminate, Signal::HangUp],
+        move |received| stopped(&handler_stop, &handler_by, received),
+    ) {
+        Ok(t) => t,
         Err(code) => return code,
     };
     let opts = watch::WatchOptions {
@@ -246,7 +283,7 @@ fn run_watch(
     };
     let mut out = std::io::stdout();
     let result = watch::run(&opts, &mut out, &stop);
-    listener.stop();
+    threads.stop();
     let signal = stopped_by.load(Ordering::SeqCst);
     if signal != 0 {
         return ExitCode::from(128 + signal as u8);

@@ -45,7 +45,8 @@ const SERVICE_STACK: usize = 512 * 1024;
 /// How long shutdown waits for clients to take their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// Threads that are not clients: main, upstream, distributor, watcher, admission,
-/// housekeeping, reaper, signals, state-dump, the simulator's, and slack.
+/// housekeeping, reaper, signals, signals-stop and ctrlc's own, state-dump, the simulator's,
+/// and slack.
 pub const SERVICE_THREADS: u64 = 16;
 /// How often the key file's modification time is looked at.
 const KEY_FILE_CHECK: Duration = Duration::from_secs(2);

@@ -1,13 +1,16 @@
 //! The signals fxproxy acts on, told apart: SIGINT and SIGTERM stop it, SIGHUP reloads it,
 //! SIGUSR1 asks for a state dump.
 //!
-//! They are blocked in the main thread before any other thread starts (threads inherit the
-//! mask, so they are blocked everywhere) and read from a `signalfd` by the `signals` thread,
-//! which calls an ordinary closure for each. So no handler ever runs in signal context, no
-//! blocking call anywhere is cut short with EINTR (what `fxproxy watch` used to report as a
-//! lost connection on Ctrl-C), and none of it needs unsafe code. The thread waits in a poll
-//! together with a waker, so [`Listener::stop`] ends it at once.
+//! All of them are blocked in the main thread before any other thread starts (threads inherit
+//! the mask, so they are blocked everywhere). SIGHUP and SIGUSR1 are read from a `signalfd`
+//! by the `signals` thread, which calls an ordinary closure for each ([`Blocked::listen`]);
+//! it waits in a poll together with a waker, so [`Listener::stop`] ends it at once. The stop
+//! signals go through `ctrlc` ([`Blocked::on_stop`]): its handler must run on some thread, and
+//! the one thread that leaves them unblocked is `signals-stop`, which does nothing but wait.
+//! So no blocking call of any working thread is cut short with EINTR (what `fxproxy watch`
+//! once reported as a lost connection on Ctrl-C), and none of it needs unsafe code.
 
+use crate::base::stop::Stop;
 use log::error;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -19,11 +22,14 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 const SIGNALS: Token = Token(0);
 const WAKE: Token = Token(1);
 /// The thread runs the closure given, which may reload the configuration.
 const STACK: usize = 256 * 1024;
+/// `signals-stop` only waits (the handler that runs on it only writes to a pipe).
+const STOP_STACK: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -73,18 +79,30 @@ pub struct Blocked {
 /// it in `main` before any thread is started: a thread started earlier would still take the
 /// signal, with its default action. Signals that come before [`Blocked::listen`] wait.
 pub fn block(signals: &[Signal]) -> io::Result<Blocked> {
-    let mut set = SigSet::empty();
-    for s in signals {
-        set.add(s.sig());
-    }
+    let set = set_of(signals);
     set.thread_block().map_err(io::Error::from)?;
     Ok(Blocked { set })
 }
 
+fn set_of(signals: &[Signal]) -> SigSet {
+    let mut set = SigSet::empty();
+    for s in signals {
+        set.add(s.sig());
+    }
+    set
+}
+
 impl Blocked {
-    /// Starts the `signals` thread, which calls `on_signal` for each signal, one at a time.
-    pub fn listen(self, on_signal: impl FnMut(Signal) + Send + 'static) -> io::Result<Listener> {
-        let fd = SignalFd::with_flags(&self.set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    /// Starts the `signals` thread, which calls `on_signal` for each of `signals` (blocked
+    /// already), one at a time.
+    pub fn listen(
+        &self,
+        signals: &[Signal],
+        on_signal: impl FnMut(Signal) + Send + 'static,
+    ) -> io::Result<Listener> {
+        let set = set_of(signals);
+        debug_assert!(signals.iter().all(|s| self.set.contains(s.sig())));
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(io::Error::from)?;
         let poll = Poll::new()?;
         poll.registry()
@@ -101,6 +119,54 @@ impl Blocked {
             stopping,
             handle: Some(handle),
         })
+    }
+
+    /// Calls `on_stop` (on ctrlc's thread) for each of `signals`, SIGINT and optionally
+    /// SIGTERM, through `ctrlc`. Once per process. Until [`StopSignals::stop`], those signals
+    /// are unblocked on `signals-stop` alone, so their handler interrupts nobody's work.
+    pub fn on_stop(
+        &self,
+        signals: &[Signal],
+        on_stop: impl FnMut() + Send + 'static,
+    ) -> io::Result<StopSignals> {
+        let set = set_of(signals);
+        debug_assert!(signals.iter().all(|s| self.set.contains(s.sig())));
+        ctrlc::set_handler(on_stop).map_err(|e| io::Error::new(io::ErrorKind::Other, e))?;
+        let done = Arc::new(Stop::new());
+        let thread_done = Arc::clone(&done);
+        let handle = std::thread::Builder::new()
+            .name("signals-stop".into())
+            .stack_size(STOP_STACK)
+            .spawn(move || {
+                if let Err(e) = set.thread_unblock() {
+                    error!("cannot receive Ctrl-C or SIGTERM ({e}); stopping");
+                    return;
+                }
+                // The handler interrupts this wait; it only has to go on waiting.
+                while !thread_done.wait(Duration::from_secs(3600)) {}
+                // Blocked again before the thread goes: a late signal waits, unhandled.
+                let _ = set.thread_block();
+            })?;
+        Ok(StopSignals {
+            done,
+            handle: Some(handle),
+        })
+    }
+}
+
+/// The stop signals' thread (see [`Blocked::on_stop`]).
+pub struct StopSignals {
+    done: Arc<Stop>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl StopSignals {
+    /// Ends the thread; Ctrl-C and SIGTERM stay blocked from then on.
+    pub fn stop(mut self) {
+        self.done.set();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
     }
 }
 
