@@ -47,8 +47,10 @@ pub fn run_command(command: Command) -> ExitCode {
                     println!("{line}");
                 }
                 // What this host would let the proxy have, as the start-up log says it.
-                let (line, warnings) =
-                    crate::server::capacity_report(&c, &crate::base::ceiling::measure());
+                let (line, warnings) = crate::server::capacity_report(&c, &{
+                    let _ = crate::base::ceiling::raise_open_files();
+                    crate::base::ceiling::measure()
+                });
                 println!("{line}");
                 for w in warnings {
                     eprintln!("fxproxy: warning: {w}");

@@ -264,7 +264,11 @@ impl Server {
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen, e))?;
         let admission = Admission::new(listener).map_err(|e| StartError::Bind(addr, e))?;
-        // Measured before the clients come: what the kernel lets this process have.
+        // Measured before the clients come: what the kernel lets this process have, once the
+        // open-file limit is as high as this process may set it.
+        if let Some((from, to)) = ceiling::raise_open_files() {
+            info!("open-file limit raised from {from} to {to} (the hard limit)");
+        }
         let ceiling = ceiling::measure();
         let (line, warnings) = capacity_report(&config, &ceiling);
         info!("{line}");

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::process::Proxy;
+use common::process::{self, Proxy};
 use common::*;
+use std::fs;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tungstenite::Message;
@@ -538,4 +539,50 @@ fn a_status_line_is_logged_every_interval() {
             && line.contains("upstream connected"),
         "{line}"
     );
+}
+
+/// A shell's usual soft open-file limit (1024, here 256) would hold the proxy to a few hundred
+/// clients although the hard limit is far higher: the proxy raises the soft limit to the hard
+/// one, says so, and warns only when the hard limit itself is too low.
+#[test]
+fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let hard = fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            let row = l
+                .lines()
+                .find(|r| r.starts_with("Max open files"))?
+                .to_string();
+            row.split_whitespace().nth(4)?.parse::<u64>().ok()
+        })
+        .expect("this test reads /proc/self/limits");
+    if hard <= 256 {
+        eprintln!("SKIPPED: the hard open-file limit ({hard}) leaves nothing to raise");
+        return;
+    }
+    let dir = process::temp_dir();
+    let keys = process::write_keys(&dir, &[KEY]);
+    let proxy = Proxy::spawn_after(
+        &format!(
+            "{}max_clients = 100\n",
+            process::simulator_config(&keys, "EURUSD")
+        ),
+        &[],
+        "ulimit -Sn 256 && ",
+    );
+    let limits = fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
+    let row = limits
+        .lines()
+        .find(|r| r.starts_with("Max open files"))
+        .unwrap();
+    let soft: u64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(soft, hard, "{row}");
+    let log = proxy.stderr_text();
+    assert!(
+        log.contains(&format!(
+            "open-file limit raised from 256 to {hard} (the hard limit)"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("LimitNOFILE"), "no descriptor warning: {log}");
 }

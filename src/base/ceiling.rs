@@ -118,8 +118,9 @@ impl Ceiling {
             if fds < max_clients + max_pending {
                 out.push(format!(
                     "max_clients ({max_clients}) plus max_pending_connections ({max_pending}) need \
-                     {} descriptors but the open-file limit ({nofile}) leaves {fds}; connections past \
-                     that wait in the listen queue. Raise LimitNOFILE= in the unit (ulimit -n in a shell)",
+                     {} descriptors but the open-file limit ({nofile}, raised to the hard limit at \
+                     start) leaves {fds}; connections past that wait in the listen queue. Raise \
+                     LimitNOFILE= in the unit (the hard limit: ulimit -Hn in a shell, as root)",
                     max_clients + max_pending
                 ));
             }
@@ -220,6 +221,20 @@ pub fn compute(i: &Inputs) -> Ceiling {
             .map(|n| n.saturating_sub(i.open_fds + DESCRIPTOR_RESERVE)),
         nofile: i.nofile,
     }
+}
+
+/// The soft open-file limit raised to the hard one, as Go's runtime does for every server: a
+/// shell's usual `ulimit -n` of 1024 would hold the proxy to about 950 clients, while the hard
+/// limit is usually far higher. Returns the soft limit before and after; nothing changes when
+/// it was at the hard limit already (or the limits cannot be read).
+pub fn raise_open_files() -> Option<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return None;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    Some((soft, hard))
 }
 
 /// Reads the limits that apply to this process now.
