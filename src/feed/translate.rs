@@ -250,7 +250,12 @@ fn normalize(
             fields.bid, fields.ask
         ));
     };
-    let mid = price(&fields.mid).unwrap_or_else(|| Decimal::mid(bid, ask));
+    let mid = match price(&fields.mid) {
+        Some(mid) => mid,
+        None => Decimal::mid(bid, ask).ok_or_else(|| {
+            format!("bid {bid} and ask {ask} are out of range: their mid cannot be written exactly")
+        })?,
+    };
     let own = fields
         .ts
         .as_ref()
@@ -345,20 +350,22 @@ impl Decimal {
     }
 
     /// Halfway between `a` and `b`, exactly: one more decimal place when the sum is odd.
-    pub fn mid(a: Decimal, b: Decimal) -> Decimal {
+    /// `None` when that does not fit (an absurd price such as `1e38` beside `0.1`): checked
+    /// arithmetic, never a wrapped mid nor a panic of the upstream thread.
+    pub fn mid(a: Decimal, b: Decimal) -> Option<Decimal> {
         let scale = a.scale.max(b.scale);
-        let up = |d: Decimal| d.digits * 10i128.pow(scale - d.scale);
-        let sum = up(a) + up(b);
+        let up = |d: Decimal| d.digits.checked_mul(10i128.checked_pow(scale - d.scale)?);
+        let sum = up(a)?.checked_add(up(b)?)?;
         if sum % 2 == 0 {
-            Decimal {
+            Some(Decimal {
                 digits: sum / 2,
                 scale,
-            }
+            })
         } else {
-            Decimal {
-                digits: sum * 5,
+            Some(Decimal {
+                digits: sum.checked_mul(5)?,
                 scale: scale + 1,
-            }
+            })
         }
     }
 
@@ -508,17 +515,19 @@ mod tests {
         assert_eq!(d("1.5e-3").to_string(), "0.0015");
         assert_eq!(d("2E2").to_string(), "200");
         assert_eq!(
-            Decimal::mid(d("1.08612"), d("1.08614")).to_string(),
+            Decimal::mid(d("1.08612"), d("1.08614")).unwrap().to_string(),
             "1.08613"
         );
         assert_eq!(
-            Decimal::mid(d("1.08612"), d("1.08615")).to_string(),
+            Decimal::mid(d("1.08612"), d("1.08615")).unwrap().to_string(),
             "1.086135"
         );
         assert_eq!(
-            Decimal::mid(d("150.1"), d("150.125")).to_string(),
+            Decimal::mid(d("150.1"), d("150.125")).unwrap().to_string(),
             "150.1125"
         );
+        assert_eq!(Decimal::mid(d("1e38"), d("0.1")), None);
+        assert_eq!(Decimal::mid(d("1e38"), d("1e38")), None);
         for bad in [
             "",
             "-",
@@ -648,6 +657,12 @@ mod tests {
         assert!(matches!(
             &read(&t, r#"{"t":"QUOTE","s":"EURUSD","b":"x","a":"2"}"#, None)[0],
             Piece::Unusable(why) if why.contains("no bid")
+        ));
+        // An absurd price is refused in words; its mid would not fit (it wrapped, or panicked
+        // the upstream thread in a debug build).
+        assert!(matches!(
+            &read(&t, r#"{"t":"QUOTE","s":"EURUSD","b":"1e38","a":"0.1"}"#, None)[0],
+            Piece::Unusable(why) if why.contains("bid 100000000000000000000000000000000000000 and ask 0.1 are out of range")
         ));
         // Without a time that can be read, the receive time.
         assert_eq!(
