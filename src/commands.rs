@@ -31,9 +31,7 @@ pub fn run_command(command: Command) -> ExitCode {
             .and_then(|mut c| crate::feed::provider::describe(&mut c).map(|_| c))
             .map_err(|e| e.to_string())
             .and_then(|c| crate::clients::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, k)))
-            .and_then(|(c, k)| {
-                crate::clients::demo_key::check(c.listen, &k, &c.user_keys_file).map(|()| (c, k))
-            })
+            .and_then(|(c, k)| crate::clients::guard::check(&c, &k).map(|()| (c, k)))
             .and_then(|(c, k)| crate::clients::tls::check(&c).map(|tls| (c, k, tls)))
         {
             Ok((c, keys, tls)) => {

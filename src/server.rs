@@ -253,8 +253,7 @@ impl Server {
             Translator::new(Arc::clone(&provider), config.client_format, &config.symbols)
                 .map_err(|m| StartError::Config(config.error_at("symbols", m)))?;
         let keys = KeyStore::load(&config.user_keys_file).map_err(StartError::Keys)?;
-        crate::clients::demo_key::check(config.listen, &keys, &config.user_keys_file)
-            .map_err(StartError::Keys)?;
+        crate::clients::guard::check(&config, &keys).map_err(StartError::Keys)?;
         let metrics = Arc::new(Metrics::with_clock(clock));
         let server_tls = server_tls(&config, &metrics)?;
         let upstream_tls = upstream_tls(&config)?;

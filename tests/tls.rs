@@ -248,10 +248,27 @@ fn with_client_certificates_and_no_key_listed_the_certificate_alone_admits() {
     let setup = TlsSetup::new(&dir);
     let clients_ca = TestCa::new("clients");
     let clients_ca_file = clients_ca.write(&dir.join("clients-ca.pem"));
-    let extra = format!("tls_client_ca_file = {}\n", clients_ca_file.display());
+    // A browser presents its certificate to any page's WebSocket: with the certificate as
+    // the only credential, the proxy needs the list of origins that may open the feed.
+    let extra = format!(
+        "tls_client_ca_file = {}\nallowed_origins = https://dash.example\n",
+        clients_ca_file.display()
+    );
     let (up, proxy, _) = tls_proxy(&setup, &extra, "# certificates alone\n");
     let good = clients_ca.client(&dir, "machine-1");
     let with_cert = Endpoint::tls(proxy.addr, setup.ca.client_config_with(&good));
+    let upgrade_from = |origin: &str| {
+        with_cert.http_get(&format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ))
+    };
+    assert!(
+        upgrade_from("https://evil.example").starts_with("HTTP/1.1 403"),
+        "a page elsewhere cannot open the feed with the user's certificate"
+    );
+    assert!(upgrade_from("https://dash.example").starts_with("HTTP/1.1 101"));
     // Any userKey will do, even none at all.
     let mut a = Client::auth_to(&with_cert, "", Some("EURUSD"));
     let mut b = Client::auth_to(&with_cert, "machine-1", None);
@@ -468,5 +485,30 @@ fn a_slow_tls_reader_is_told_it_is_a_slow_consumer_as_a_plain_one_is() {
         }
     };
     assert_eq!(close, (1008, "Slow consumer".to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_certificate_as_the_only_credential_without_an_origin_list_is_refused_at_start() {
+    let dir = temp_dir("tls-cert-only-no-origins");
+    let setup = TlsSetup::new(&dir);
+    let clients_ca = TestCa::new("clients");
+    let clients_ca_file = clients_ca.write(&dir.join("clients-ca.pem"));
+    std::fs::write(dir.join("users.keys"), "# certificates alone\n").unwrap();
+    let config = format!(
+        "upstream_url = sim\nsymbols = EURUSD\nuser_keys_file = users.keys\n{}\
+         tls_client_ca_file = {}\n",
+        setup.config(),
+        clients_ca_file.display()
+    );
+    for args in [&["--check-config"][..], &[]] {
+        let (code, _, err) = run_binary(&dir, &config, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("a client certificate is the only credential")
+                && err.contains("set allowed_origins"),
+            "{args:?}: {err}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

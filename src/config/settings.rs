@@ -654,7 +654,7 @@ pub static SETTINGS: &[Setting] = &[
         name: "allowed_origins",
         default: Is(""),
         reach: Reach::NewConnections,
-        doc: "browser origins allowed (comma-separated, e.g. `https://dash.example.com`); an `Origin` not listed gets HTTP 403; empty allows all",
+        doc: "browser origins allowed (comma-separated, e.g. `https://dash.example.com`); an `Origin` not listed gets HTTP 403; empty allows all, except with client certificates as the only credential, where it is required (see [TLS](security.md#tls))",
         set: |c, v, _base| {
             c.allowed_origins = value::origins(v)?;
             Ok(())

@@ -515,11 +515,15 @@ mod tests {
         assert_eq!(d("1.5e-3").to_string(), "0.0015");
         assert_eq!(d("2E2").to_string(), "200");
         assert_eq!(
-            Decimal::mid(d("1.08612"), d("1.08614")).unwrap().to_string(),
+            Decimal::mid(d("1.08612"), d("1.08614"))
+                .unwrap()
+                .to_string(),
             "1.08613"
         );
         assert_eq!(
-            Decimal::mid(d("1.08612"), d("1.08615")).unwrap().to_string(),
+            Decimal::mid(d("1.08612"), d("1.08615"))
+                .unwrap()
+                .to_string(),
             "1.086135"
         );
         assert_eq!(

@@ -259,7 +259,7 @@ impl Reloader {
 fn load_keys(config: &Config) -> Result<KeyStore, String> {
     let file = &config.user_keys_file;
     let keys = KeyStore::load(file)?;
-    crate::clients::demo_key::check(config.listen, &keys, file)?;
+    crate::clients::guard::check(config, &keys)?;
     Ok(keys)
 }
 
