@@ -512,3 +512,61 @@ fn a_certificate_as_the_only_credential_without_an_origin_list_is_refused_at_sta
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What `openssl req -x509` makes by default is a CA certificate, which rustls refuses as a
+/// server's own (`CaUsedAsEndEntity`). Put in upstream_ca_file, that exact certificate is
+/// pinned and the upstream is trusted; a refused certificate is explained in words.
+#[test]
+fn a_self_signed_upstream_certificate_is_pinned_and_refusals_say_what_to_do() {
+    let dir = temp_dir("tls-pinned");
+    let self_signed = TestCa::new("self-signed");
+    let (cert, key) = self_signed.write_own_pair(&dir, "self-signed");
+    let up = TestUpstream::start();
+    let a = TestProxy::start(
+        &up.url(),
+        &format!(
+            "tls_cert_file = {}\ntls_key_file = {}\n",
+            cert.display(),
+            key.display()
+        ),
+        &keys(),
+    );
+    up.expect_subscribe();
+    let a_url = format!("wss://127.0.0.1:{}/", a.addr.port());
+    let trusting = |ca_file: &Path| {
+        format!(
+            "upstream_ca_file = {}\nupstream_bundled_roots = false\nupstream_api_key = {KEY}\n",
+            ca_file.display()
+        )
+    };
+    // Pinned: the certificate itself in upstream_ca_file.
+    let b = TestProxy::start(&a_url, &trusting(&cert), &keys());
+    a.wait_for_clients(1);
+    let mut client = Client::auth(b.addr, KEY, Some("EURUSD"));
+    b.wait_for_clients(1);
+    up.send(&quote("EURUSD", 1));
+    assert_eq!(client.next_text(), quote("EURUSD", 1));
+
+    // Not pinned (another CA trusted): rustls's CaUsedAsEndEntity, said in words.
+    let other = TestCa::new("other");
+    let other_file = other.write(&dir.join("other.pem"));
+    let c = TestProxy::start(&a_url, &trusting(&other_file), &keys());
+    let reason = |proxy: &TestProxy| healthz(proxy.addr).1;
+    eventually("CaUsedAsEndEntity explained", || {
+        let r = reason(&c);
+        r.contains("presents a CA certificate as its own") && r.contains("pin it")
+    });
+
+    // A proper server certificate from a CA that is not trusted: said so, with the key to set.
+    let setup = TlsSetup::new(&dir);
+    let (_up2, d, _) = tls_proxy(&setup, "", &keys());
+    let e = TestProxy::start(
+        &format!("wss://127.0.0.1:{}/", d.addr.port()),
+        &trusting(&other_file),
+        &keys(),
+    );
+    eventually("UnknownIssuer explained", || {
+        reason(&e).contains("not issued by a CA fxproxy trusts: set upstream_ca_file")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

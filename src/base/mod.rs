@@ -18,3 +18,4 @@ pub mod ratelimit;
 pub mod stop;
 pub mod threads;
 pub mod tls;
+pub mod x509;

@@ -24,4 +24,3 @@ pub mod places;
 pub mod stream;
 pub mod tls;
 pub mod watcher;
-pub mod x509;

@@ -8,7 +8,7 @@
 
 use crate::base::metrics::Metrics;
 use crate::base::tls::{client_config, fail, provider, read, read_certs, TlsError};
-use crate::clients::x509;
+use crate::base::x509;
 use log::{error, info, warn};
 use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::pem::{self, PemObject};

@@ -13,6 +13,7 @@ use crate::base::market::{self, Market, MarketState};
 use crate::base::metrics::{Metrics, UpstreamState};
 use crate::base::ratelimit::RateLimited;
 use crate::base::stop::Stop;
+use crate::base::tls;
 use crate::config::Config;
 use crate::feed::outlet::Outlet;
 use crate::feed::protocol::MAX_UPSTREAM_FRAME;
@@ -606,15 +607,18 @@ fn handshake_failure(e: &WsError, tls: bool) -> String {
             "the source refused the WebSocket handshake with HTTP {}",
             response.status()
         ),
+        WsError::Tls(tungstenite::error::TlsError::Rustls(e)) => {
+            format!("TLS handshake failed: {}", tls::explain(e))
+        }
         WsError::Tls(e) => format!("TLS handshake failed: {e}"),
-        WsError::Io(io) if from_rustls(io) => format!("TLS handshake failed: {io}"),
+        WsError::Io(io) => match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(e) => format!("TLS handshake failed: {}", tls::explain(e)),
+            None if tls => format!("TLS or WebSocket handshake failed: {io}"),
+            None => format!("WebSocket handshake failed: {io}"),
+        },
         e if tls => format!("TLS or WebSocket handshake failed: {e}"),
         e => format!("WebSocket handshake failed: {e}"),
     }
-}
-
-fn from_rustls(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 fn timed(ws: &mut Socket) -> Option<&mut Timed> {

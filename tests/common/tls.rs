@@ -59,6 +59,18 @@ impl TestCa {
         TestCa { cert, key }
     }
 
+    /// The CA's own certificate and key as a server's pair, `dir/NAME.crt` and `dir/NAME.key`:
+    /// what `openssl req -x509` makes, a CA certificate used as a server's own.
+    pub fn write_own_pair(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let (cert_file, key_file) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_file, self.cert.pem()).unwrap();
+        std::fs::write(&key_file, self.key.serialize_pem()).unwrap();
+        (cert_file, key_file)
+    }
+
     /// Writes the CA certificate (PEM) to `path`.
     pub fn write(&self, path: &Path) -> PathBuf {
         std::fs::write(path, self.cert.pem()).unwrap();
