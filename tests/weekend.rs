@@ -469,3 +469,63 @@ fn the_real_binaries_on_a_saturday() {
     drop(watch);
     let _ = std::fs::remove_dir_all(&keys_dir);
 }
+
+/// The built-in simulator streams at the weekend: on a Saturday a proxy on it says the market
+/// is open, as the quotes the user sees do (the page's banner follows the same rule, and hides
+/// whenever quotes are in fact flowing).
+#[test]
+fn the_simulated_market_is_open_at_the_weekend() {
+    let clock = Clock::starting_at(at("2026-12-05", 12, 0));
+    let proxy = TestProxy::start_with_clock("sim", "", &format!("{KEY}\n"), clock);
+    let mut client = Client::auth(proxy.addr, KEY, Some("EURUSD"));
+    assert!(client.next_text().contains("EURUSD"));
+    eventually("/healthz: ok", || {
+        status(proxy.addr) == (200, "ok".to_string())
+    });
+    assert_eq!(metric(proxy.addr, "fxproxy_market_open"), 1.0);
+}
+
+/// The page hides its "market closed" banner while quotes flow, whatever the rule says.
+#[test]
+fn the_page_says_market_closed_only_when_quotes_stop() {
+    if !prerequisites_met(
+        "page banner in node",
+        &if command_succeeds("node", &["--version"]) {
+            vec![]
+        } else {
+            vec!["node (apt-get install -y nodejs)".to_string()]
+        },
+    ) {
+        return;
+    }
+    let fx = Market::new(MarketHours::Fx, &[]);
+    let page = fxproxy::page::render(&fx);
+    let code = fxproxy::page::script(&page, r#"<script id="market-js">"#).unwrap();
+    let saturday = at("2026-12-05", 12, 0);
+    let dir = temp_dir("page-banner");
+    let script = dir.join("banner.js");
+    std::fs::write(
+        &script,
+        format!(
+            "{code}\nconst rule = {};\nconst now = {saturday};\n\
+             const s = marketState(rule, now);\n\
+             console.log(JSON.stringify([marketNote(s, 0, now), marketNote(s, now - 2000, now),\n\
+               marketNote(s, now - 60000, now), marketNote(marketState(rule, {}), 0, {})]));\n",
+            fx.rule_json(),
+            at("2026-12-07", 12, 0),
+            at("2026-12-07", 12, 0)
+        ),
+    )
+    .unwrap();
+    let output = Command::new("node").arg(&script).output().expect("node");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let notes: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let closed = Value::String("market closed — opens Sun 21:00 UTC".into());
+    // No quote yet: closed. A quote 2 s ago: flowing, no banner. A minute ago: closed again.
+    // Monday: open.
+    assert_eq!(notes, [closed.clone(), Value::Null, closed, Value::Null]);
+}

@@ -319,9 +319,14 @@ impl Config {
         }
     }
 
-    /// The market-hours rule `market_hours` and `market_closed_dates` make.
+    /// The market-hours rule `market_hours` and `market_closed_dates` make. The built-in
+    /// simulator streams every day of the year, so its market is always open: the page,
+    /// `/healthz` and `/metrics` then say what the user sees.
     pub fn market(&self) -> Market {
-        Market::new(self.market_hours, &self.market_closed_dates)
+        match self.upstream {
+            Upstream::Sim => Market::new(MarketHours::Always, &[]),
+            _ => Market::new(self.market_hours, &self.market_closed_dates),
+        }
     }
 
     /// The line on which the file set `key`, if it did.

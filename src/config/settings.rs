@@ -498,7 +498,7 @@ pub static SETTINGS: &[Setting] = &[
         name: "market_hours",
         default: Is("fx"),
         reach: Reach::Everyone,
-        doc: "when the market is open: `fx` (Sunday 21:00 to Friday 22:00 UTC) or `always`; while it is closed a silent feed is not stale and `/healthz` says `market_closed` (see [Market hours](#market-hours-weekends-and-holidays))",
+        doc: "when the market is open: `fx` (Sunday 21:00 to Friday 22:00 UTC) or `always`; while it is closed a silent feed is not stale and `/healthz` says `market_closed` (see [Market hours](#market-hours-weekends-and-holidays)); with `upstream_url = sim` it is always open, as the simulator streams every day",
         set: |c, v, _base| {
             c.market_hours = value::one_of(v, &[("fx", MarketHours::Fx), ("always", MarketHours::Always)], "`fx` or `always`")?;
             Ok(())
