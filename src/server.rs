@@ -349,11 +349,7 @@ impl Server {
                 "provider::describe resolves the URL; sim and replay were started above"
             ),
         };
-        // The template's ping interval, unless proxy.conf sets its own.
-        let ping_every = match provider.ping {
-            Some(ping) if config.line_of("upstream_ping_secs").is_none() => ping,
-            _ => config.upstream_ping,
-        };
+        let (ping_every, dead_after) = upstream::timing(&provider, &config);
         let recorder = match &config.record_file {
             Some(path) => {
                 let (recorder, writer) =
@@ -382,9 +378,7 @@ impl Server {
             translator,
             connect_timeout: config.upstream_connect_timeout,
             ping_every,
-            dead_after: provider
-                .dead_after
-                .unwrap_or_else(|| upstream::dead_after(ping_every)),
+            dead_after,
             stale_after: config.upstream_stale,
             market: config.market(),
             backoff_min: config.upstream_backoff_min,

@@ -75,6 +75,11 @@ impl Translator {
         })
     }
 
+    /// The provider's protocol this translator reads.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
     /// How the distributor finds the symbol of what this translator hands it.
     pub fn symbol_of(&self) -> SymbolOf {
         match (&self.provider.quotes, self.format) {

@@ -17,7 +17,7 @@ use crate::base::tls;
 use crate::config::Config;
 use crate::feed::outlet::Outlet;
 use crate::feed::protocol::MAX_UPSTREAM_FRAME;
-use crate::feed::provider::Pattern;
+use crate::feed::provider::{Pattern, Provider};
 use crate::feed::record::Recorder;
 use crate::feed::translate::{Piece, Translator};
 use log::{error, info, warn};
@@ -85,7 +85,7 @@ impl Settings {
         }
         let c = live.get();
         self.connect_timeout = c.upstream_connect_timeout;
-        self.ping_every = c.upstream_ping;
+        (self.ping_every, self.dead_after) = timing(self.translator.provider(), c);
         self.stale_after = c.upstream_stale;
         self.market = c.market();
         self.backoff_min = c.upstream_backoff_min;
@@ -522,9 +522,17 @@ pub fn sanitized(text: &str, key: &str) -> String {
     }
 }
 
-/// The default time without a frame after which a connection is dead: two pings unanswered.
-pub fn dead_after(ping_every: Duration) -> Duration {
-    ping_every * 2 + CHECK_EVERY
+/// How often the upstream is pinged, and after how long without a frame it is dead: the
+/// provider template's `ping_secs` (and its dead time), unless proxy.conf sets
+/// `upstream_ping_secs`; by default two pings unanswered. The same at start and after every
+/// reload, so a reload of another key never drops the template's timing.
+pub fn timing(provider: &Provider, config: &Config) -> (Duration, Duration) {
+    let ping_every = match provider.ping {
+        Some(ping) if config.line_of("upstream_ping_secs").is_none() => ping,
+        _ => config.upstream_ping,
+    };
+    let dead_after = provider.dead_after.unwrap_or(ping_every * 2 + CHECK_EVERY);
+    (ping_every, dead_after)
 }
 
 /// Logs the market opening or closing, so a quiet feed at the weekend is explained in the log.
@@ -639,6 +647,76 @@ pub fn display_url(url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::live::Live;
+    use crate::config::ClientFormat;
+    use crate::feed::provider::parse_template;
+
+    fn config(extra: &str) -> Config {
+        crate::config::parse(
+            &format!(
+                "upstream_url = ws://feed.example/\nsymbols = EURUSD\nuser_keys_file = k\n{extra}"
+            ),
+            std::path::Path::new("proxy.conf"),
+        )
+        .unwrap()
+    }
+
+    /// The upstream's settings for `provider` and `config`, following `live`.
+    fn settings(provider: Provider, config: &Config, live: &Arc<Live<Config>>) -> Settings {
+        let provider = Arc::new(provider);
+        let translator = Translator::new(
+            Arc::clone(&provider),
+            ClientFormat::Normalized,
+            &config.symbols,
+        )
+        .unwrap();
+        let (ping_every, dead_after) = timing(&provider, config);
+        Settings {
+            url: String::new(),
+            key: String::new(),
+            steps: Vec::new(),
+            reply_timeout: Duration::from_secs(5),
+            heartbeat: None,
+            translator,
+            connect_timeout: config.upstream_connect_timeout,
+            ping_every,
+            dead_after,
+            stale_after: config.upstream_stale,
+            market: config.market(),
+            backoff_min: config.upstream_backoff_min,
+            backoff_max: config.upstream_backoff_max,
+            recorder: None,
+            tls: None,
+            live: Some(Cached::new(live)),
+        }
+    }
+
+    /// A provider that wants a ping every 5 s: a reload of any key kept the ping at proxy.conf's
+    /// 15 s and the dead time at 10.5 s, so a quiet feed was reconnected every ~10 s.
+    #[test]
+    fn a_reload_keeps_the_template_s_ping_and_its_dead_time() {
+        let template = "url = ws://feed.example/\nsend = {\"sub\":\"{symbols}\"}\nping_secs = 5\n\
+                        bid_field = b\nask_field = a\n";
+        let provider = parse_template(template).unwrap();
+        let running = config("");
+        let live = Arc::new(Live::new(running.clone()));
+        let mut s = settings(provider.clone(), &running, &live);
+        assert_eq!(
+            (s.ping_every, s.dead_after),
+            (Duration::from_millis(5000), Duration::from_millis(10_500))
+        );
+        live.set(config("upstream_stale_secs = 60\n"));
+        assert!(s.follow());
+        assert_eq!(s.ping_every, Duration::from_secs(5), "the template's ping");
+        assert_eq!(s.dead_after, Duration::from_millis(10_500));
+        // proxy.conf's own ping, set by a reload, wins; the dead time follows it.
+        live.set(config("upstream_ping_secs = 20\n"));
+        assert!(s.follow());
+        assert_eq!(
+            (s.ping_every, s.dead_after),
+            (Duration::from_secs(20), Duration::from_millis(40_500))
+        );
+    }
 
     #[test]
     fn the_key_is_kept_out_of_logged_texts() {
