@@ -369,6 +369,11 @@ impl Server {
             Some((r, w)) => (Some(r), Some(w)),
             None => (None, None),
         };
+        // The publisher finds a frame's symbol as the hub does, whatever the provider's shape.
+        let backbone_symbol_of: backbone::SymbolOf = {
+            let symbol_of = translator.symbol_of();
+            Box::new(move |frame| symbol_of.id(frame))
+        };
         let mut settings = upstream::Settings {
             url,
             key,
@@ -395,6 +400,7 @@ impl Server {
             name: config.backbone_name.clone(),
             instance: backbone::instance_name(addr),
             max_len: config.backbone_max_len,
+            symbols: config.symbols.clone(),
         });
         let status = backbone.as_ref().map(|b| {
             info!(
@@ -441,9 +447,16 @@ impl Server {
                 let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
                     spawn_service(threads, &failure, name, body)
                 };
-                let outlet =
-                    backbone::start(settings_bb, status, frames_tx, &metrics, &stop, &spawn)
-                        .map_err(StartError::Thread)?;
+                let outlet = backbone::start(
+                    settings_bb,
+                    status,
+                    frames_tx,
+                    &metrics,
+                    &stop,
+                    &spawn,
+                    backbone_symbol_of,
+                )
+                .map_err(StartError::Thread)?;
                 if let Some(outlet) = outlet {
                     spawn_service(threads, &failure, "upstream", move || {
                         upstream::run(settings, outlet, metrics, stop)

@@ -19,7 +19,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a command may take beyond any blocking it asked for.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Short, so that quotes resume within a second of Redis being reachable again; two attempts
+/// a second per thread cost a Redis that is down nothing.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Where Redis is and how to log in. The redis crate would send `AUTH`, `SELECT` and its
 /// `CLIENT SETINFO` lines while connecting, before any read timeout can be set, and wait for

@@ -12,6 +12,8 @@ pub struct Settings {
     pub instance: String,
     /// The stream is trimmed to about this many entries.
     pub max_len: u64,
+    /// The configured symbols: a frame's symbol names its field in the snapshot.
+    pub symbols: Vec<String>,
 }
 
 /// The Redis keys of one feed.

@@ -30,8 +30,10 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Error as WsError, HandshakeError, Message, WebSocket};
 
-/// How often the reader looks at the clock (pings, staleness, shutdown) while no frame comes.
-const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How often the reader looks at the clock (pings, staleness, shutdown, the backbone's lock)
+/// while no frame comes. Behind a backbone the lock lapses here 0.5 s before Redis lets
+/// anybody else take it: the connection is closed within this of the lapse.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// A connection that delivered quotes for this long resets the back-off to its start. Long
 /// enough that a source which accepts and soon drops us is not hammered; short enough that a
 /// provider which cuts every connection after half a minute (some do) is rejoined at once,
@@ -229,17 +231,32 @@ pub fn run(
         if ended.healthy {
             backoff.reset();
         }
+        if !frames.still_allowed() {
+            // Behind a backbone the lock went: no back-off, as the provider did nothing wrong;
+            // the next connection waits for the lock instead.
+            warn!(
+                "upstream {shown}: {}; connecting again once this instance holds the backbone lock",
+                ended.why
+            );
+            metrics.set_upstream(UpstreamState::Reconnecting {
+                since_ms: metrics.now_ms(),
+                reason: ended.why,
+            });
+            metrics.upstream_reconnects.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let delay = if let Some((reason, said)) = ended.refused {
+            let delay = frames.refused_retry().unwrap_or_else(|| backoff.saturate());
             error!(
                 "upstream {shown} refused the provider key: {} — {reason}; waiting {:.1} s before trying again",
                 logsafe::quoted(&sanitized(&said, &settings.key)),
-                backoff.max().as_secs_f64()
+                delay.as_secs_f64()
             );
             metrics.set_upstream(UpstreamState::Refused {
                 since_ms: metrics.now_ms(),
                 reason,
             });
-            backoff.saturate()
+            delay
         } else {
             let delay = backoff.next_delay();
             warn!(
