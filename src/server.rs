@@ -394,6 +394,7 @@ impl Server {
             tls: upstream_tls,
             live: None,
         };
+        let backbone_ca = backbone_ca(&config)?;
         let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
             url: url.clone(),
             role: config.backbone_role,
@@ -401,6 +402,7 @@ impl Server {
             instance: backbone::instance_name(addr),
             max_len: config.backbone_max_len,
             symbols: config.symbols.clone(),
+            ca: backbone_ca,
         });
         let status = backbone.as_ref().map(|b| {
             info!(
@@ -576,6 +578,17 @@ fn upstream_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, St
     let tls = crate::base::tls::client_config(Some(ca), config.upstream_bundled_roots)
         .map_err(|e| tls_error(config, e))?;
     Ok(Some(tls))
+}
+
+/// The CA certificate(s) of `backbone_ca_file`, as PEM, checked to hold at least one.
+fn backbone_ca(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
+    const KEY: &str = "backbone_ca_file";
+    let Some(path) = &config.backbone_ca_file else {
+        return Ok(None);
+    };
+    crate::base::tls::read_certs(KEY, path).map_err(|e| tls_error(config, e))?;
+    let pem = crate::base::tls::read(KEY, path).map_err(|e| tls_error(config, e))?;
+    Ok(Some(pem))
 }
 
 fn tls_error(config: &Config, e: crate::base::tls::TlsError) -> StartError {

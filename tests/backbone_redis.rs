@@ -1,6 +1,6 @@
 //! The backbone as Redis really fails: restarted empty, restored from an older copy, cut off
-//! from the holder while the provider keeps sending, slow to answer. Real redis-server
-//! processes on loopback, real fxproxy
+//! from the holder while the provider keeps sending, slow to answer, failed over by Redis
+//! Sentinel; and reached over TLS. Real redis-server processes on loopback, real fxproxy
 //! processes, and a source that allows one connection per provider key, as TraderMade does
 //! (a second is refused with `User Key Used to many times`). Needs `redis-server` (skipped
 //! without it, except under CI).
@@ -9,10 +9,12 @@ mod common;
 
 use common::cluster::{
     all_see_more, assert_increasing, finish_connected, gauge, instance_config, lock_token,
-    stream_numbers, subscribe, wait_for_holder, Bed, Subscriber, SEE_WITHIN,
+    redis_available, stream_numbers, stream_numbers_at, subscribe, wait_for_holder, Bed,
+    RedisServer, SentinelSet, Source, Subscriber, CLIENT_KEY, EVERY, SEE_WITHIN,
 };
-use common::process::{poll, Proxy};
+use common::process::{poll, temp_dir, write_keys, Proxy};
 use common::relay::{Mode, Relay};
+use common::tls::TestCa;
 use std::time::{Duration, Instant};
 
 const LOCK_HELD: &str = "fxproxy_backbone_lock_held";
@@ -317,4 +319,116 @@ fn a_renewal_answered_after_1_6_s_keeps_the_provider_connection() {
     assert_eq!(gauge(all[holder], LOCK_HELD), 1.0);
     assert!(!all[holder].stderr_text().contains("lapsed here"));
     finish_connected(subs, common::cluster::assert_consecutive);
+}
+
+#[test]
+fn through_sentinel_a_killed_master_is_followed_and_quotes_resume_within_10_s() {
+    if !redis_available("backbone_redis::sentinel") {
+        return;
+    }
+    let dir = temp_dir();
+    let mut set = SentinelSet::start(&dir);
+    let keys = write_keys(&dir, &[CLIENT_KEY]);
+    let source = Source::start(EVERY);
+    let conf = instance_config(&source.url(), &set.url(), "ha", &keys, "");
+    let proxies: Vec<Proxy> = (0..2).map(|_| Proxy::spawn(&conf)).collect();
+    let all: Vec<&Proxy> = proxies.iter().collect();
+    wait_for_holder(&all);
+    let subs = subscribe(&all);
+    all_see_more(&refs(&subs), &source, 25);
+    let old_master = set.master.addr();
+    let token_before = lock_token(old_master, "ha");
+    assert!(token_before > 0);
+
+    set.master.crash();
+    let killed = Instant::now();
+    let resumed = resumed_after(&subs, source.next_number(), killed);
+    let new_master = set.master_addr().expect("the sentinels name a master");
+    println!(
+        "Sentinel failover: the master killed, {new_master} promoted; quotes resumed on every instance {:.2} s after the kill",
+        resumed.as_secs_f64()
+    );
+    assert_ne!(new_master, old_master);
+    assert!(resumed < Duration::from_secs(10), "{resumed:?}");
+    assert!(lock_token(new_master, "ha") >= token_before);
+    assert_eq!(source.refused(), 0);
+    assert_eq!(source.most_at_once(), 1);
+    all_see_more(&refs(&subs), &source, 25);
+    finish_connected(subs, assert_increasing);
+    assert_increasing("the stream", &stream_numbers_at(new_master, "ha"));
+    for p in &all {
+        assert!(p.stderr_text().contains("the sentinels name"));
+    }
+}
+
+#[test]
+fn rediss_with_a_ca_file_carries_the_feed_and_an_unknown_ca_is_named_in_healthz() {
+    if !redis_available("backbone_redis::tls") {
+        return;
+    }
+    let dir = temp_dir();
+    let ca = TestCa::new("redis");
+    let cert = ca.server(&dir, "redis", (2040, 1, 1));
+    let ca_file = ca.write(&dir.join("redis-ca.pem"));
+    let path = |p: &std::path::Path| p.display().to_string();
+    let redis = RedisServer::start_with(
+        &dir,
+        &[
+            "--tls-port",
+            "{port}",
+            "--tls-cert-file",
+            &path(&cert.cert_file),
+            "--tls-key-file",
+            &path(&cert.key_file),
+            "--tls-ca-cert-file",
+            &path(&ca_file),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let url = format!(
+        "rediss://127.0.0.1:{}",
+        redis.option("--tls-port").expect("a TLS port")
+    );
+    let keys = write_keys(&dir, &[CLIENT_KEY]);
+    let source = Source::start(EVERY);
+    let proxy = Proxy::spawn(&instance_config(
+        &source.url(),
+        &url,
+        "tls",
+        &keys,
+        &format!("backbone_ca_file = {}\n", path(&ca_file)),
+    ));
+    assert_eq!(wait_for_holder(&[&proxy]), 0);
+    let sub = Subscriber::start("over-tls", proxy.addr);
+    assert!(sub.wait_past(source.next_number() + 10, SEE_WITHIN));
+    // What the client got went through Redis: the stream holds it.
+    assert!(stream_numbers(&redis, "tls").len() >= 10);
+
+    // An instance trusting another CA does not connect, and says why.
+    let stranger_ca = TestCa::new("stranger").write(&dir.join("stranger-ca.pem"));
+    let stranger = Proxy::spawn(&instance_config(
+        &source.url(),
+        &url,
+        "tls",
+        &keys,
+        &format!(
+            "backbone_role = edge\nbackbone_ca_file = {}\n",
+            path(&stranger_ca)
+        ),
+    ));
+    let mut health = (0, String::new());
+    assert!(
+        poll(Duration::from_secs(10), || {
+            health = common::healthz(stranger.addr);
+            health.1.contains("certificate")
+        }),
+        "{health:?}"
+    );
+    println!("an instance trusting another CA: /healthz {}", health.1.trim());
+    assert_eq!(health.0, 503, "{health:?}");
+    assert!(health.1.contains("\"status\":\"degraded\""), "{health:?}");
+    assert!(health.1.contains(&url), "{health:?}");
+    let (numbers, _) = sub.finish();
+    assert_increasing("over-tls", &numbers);
 }

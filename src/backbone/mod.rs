@@ -59,7 +59,7 @@ pub fn start(
     spawn: Spawn<'_>,
     symbol_of: SymbolOf,
 ) -> io::Result<Option<IngestOutlet>> {
-    let client = link::Target::new(settings.url.expose())
+    let client = link::Target::new(&settings.url, settings.ca.clone())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let keys = Keys::new(&settings.name);
     if settings.role.serves_clients() {

@@ -82,6 +82,7 @@ pub const KEYS: &[&str] = &[
     "sim_rate",
     "log_level",
     "backbone",
+    "backbone_ca_file",
     "backbone_role",
     "backbone_name",
     "backbone_max_len",
@@ -276,6 +277,9 @@ pub struct Config {
     pub log_level: LogLevel,
     /// The Redis backbone; `None`: a single instance.
     pub backbone: Option<RedisUrl>,
+    /// The CA (PEM) a `rediss://` backbone's certificate must chain to; `None`: the web PKI
+    /// roots bundled in the binary.
+    pub backbone_ca_file: Option<PathBuf>,
     pub backbone_role: Role,
     pub backbone_name: String,
     /// The stream is trimmed to about this many entries.
@@ -343,6 +347,7 @@ impl Config {
             sim_rate: 20,
             log_level: LogLevel::Info,
             backbone: None,
+            backbone_ca_file: None,
             backbone_role: Role::Both,
             backbone_name: "fxproxy".to_string(),
             backbone_max_len: 100_000,
@@ -650,6 +655,7 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
                 Some(RedisUrl::parse(v)?)
             }
         }
+        "backbone_ca_file" => c.backbone_ca_file = optional_path(v, base),
         "backbone_role" => c.backbone_role = Role::parse(v)?,
         "backbone_name" => c.backbone_name = backbone::parse_name(v)?,
         "backbone_max_len" => {
@@ -1006,6 +1012,12 @@ fn check_tls(c: &Config) -> Result<(), ConfigError> {
             "with false, upstream_ca_file must name the CA (PEM) that signs the upstream's certificate",
         ));
     }
+    if c.backbone_ca_file.is_some() && !c.backbone.as_ref().is_some_and(RedisUrl::tls) {
+        return Err(c.error_at(
+            "backbone_ca_file",
+            "is for a backbone reached over TLS: set backbone = rediss://HOST:PORT",
+        ));
+    }
     Ok(())
 }
 
@@ -1025,10 +1037,12 @@ fn resolve_tls_paths(
     let key = expand(config, "tls_key_file", &config.tls_key_file)?;
     let client_ca = expand(config, "tls_client_ca_file", &config.tls_client_ca_file)?;
     let upstream_ca = expand(config, "upstream_ca_file", &config.upstream_ca_file)?;
+    let backbone_ca = expand(config, "backbone_ca_file", &config.backbone_ca_file)?;
     config.tls_cert_file = cert;
     config.tls_key_file = key;
     config.tls_client_ca_file = client_ca;
     config.upstream_ca_file = upstream_ca;
+    config.backbone_ca_file = backbone_ca;
     Ok(())
 }
 
@@ -1193,7 +1207,7 @@ mod tests {
              max_message_bytes = 4096\nmax_client_messages_per_sec = 50\nallowed_origins =\n\
              client_read_buffer_bytes = 1024\nclient_write_buffer_bytes = 4096\n\
              http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 20\n\
-             sim_rate = 20\nlog_level = info\nbackbone =\nbackbone_role = both\n\
+             sim_rate = 20\nlog_level = info\nbackbone =\nbackbone_ca_file =\nbackbone_role = both\n\
              backbone_name = fxproxy\nbackbone_max_len = 100000\ntrusted_proxies =\n\
              provider = tradermade\nclient_format = normalized\nrecord_file =\n\
              record_max_bytes = 100000000\nslow_client = disconnect\ntls_cert_file =\n\
@@ -1362,7 +1376,7 @@ mod tests {
             ),
             (
                 "backbone = 127.0.0.1:6379",
-                "key `backbone`: expected redis://HOST:PORT or redis://HOST:PORT/DB",
+                "key `backbone`: expected redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS) or redis+sentinel://",
             ),
             (
                 "backbone_role = leader",
@@ -1404,6 +1418,26 @@ mod tests {
         assert_eq!(c.backbone_max_len, 5000);
         assert_eq!(c.trusted_proxies.len(), 2);
         assert!(parse_ok(MINIMAL).backbone.is_none());
+        let tls = parse(
+            &format!(
+                "{MINIMAL}backbone = rediss://redis.example:6380\nbackbone_ca_file = redis-ca.pem\n"
+            ),
+            Path::new("/etc/fxproxy/proxy.conf"),
+        )
+        .unwrap();
+        assert_eq!(
+            tls.backbone_ca_file,
+            Some(PathBuf::from("/etc/fxproxy/redis-ca.pem"))
+        );
+        let message = parse_err(&format!(
+            "{MINIMAL}backbone = redis://r:6379\nbackbone_ca_file = redis-ca.pem\n"
+        ));
+        assert!(
+            message.starts_with(
+                "proxy.conf:5: key `backbone_ca_file`: is for a backbone reached over TLS"
+            ),
+            "{message}"
+        );
     }
 
     #[test]

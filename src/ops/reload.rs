@@ -390,6 +390,16 @@ pub static SETTINGS: &[Setting] = &[
         shown: Shown::Value,
     },
     Setting {
+        key: "backbone_ca_file",
+        reach: Reach::Restart,
+        value: |c| {
+            c.backbone_ca_file
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        },
+        shown: Shown::Value,
+    },
+    Setting {
         key: "backbone_role",
         reach: Reach::Restart,
         value: |c| c.backbone_role.name().to_string(),
@@ -449,6 +459,7 @@ fn keep_running(next: &mut Config, running: &Config, key: &str) {
         }
         "symbols" => next.symbols = running.symbols.clone(),
         "subscribe_message" => next.subscribe_message = running.subscribe_message.clone(),
+        "backbone_ca_file" => next.backbone_ca_file = running.backbone_ca_file.clone(),
         // A key marked Restart without a line here fails the unit test below.
         _ => {}
     }

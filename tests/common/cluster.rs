@@ -1,7 +1,8 @@
 //! Helpers for tests of several instances on a Redis backbone: a real `redis-server` on a
-//! loopback port (crashed and restarted, restored from an older copy), a source that refuses a
-//! second connection per key (as providers do), and subscribers that record every frame number
-//! they receive.
+//! loopback port (plain or TLS, crashed and restarted, restored from an older copy), a Redis
+//! Sentinel set-up (a master, a replica, three sentinels), a source that refuses a second
+//! connection per key (as providers do), and subscribers that record every frame number they
+//! receive.
 
 // Each test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
@@ -238,6 +239,130 @@ fn read_reply(r: &mut impl BufRead, out: &mut Vec<String>) -> std::io::Result<()
         _ => return Err(bad("unknown reply type")),
     }
     Ok(())
+}
+
+/// The name the sentinels of [`SentinelSet`] know the master by.
+pub const MASTER_NAME: &str = "fxmaster";
+
+/// Redis's own high availability on loopback: a master, a replica of it, and three sentinels
+/// watching them that fail over one second after the master stops answering.
+pub struct SentinelSet {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinel_ports: Vec<u16>,
+    sentinels: Vec<Child>,
+}
+
+impl SentinelSet {
+    /// Starts them and waits until the sentinels know the replica and each other, so that a
+    /// failover can happen.
+    pub fn start(dir: &Path) -> SentinelSet {
+        let master = RedisServer::start(dir);
+        let replica =
+            RedisServer::start_with(dir, &["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let mut set = SentinelSet {
+            master,
+            replica,
+            sentinel_ports: Vec::new(),
+            sentinels: Vec::new(),
+        };
+        while set.sentinels.len() < 3 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\nlogfile {}\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 10000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n",
+                    dir.display(),
+                    dir.join(format!("sentinel-{port}.log")).display(),
+                    set.master.port
+                ),
+            )
+            .expect("writing a sentinel's config");
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting redis-server --sentinel");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let up = poll(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+                    || redis_command(addr, &["PING"]).is_ok_and(|r| r == ["PONG"])
+            });
+            if up && child.try_wait().ok().flatten().is_none() {
+                set.sentinels.push(child);
+                set.sentinel_ports.push(port);
+            } else {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let ready = poll(Duration::from_secs(30), || {
+            set.replica
+                .command(&["INFO", "replication"])
+                .concat()
+                .contains("master_link_status:up")
+                && set.sentinel_ports.iter().all(|p| {
+                    let facts = redis_command(
+                        SocketAddr::from(([127, 0, 0, 1], *p)),
+                        &["SENTINEL", "MASTER", MASTER_NAME],
+                    )
+                    .unwrap_or_default();
+                    let fact = |name: &str| {
+                        facts
+                            .iter()
+                            .position(|f| f == name)
+                            .and_then(|i| facts.get(i + 1).cloned())
+                    };
+                    fact("num-slaves").as_deref() == Some("1")
+                        && fact("num-other-sentinels").as_deref() == Some("2")
+                })
+        });
+        assert!(
+            ready,
+            "the sentinels did not come to know the replica and each other; see {}",
+            dir.display()
+        );
+        set
+    }
+
+    /// `redis+sentinel://` with the three sentinels and the master's name.
+    pub fn url(&self) -> String {
+        let sentinels: Vec<String> = self
+            .sentinel_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+sentinel://{}/{MASTER_NAME}", sentinels.join(","))
+    }
+
+    /// Where the sentinels say the master is now.
+    pub fn master_addr(&self) -> Option<SocketAddr> {
+        self.sentinel_ports.iter().find_map(|p| {
+            let reply = redis_command(
+                SocketAddr::from(([127, 0, 0, 1], *p)),
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME],
+            )
+            .ok()?;
+            format!("{}:{}", reply.first()?, reply.get(1)?).parse().ok()
+        })
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        for child in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// The frame numbers (`"n"`) of every frame in a backbone's stream, in stream order.
