@@ -369,6 +369,11 @@ impl Server {
             Some((r, w)) => (Some(r), Some(w)),
             None => (None, None),
         };
+        // The publisher finds a frame's symbol as the hub does, whatever the provider's shape.
+        let backbone_symbol_of: backbone::SymbolOf = {
+            let symbol_of = translator.symbol_of();
+            Box::new(move |frame| symbol_of.id(frame))
+        };
         let mut settings = upstream::Settings {
             url,
             key,
@@ -387,12 +392,15 @@ impl Server {
             tls: upstream_tls,
             live: None,
         };
+        let backbone_ca = backbone_ca(&config)?;
         let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
             url: url.clone(),
             role: config.backbone_role,
             name: config.backbone_name.clone(),
             instance: backbone::instance_name(addr),
             max_len: config.backbone_max_len,
+            symbols: config.symbols.clone(),
+            ca: backbone_ca,
         });
         let status = backbone.as_ref().map(|b| {
             info!(
@@ -439,9 +447,16 @@ impl Server {
                 let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
                     spawn_service(threads, &failure, name, body)
                 };
-                let outlet =
-                    backbone::start(settings_bb, status, frames_tx, &metrics, &stop, &spawn)
-                        .map_err(StartError::Thread)?;
+                let outlet = backbone::start(
+                    settings_bb,
+                    status,
+                    frames_tx,
+                    &metrics,
+                    &stop,
+                    &spawn,
+                    backbone_symbol_of,
+                )
+                .map_err(StartError::Thread)?;
                 if let Some(outlet) = outlet {
                     spawn_service(threads, &failure, "upstream", move || {
                         upstream::run(settings, outlet, metrics, stop)
@@ -561,6 +576,17 @@ fn upstream_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, St
     let tls = crate::base::tls::client_config(Some(ca), config.upstream_bundled_roots)
         .map_err(|e| tls_error(config, e))?;
     Ok(Some(tls))
+}
+
+/// The CA certificate(s) of `backbone_ca_file`, as PEM, checked to hold at least one.
+fn backbone_ca(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
+    const KEY: &str = "backbone_ca_file";
+    let Some(path) = &config.backbone_ca_file else {
+        return Ok(None);
+    };
+    crate::base::tls::read_certs(KEY, path).map_err(|e| tls_error(config, e))?;
+    let pem = crate::base::tls::read(KEY, path).map_err(|e| tls_error(config, e))?;
+    Ok(Some(pem))
 }
 
 fn tls_error(config: &Config, e: crate::base::tls::TlsError) -> StartError {

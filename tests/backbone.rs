@@ -7,90 +7,15 @@
 mod common;
 
 use common::cluster::{
-    assert_consecutive, assert_increasing, assert_same_frames, gauge, instance_config,
-    redis_available, stream_numbers, wait_for_holder, Ended, RedisServer, Source, Subscriber,
-    CLIENT_KEY,
+    all_see_more, assert_consecutive, assert_increasing, finish, finish_connected, gauge,
+    instance_config, stream_numbers, subscribe, wait_for_holder, Bed, Ended, Subscriber,
+    SEE_WITHIN,
 };
-use common::process::{poll, temp_dir, write_keys, Proxy};
+use common::process::{poll, Proxy};
 use common::relay::{Mode, Relay};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Quotes from the source: 50 a second.
-const EVERY: Duration = Duration::from_millis(20);
-/// How long clients may take to see a given frame; generous, the machine is shared.
-const SEE_WITHIN: Duration = Duration::from_secs(15);
-
 const LOCK_HELD: &str = "fxproxy_backbone_lock_held";
-
-/// What every test here starts from: Redis with its files in a scratch directory, a key file
-/// with the client key, and a source of numbered frames. None when `redis-server` is missing
-/// (the test is skipped, except under CI, where that fails).
-struct Bed {
-    redis: RedisServer,
-    keys: PathBuf,
-    source: Source,
-}
-
-impl Bed {
-    fn start(test: &str) -> Option<Bed> {
-        if !redis_available(test) {
-            return None;
-        }
-        let dir = temp_dir();
-        Some(Bed {
-            redis: RedisServer::start(&dir),
-            keys: write_keys(&dir, &[CLIENT_KEY]),
-            source: Source::start(EVERY),
-        })
-    }
-}
-
-/// Two subscribers on each proxy.
-fn subscribe(proxies: &[&Proxy]) -> Vec<Subscriber> {
-    proxies
-        .iter()
-        .enumerate()
-        .flat_map(|(i, p)| {
-            (0..2).map(move |j| Subscriber::start(&format!("instance{i}-client{j}"), p.addr))
-        })
-        .collect()
-}
-
-/// Waits until every subscriber has seen a frame numbered `past` `ahead` frames after now.
-fn all_see_more(subs: &[&Subscriber], source: &Source, ahead: u64) {
-    let target = source.next_number() + ahead;
-    for s in subs {
-        assert!(
-            s.wait_past(target, SEE_WITHIN),
-            "{} did not get frame {target} (last {:?})",
-            s.name,
-            s.last()
-        );
-    }
-}
-
-fn finish(subs: Vec<Subscriber>) -> Vec<(String, Vec<u64>, Ended)> {
-    subs.into_iter()
-        .map(|s| {
-            let name = s.name.clone();
-            let (numbers, ended) = s.finish();
-            (name, numbers, ended)
-        })
-        .collect()
-}
-
-/// Stops the subscribers, each of which must still have been connected and must pass
-/// `check` (its name and frame numbers); all must have seen the same frames.
-fn finish_connected(subs: Vec<Subscriber>, check: impl Fn(&str, &[u64])) {
-    let mut seen = Vec::new();
-    for (name, numbers, ended) in finish(subs) {
-        assert_eq!(ended, Ended::Stopped, "{name} stayed connected");
-        check(&name, &numbers);
-        seen.push((name, numbers));
-    }
-    assert_same_frames(&seen);
-}
 
 #[test]
 fn three_instances_share_one_provider_connection_and_a_standby_takes_over_after_kill_9() {
@@ -98,6 +23,7 @@ fn three_instances_share_one_provider_connection_and_a_standby_takes_over_after_
         redis,
         keys,
         source,
+        ..
     }) = Bed::start("backbone::three_instances")
     else {
         return;
@@ -179,6 +105,7 @@ fn an_ingest_paused_past_its_lock_expiry_adds_nothing_after_its_successor() {
         redis,
         keys,
         source,
+        ..
     }) = Bed::start("backbone::paused_ingest")
     else {
         return;
@@ -227,6 +154,7 @@ fn an_ingest_cut_off_from_redis_is_fenced_out_when_it_comes_back() {
         redis,
         keys,
         source,
+        ..
     }) = Bed::start("backbone::partitioned_ingest")
     else {
         return;
@@ -285,6 +213,7 @@ fn redis_restarted_under_load_loses_and_repeats_nothing() {
         mut redis,
         keys,
         source,
+        ..
     }) = Bed::start("backbone::redis_restart")
     else {
         return;
@@ -337,6 +266,7 @@ fn an_edge_started_later_serves_a_warm_snapshot_and_an_ingest_serves_no_clients(
         redis,
         keys,
         source,
+        ..
     }) = Bed::start("backbone::late_edge")
     else {
         return;
@@ -406,6 +336,7 @@ fn an_edge_cut_off_from_redis_for_a_moment_resumes_without_a_gap() {
         redis,
         keys,
         source,
+        ..
     }) = Bed::start("backbone::edge_disconnect")
     else {
         return;
@@ -455,6 +386,7 @@ fn a_holder_stopped_cleanly_hands_over_at_once() {
         redis,
         keys,
         source,
+        ..
     }) = Bed::start("backbone::clean_stop")
     else {
         return;

@@ -361,3 +361,138 @@ fn tradermade_frames_stay_byte_identical_in_either_client_format() {
         assert_eq!(client.next_text(), quote("EURUSD", 7), "{format}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through a Redis backbone: every preset, in either client format, reaches clients fed from
+// the stream (an instance with `backbone` set serves its clients only from Redis).
+
+/// Makes a fake source's dialect for each connection.
+type Dialects = Box<dyn Fn() -> Box<dyn Dialect> + Send>;
+
+/// A provider as the backbone test drives it.
+struct Preset {
+    name: &'static str,
+    dialect: fn() -> Dialects,
+    conf: String,
+    /// Appended to the source's URL.
+    path: &'static str,
+    /// Messages the proxy sends before the source sends quotes.
+    says: usize,
+    /// The provider's own frame for a tick (`client_format = upstream`).
+    frame: fn(&Tick) -> String,
+}
+
+/// One provider and client format on a backbone of its own.
+struct OnBackbone {
+    what: String,
+    source: FakeSource,
+    says: usize,
+    proxy: TestProxy,
+    frame: fn(&Tick) -> String,
+}
+
+#[test]
+fn every_provider_in_either_client_format_through_a_redis_backbone() {
+    if !common::cluster::redis_available("providers::backbone") {
+        return;
+    }
+    let redis = common::cluster::RedisServer::start(&temp_dir("redis"));
+    let on_redis = |n: usize, format: &str| {
+        format!(
+            "client_format = {format}\nbackbone = {}\nbackbone_name = p{n}\nmarket_hours = always\n",
+            redis.url()
+        )
+    };
+    let presets = [
+        Preset {
+            name: "tradermade-v2",
+            dialect: || Box::new(TraderMadeV2::factory("v2-key-123456")),
+            conf: V2.to_string(),
+            path: "",
+            says: 2,
+            frame: |t| TraderMadeV2::tick("QUOTE", t),
+        },
+        Preset {
+            name: "polygon-forex",
+            dialect: || Box::new(Polygon::factory("poly-key-123456")),
+            conf: custom(&shipped("polygon-forex.conf"), "poly-key-123456"),
+            path: "",
+            says: 2,
+            frame: Polygon::quote,
+        },
+        Preset {
+            name: "twelvedata",
+            dialect: || Box::new(TwelveData::factory("td-key-123456")),
+            conf: custom(&shipped("twelvedata.conf"), "td-key-123456"),
+            path: "v1/quotes/price",
+            says: 1,
+            frame: TwelveData::price,
+        },
+        Preset {
+            name: "tiingo-fx",
+            dialect: || Box::new(Tiingo::factory("tiingo-key-123456")),
+            conf: custom(&shipped("tiingo-fx.conf"), "tiingo-key-123456"),
+            path: "",
+            says: 1,
+            frame: Tiingo::quote,
+        },
+    ];
+    // Every instance first, so that they all wait out a new backbone's first lock at once.
+    let mut cases = Vec::new();
+    for preset in presets {
+        for (format, frame) in [
+            ("normalized", Tick::normalized as fn(&Tick) -> String),
+            ("upstream", preset.frame),
+        ] {
+            let source = FakeSource::start((preset.dialect)());
+            let proxy = TestProxy::start(
+                &format!("{}{}", source.url(), preset.path),
+                &format!("{}{}", preset.conf, on_redis(cases.len(), format)),
+                &keys(),
+            );
+            cases.push(OnBackbone {
+                what: format!("{}, client_format = {format}", preset.name),
+                source,
+                says: preset.says,
+                proxy,
+                frame,
+            });
+        }
+    }
+    let v1: Vec<(TestUpstream, TestProxy)> = ["normalized", "upstream"]
+        .iter()
+        .enumerate()
+        .map(|(i, format)| {
+            let up = TestUpstream::start();
+            let proxy = TestProxy::start(
+                &up.url(),
+                &format!("provider = tradermade\n{}", on_redis(10 + i, format)),
+                &keys(),
+            );
+            (up, proxy)
+        })
+        .collect();
+
+    for case in &cases {
+        // Shown should the case fail.
+        println!("through Redis: {}", case.what);
+        case.source.wait_heard(1, case.says);
+        let mut client = Client::auth(case.proxy.addr, KEY, None);
+        case.proxy.wait_for_clients(1);
+        let sent = ticks(1);
+        case.source.ticks(&sent);
+        let expected: Vec<String> = sent.iter().map(case.frame).collect();
+        assert_eq!(texts(&mut client, 3), expected, "{}", case.what);
+        assert!(case.source.violations().is_empty(), "{}", case.what);
+    }
+    for (up, proxy) in &v1 {
+        up.expect_subscribe();
+        let mut client = Client::auth(proxy.addr, KEY, None);
+        proxy.wait_for_clients(1);
+        let odd = r#"{ "symbol" : "GBPUSD", "mid":1.25000, "bid":1.2499,"ask":1.2501, "ts":"1"}"#;
+        up.send(odd);
+        up.send(&quote("EURUSD", 7));
+        assert_eq!(client.next_text(), odd);
+        assert_eq!(client.next_text(), quote("EURUSD", 7));
+    }
+}

@@ -1,14 +1,25 @@
 //! One Redis connection of one backbone thread: made on demand, dropped on any failure and made
 //! again with back-off, its state shown in `/healthz` and `/metrics`. Every read has a timeout,
 //! so a thread blocked on Redis comes back to look at the stop signal.
+//!
+//! Redis is reached directly (`redis://`, `rediss://` over TLS), or through Redis Sentinel
+//! (`redis+sentinel://`): then each connection asks the sentinels, in turn, which server is the
+//! master now, and checks with `ROLE` that the server says so too, as the Sentinel client
+//! guidelines ask. Every failure makes the connection again, so after a failover the next one
+//! goes to the new master. redis-rs's own Sentinel client is not used: it connects to the
+//! sentinels and the master with no timeout at all, so one that is cut off (not refusing,
+//! silent) would hold a backbone thread, and shutdown, for ever.
 
 use super::status::{LinkKind, Status};
 use crate::base::backoff::Backoff;
 use crate::base::metrics::Metrics;
 use crate::base::ratelimit::RateLimited;
 use crate::base::stop::Stop;
+use crate::config::backbone::{Place, RedisUrl, Sentinels};
 use log::{info, warn};
-use redis::{Connection, RedisError, Value};
+use parking_lot::Mutex;
+use redis::{Client, Connection, ConnectionAddr, ConnectionInfo, RedisError, Value};
+use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +30,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a command may take beyond any blocking it asked for.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Short, so that quotes resume within a second of Redis (or a new master) being reachable
+/// again; two attempts a second per thread cost a Redis that is down nothing.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Where Redis is and how to log in. The redis crate would send `AUTH`, `SELECT` and its
 /// `CLIENT SETINFO` lines while connecting, before any read timeout can be set, and wait for
@@ -27,26 +40,201 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// its hands and sent here, after the timeouts are set.
 #[derive(Clone)]
 pub struct Target {
-    client: redis::Client,
+    place: Found,
     username: Option<String>,
     password: Option<String>,
     db: i64,
 }
 
+#[derive(Clone)]
+enum Found {
+    /// One Redis (the client carries the TLS settings for `rediss://`).
+    Direct(Client),
+    /// The master the sentinels name.
+    Sentinel(Arc<Watch>),
+}
+
+/// The sentinels of one master, shared by the backbone threads: the one that answered last is
+/// asked first, and a new master is logged once, not by each thread.
+struct Watch {
+    sentinels: Mutex<Vec<String>>,
+    master: String,
+    last_seen: Mutex<String>,
+}
+
 impl Target {
-    pub fn new(url: &str) -> redis::RedisResult<Target> {
+    /// `ca`: for `rediss://`, the CA certificate(s) (PEM) Redis's certificate must chain to;
+    /// `None` trusts the web PKI roots bundled in the binary.
+    pub fn new(url: &RedisUrl, ca: Option<Vec<u8>>) -> redis::RedisResult<Target> {
         use redis::IntoConnectionInfo;
-        let mut info = url.into_connection_info()?;
-        let username = info.redis.username.take();
-        let password = info.redis.password.take();
-        let db = std::mem::take(&mut info.redis.db);
-        Ok(Target {
-            client: redis::Client::open(info)?,
-            username,
-            password,
-            db,
-        })
+        match url.place() {
+            Place::Direct { .. } => {
+                let mut info = url.expose().into_connection_info()?;
+                let username = info.redis.username.take();
+                let password = info.redis.password.take();
+                let db = std::mem::take(&mut info.redis.db);
+                let client = match ca {
+                    Some(pem) => Client::build_with_tls(
+                        info,
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem),
+                        },
+                    )?,
+                    None => Client::open(info)?,
+                };
+                Ok(Target {
+                    place: Found::Direct(client),
+                    username,
+                    password,
+                    db,
+                })
+            }
+            Place::Sentinel(Sentinels {
+                sentinels,
+                master,
+                db,
+                username,
+                password,
+            }) => Ok(Target {
+                place: Found::Sentinel(Arc::new(Watch {
+                    sentinels: Mutex::new(sentinels.clone()),
+                    master: master.clone(),
+                    last_seen: Mutex::new(String::new()),
+                })),
+                username: username.clone(),
+                password: password.clone(),
+                db: *db,
+            }),
+        }
     }
+
+    /// A connection ready for commands: timeouts set, logged in, its database selected, and
+    /// Redis seen to answer (for a master found through the sentinels: to say it is one).
+    fn connect(&self, read_timeout: Duration) -> Result<Connection, RedisError> {
+        let client = match &self.place {
+            Found::Direct(client) => client.clone(),
+            Found::Sentinel(watch) => {
+                let (host, port) = watch.find_master(self.password.as_deref())?;
+                plain_client(host, port)?
+            }
+        };
+        let mut con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        con.set_read_timeout(Some(read_timeout))?;
+        con.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+        if let Some(password) = &self.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = &self.username {
+                auth.arg(user);
+            }
+            auth.arg(password).query::<()>(&mut con)?;
+        }
+        if self.db != 0 {
+            redis::cmd("SELECT").arg(self.db).query::<()>(&mut con)?;
+        }
+        match &self.place {
+            // Over TLS the handshake happens here: an untrusted certificate fails now, not
+            // at the first real command.
+            Found::Direct(_) => redis::cmd("PING").query::<()>(&mut con)?,
+            Found::Sentinel(watch) => {
+                let role: Value = redis::cmd("ROLE").query(&mut con)?;
+                let said = match &role {
+                    Value::Array(items) => items.first().and_then(text),
+                    _ => None,
+                };
+                if said != Some("master") {
+                    return Err(io_error(format!(
+                        "the server the sentinels name as master {} says it is {} (a failover under way?)",
+                        watch.master,
+                        said.unwrap_or("something else")
+                    )));
+                }
+            }
+        }
+        Ok(con)
+    }
+}
+
+impl Watch {
+    /// Asks each sentinel in turn where the master is; the first that knows is asked first
+    /// next time.
+    fn find_master(&self, password: Option<&str>) -> Result<(String, u16), RedisError> {
+        let order = self.sentinels.lock().clone();
+        let mut failures = Vec::new();
+        for (i, sentinel) in order.iter().enumerate() {
+            match self.ask(sentinel, password) {
+                Ok(Some((host, port))) => {
+                    if i > 0 {
+                        let mut sentinels = self.sentinels.lock();
+                        sentinels.retain(|s| s != sentinel);
+                        sentinels.insert(0, sentinel.clone());
+                    }
+                    let at = format!("{host}:{port}");
+                    let mut last = self.last_seen.lock();
+                    if *last != at {
+                        info!(
+                            "backbone: the sentinels name {at} as master {}{}",
+                            self.master,
+                            if last.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (was {last})")
+                            }
+                        );
+                        *last = at;
+                    }
+                    return Ok((host, port));
+                }
+                Ok(None) => failures.push(format!("{sentinel}: knows no master {}", self.master)),
+                Err(e) => failures.push(format!("{sentinel}: {}", describe(&e))),
+            }
+        }
+        Err(io_error(format!(
+            "no sentinel named the master: {}",
+            failures.join("; ")
+        )))
+    }
+
+    fn ask(
+        &self,
+        sentinel: &str,
+        password: Option<&str>,
+    ) -> Result<Option<(String, u16)>, RedisError> {
+        let (host, port) = sentinel
+            .rsplit_once(':')
+            .and_then(|(h, p)| {
+                Some((
+                    h.trim_start_matches('[').trim_end_matches(']'),
+                    p.parse().ok()?,
+                ))
+            })
+            .ok_or_else(|| io_error(format!("{sentinel} is not HOST:PORT")))?;
+        let mut con =
+            plain_client(host.to_string(), port)?.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        con.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+        con.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("get-master-addr-by-name").arg(&self.master);
+        match ask.query(&mut con) {
+            // A sentinel with a password of its own: deployments often give it Redis's.
+            Err(e) if e.code() == Some("NOAUTH") && password.is_some() => {
+                redis::cmd("AUTH").arg(password).query::<()>(&mut con)?;
+                ask.query(&mut con)
+            }
+            answer => answer,
+        }
+    }
+}
+
+fn plain_client(host: String, port: u16) -> redis::RedisResult<Client> {
+    Client::open(ConnectionInfo {
+        addr: ConnectionAddr::Tcp(host, port),
+        redis: Default::default(),
+    })
+}
+
+fn io_error(message: String) -> RedisError {
+    RedisError::from(io::Error::new(io::ErrorKind::Other, message))
 }
 
 pub struct Link {
@@ -128,21 +316,7 @@ impl Link {
     }
 
     fn connect(&self) -> Result<Connection, RedisError> {
-        let target = &self.target;
-        let mut con = target.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        con.set_read_timeout(Some(self.read_timeout))?;
-        con.set_write_timeout(Some(COMMAND_TIMEOUT))?;
-        if let Some(password) = &target.password {
-            let mut auth = redis::cmd("AUTH");
-            if let Some(user) = &target.username {
-                auth.arg(user);
-            }
-            auth.arg(password).query::<()>(&mut con)?;
-        }
-        if target.db != 0 {
-            redis::cmd("SELECT").arg(target.db).query::<()>(&mut con)?;
-        }
-        Ok(con)
+        self.target.connect(self.read_timeout)
     }
 
     /// A command failed: the connection is dropped (a reply may be half read) and made again

@@ -1,13 +1,18 @@
 //! The `backbone-publish` thread: adds the provider's frames to the stream, in the order the
 //! upstream thread took them, each exactly once.
 //!
-//! Each frame carries the fencing token of the lock it was taken under and a sequence number
-//! within that token. One Lua script per batch adds the frames and updates the snapshot
-//! (`NAME:last`) atomically, and only if the token is still the current one: a frame taken by
-//! an instance that has since lost the lock is refused there, in Redis, whatever the clocks
-//! said. The script also skips frames at or below the last sequence number added under the
-//! token (kept in the snapshot as `@pub`), so a batch sent again because its answer was lost
-//! (Redis restarted, the connection dropped) is not added twice.
+//! Each frame carries the term it was taken under (the fencing token that began this
+//! instance's holding of the lock, see [`super::held`]) and a sequence number within it. One Lua
+//! script per batch adds the frames and updates the snapshot (`NAME:last`) atomically, and only
+//! if the fencing token the lease gives for that term is still the current one: a frame taken
+//! by an instance that has since lost the lock is refused there, in Redis, whatever the clocks
+//! said. The script also skips frames at or below the last sequence number added in the term
+//! (kept in the snapshot as `@pub`), so a batch sent again because its answer was lost (Redis
+//! restarted, the connection dropped) is not added twice.
+//!
+//! A frame's symbol, which names its field in the snapshot, is found as the hub finds it (the
+//! function the server plugs in), so a provider's own frames (`client_format = upstream`) are
+//! published too.
 //!
 //! While Redis is out of reach the frames wait in a bounded queue; once it is full, the
 //! upstream thread waits too and TCP holds the provider back.
@@ -19,7 +24,6 @@ use super::status::{LinkKind, Status};
 use crate::base::metrics::Metrics;
 use crate::base::ratelimit::RateLimited;
 use crate::base::stop::Stop;
-use crate::feed::protocol;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::warn;
 use redis::Script;
@@ -42,26 +46,29 @@ const NO_FENCE_WAIT: Duration = Duration::from_millis(100);
 /// An idle connection is checked this often.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
-/// KEYS: fence, stream, last. ARGV: token, first sequence number, max length, then a symbol
-/// and a frame for each frame. Returns how many frames were added.
+/// KEYS: fence, stream, last, lock. ARGV: token, term, first sequence number, max length, then
+/// a symbol and a frame for each frame. Returns how many frames were added; refused, the
+/// error says what the lock holds.
 const PUBLISH: &str = r"
 local fence = redis.call('GET', KEYS[1])
 if fence == false then return redis.error_reply('NOFENCE the fencing counter is missing') end
-if fence ~= ARGV[1] then return redis.error_reply('FENCED the lock was won under token ' .. fence) end
-local token = ARGV[1]
+if fence ~= ARGV[1] then
+  return redis.error_reply('FENCED ' .. (redis.call('GET', KEYS[4]) or ''))
+end
+local term = ARGV[2]
 local done = 0
 local pub = redis.call('HGET', KEYS[3], '@pub')
 if pub then
   local t, s = string.match(pub, '^(%d+) (%d+)$')
-  if t == token then done = tonumber(s) end
+  if t == term then done = tonumber(s) end
 end
-local seq = tonumber(ARGV[2])
+local seq = tonumber(ARGV[3])
 local added = 0
 local id = false
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   if seq > done then
-    local p = token .. ' ' .. string.format('%.0f', seq)
-    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'f', ARGV[i + 1], 'p', p)
+    local p = term .. ' ' .. string.format('%.0f', seq)
+    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'f', ARGV[i + 1], 'p', p)
     redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1], '@pub', p, '@id', id)
     added = added + 1
   end
@@ -70,9 +77,16 @@ end
 return added
 ";
 
+/// A frame's symbol, as its position in the configured symbols (the hub's own function).
+pub type SymbolOf = Box<dyn Fn(&str) -> Option<usize> + Send>;
+
 pub struct Publisher {
     link: Link,
     keys: Keys,
+    symbol_of: SymbolOf,
+    /// The configured symbols: the snapshot's field names.
+    symbols: Vec<String>,
+    instance: String,
     max_len: u64,
     lease: Arc<Lease>,
     status: Arc<Status>,
@@ -81,11 +95,11 @@ pub struct Publisher {
     ignored: RateLimited,
 }
 
-/// A batch of frames taken under one token, numbered from `first`.
+/// A batch of frames taken in one term, numbered from `first`, each with its symbol's index.
 struct Batch {
-    token: u64,
+    term: u64,
     first: u64,
-    frames: Vec<(String, Utf8Bytes)>,
+    frames: Vec<(usize, Utf8Bytes)>,
 }
 
 impl Publisher {
@@ -96,10 +110,14 @@ impl Publisher {
         lease: &Arc<Lease>,
         status: &Arc<Status>,
         metrics: &Arc<Metrics>,
+        symbol_of: SymbolOf,
     ) -> Publisher {
         Publisher {
             link: Link::new(LinkKind::Publish, target, Duration::ZERO, status, metrics),
             keys: keys.clone(),
+            symbol_of,
+            symbols: settings.symbols.clone(),
+            instance: settings.instance.clone(),
             max_len: settings.max_len,
             lease: Arc::clone(lease),
             status: Arc::clone(status),
@@ -110,9 +128,9 @@ impl Publisher {
     }
 
     pub fn run(mut self, frames: &Receiver<(u64, Utf8Bytes)>, stop: &Stop) {
-        // The token sequence numbers count under, and the next number.
-        let (mut seq_token, mut next_seq) = (0u64, 1u64);
-        // Frames taken under this token are dropped: it was fenced.
+        // The term sequence numbers count in, and the next number.
+        let (mut seq_term, mut next_seq) = (0u64, 1u64);
+        // Frames taken in this term are dropped: it was fenced.
         let mut fenced = 0u64;
         // A frame of the next batch, taken while gathering this one.
         let mut carry: Option<(u64, Utf8Bytes)> = None;
@@ -137,17 +155,17 @@ impl Publisher {
                 },
             };
             last_used = Instant::now();
-            let token = first.0;
-            if token != seq_token {
-                (seq_token, next_seq) = (token, 1);
+            let term = first.0;
+            if term != seq_term {
+                (seq_term, next_seq) = (term, 1);
             }
             let mut batch = Batch {
-                token,
+                term,
                 first: next_seq,
                 frames: Vec::new(),
             };
             for (t, frame) in std::iter::once(first).chain(frames.try_iter()) {
-                if t != token {
+                if t != term {
                     carry = Some((t, frame));
                     break;
                 }
@@ -155,10 +173,8 @@ impl Publisher {
                     self.status.fenced.fetch_add(1, Relaxed);
                     continue;
                 }
-                match protocol::quote_symbol(&frame) {
-                    Some(symbol) if !symbol.starts_with('@') => {
-                        batch.frames.push((symbol.into_owned(), frame));
-                    }
+                match (self.symbol_of)(&frame) {
+                    Some(i) if i < self.symbols.len() => batch.frames.push((i, frame)),
                     _ => self.ignored.note(|n| {
                         warn!("backbone: not publishing {n} upstream frame(s) without a symbol, e.g. {:.120}", frame.as_str())
                     }),
@@ -177,7 +193,7 @@ impl Publisher {
                 .last_quote_ms
                 .store(self.metrics.now_ms(), Relaxed);
             if !self.publish(&batch, stop) {
-                fenced = batch.token;
+                fenced = batch.term;
             }
             self.status
                 .publish_queue
@@ -202,6 +218,13 @@ impl Publisher {
     /// (false) or the proxy stops.
     fn publish(&mut self, batch: &Batch, stop: &Stop) -> bool {
         loop {
+            let Some(token) = self.lease.fence_for(batch.term) else {
+                // Lost to another instance while these frames waited: they are stale.
+                self.status
+                    .fenced
+                    .fetch_add(batch.frames.len() as u64, Relaxed);
+                return false;
+            };
             let Some(con) = self.link.get(stop) else {
                 return true;
             };
@@ -209,11 +232,13 @@ impl Publisher {
             call.key(&self.keys.fence)
                 .key(&self.keys.stream)
                 .key(&self.keys.last)
-                .arg(batch.token)
+                .key(&self.keys.lock)
+                .arg(token)
+                .arg(batch.term)
                 .arg(batch.first)
                 .arg(self.max_len);
             for (symbol, frame) in &batch.frames {
-                call.arg(symbol.as_str()).arg(frame.as_str());
+                call.arg(self.symbols[*symbol].as_str()).arg(frame.as_str());
             }
             match call.invoke::<u64>(con) {
                 Ok(added) => {
@@ -221,21 +246,23 @@ impl Publisher {
                     self.status.published.fetch_add(added, Relaxed);
                     return true;
                 }
-                Err(e) if e.code() == Some("FENCED") => {
+                Err(e) if e.code() == Some("FENCED") && !self.wait_for_lease(&e) => {
                     self.link.ok();
                     self.status
                         .fenced
                         .fetch_add(batch.frames.len() as u64, Relaxed);
-                    self.lease.lost(batch.token);
+                    self.lease.lost(token);
                     warn!(
-                        "backbone: {} frame(s) taken under fencing token {} refused: {}; another instance holds the provider connection now",
+                        "backbone: {} frame(s) taken under fencing token {token} refused: the lock is held by {}; another instance holds the provider connection now",
                         batch.frames.len(),
-                        batch.token,
                         e.detail().unwrap_or("")
                     );
                     return false;
                 }
-                Err(e) if e.code() == Some("NOFENCE") => {
+                Err(e) if e.code() == Some("FENCED") || e.code() == Some("NOFENCE") => {
+                    // Redis lost the lock, or this instance took it back under a new token
+                    // the lease has not heard of yet: the lease thread settles it.
+                    self.link.ok();
                     if stop.wait(NO_FENCE_WAIT) {
                         return true;
                     }
@@ -243,5 +270,13 @@ impl Publisher {
                 Err(e) => self.link.failed(&e),
             }
         }
+    }
+
+    /// Whether a refusal by the fence is one for the lease thread to settle: the lock is held
+    /// by nobody, is in quarantine, or is this instance's own under a newer token.
+    fn wait_for_lease(&self, refused: &redis::RedisError) -> bool {
+        let holder = refused.detail().unwrap_or("").trim();
+        let (_, who) = holder.split_once(' ').unwrap_or(("", ""));
+        holder.is_empty() || who == super::lease::QUARANTINE || who == self.instance
     }
 }

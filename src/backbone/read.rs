@@ -7,10 +7,14 @@
 //! resumes from the last id it read: nothing twice, nothing missed, as long as the stream still
 //! holds that id (it keeps about `backbone_max_len` entries).
 //!
-//! Each entry carries `TOKEN SEQ` (the fencing token it was added under and its number within
-//! it). An entry at or below the last one read is dropped (a publish repeated after Redis lost
-//! its data would otherwise reach clients twice); a jump in the numbers within a token is a
-//! gap, counted and logged.
+//! Each entry carries `TERM SEQ` (the fencing token that began the holding it was taken in,
+//! and its number within it; terms only grow, see [`super::lease`]). An entry at or below the
+//! last one read is dropped (a publish repeated after Redis lost its data would otherwise reach
+//! clients twice); a jump in the numbers within a term is a gap, counted and logged. One
+//! exception: an entry of a lower term that is newer than any entry read (by its stream id,
+//! the time Redis added it) is a new epoch, not an old entry read again: Redis was restored
+//! from a copy whose counter and clock were both behind, and whoever holds the lock now is
+//! followed rather than ignored.
 
 use super::link::{self, Link, Target};
 use super::settings::Keys;
@@ -37,8 +41,10 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 struct Position {
     /// The id of the last entry read (`0-0` before the first).
     id: String,
-    /// Its `TOKEN SEQ`.
+    /// Its `TERM SEQ`.
     last: (u64, u64),
+    /// The highest id read, kept when the reader starts over on a stream made anew.
+    newest: (u64, u64),
 }
 
 /// One stream entry.
@@ -54,6 +60,7 @@ pub struct Reader {
     status: Arc<Status>,
     metrics: Arc<Metrics>,
     complaints: RateLimited,
+    stale: RateLimited,
 }
 
 impl Reader {
@@ -69,6 +76,7 @@ impl Reader {
             status: Arc::clone(status),
             metrics: Arc::clone(metrics),
             complaints: RateLimited::new(Duration::from_secs(60)),
+            stale: RateLimited::new(Duration::from_secs(60)),
         }
     }
 
@@ -138,10 +146,28 @@ impl Reader {
         entry: Entry,
         clients: &Sender<Utf8Bytes>,
     ) -> Result<(), ()> {
+        let id = link::parse_id(&entry.id).unwrap_or_default();
         at.id = entry.id;
+        let fresh = id > at.newest;
+        at.newest = at.newest.max(id);
         if let Some(pair) = entry.pair {
+            if pair.0 < at.last.0 && fresh {
+                warn!(
+                    "backbone: entry {} is newer than any read but of term {}, below term {} read before: Redis was restored from an older copy; following the new term",
+                    at.id, pair.0, at.last.0
+                );
+                at.last = (pair.0, pair.1.saturating_sub(1));
+            }
             if pair <= at.last {
                 self.status.duplicates.fetch_add(1, Relaxed);
+                if pair.0 < at.last.0 {
+                    self.stale.note(|n| {
+                        warn!(
+                            "backbone: {n} entry(ies) of terms before {} read again and dropped (the stream was made anew?)",
+                            at.last.0
+                        )
+                    });
+                }
                 return Ok(());
             }
             let missing = missing_between(at.last, pair);
@@ -262,7 +288,8 @@ fn snapshot(
             }
         }
     };
-    Ok((frames, Position { id, last }))
+    let newest = link::parse_id(&id).unwrap_or_default();
+    Ok((frames, Position { id, last, newest }))
 }
 
 /// The items of an array (RESP2) or the flattened pairs of a map (RESP3).

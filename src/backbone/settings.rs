@@ -12,6 +12,10 @@ pub struct Settings {
     pub instance: String,
     /// The stream is trimmed to about this many entries.
     pub max_len: u64,
+    /// The configured symbols: a frame's symbol names its field in the snapshot.
+    pub symbols: Vec<String>,
+    /// For `rediss://`: the CA certificate(s) (PEM) of `backbone_ca_file`.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// The Redis keys of one feed.

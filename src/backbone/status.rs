@@ -69,8 +69,9 @@ pub struct Status {
     pub published: AtomicU64,
     /// Frames taken from the provider and not yet in Redis.
     pub publish_queue: AtomicU64,
-    /// Frames refused by the fencing check: taken while this instance held the lock, offered
-    /// after another had won it. Each one is a duplicate or a reordering that did not happen.
+    /// Frames taken while this instance held the lock and never added: refused by the fencing
+    /// check (another had won it since), or dropped once the lock lapsed here with the queue
+    /// to Redis full. Each one is a duplicate or a reordering that did not happen.
     pub fenced: AtomicU64,
     /// Frames read from the stream and handed to the distributor.
     pub received: AtomicU64,
@@ -275,7 +276,7 @@ impl Status {
         out.single(
             "fxproxy_backbone_frames_fenced_total",
             "counter",
-            "Frames refused because another instance had won the lock since they were taken.",
+            "Frames taken from the provider and never added: another instance had won the lock since, or it lapsed while Redis was out of reach.",
             c(&self.fenced),
         );
         out.single(

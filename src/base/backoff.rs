@@ -36,11 +36,6 @@ impl Backoff {
         self.max
     }
 
-    /// The longest delay.
-    pub fn max(&self) -> Duration {
-        self.max
-    }
-
     pub fn reset(&mut self) {
         self.step = self.start;
     }

@@ -223,6 +223,9 @@ pub struct Config {
     pub log_level: LogLevel,
     /// The Redis backbone; `None`: a single instance.
     pub backbone: Option<RedisUrl>,
+    /// The CA (PEM) a `rediss://` backbone's certificate must chain to; `None`: the web PKI
+    /// roots bundled in the binary.
+    pub backbone_ca_file: Option<PathBuf>,
     pub backbone_role: Role,
     pub backbone_name: String,
     /// The stream is trimmed to about this many entries.
@@ -306,6 +309,7 @@ impl Config {
             sim_rate: 0,
             log_level: LogLevel::Error,
             backbone: None,
+            backbone_ca_file: None,
             backbone_role: Role::Both,
             backbone_name: String::new(),
             backbone_max_len: 0,

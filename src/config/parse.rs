@@ -6,6 +6,7 @@
 //! end of the line (`subscribe_message`, whose JSON template may contain `#`).
 
 use crate::base::logsafe::escaped;
+use crate::config::backbone::RedisUrl;
 use crate::config::error::ConfigError;
 use crate::config::settings::{self, DefaultValue, SETTINGS};
 use crate::config::{Config, ProviderChoice, Upstream};
@@ -105,6 +106,12 @@ fn check(config: &mut Config) -> Result<(), ConfigError> {
         ));
     }
     check_tls(config)?;
+    if config.backbone_ca_file.is_some() && !config.backbone.as_ref().is_some_and(RedisUrl::tls) {
+        return Err(config.error_at(
+            "backbone_ca_file",
+            "is for a backbone reached over TLS: set backbone = rediss://HOST:PORT",
+        ));
+    }
     // Unset, it follows max_clients upward: a storm of max_clients connecting at once must
     // never find the pending set full.
     if config.line_of("max_pending_connections").is_none() {
@@ -467,7 +474,7 @@ mod tests {
             ),
             (
                 "backbone = 127.0.0.1:6379",
-                "key `backbone`: expected redis://HOST:PORT or redis://HOST:PORT/DB",
+                "key `backbone`: expected redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS) or redis+sentinel://",
             ),
             (
                 "backbone_role = leader",
@@ -509,6 +516,26 @@ mod tests {
         assert_eq!(c.backbone_max_len, 5000);
         assert_eq!(c.trusted_proxies.len(), 2);
         assert!(parse_ok(MINIMAL).backbone.is_none());
+        let tls = parse(
+            &format!(
+                "{MINIMAL}backbone = rediss://redis.example:6380\nbackbone_ca_file = redis-ca.pem\n"
+            ),
+            Path::new("/etc/fxproxy/proxy.conf"),
+        )
+        .unwrap();
+        assert_eq!(
+            tls.backbone_ca_file,
+            Some(PathBuf::from("/etc/fxproxy/redis-ca.pem"))
+        );
+        let message = parse_err(&format!(
+            "{MINIMAL}backbone = redis://r:6379\nbackbone_ca_file = redis-ca.pem\n"
+        ));
+        assert!(
+            message.starts_with(
+                "proxy.conf:5: key `backbone_ca_file`: is for a backbone reached over TLS"
+            ),
+            "{message}"
+        );
     }
 
     #[test]

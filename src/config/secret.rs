@@ -72,7 +72,8 @@ fn expand_credentials(
     Ok(base.join(expanded))
 }
 
-/// Expands `${CREDENTIALS_DIRECTORY}` in the TLS file paths (systemd's `LoadCredential=`).
+/// Expands `${CREDENTIALS_DIRECTORY}` in the TLS file paths (systemd's `LoadCredential=`),
+/// the backbone's CA among them.
 pub fn resolve_tls_paths(
     config: &mut Config,
     credentials_dir: Option<&OsStr>,
@@ -88,10 +89,12 @@ pub fn resolve_tls_paths(
     let key = expand(config, "tls_key_file", &config.tls_key_file)?;
     let client_ca = expand(config, "tls_client_ca_file", &config.tls_client_ca_file)?;
     let upstream_ca = expand(config, "upstream_ca_file", &config.upstream_ca_file)?;
+    let backbone_ca = expand(config, "backbone_ca_file", &config.backbone_ca_file)?;
     config.tls_cert_file = cert;
     config.tls_key_file = key;
     config.tls_client_ca_file = client_ca;
     config.upstream_ca_file = upstream_ca;
+    config.backbone_ca_file = backbone_ca;
     Ok(())
 }
 

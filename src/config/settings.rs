@@ -745,13 +745,26 @@ pub static SETTINGS: &[Setting] = &[
         name: "backbone",
         default: Is(""),
         reach: Reach::Restart,
-        doc: "`redis://HOST:PORT[/DB]` (`redis://:PASSWORD@HOST:PORT` for a Redis with a password): the Redis that several instances of one feed share (see [Scaling out](scaling-out.md#scaling-out-several-instances-one-provider-connection)); unset, a single instance",
+        doc: "`redis://HOST:PORT[/DB]` (`redis://:PASSWORD@HOST:PORT` for a Redis with a password), `rediss://HOST:PORT[/DB]` (TLS to Redis) or `redis+sentinel://HOST:PORT,HOST:PORT,HOST:PORT/MASTER_NAME[/DB]` (the master Redis Sentinel names; the password as in `redis://`): the Redis that several instances of one feed share (see [Scaling out](scaling-out.md#scaling-out-several-instances-one-provider-connection)); unset, a single instance",
         set: |c, v, _base| {
             c.backbone = if v.is_empty() { None } else { Some(RedisUrl::parse(v)?) };
             Ok(())
         },
         field: field!(backbone),
         show: |c| c.backbone.as_ref().map_or(String::new(), RedisUrl::shown),
+        shown: Shown::Value,
+    },
+    Setting {
+        name: "backbone_ca_file",
+        default: Is(""),
+        reach: Reach::Restart,
+        doc: "for a `rediss://` backbone: the CA certificate (PEM) Redis's certificate must chain to, as `redis-cli --cacert`; unset, the web PKI roots bundled in the binary",
+        set: |c, v, base| {
+            c.backbone_ca_file = value::credential_path(v, base);
+            Ok(())
+        },
+        field: field!(backbone_ca_file),
+        show: |c| path_text(&c.backbone_ca_file),
         shown: Shown::Value,
     },
     Setting {

@@ -4,6 +4,7 @@
 
 use crate::base::stop::Stop;
 use crossbeam_channel::{SendError, Sender};
+use std::time::Duration;
 use tungstenite::Utf8Bytes;
 
 pub trait Outlet: Send {
@@ -16,6 +17,13 @@ pub trait Outlet: Send {
 
     /// Hands one frame on; an error means nobody takes frames any more (the proxy is stopping).
     fn send(&self, frame: Utf8Bytes) -> Result<(), SendError<Utf8Bytes>>;
+
+    /// How soon to try again after the provider refused the key; `None`: after the longest
+    /// back-off. Behind a backbone, an instance that has just taken the connection over may
+    /// be refused while the provider still holds its predecessor's.
+    fn refused_retry(&mut self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A single instance: straight to the distributor, always allowed.

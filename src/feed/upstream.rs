@@ -31,8 +31,10 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Error as WsError, HandshakeError, Message, WebSocket};
 
-/// How often the reader looks at the clock (pings, staleness, shutdown) while no frame comes.
-const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How often the reader looks at the clock (pings, staleness, shutdown, the backbone's lock)
+/// while no frame comes. Behind a backbone the lock lapses here 0.5 s before Redis lets
+/// anybody else take it: the connection is closed within this of the lapse.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// A connection that delivered quotes for this long resets the back-off to its start. Long
 /// enough that a source which accepts and soon drops us is not hammered; short enough that a
 /// provider which cuts every connection after half a minute (some do) is rejoined at once,
@@ -230,17 +232,32 @@ pub fn run(
         if ended.healthy {
             backoff.reset();
         }
+        if !frames.still_allowed() {
+            // Behind a backbone the lock went: no back-off, as the provider did nothing wrong;
+            // the next connection waits for the lock instead.
+            warn!(
+                "upstream {shown}: {}; connecting again once this instance holds the backbone lock",
+                ended.why
+            );
+            metrics.set_upstream(UpstreamState::Reconnecting {
+                since_ms: metrics.now_ms(),
+                reason: ended.why,
+            });
+            metrics.upstream_reconnects.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let delay = if let Some((reason, said)) = ended.refused {
+            let delay = frames.refused_retry().unwrap_or_else(|| backoff.saturate());
             error!(
                 "upstream {shown} refused the provider key: {} — {reason}; waiting {:.1} s before trying again",
                 logsafe::quoted(&sanitized(&said, &settings.key)),
-                backoff.max().as_secs_f64()
+                delay.as_secs_f64()
             );
             metrics.set_upstream(UpstreamState::Refused {
                 since_ms: metrics.now_ms(),
                 reason,
             });
-            backoff.saturate()
+            delay
         } else {
             let delay = backoff.next_delay();
             warn!(
@@ -692,7 +709,7 @@ mod tests {
     }
 
     /// A provider that wants a ping every 5 s: a reload of any key kept the ping at proxy.conf's
-    /// 15 s and the dead time at 10.5 s, so a quiet feed was reconnected every ~10 s.
+    /// 15 s and the dead time at two of its pings, so a quiet feed was reconnected every ~10 s.
     #[test]
     fn a_reload_keeps_the_template_s_ping_and_its_dead_time() {
         let template = "url = ws://feed.example/\nsend = {\"sub\":\"{symbols}\"}\nping_secs = 5\n\
@@ -701,20 +718,21 @@ mod tests {
         let running = config("");
         let live = Arc::new(Live::new(running.clone()));
         let mut s = settings(provider.clone(), &running, &live);
+        let two_pings = |ping: u64| Duration::from_secs(ping) * 2 + CHECK_EVERY;
         assert_eq!(
             (s.ping_every, s.dead_after),
-            (Duration::from_millis(5000), Duration::from_millis(10_500))
+            (Duration::from_secs(5), two_pings(5))
         );
         live.set(config("upstream_stale_secs = 60\n"));
         assert!(s.follow());
         assert_eq!(s.ping_every, Duration::from_secs(5), "the template's ping");
-        assert_eq!(s.dead_after, Duration::from_millis(10_500));
+        assert_eq!(s.dead_after, two_pings(5));
         // proxy.conf's own ping, set by a reload, wins; the dead time follows it.
         live.set(config("upstream_ping_secs = 20\n"));
         assert!(s.follow());
         assert_eq!(
             (s.ping_every, s.dead_after),
-            (Duration::from_secs(20), Duration::from_millis(40_500))
+            (Duration::from_secs(20), two_pings(20))
         );
     }
 

@@ -280,7 +280,8 @@ mod tests {
         tls_key_file = a.key\ntls_client_ca_file = ca.pem\nupstream_api_key = key-one\n\
         upstream_ca_file = up.pem\nupstream_bundled_roots = true\n\
         subscribe_message = {\"a\":\"{api_key}\"}\nrecord_file = rec.jsonl\n\
-        record_max_bytes = 4096\nbackbone = redis://:pw-one@127.0.0.1:6379\n\
+        record_max_bytes = 4096\nbackbone = rediss://:pw-one@127.0.0.1:6379\n\
+        backbone_ca_file = redis-ca.pem\n\
         backbone_role = both\nbackbone_name = fx\nbackbone_max_len = 1000\n\
         client_format = normalized\n";
 
@@ -303,7 +304,7 @@ mod tests {
                     "subscribe_message" => "subscribe_message = {\"b\":\"{api_key}\"}".into(),
                     "record_max_bytes" => "record_max_bytes = 8192".into(),
                     // The password alone: the log shows the URL without it.
-                    "backbone" => "backbone = redis://:pw-two@127.0.0.1:6379".into(),
+                    "backbone" => "backbone = rediss://:pw-two@127.0.0.1:6379".into(),
                     "backbone_role" => "backbone_role = edge".into(),
                     "backbone_max_len" => "backbone_max_len = 2000".into(),
                     "client_format" => "client_format = upstream".into(),
@@ -430,6 +431,6 @@ mod tests {
         assert!(merged.waiting.is_empty());
         assert_eq!(merged.next.max_clients_per_key, 3);
         assert_eq!(merged.next.client_ping, std::time::Duration::from_secs(5));
-        assert_eq!(merged.next.market().closed_dates().len(), 1);
+        assert_eq!(merged.next.market_closed_dates.len(), 1);
     }
 }
