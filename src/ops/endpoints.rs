@@ -54,6 +54,7 @@ fn metrics_text(ctx: &Context) -> String {
             backlog: listener::queue(ctx.listen),
             places: (ctx.places.taken() as u64, ctx.places.limit() as u64),
             threads_live: ctx.threads.live() as u64,
+            process: &crate::ops::process::read(),
             now_ms: ctx.metrics.now_ms(),
         },
     );

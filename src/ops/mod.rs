@@ -9,5 +9,6 @@ pub mod endpoints;
 pub mod logging;
 pub mod metrics;
 pub mod page;
+pub mod process;
 pub mod reload;
 pub mod signals;
