@@ -141,6 +141,11 @@ impl Hub {
         Duration::from_nanos(self.grid.batch_nanos.load(Ordering::Relaxed))
     }
 
+    /// Now, in nanoseconds since the hub was made: what [`ClientSlot::queued_at`] is stamped in.
+    pub fn stamp(&self) -> u64 {
+        u64::try_from(self.grid.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// The first instant on the batch grid after `now`.
     /// Batching pays when quotes come faster than one per batch period and waking every
     /// writer for every quote would cost real CPU; below `BATCH_ABOVE` deliveries a second
@@ -255,6 +260,7 @@ impl Hub {
             return Err(JoinError::TooManyForKey);
         }
         *count += 1;
+        slot.queued_at.store(self.stamp(), Ordering::Relaxed);
         for (id, frame) in inner.latest.iter().enumerate() {
             if let Some(frame) = frame {
                 if slot.wants(id) {
@@ -314,6 +320,7 @@ impl Hub {
     /// their frames, and the lock is not held across syscalls.
     fn publish(&self, batch: &[(usize, Utf8Bytes)]) {
         let now = self.metrics.now_ms();
+        let stamp = self.stamp();
         let queue_len = self.queue_len.load(Ordering::Relaxed);
         let mut inner = self.inner.lock();
         for (id, frame) in batch {
@@ -349,9 +356,14 @@ impl Hub {
             for (n, (_, frame)) in batch.iter().filter(|(id, _)| client.wants(*id)).enumerate() {
                 // An unbounded (linked-block) channel capped by its length: a bounded one
                 // allocates every slot up front, which thousands of clients cannot afford.
-                if client.tx.len() >= queue_len {
+                let len = client.tx.len();
+                if len >= queue_len {
                     slow.push(pos);
                     break;
+                }
+                if len == 0 {
+                    // Before the send: the writer reads it after taking the frame.
+                    client.queued_at.store(stamp, Ordering::Relaxed);
                 }
                 let _ = client.tx.send(frame.clone());
                 if n == 0 {
@@ -622,6 +634,28 @@ mod tests {
         rb.try_recv().unwrap();
         let stats = hub.queue_stats();
         assert_eq!((stats.count, stats.sum, stats.behind), (2, 5, 1));
+    }
+
+    #[test]
+    fn a_frame_into_an_empty_queue_is_stamped_with_when_it_was_queued() {
+        let hub = hub(8);
+        let (slot, rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let before = hub.stamp();
+        hub.publish(&[(0, frame("EURUSD", 1))]);
+        let first = slot.queued_at();
+        assert!(first >= before && first <= hub.stamp());
+        hub.publish(&[(0, frame("EURUSD", 2))]);
+        assert_eq!(
+            slot.queued_at(),
+            first,
+            "the queue was not empty: the oldest counts"
+        );
+        drain(&rx);
+        let later = hub.stamp();
+        hub.publish(&[(0, frame("EURUSD", 3))]);
+        assert!(slot.queued_at() >= later, "emptied, then queued again");
     }
 
     #[test]

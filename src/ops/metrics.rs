@@ -5,6 +5,7 @@
 //! Renamed series are written under their old name too for one release (see
 //! [`DEPRECATED`]), so that dashboards and alerts keep working while they are changed.
 
+use crate::base::histogram::{self, Histogram};
 use crate::base::market::Market;
 use crate::base::metrics::{
     AuthFailure, Eviction, Metrics, QueueStats, Rejection, UpstreamState, PROTOCOL_CLOSE_CODES,
@@ -53,6 +54,7 @@ pub fn render(m: &Metrics, view: &View) -> String {
     reloads(&mut out, m);
     connections(&mut out, m, view);
     feed(&mut out, m, view);
+    latencies(&mut out, m);
     tls(&mut out, m);
     conflation_and_recording(&mut out, m);
     process(&mut out, view.process);
@@ -289,6 +291,38 @@ fn feed(out: &mut Exposition, m: &Metrics, view: &View) {
         "gauge",
         "1 while writers send quotes in batches on the batch_delay_ms grid (heavy load).",
         u64::from(view.batching),
+    );
+}
+
+/// Latencies measured as quotes flow, in seconds (see `base::histogram`).
+fn latencies(out: &mut Exposition, m: &Metrics) {
+    let write = |out: &mut Exposition, name: &str, help: &str, h: &Histogram| {
+        let s = h.snapshot();
+        out.histogram(
+            name,
+            help,
+            histogram::BOUNDS_LABELS.iter().zip(s.cumulative),
+            s.sum_seconds,
+            s.count(),
+        );
+    };
+    write(
+        out,
+        "fxproxy_upstream_quote_age_seconds",
+        "How old each quote was when the proxy read it from the upstream, by the provider's own timestamp (quotes that carry one; a provider clock ahead of ours counts as 0).",
+        &m.quote_age,
+    );
+    write(
+        out,
+        "fxproxy_client_queue_wait_seconds",
+        "Per write to a client: how long the oldest frame written waited between the distributor queueing it and the write reaching the client's socket.",
+        &m.queue_wait,
+    );
+    write(
+        out,
+        "fxproxy_client_ping_rtt_seconds",
+        "From a ping to a client to its answer being read: the network round trip plus however long the client took to read what was sent before the ping.",
+        &m.ping_rtt,
     );
 }
 
@@ -596,5 +630,33 @@ mod tests {
             );
         }
         assert!(text.contains("\nfxproxy_tls_certificate_expiry_timestamp_seconds 1800000000\n"));
+    }
+
+    #[test]
+    fn latency_histograms_are_written_in_seconds() {
+        let m = Metrics::new();
+        m.ping_rtt.observe(Duration::from_millis(3));
+        let queues = QueueStats::new(8);
+        let market = always();
+        let text = render(
+            &m,
+            &View {
+                market: &market,
+                symbols: &[],
+                batching: false,
+                queues: &queues,
+                backlog: None,
+                places: (0, 10),
+                threads_live: 1,
+                process: &Process::default(),
+                now_ms: 0,
+            },
+        );
+        assert!(text.contains("# TYPE fxproxy_client_ping_rtt_seconds histogram\n"));
+        assert!(text.contains("\nfxproxy_client_ping_rtt_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("\nfxproxy_client_ping_rtt_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("\nfxproxy_client_ping_rtt_seconds_count 1\n"));
+        assert!(text.contains("\nfxproxy_client_queue_wait_seconds_count 0\n"));
+        assert!(text.contains("\nfxproxy_upstream_quote_age_seconds_bucket{le=\"+Inf\"} 0\n"));
     }
 }
