@@ -44,9 +44,10 @@ pub const CLIENT_STACK: usize = 128 * 1024;
 const SERVICE_STACK: usize = 512 * 1024;
 /// How long shutdown waits for clients to take their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
-/// Threads that are not clients: main, upstream, distributor, watcher, admission,
-/// housekeeping, reaper, signals, state-dump, the simulator's, and slack.
-pub const SERVICE_THREADS: u64 = 16;
+/// Threads that are not clients: main, upstream, distributor, watcher, admission, http,
+/// housekeeping, reaper, signals, state-dump, the simulator's, the recorder, the
+/// backbone's, and slack.
+pub const SERVICE_THREADS: u64 = 18;
 /// How often the key file's modification time is looked at.
 const KEY_FILE_CHECK: Duration = Duration::from_secs(2);
 
@@ -262,7 +263,7 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen, e))?;
-        let admission = Admission::new(listener).map_err(|e| StartError::Bind(addr, e))?;
+        let mut admission = Admission::new(listener).map_err(|e| StartError::Bind(addr, e))?;
         // Measured before the clients come: what the kernel lets this process have.
         let ceiling = ceiling::measure();
         let (line, warnings) = capacity_report(&config, &ceiling);
@@ -458,6 +459,13 @@ impl Server {
         }
         let waker = admission.waker();
         let asker = admission.asker();
+        if let Some(answerer) = admission.answerer() {
+            // Plain requests on the client port (/metrics among them), off the admission
+            // thread; ends when the admission loop stops and drops its end.
+            let http_ctx = Arc::clone(&ctx);
+            spawn_service(threads, &failure, "http", move || answerer.run(&http_ctx))
+                .map_err(StartError::Thread)?;
+        }
         let admission_ctx = Arc::clone(&ctx);
         let admission_failure = Arc::clone(&failure);
         spawn_service(threads, &failure, "admission", move || {

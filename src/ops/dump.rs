@@ -227,6 +227,7 @@ fn service(ctx: &Context, task: &Task, pending: Option<&PendingSnapshot>) -> Str
         ),
         "signals" => "doing=waiting-for-signals".to_string(),
         "state-dump" => "doing=writing-this-dump".to_string(),
+        "http" => "doing=answering-http-requests (/healthz, /metrics, the page)".to_string(),
         n if n.starts_with("sim-") => "doing=simulated-source".to_string(),
         n if n.starts_with("client-") => "doing=exiting (its connection is over)".to_string(),
         _ => "doing=-".to_string(),
