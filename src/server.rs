@@ -26,6 +26,7 @@ use crate::feed::replay::ReplayServer;
 use crate::feed::sim::{SimOptions, SimServer};
 use crate::feed::translate::Translator;
 use crate::feed::upstream;
+use crate::ops::admin::Admin;
 use crate::ops::reload::{Commit, Reloaded, Reloader};
 use log::{error, info, warn};
 use mio::Waker;
@@ -45,7 +46,7 @@ const SERVICE_STACK: usize = 512 * 1024;
 /// How long shutdown waits for clients to take their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// Threads that are not clients: main, upstream, distributor, watcher, admission, http,
-/// housekeeping, reaper, signals, state-dump, the simulator's, the recorder, the
+/// admin, housekeeping, reaper, signals, state-dump, the simulator's, the recorder, the
 /// backbone's, and slack.
 pub const SERVICE_THREADS: u64 = 18;
 /// How often the key file's modification time is looked at.
@@ -146,6 +147,8 @@ pub struct Server {
     sim: Option<SimServer>,
     replay: Option<ReplayServer>,
     admission: Arc<Waker>,
+    /// `admin_listen`: its address, and the waker that ends its thread.
+    admin: Option<(SocketAddr, Arc<Waker>)>,
     failure: Arc<Failure>,
     control: Control,
 }
@@ -264,6 +267,12 @@ impl Server {
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen, e))?;
         let mut admission = Admission::new(listener).map_err(|e| StartError::Bind(addr, e))?;
+        let admin = match config.admin_listen {
+            Some(at) => Some(Admin::bind(at).map_err(|e| {
+                StartError::Bind(at, io::Error::new(e.kind(), format!("admin_listen: {e}")))
+            })?),
+            None => None,
+        };
         // Measured before the clients come: what the kernel lets this process have.
         let ceiling = ceiling::measure();
         let (line, warnings) = capacity_report(&config, &ceiling);
@@ -466,6 +475,23 @@ impl Server {
             spawn_service(threads, &failure, "http", move || answerer.run(&http_ctx))
                 .map_err(StartError::Thread)?;
         }
+        let admin = match admin {
+            Some(admin) => {
+                let at = admin.local_addr().map_err(StartError::Thread)?;
+                let admin_waker = admin.waker();
+                let (admin_ctx, admin_asker) = (Arc::clone(&ctx), asker.clone());
+                let admin_failure = Arc::clone(&failure);
+                spawn_service(threads, &failure, "admin", move || {
+                    if let Err(e) = admin.run(&admin_ctx, &admin_asker) {
+                        admin_failure.raise("admin", &format!("the socket poll failed: {e}"));
+                    }
+                })
+                .map_err(StartError::Thread)?;
+                info!("admin endpoints on {at} (http://): /metrics, /livez, /readyz, /debug/state");
+                Some((at, admin_waker))
+            }
+            None => None,
+        };
         let admission_ctx = Arc::clone(&ctx);
         let admission_failure = Arc::clone(&failure);
         spawn_service(threads, &failure, "admission", move || {
@@ -495,9 +521,15 @@ impl Server {
             sim,
             replay,
             admission: waker,
+            admin,
             failure,
             control,
         })
+    }
+
+    /// The `admin_listen` address, once bound (port 0 resolved), if one is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(at, _)| *at)
     }
 
     /// What signals reach: reload and state dump.
@@ -534,6 +566,9 @@ impl Server {
         let ctx = &self.ctx;
         ctx.stop.set();
         let _ = self.admission.wake();
+        if let Some((_, admin)) = &self.admin {
+            let _ = admin.wake();
+        }
         let kicked = ctx.hub.kick_where(Kick::Shutdown, |_| true);
         info!("shutting down: closing {kicked} client(s)");
         let left = ctx.threads.wait_all(started + SHUTDOWN_GRACE);

@@ -76,6 +76,7 @@ pub const KEYS: &[&str] = &[
     "client_write_buffer_bytes",
     "allowed_origins",
     "http_endpoints",
+    "admin_listen",
     "page",
     "status_interval_secs",
     "batch_delay_ms",
@@ -266,6 +267,9 @@ pub struct Config {
     /// Lower-case `scheme://host[:port]` without a trailing `/`; empty means any origin.
     pub allowed_origins: Vec<String>,
     pub http_endpoints: bool,
+    /// A second address serving `/metrics`, `/livez`, `/readyz` and the state dump to
+    /// operators; `None`: none (and `/metrics` stays on `listen`).
+    pub admin_listen: Option<SocketAddr>,
     pub page: bool,
     /// `None` when `status_interval_secs = 0`.
     pub status_interval: Option<Duration>,
@@ -337,6 +341,7 @@ impl Config {
             client_write_buffer_bytes: 4096,
             allowed_origins: Vec::new(),
             http_endpoints: true,
+            admin_listen: None,
             page: true,
             status_interval: Some(Duration::from_secs(60)),
             batch_delay: Duration::from_millis(20),
@@ -607,6 +612,15 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
         }
         "allowed_origins" => c.allowed_origins = parse_origins(v)?,
         "http_endpoints" => c.http_endpoints = boolean(v)?,
+        "admin_listen" => {
+            c.admin_listen = if v.is_empty() {
+                None
+            } else {
+                Some(v.parse().map_err(|_| {
+                    format!("expected an address such as 127.0.0.1:9187, or nothing, got {v:?}")
+                })?)
+            }
+        }
         "page" => c.page = boolean(v)?,
         "status_interval_secs" => {
             let n = whole(v, 0, 86_400).ok_or_else(|| {
@@ -1163,6 +1177,7 @@ mod tests {
         assert_eq!(c.max_client_messages_per_sec, 50);
         assert!(c.allowed_origins.is_empty());
         assert!(c.http_endpoints);
+        assert_eq!(c.admin_listen, None);
         assert!(c.page);
         assert_eq!(c.status_interval, Some(Duration::from_secs(60)));
         assert_eq!(c.batch_delay, Duration::from_millis(20));
@@ -1192,8 +1207,9 @@ mod tests {
              max_clients_per_key = 0\nmax_pending_connections = 10000\n\
              max_message_bytes = 4096\nmax_client_messages_per_sec = 50\nallowed_origins =\n\
              client_read_buffer_bytes = 1024\nclient_write_buffer_bytes = 4096\n\
-             http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 20\n\
-             sim_rate = 20\nlog_level = info\nbackbone =\nbackbone_role = both\n\
+             http_endpoints = true\nadmin_listen =\npage = true\nstatus_interval_secs = 60\n\
+             batch_delay_ms = 20\nsim_rate = 20\nlog_level = info\n\
+             backbone =\nbackbone_role = both\n\
              backbone_name = fxproxy\nbackbone_max_len = 100000\ntrusted_proxies =\n\
              provider = tradermade\nclient_format = normalized\nrecord_file =\n\
              record_max_bytes = 100000000\nslow_client = disconnect\ntls_cert_file =\n\
@@ -1243,6 +1259,7 @@ mod tests {
              user_keys_file = /etc/fxproxy/users.keys\n\
              listen = [::]:9000\nstatus_interval_secs = 0\nbatch_delay_ms = 250\n\
              market_hours = Always\nhttp_endpoints = no\npage = OFF\nlog_level = DEBUG\n\
+             admin_listen = 10.0.0.5:9187\n\
              market_closed_dates = 2027-01-01, 2026-12-25,2026-12-25\n\
              allowed_origins = HTTPS://Example.com/, http://localhost:3000\n\
              max_message_bytes = 128\nsim_rate = 1000000\n",
@@ -1254,6 +1271,7 @@ mod tests {
         assert_eq!(c.symbols, ["EURUSD", "GBPUSD", "XAU/USD"]);
         assert_eq!(c.user_keys_file, PathBuf::from("/etc/fxproxy/users.keys"));
         assert_eq!(c.listen, "[::]:9000".parse().unwrap());
+        assert_eq!(c.admin_listen, Some("10.0.0.5:9187".parse().unwrap()));
         assert_eq!(c.status_interval, None);
         assert_eq!(c.batch_delay, Duration::from_millis(250));
         assert_eq!(c.market_hours, MarketHours::Always);
@@ -1351,6 +1369,10 @@ mod tests {
             (
                 "log_level = verbose",
                 "key `log_level`: expected error, warn, info, debug or trace",
+            ),
+            (
+                "admin_listen = localhost:9187",
+                "key `admin_listen`: expected an address such as 127.0.0.1:9187",
             ),
             (
                 "subscribe_message =",

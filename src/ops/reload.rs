@@ -354,6 +354,12 @@ pub static SETTINGS: &[Setting] = &[
         shown: Shown::Value,
     },
     Setting {
+        key: "admin_listen",
+        reach: Reach::Restart,
+        value: |c| c.admin_listen.map_or(String::new(), |a| a.to_string()),
+        shown: Shown::Value,
+    },
+    Setting {
         key: "page",
         reach: Reach::Everyone,
         value: |c| c.page.to_string(),
@@ -449,6 +455,8 @@ fn keep_running(next: &mut Config, running: &Config, key: &str) {
         }
         "symbols" => next.symbols = running.symbols.clone(),
         "subscribe_message" => next.subscribe_message = running.subscribe_message.clone(),
+        // Whether /metrics is on the client port follows the admin address in use.
+        "admin_listen" => next.admin_listen = running.admin_listen,
         // A key marked Restart without a line here fails the unit test below.
         _ => {}
     }
@@ -712,7 +720,8 @@ mod tests {
         let file = parse(
             "listen = 0.0.0.0:9999\nupstream_url = wss://feed.example/x?api_key=s3cret\n\
              upstream_api_key = another-key\nsymbols = EURUSD,GBPUSD\n\
-             subscribe_message = {\"k\":\"{api_key}\"}\nuser_keys_file = users.keys\n",
+             subscribe_message = {\"k\":\"{api_key}\"}\nuser_keys_file = users.keys\n\
+             admin_listen = 127.0.0.1:9187\n",
         );
         let merged = merge(&running, file);
         let waiting: Vec<&str> = merged.waiting.iter().map(|(s, _)| s.key).collect();
@@ -723,7 +732,8 @@ mod tests {
                 "upstream_url",
                 "upstream_api_key",
                 "symbols",
-                "subscribe_message"
+                "subscribe_message",
+                "admin_listen"
             ]
         );
         assert!(merged.applied.is_empty());
@@ -744,7 +754,8 @@ mod tests {
                 "wss://feed.example/x",
                 "(not shown)",
                 "EURUSD,GBPUSD",
-                "(not shown)"
+                "(not shown)",
+                "127.0.0.1:9187"
             ]
         );
         // The file variant of the API key waits as well.
