@@ -82,6 +82,7 @@ pub const KEYS: &[&str] = &[
     "batch_delay_ms",
     "sim_rate",
     "log_level",
+    "log_format",
     "backbone",
     "backbone_role",
     "backbone_name",
@@ -173,6 +174,24 @@ impl LogLevel {
             LogLevel::Info => "info",
             LogLevel::Debug => "debug",
             LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// How each log line is written: `text` (time, level, thread, message) or `json` (one object
+/// a line with those four fields, for log shippers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// The name as written in `proxy.conf`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
         }
     }
 }
@@ -278,6 +297,7 @@ pub struct Config {
     /// Quotes per second in total from the built-in simulator.
     pub sim_rate: u32,
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
     /// The Redis backbone; `None`: a single instance.
     pub backbone: Option<RedisUrl>,
     pub backbone_role: Role,
@@ -347,6 +367,7 @@ impl Config {
             batch_delay: Duration::from_millis(20),
             sim_rate: 20,
             log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
             backbone: None,
             backbone_role: Role::Both,
             backbone_name: "fxproxy".to_string(),
@@ -655,6 +676,13 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
                         "expected error, warn, info, debug or trace, got {v:?}"
                     ))
                 }
+            }
+        }
+        "log_format" => {
+            c.log_format = match v.to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(format!("expected `text` or `json`, got {v:?}")),
             }
         }
         "backbone" => {
@@ -1183,6 +1211,7 @@ mod tests {
         assert_eq!(c.batch_delay, Duration::from_millis(20));
         assert_eq!(c.sim_rate, 20);
         assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.tls_cert_file, None);
         assert_eq!(c.tls_key_file, None);
         assert_eq!(c.tls_client_ca_file, None);
@@ -1208,7 +1237,7 @@ mod tests {
              max_message_bytes = 4096\nmax_client_messages_per_sec = 50\nallowed_origins =\n\
              client_read_buffer_bytes = 1024\nclient_write_buffer_bytes = 4096\n\
              http_endpoints = true\nadmin_listen =\npage = true\nstatus_interval_secs = 60\n\
-             batch_delay_ms = 20\nsim_rate = 20\nlog_level = info\n\
+             batch_delay_ms = 20\nsim_rate = 20\nlog_level = info\nlog_format = text\n\
              backbone =\nbackbone_role = both\n\
              backbone_name = fxproxy\nbackbone_max_len = 100000\ntrusted_proxies =\n\
              provider = tradermade\nclient_format = normalized\nrecord_file =\n\
@@ -1259,7 +1288,7 @@ mod tests {
              user_keys_file = /etc/fxproxy/users.keys\n\
              listen = [::]:9000\nstatus_interval_secs = 0\nbatch_delay_ms = 250\n\
              market_hours = Always\nhttp_endpoints = no\npage = OFF\nlog_level = DEBUG\n\
-             admin_listen = 10.0.0.5:9187\n\
+             admin_listen = 10.0.0.5:9187\nlog_format = JSON\n\
              market_closed_dates = 2027-01-01, 2026-12-25,2026-12-25\n\
              allowed_origins = HTTPS://Example.com/, http://localhost:3000\n\
              max_message_bytes = 128\nsim_rate = 1000000\n",
@@ -1272,6 +1301,7 @@ mod tests {
         assert_eq!(c.user_keys_file, PathBuf::from("/etc/fxproxy/users.keys"));
         assert_eq!(c.listen, "[::]:9000".parse().unwrap());
         assert_eq!(c.admin_listen, Some("10.0.0.5:9187".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.status_interval, None);
         assert_eq!(c.batch_delay, Duration::from_millis(250));
         assert_eq!(c.market_hours, MarketHours::Always);
@@ -1369,6 +1399,10 @@ mod tests {
             (
                 "log_level = verbose",
                 "key `log_level`: expected error, warn, info, debug or trace",
+            ),
+            (
+                "log_format = logfmt",
+                "key `log_format`: expected `text` or `json`, got \"logfmt\"",
             ),
             (
                 "admin_listen = localhost:9187",

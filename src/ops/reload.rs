@@ -390,6 +390,12 @@ pub static SETTINGS: &[Setting] = &[
         shown: Shown::Value,
     },
     Setting {
+        key: "log_format",
+        reach: Reach::Restart,
+        value: |c| c.log_format.name().to_string(),
+        shown: Shown::Value,
+    },
+    Setting {
         key: "backbone",
         reach: Reach::Restart,
         value: |c| c.backbone.as_ref().map_or(String::new(), |u| u.shown()),
@@ -457,6 +463,7 @@ fn keep_running(next: &mut Config, running: &Config, key: &str) {
         "subscribe_message" => next.subscribe_message = running.subscribe_message.clone(),
         // Whether /metrics is on the client port follows the admin address in use.
         "admin_listen" => next.admin_listen = running.admin_listen,
+        "log_format" => next.log_format = running.log_format,
         // A key marked Restart without a line here fails the unit test below.
         _ => {}
     }
@@ -721,7 +728,7 @@ mod tests {
             "listen = 0.0.0.0:9999\nupstream_url = wss://feed.example/x?api_key=s3cret\n\
              upstream_api_key = another-key\nsymbols = EURUSD,GBPUSD\n\
              subscribe_message = {\"k\":\"{api_key}\"}\nuser_keys_file = users.keys\n\
-             admin_listen = 127.0.0.1:9187\n",
+             admin_listen = 127.0.0.1:9187\nlog_format = json\n",
         );
         let merged = merge(&running, file);
         let waiting: Vec<&str> = merged.waiting.iter().map(|(s, _)| s.key).collect();
@@ -733,7 +740,8 @@ mod tests {
                 "upstream_api_key",
                 "symbols",
                 "subscribe_message",
-                "admin_listen"
+                "admin_listen",
+                "log_format"
             ]
         );
         assert!(merged.applied.is_empty());
@@ -755,7 +763,8 @@ mod tests {
                 "(not shown)",
                 "EURUSD,GBPUSD",
                 "(not shown)",
-                "127.0.0.1:9187"
+                "127.0.0.1:9187",
+                "json"
             ]
         );
         // The file variant of the API key waits as well.
