@@ -122,7 +122,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(config.log_level.name());
+    logging::init(config.log_level.name(), config.log_format);
     logging::log_panics();
     // Before the server starts its threads, so that every one of them has them blocked.
     let blocked = match block_signals(&[
@@ -195,7 +195,7 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 fn run_sim(addr: std::net::SocketAddr, rate: u32, symbols: Vec<String>) -> ExitCode {
-    logging::init("info");
+    logging::init("info", logging::LogFormat::Text);
     let blocked = match block_signals(&[Signal::Interrupt, Signal::Terminate, Signal::HangUp]) {
         Ok(b) => b,
         Err(code) => return code,
@@ -239,7 +239,7 @@ fn run_watch(
     symbols: Option<Vec<String>>,
     ca_file: Option<std::path::PathBuf>,
 ) -> ExitCode {
-    logging::init("warn");
+    logging::init("warn", logging::LogFormat::Text);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(key) = key.or_else(|| std::env::var("FXPROXY_KEY").ok()) else {
         eprintln!(

@@ -26,6 +26,7 @@ use crate::feed::replay::ReplayServer;
 use crate::feed::sim::{SimOptions, SimServer};
 use crate::feed::translate::Translator;
 use crate::feed::upstream;
+use crate::ops::admin::Admin;
 use crate::ops::reload::{Commit, Reloaded, Reloader};
 use log::{error, info, warn};
 use mio::Waker;
@@ -44,10 +45,10 @@ pub const CLIENT_STACK: usize = 128 * 1024;
 const SERVICE_STACK: usize = 512 * 1024;
 /// How long shutdown waits for clients to take their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
-/// Threads that are not clients: main, upstream, distributor, watcher, admission,
-/// housekeeping, reaper, signals, signals-stop and ctrlc's own, state-dump, the simulator's,
-/// and slack.
-pub const SERVICE_THREADS: u64 = 16;
+/// Threads that are not clients: main, upstream, distributor, watcher, admission, http,
+/// admin, housekeeping, reaper, signals, signals-stop and ctrlc's own, state-dump, the
+/// simulator's, the recorder, the backbone's, and slack.
+pub const SERVICE_THREADS: u64 = 20;
 /// How often the key file's modification time is looked at.
 const KEY_FILE_CHECK: Duration = Duration::from_secs(2);
 
@@ -146,6 +147,8 @@ pub struct Server {
     sim: Option<SimServer>,
     replay: Option<ReplayServer>,
     admission: Arc<Waker>,
+    /// `admin_listen`: its address, and the waker that ends its thread.
+    admin: Option<(SocketAddr, Arc<Waker>)>,
     failure: Arc<Failure>,
     control: Control,
 }
@@ -262,7 +265,13 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen, e))?;
-        let admission = Admission::new(listener).map_err(|e| StartError::Bind(addr, e))?;
+        let mut admission = Admission::new(listener).map_err(|e| StartError::Bind(addr, e))?;
+        let admin = match config.admin_listen {
+            Some(at) => Some(Admin::bind(at).map_err(|e| {
+                StartError::Bind(at, io::Error::new(e.kind(), format!("admin_listen: {e}")))
+            })?),
+            None => None,
+        };
         // Measured before the clients come: what the kernel lets this process have, once the
         // open-file limit is as high as this process may set it.
         if let Some((from, to)) = ceiling::raise_open_files() {
@@ -471,6 +480,30 @@ impl Server {
         }
         let waker = admission.waker();
         let asker = admission.asker();
+        if let Some(answerer) = admission.answerer() {
+            // Plain requests on the client port (/metrics among them), off the admission
+            // thread; ends when the admission loop stops and drops its end.
+            let http_ctx = Arc::clone(&ctx);
+            spawn_service(threads, &failure, "http", move || answerer.run(&http_ctx))
+                .map_err(StartError::Thread)?;
+        }
+        let admin = match admin {
+            Some(admin) => {
+                let at = admin.local_addr().map_err(StartError::Thread)?;
+                let admin_waker = admin.waker();
+                let (admin_ctx, admin_asker) = (Arc::clone(&ctx), asker.clone());
+                let admin_failure = Arc::clone(&failure);
+                spawn_service(threads, &failure, "admin", move || {
+                    if let Err(e) = admin.run(&admin_ctx, &admin_asker) {
+                        admin_failure.raise("admin", &format!("the socket poll failed: {e}"));
+                    }
+                })
+                .map_err(StartError::Thread)?;
+                info!("admin endpoints on {at} (http://): /metrics, /livez, /readyz, /debug/state");
+                Some((at, admin_waker))
+            }
+            None => None,
+        };
         let admission_ctx = Arc::clone(&ctx);
         let admission_failure = Arc::clone(&failure);
         spawn_service(threads, &failure, "admission", move || {
@@ -500,9 +533,15 @@ impl Server {
             sim,
             replay,
             admission: waker,
+            admin,
             failure,
             control,
         })
+    }
+
+    /// The `admin_listen` address, once bound (port 0 resolved), if one is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(at, _)| *at)
     }
 
     /// What signals reach: reload and state dump.
@@ -539,6 +578,9 @@ impl Server {
         let ctx = &self.ctx;
         ctx.stop.set();
         let _ = self.admission.wake();
+        if let Some((_, admin)) = &self.admin {
+            let _ = admin.wake();
+        }
         let kicked = ctx.hub.kick_where(Kick::Shutdown, |_| true);
         info!("shutting down: closing {kicked} client(s)");
         let left = ctx.threads.wait_all(started + SHUTDOWN_GRACE);

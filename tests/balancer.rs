@@ -2,8 +2,9 @@
 //! contrib/haproxy/fxproxy.cfg) in front of two instances on a Redis backbone: clients connect
 //! through the balancer and receive, spread over both instances; the proxies' logs name the
 //! clients (X-Forwarded-For from a trusted proxy); one instance is killed and its clients
-//! reconnect through the balancer to the other and receive again. Needs redis-server and
-//! nginx or HAProxy (skipped without them, except under CI).
+//! reconnect through the balancer to the other and receive again. Then an instance that is full
+//! (max_clients reached: it answers an upgrade with 503): the balancer sends each client on to
+//! the other. Needs redis-server and nginx or HAProxy (skipped without them, except under CI).
 
 mod common;
 
@@ -11,7 +12,10 @@ use common::cluster::{
     assert_increasing, gauge, instance_config, redis_available, wait_for_holder, Ended,
     RedisServer, Source, Subscriber, CLIENT_KEY,
 };
-use common::process::{command_succeeds, poll, prerequisites_met, temp_dir, write_keys, Proxy};
+use common::process::{
+    command_succeeds, poll, prerequisites_met, simulator_config, temp_dir, write_keys, Proxy,
+};
+use common::{metric_of, Client, KEY};
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -295,6 +299,44 @@ fn clients_follow_the_balancer_when_an_instance_dies(
     }
 }
 
+/// Two instances on the simulator, one of them full: `max_clients = 1`, its one place taken
+/// by a client connected to it directly, so every upgrade the balancer sends it is answered
+/// 503. Every client through the balancer must still be served, by the other instance, and
+/// the full one must have refused some: the balancer was sent a 503 and tried again.
+fn a_full_instance_sends_clients_to_the_other(
+    start: fn(&Path, &[SocketAddr]) -> Balancer,
+    what: &str,
+) {
+    let dir = temp_dir();
+    let keys = write_keys(&dir, &[KEY]);
+    let conf = simulator_config(&keys, "EURUSD") + "market_hours = always\n";
+    let full = Proxy::spawn(&(conf.clone() + "max_clients = 1\n"));
+    let open = Proxy::spawn(&conf);
+    let mut taken = Client::auth(full.addr, KEY, None);
+    taken.next_text();
+    for p in [&full, &open] {
+        assert!(poll(Duration::from_secs(10), || healthy(p.addr)));
+    }
+    let balancer = start(&dir, &[full.addr, open.addr]);
+    assert!(poll(Duration::from_secs(10), || healthy(balancer.addr)));
+    let mut clients: Vec<Client> = (0..4)
+        .map(|_| Client::auth(balancer.addr, KEY, None))
+        .collect();
+    for c in &mut clients {
+        c.next_text();
+    }
+    assert_eq!(metric_of(open.addr, "fxproxy_clients_connected"), 4.0);
+    assert_eq!(metric_of(full.addr, "fxproxy_clients_connected"), 1.0);
+    let refused = metric_of(
+        full.addr,
+        "fxproxy_rejected_connections_total{reason=\"max_clients\"}",
+    );
+    assert!(
+        refused >= 1.0,
+        "{what} never tried the full instance: the retry was not tested"
+    );
+}
+
 #[test]
 fn nginx_in_front_of_two_instances() {
     behind("nginx", nginx(), start_nginx);
@@ -305,16 +347,34 @@ fn haproxy_in_front_of_two_instances() {
     behind("haproxy", haproxy(), start_haproxy);
 }
 
-/// The test behind the balancer `what` (also its Debian package), unless it or Redis is
-/// missing outside CI.
-fn behind(what: &str, program: &str, start: fn(&Path, &[SocketAddr]) -> Balancer) {
+#[test]
+fn nginx_sends_a_client_refused_with_503_to_the_other_instance() {
+    if installed("nginx", nginx()) {
+        a_full_instance_sends_clients_to_the_other(start_nginx, "nginx");
+    }
+}
+
+#[test]
+fn haproxy_sends_a_client_refused_with_503_to_the_other_instance() {
+    if installed("haproxy", haproxy()) {
+        a_full_instance_sends_clients_to_the_other(start_haproxy, "haproxy");
+    }
+}
+
+/// Whether the balancer `what` (also its Debian package) is installed; skips the test with a
+/// message if not, except under CI.
+fn installed(what: &str, program: &str) -> bool {
     let missing: Vec<String> = if command_succeeds(program, &["-v"]) {
         vec![]
     } else {
         vec![format!("{what} (apt-get install {what})")]
     };
-    let test = format!("balancer::{what}");
-    if !redis_available(&test) || !prerequisites_met(&test, &missing) {
+    prerequisites_met(&format!("balancer::{what}"), &missing)
+}
+
+/// The test behind the balancer `what`, unless it or Redis is missing outside CI.
+fn behind(what: &str, program: &str, start: fn(&Path, &[SocketAddr]) -> Balancer) {
+    if !redis_available(&format!("balancer::{what}")) || !installed(what, program) {
         return;
     }
     clients_follow_the_balancer_when_an_instance_dies(start, what);

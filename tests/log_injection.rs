@@ -3,7 +3,9 @@
 //! control characters, forged log records, ANSI and C1 escapes, Unicode line separators and
 //! bidi overrides, very long strings and invalid UTF-8. Every record must stay one line that
 //! starts with the proxy's own timestamp (within the test's run), and each field must show in
-//! the log escaped (so the test is not passing because nothing was logged).
+//! the log escaped (so the test is not passing because nothing was logged). The same again
+//! with `log_format = json`: every record one JSON object on one line, whose message is the text
+//! line's message, escaped the same way.
 
 mod common;
 
@@ -35,6 +37,34 @@ fn hostile(what: &str) -> String {
 
 #[test]
 fn peer_text_never_breaks_a_log_record() {
+    hostile_peers(Format::Text);
+}
+
+#[test]
+fn peer_text_never_breaks_a_json_log_record() {
+    hostile_peers(Format::Json);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+impl Format {
+    /// How `message` shows in the log: as it is, or inside a JSON string.
+    fn shown(self, message: &str) -> String {
+        match self {
+            Format::Text => message.to_string(),
+            Format::Json => {
+                let quoted = serde_json::Value::String(message.to_string()).to_string();
+                quoted[1..quoted.len() - 1].to_string()
+            }
+        }
+    }
+}
+
+fn hostile_peers(format: Format) {
     let started = SystemTime::now();
     let source = hostile_source();
     let dir = temp_dir();
@@ -42,8 +72,13 @@ fn peer_text_never_breaks_a_log_record() {
     let proxy = Proxy::spawn(&format!(
         "upstream_url = ws://{source}/\nsymbols = EURUSD,GBPUSD\nuser_keys_file = {}\n\
          log_level = debug\nallowed_origins = https://ok.example\n\
-         upstream_backoff_min_ms = 10\nupstream_backoff_max_secs = 1\n",
-        keys.display()
+         upstream_backoff_min_ms = 10\nupstream_backoff_max_secs = 1\nlog_format = {}\n",
+        keys.display(),
+        if format == Format::Json {
+            "json"
+        } else {
+            "text"
+        }
     ));
 
     // Before auth: the Origin header (refused, so logged), valid UTF-8 with C1 controls and
@@ -174,13 +209,45 @@ fn peer_text_never_breaks_a_log_record() {
         ("a keys file", r"key `\u{1b}]0;…` is listed twice"),
     ] {
         assert!(
-            proxy.wait_for_log(escaped, DEADLINE),
+            proxy.wait_for_log(&format.shown(escaped), DEADLINE),
             "{what} is not in the log as {escaped}:\n{}",
             proxy.stderr_text()
         );
     }
-    assert_own_records(&proxy.stderr_text(), started);
+    match format {
+        Format::Text => assert_own_records(&proxy.stderr_text(), started),
+        Format::Json => assert_own_json_records(&proxy.stderr_text(), started),
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// As [`assert_own_records`], for `log_format = json`: every line one JSON object with the
+/// proxy's time, a level and a thread, and a message that is one line with nothing a
+/// terminal would act on.
+fn assert_own_json_records(log: &str, since: SystemTime) {
+    let lines: Vec<&str> = log.split('\n').collect();
+    assert_eq!(lines.last(), Some(&""), "the log ends with a newline");
+    let mut text = String::new();
+    for line in &lines[..lines.len() - 1] {
+        let record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line:?}"));
+        let field = |name: &str| {
+            record
+                .get(name)
+                .and_then(|v| v.as_str())
+                .unwrap_or_else(|| panic!("no string {name}: {line:?}"))
+        };
+        assert_eq!(record.len(), 4, "time, level, thread, message: {line:?}");
+        let level = field("level").to_ascii_uppercase();
+        // The same checks as a text line's, on the text line it stands for.
+        text.push_str(&format!(
+            "{} [{level}] ({}) {}\n",
+            field("time"),
+            field("thread"),
+            field("message")
+        ));
+    }
+    assert_own_records(&text, since);
 }
 
 /// `fxproxy sim` logs what it is sent (a subscription it does not offer, a broken frame).

@@ -138,7 +138,7 @@ fn metrics_move_when_clients_connect_and_quotes_flow() {
     let before = scrape();
     assert_eq!(metric(&before, "fxproxy_clients_connected"), 0.0);
     assert_eq!(metric(&before, "fxproxy_upstream_connected"), 1.0);
-    assert!(metric(&before, "fxproxy_process_threads") >= 4.0);
+    assert!(metric(&before, "process_threads") >= 4.0);
     let mut a = Client::auth(proxy.addr, KEY, None);
     let mut b = Client::auth(proxy.addr, KEY, None);
     let mut bad = Client::auth(proxy.addr, "wrong-key-123456", None);

@@ -56,7 +56,7 @@ fn wss_clients_get_every_quote_and_https_serves_the_page_and_endpoints() {
     let metrics = ep.scrape();
     // The certificate lapses at 2040-01-01T00:00:00Z.
     assert_eq!(
-        metric(&metrics, "fxproxy_tls_certificate_expiry_seconds"),
+        metric(&metrics, "fxproxy_tls_certificate_expiry_timestamp_seconds"),
         2_208_988_800.0
     );
     assert_eq!(
@@ -171,7 +171,7 @@ fn a_renewed_certificate_is_served_to_new_handshakes_while_connected_clients_kee
     );
     // 2041-06-30T00:00:00Z
     assert_eq!(
-        new_only.metric("fxproxy_tls_certificate_expiry_seconds"),
+        new_only.metric("fxproxy_tls_certificate_expiry_timestamp_seconds"),
         2_256_163_200.0
     );
     let mut fresh = Client::auth_to(&new_only, KEY, Some("EURUSD"));
@@ -191,7 +191,7 @@ fn a_renewed_certificate_is_served_to_new_handshakes_while_connected_clients_kee
     let mut after = Client::auth_to(&new_only, KEY, Some("EURUSD"));
     assert!(after.next_text().contains("EURUSD"));
     assert_eq!(
-        new_only.metric("fxproxy_tls_certificate_expiry_seconds"),
+        new_only.metric("fxproxy_tls_certificate_expiry_timestamp_seconds"),
         2_256_163_200.0
     );
     // Every quote reached the clients that were connected throughout.

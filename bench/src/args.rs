@@ -36,6 +36,11 @@ LOAD:
   --connect-timeout SECS  limit for the whole connect phase (default 120)
   --loadgen-threads N     client runtime threads, one current-thread runtime each (default 1)
 
+SCRAPES (a Prometheus-like scraper beside the clients, for the whole run):
+  --scrape R              GET /metrics R times a second, on a new connection each (default 0: none)
+  --scrape-path PATH      what to get instead of /metrics
+  --scrape-addr ADDR      where instead of the target's client port (e.g. its admin_listen)
+
 OUTPUT:
   --json FILE             append one JSON line of the figures to FILE
   -h, --help              this text
@@ -69,6 +74,10 @@ pub struct Options {
     pub json: Option<PathBuf>,
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
+    /// Scrapes a second; 0: none.
+    pub scrape: f64,
+    pub scrape_path: String,
+    pub scrape_addr: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -96,7 +105,7 @@ pub struct MiniProxyOptions {
 }
 
 pub enum Command {
-    Bench(Options),
+    Bench(Box<Options>),
     MiniProxy(MiniProxyOptions),
     Help,
 }
@@ -126,6 +135,9 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         json: None,
         tls: false,
         ca_file: None,
+        scrape: 0.0,
+        scrape_path: "/metrics".into(),
+        scrape_addr: None,
     };
     let mut targets = 0;
     while let Some(flag) = it.next() {
@@ -173,6 +185,9 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
             "--json" => o.json = Some(val(&flag)?.into()),
             "--tls" => o.tls = true,
             "--ca-file" => o.ca_file = Some(val(&flag)?.into()),
+            "--scrape" => o.scrape = num(&flag, &val(&flag)?)?,
+            "--scrape-path" => o.scrape_path = val(&flag)?,
+            "--scrape-addr" => o.scrape_addr = Some(num(&flag, &val(&flag)?)?),
             _ => return Err(format!("unknown argument {flag:?} (see --help)")),
         }
     }
@@ -187,6 +202,9 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     }
     if o.duration <= 0.0 || o.warmup < 0.0 {
         return Err("--duration must be > 0 and --warmup >= 0".into());
+    }
+    if !(o.scrape >= 0.0 && o.scrape.is_finite()) {
+        return Err("--scrape must be 0 or more scrapes a second".into());
     }
     if o.loadgen_threads == 0 {
         return Err("--loadgen-threads must be at least 1".into());
@@ -210,7 +228,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     if o.pid.is_some() && !matches!(o.target, Target::Url(_)) {
         return Err("--pid is only for --url (a spawned proxy's pid is known)".into());
     }
-    Ok(Command::Bench(o))
+    Ok(Command::Bench(Box::new(o)))
 }
 
 fn parse_mini(it: impl Iterator<Item = String>) -> Result<MiniProxyOptions, String> {
@@ -278,6 +296,18 @@ mod tests {
         assert!(!o.storm());
         assert_eq!(o.connect_mode(), "paced 200");
         assert!(parse(args("--loadgen-threads 0")).is_err());
+    }
+
+    #[test]
+    fn scrapes() {
+        let Ok(Command::Bench(o)) = parse(args("--scrape 50 --scrape-addr 127.0.0.1:9187")) else {
+            panic!()
+        };
+        assert_eq!(o.scrape, 50.0);
+        assert_eq!(o.scrape_path, "/metrics");
+        assert_eq!(o.scrape_addr, Some("127.0.0.1:9187".parse().unwrap()));
+        assert!(parse(args("--scrape -1")).is_err());
+        assert!(parse(args("--scrape-addr localhost")).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod miniproxy;
 mod procstat;
 mod report;
 mod run;
+mod scrape;
 mod target;
 mod tls;
 

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::args::Options;
 use crate::clients::{new_histogram, ThreadResult};
+use crate::scrape::Scrapes;
 
 pub struct Report {
     pub label: String,
@@ -64,6 +65,8 @@ pub struct Report {
     pub threads: Option<u64>,
     pub threads_peak: Option<u64>,
     pub target_exit: Option<String>,
+    /// With `--scrape`: what the scraper saw.
+    pub scrapes: Option<Scrapes>,
 }
 
 fn ms(ns: u64) -> f64 {
@@ -122,6 +125,7 @@ impl Report {
             threads: None,
             threads_peak: None,
             target_exit: None,
+            scrapes: None,
         }
     }
 
@@ -304,6 +308,23 @@ impl Report {
             "machine    other processes used {} of a core in the window (2 cores are shared)",
             opt(self.other_cpu_pct_window(), 1, "%")
         );
+        if let Some(sc) = &self.scrapes {
+            let q = |v: f64| (!sc.hist.is_empty()).then(|| ms(sc.hist.value_at_quantile(v)));
+            let _ = writeln!(
+                s,
+                "scrapes    {} answered ({:.1} KB each), {} failed{}; each: p50 {} p99 {} max {}",
+                sc.hist.len(),
+                sc.bytes as f64 / 1024.0 / (sc.hist.len().max(1) as f64),
+                sc.failed,
+                sc.first_failure
+                    .as_ref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default(),
+                opt(q(0.5), 1, " ms"),
+                opt(q(0.99), 1, " ms"),
+                opt(q(1.0), 1, " ms"),
+            );
+        }
         if let Some(e) = &self.target_exit {
             let _ = writeln!(s, "target     {e}");
         }
@@ -362,6 +383,14 @@ impl Report {
             "threads": self.threads,
             "threads_peak": self.threads_peak,
             "target_exit": self.target_exit,
+            "scrapes": self.scrapes.as_ref().map(|sc| json!({
+                "answered": sc.hist.len(),
+                "failed": sc.failed,
+                "first_failure": sc.first_failure,
+                "p50_ms": (!sc.hist.is_empty()).then(|| ms(sc.hist.value_at_quantile(0.5))),
+                "p99_ms": (!sc.hist.is_empty()).then(|| ms(sc.hist.value_at_quantile(0.99))),
+                "max_ms": (!sc.hist.is_empty()).then(|| ms(sc.hist.max())),
+            })),
             "unix_time": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -10,6 +10,7 @@ use crate::clients::{self, ClientConfig, Shared};
 use crate::feed::Feed;
 use crate::procstat::{self, Sample};
 use crate::report::Report;
+use crate::scrape::Scraper;
 use crate::{clock, target};
 
 pub fn run(o: &Options) -> Result<Report, String> {
@@ -101,6 +102,17 @@ pub fn run(o: &Options) -> Result<Report, String> {
         tls: tgt.tls.clone(),
     });
 
+    let scraper = if o.scrape > 0.0 {
+        let at = o.scrape_addr.unwrap_or(tgt.addr);
+        eprintln!(
+            "fxbench: scraping http://{at}{} {} times a second",
+            o.scrape_path, o.scrape
+        );
+        Some(Scraper::start(at, o.scrape_path.clone(), o.scrape).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+
     let cpu0 = watch(&pid);
     let t0 = clock::now_ns();
     let started = Instant::now();
@@ -154,6 +166,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
     let exited_during_run = tgt.exited();
 
     shared.done.store(true, Ordering::Relaxed);
+    let scrapes = scraper.map(Scraper::finish);
     let mut results = Vec::new();
     for h in handles {
         results.push(
@@ -197,6 +210,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
         r.threads = Some(s.threads);
         r.threads_peak = Some(peak_threads);
     }
+    r.scrapes = scrapes;
     r.target_exit = match exited_during_run {
         Some(st) => Some(format!("EXITED DURING THE RUN ({st}):\n{}", tgt.log_tail())),
         None => stop_note,

@@ -6,6 +6,7 @@
 //! hours judged, by the one clock, which tests can set to a Friday night or a Saturday.
 
 use crate::base::clock::Clock;
+use crate::base::histogram::Histogram;
 
 use parking_lot::Mutex;
 
@@ -242,6 +243,17 @@ pub struct Metrics {
     pub record_dropped: AtomicU64,
     /// 1 while `record_file` is being written (0 when off, or stopped by an error).
     pub recording: AtomicU64,
+
+    // Latencies (see `base::histogram`: none costs a shared write per client per quote).
+    /// How old each quote was, by the provider's own timestamp, when the upstream thread read
+    /// it (quotes that carry a timestamp only).
+    pub quote_age: Histogram,
+    /// Per write to a client: from the distributor queueing the oldest frame of the write to
+    /// the write reaching the client's socket.
+    pub queue_wait: Histogram,
+    /// From a ping to a client to its answer being read: its network round trip, plus however
+    /// long it took to read what was sent before the ping.
+    pub ping_rtt: Histogram,
 }
 
 /// The close codes counted in `protocol_errors`, in its order.

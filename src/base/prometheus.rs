@@ -38,6 +38,26 @@ impl Exposition {
         self.family(name, kind, help, [(String::new(), value)]);
     }
 
+    /// A histogram: its buckets (each upper bound as written in `le`, with the count of
+    /// observations at or below it), then `+Inf`, `_sum` and `_count`.
+    pub fn histogram<B: Display>(
+        &mut self,
+        name: &str,
+        help: &str,
+        buckets: impl IntoIterator<Item = (B, u64)>,
+        sum: impl Display,
+        count: u64,
+    ) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} histogram");
+        for (le, n) in buckets {
+            let _ = writeln!(self.out, "{name}_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(self.out, "{name}_sum {sum}");
+        let _ = writeln!(self.out, "{name}_count {count}");
+    }
+
     pub fn into_text(self) -> String {
         self.out
     }
@@ -67,6 +87,18 @@ mod tests {
             e.into_text(),
             "# HELP x_total Things.\n# TYPE x_total counter\nx_total 3\n\
              # HELP y Per symbol.\n# TYPE y gauge\ny{symbol=\"EURUSD\"} 1.5\n"
+        );
+    }
+
+    #[test]
+    fn a_histogram_ends_with_inf_sum_and_count() {
+        let mut e = Exposition::with_capacity(64);
+        e.histogram("h_seconds", "Waits.", [("0.1", 2), ("1", 3)], 1.25, 4);
+        assert_eq!(
+            e.into_text(),
+            "# HELP h_seconds Waits.\n# TYPE h_seconds histogram\n\
+             h_seconds_bucket{le=\"0.1\"} 2\nh_seconds_bucket{le=\"1\"} 3\n\
+             h_seconds_bucket{le=\"+Inf\"} 4\nh_seconds_sum 1.25\nh_seconds_count 4\n"
         );
     }
 }

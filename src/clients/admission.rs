@@ -26,6 +26,7 @@
 
 use crate::base::live::Cached;
 use crate::base::metrics::{Eviction, Rejection};
+use crate::clients::answering::{self, Answerer, Asking, Job};
 use crate::clients::context::Context;
 use crate::clients::forwarded::Peer;
 use crate::clients::handshake::{Admitted, Conn, Next};
@@ -82,6 +83,9 @@ pub struct Admission {
     waker: Arc<Waker>,
     asks: Receiver<Ask>,
     asker: Asker,
+    asking: Asking,
+    /// For the `http` thread, until the server takes it (see [`Admission::answerer`]).
+    answerer: Option<Answerer>,
 }
 
 /// The connections that have no thread yet, as the state dump (SIGUSR1) shows them.
@@ -137,13 +141,22 @@ impl Admission {
             tx,
             waker: Arc::clone(&waker),
         };
+        let (asking, answerer) = answering::pair(Arc::clone(&waker));
         Ok(Admission {
             poll,
             listener,
             waker,
             asks,
             asker,
+            asking,
+            answerer: Some(answerer),
         })
+    }
+
+    /// What the `http` thread runs (see [`answering`]): taken once. Without it, plain
+    /// requests are answered 503.
+    pub fn answerer(&mut self) -> Option<Answerer> {
+        self.answerer.take()
     }
 
     /// Wakes the loop (to see the stop signal).
@@ -164,6 +177,7 @@ impl Admission {
             ctx: Arc::clone(ctx),
             config,
             asks: self.asks,
+            asking: self.asking,
             poll: self.poll,
             listener: self.listener,
             hand_off,
@@ -191,6 +205,7 @@ struct State {
     /// The running configuration, refreshed once per turn of the loop.
     config: Cached<Config>,
     asks: Receiver<Ask>,
+    asking: Asking,
     poll: Poll,
     listener: TcpListener,
     hand_off: HandOff,
@@ -241,7 +256,10 @@ impl State {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
-                    WAKER => self.answer(now),
+                    WAKER => {
+                        self.answer(now);
+                        self.take_answers(now);
+                    }
                     Token(t) => {
                         let slot = t - FIRST_CONN;
                         self.drive(slot, now, |conn, ctx| conn.on_ready(ctx, now));
@@ -296,6 +314,16 @@ impl State {
                 oldest,
                 paused: self.paused_for_pending || self.paused_until.is_some(),
             });
+        }
+    }
+
+    /// Gives each connection still waiting the answer the `http` thread wrote for it.
+    fn take_answers(&mut self, now: Instant) {
+        while let Ok(answer) = self.asking.answers.try_recv() {
+            if self.is_live(answer.slot, answer.id) {
+                let response = answer.response;
+                self.drive(answer.slot, now, |conn, _| conn.answer(response, now));
+            }
         }
     }
 
@@ -545,6 +573,17 @@ impl State {
                         conn.in_quick = true;
                         self.quick.push_back((slot, conn.id));
                     }
+                }
+            }
+            Next::Ask(request) => {
+                let Some(conn) = self.slots[slot].as_ref() else {
+                    return;
+                };
+                let id = conn.id;
+                self.deadlines.push(Reverse((conn.deadline, slot, id)));
+                if let Err(job) = self.asking.ask(Job { slot, id, request }) {
+                    let busy = answering::busy(&job.request);
+                    self.drive(slot, now, |conn, _| conn.answer(busy, now));
                 }
             }
             Next::NeedsPlace => self.seat(slot, now),

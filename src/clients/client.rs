@@ -22,10 +22,11 @@
 //! the writer stops taking frames and waits for it to drain: new quotes wait in the queue.
 
 use crate::base::clock::now_ms;
+use crate::base::histogram::{self, Local};
 use crate::base::live::Cached;
 use crate::base::logsafe;
 use crate::base::logsafe::redacted_key;
-use crate::base::metrics::AuthFailure;
+use crate::base::metrics::{AuthFailure, Metrics};
 use crate::clients::activity::ClientActivity;
 use crate::clients::budget::Budget;
 use crate::clients::closes::{self, Owed, SLOW_CONSUMER, TOO_MANY};
@@ -35,7 +36,7 @@ use crate::clients::handshake::{unknown_symbol, Admitted};
 use crate::clients::stream::ClientStream;
 use crate::config::SlowClient;
 use crate::fanout::conflate::Conflation;
-use crate::fanout::distributor::JoinError;
+use crate::fanout::distributor::{Hub, JoinError};
 use crate::fanout::slot::{ClientSlot, Idle, Kick};
 use crossbeam_channel::Receiver;
 use log::{debug, error, info, warn};
@@ -326,7 +327,80 @@ fn deliver(
     // Anything that arrived with or after the auth message came before the watch began.
     slot.readable.store(true, Ordering::SeqCst);
     let mut blocked = Blocked::new(ctx, activity);
-    deliver_loop(ctx, ws, slot, rx, budget, &mut blocked, &mut Probe::new())
+    let mut timings = Timings::new(&ctx.metrics, slot.id);
+    deliver_loop(
+        ctx,
+        ws,
+        slot,
+        rx,
+        budget,
+        &mut blocked,
+        &mut Probe::new(),
+        &mut timings,
+    )
+}
+
+/// This writer's latencies: recorded where nothing else sees them and added to the shared
+/// histograms about once a second (see `base::histogram`), and once more when it ends.
+struct Timings<'a> {
+    metrics: &'a Metrics,
+    id: u64,
+    queue_wait: Local,
+    ping_rtt: Local,
+    folded: Instant,
+    /// When the oldest frame written into the WebSocket's buffer and not yet flushed to the
+    /// socket was queued, in [`Hub::stamp`]s.
+    unflushed_since: Option<u64>,
+}
+
+impl<'a> Timings<'a> {
+    fn new(metrics: &'a Metrics, id: u64) -> Timings<'a> {
+        Timings {
+            metrics,
+            id,
+            queue_wait: Local::default(),
+            ping_rtt: Local::default(),
+            folded: Instant::now(),
+            unflushed_since: None,
+        }
+    }
+
+    /// The first frame of a write was taken from the queue, queued at `queued_at`.
+    fn writing(&mut self, queued_at: u64) {
+        self.unflushed_since.get_or_insert(queued_at);
+    }
+
+    /// What was written is in the socket now.
+    fn flushed(&mut self, hub: &Hub) {
+        if let Some(at) = self.unflushed_since.take() {
+            let waited = Duration::from_nanos(hub.stamp().saturating_sub(at));
+            self.queue_wait.observe(waited);
+        }
+    }
+
+    fn pong(&mut self, rtt: Duration) {
+        self.ping_rtt.observe(rtt);
+    }
+
+    fn fold_if_due(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.folded) >= histogram::FOLD_EVERY {
+            self.folded = now;
+            self.fold();
+        }
+    }
+
+    // Out of line: it runs once a second, and inlined it would cost every writer stack.
+    #[inline(never)]
+    fn fold(&mut self) {
+        self.metrics.queue_wait.fold(self.id, &mut self.queue_wait);
+        self.metrics.ping_rtt.fold(self.id, &mut self.ping_rtt);
+    }
+}
+
+impl Drop for Timings<'_> {
+    fn drop(&mut self) {
+        self.fold();
+    }
 }
 
 /// The socket's registration with the watcher, undone however the writer loop ends.
@@ -394,6 +468,8 @@ struct Probe {
     proven: u64,
     /// Bytes sent when the outstanding ping went out.
     at_send: u64,
+    /// How long the last answered ping took, until the writer records it.
+    rtt: Option<Duration>,
 }
 
 impl Probe {
@@ -403,6 +479,7 @@ impl Probe {
             out: None,
             proven: 0,
             at_send: 0,
+            rtt: None,
         }
     }
 
@@ -425,9 +502,10 @@ impl Probe {
     /// A pong arrived; true if it answers the outstanding ping.
     fn answered(&mut self, payload: &[u8]) -> bool {
         match self.out {
-            Some((id, _, _)) if payload == id.to_be_bytes() => {
+            Some((id, sent, _)) if payload == id.to_be_bytes() => {
                 self.out = None;
                 self.proven = self.at_send;
+                self.rtt = Some(sent.elapsed());
                 true
             }
             _ => false,
@@ -468,6 +546,7 @@ fn flush(ws: &mut Socket) -> Result<bool, End> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn deliver_loop(
     ctx: &Context,
     ws: &mut Socket,
@@ -476,6 +555,7 @@ fn deliver_loop(
     budget: &mut Budget,
     blocked: &mut Blocked,
     probe: &mut Probe,
+    timings: &mut Timings,
 ) -> End {
     // The keep-alive period, the lag limit and the message budget follow a reload; the
     // config is looked at once per turn, which costs one atomic load while it is unchanged.
@@ -500,7 +580,10 @@ fn deliver_loop(
         }
         if blocked.is_blocked() && slot.writable.swap(false, Ordering::SeqCst) {
             match flush(ws) {
-                Ok(true) => blocked.unblock(),
+                Ok(true) => {
+                    blocked.unblock();
+                    timings.flushed(&ctx.hub);
+                }
                 Ok(false) => {}
                 Err(end) => return end,
             }
@@ -521,6 +604,9 @@ fn deliver_loop(
             }
         } else if !blocked.is_blocked() && !held_back {
             while let Ok(frame) = rx.try_recv() {
+                if written == 0 {
+                    timings.writing(slot.queued_at());
+                }
                 written += 1;
                 match ws.write(Message::Text(frame)) {
                     Ok(()) => {}
@@ -542,7 +628,7 @@ fn deliver_loop(
             // What was written is buffered in tungstenite: out in one go, one flush a turn.
             if !blocked.is_blocked() {
                 match flush(ws) {
-                    Ok(true) => {}
+                    Ok(true) => timings.flushed(&ctx.hub),
                     Ok(false) => blocked.block(),
                     Err(end) => return end,
                 }
@@ -559,8 +645,12 @@ fn deliver_loop(
                 Ok(false) => {}
                 Err(end) => return end,
             }
+            if let Some(rtt) = probe.rtt.take() {
+                timings.pong(rtt);
+            }
         }
         let now = Instant::now();
+        timings.fold_if_due(now);
         if written > 0 {
             blocked.activity.wrote(now);
         }
@@ -589,7 +679,7 @@ fn deliver_loop(
             }
             if !blocked.is_blocked() {
                 match flush(ws) {
-                    Ok(true) => {}
+                    Ok(true) => timings.flushed(&ctx.hub),
                     Ok(false) => blocked.block(),
                     Err(end) => return end,
                 }

@@ -15,7 +15,7 @@ use crate::clients::budget::Budget;
 use crate::clients::closes::{self, Owed, TOO_MANY};
 use crate::clients::context::Context;
 use crate::clients::forwarded::Peer;
-use crate::clients::http::{self, HeadError};
+use crate::clients::http::{self, HeadError, Request};
 use crate::clients::keys::KeyEntry;
 use crate::clients::places::Place;
 use crate::clients::stream::{ClientStream, TlsFailure, TLS_HANDSHAKE_RECORD};
@@ -39,6 +39,9 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// client to close, so the kernel does not answer unread bytes with a reset that eats it.
 const RESPONSE_DEADLINE: Duration = Duration::from_secs(2);
 const RESPONSE_LINGER: Duration = Duration::from_secs(1);
+/// How long a plain request waits for the `http` thread's answer (see [`super::answering`])
+/// before it is answered 503.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// Bytes read at a time from a socket still sending its request head.
 const READ_CHUNK: usize = 1024;
 
@@ -63,6 +66,9 @@ pub enum Next {
     NeedsPlace,
     /// Ready for its thread.
     Ready(Box<Admitted>, Place),
+    /// A plain HTTP request for the `http` thread to answer: the loop hands it over and gives
+    /// the connection the answer with [`Conn::answer`].
+    Ask(Request),
     /// Finished: deregister and drop it.
     Closed,
 }
@@ -88,6 +94,8 @@ enum Phase {
         accept: Vec<u8>,
         leftover: Vec<u8>,
     },
+    /// A plain HTTP request, waiting for its answer from the `http` thread.
+    Answering { stream: ClientStream },
     /// Writing a plain HTTP response.
     Responding {
         stream: ClientStream,
@@ -169,6 +177,7 @@ impl Conn {
         match &self.phase {
             Phase::Head { stream, .. }
             | Phase::NeedsPlace { stream, .. }
+            | Phase::Answering { stream }
             | Phase::Responding { stream, .. } => stream.as_raw_fd(),
             Phase::Auth { ws, .. } => ws.get_ref().as_raw_fd(),
             Phase::Lingering { socket, .. } => match socket {
@@ -191,7 +200,7 @@ impl Conn {
         match self.phase {
             Phase::Head { .. } => "head",
             Phase::NeedsPlace { .. } => "place",
-            Phase::Responding { .. } => "responding",
+            Phase::Answering { .. } | Phase::Responding { .. } => "responding",
             Phase::Auth { .. } => "auth",
             Phase::Lingering { .. } | Phase::Gone => "closing",
         }
@@ -224,6 +233,8 @@ impl Conn {
         match &mut self.phase {
             Phase::Head { .. } => self.read_head(ctx, now),
             Phase::NeedsPlace { .. } => Next::NeedsPlace,
+            // Nothing to do until the answer comes.
+            Phase::Answering { .. } => Next::Wait,
             Phase::Responding { .. } => self.write_response(now),
             Phase::Auth { .. } => self.read_auth(ctx, now),
             Phase::Lingering { .. } => self.linger(),
@@ -256,6 +267,10 @@ impl Conn {
                     Rejection::MaxClients
                 };
                 self.refuse_full(ctx, now, why)
+            }
+            Phase::Answering { .. } => {
+                let busy = http::response(503, "text/plain", "no answer in time\n", false);
+                self.answer(busy, now)
             }
             Phase::Auth { .. } => {
                 let owed = refuse(
@@ -326,6 +341,18 @@ impl Conn {
         self.read_auth(ctx, now)
     }
 
+    /// The answer to its plain request: written out, then the connection closes. A late
+    /// answer, for a connection answered already, is dropped.
+    pub fn answer(&mut self, response: Vec<u8>, now: Instant) -> Next {
+        match std::mem::replace(&mut self.phase, Phase::Gone) {
+            Phase::Answering { stream } => self.respond(stream, response, now),
+            other => {
+                self.phase = other;
+                Next::Wait
+            }
+        }
+    }
+
     /// No place for this upgrade: 503.
     pub fn refuse_full(&mut self, ctx: &Context, now: Instant, why: Rejection) -> Next {
         let Phase::NeedsPlace { stream, .. } = std::mem::replace(&mut self.phase, Phase::Gone)
@@ -391,6 +418,7 @@ impl Conn {
         match &mut self.phase {
             Phase::Head { stream, .. }
             | Phase::NeedsPlace { stream, .. }
+            | Phase::Answering { stream }
             | Phase::Responding { stream, .. } => Some(stream),
             Phase::Auth { ws, .. } => Some(ws.get_mut()),
             Phase::Lingering { socket, .. } => Some(socket.stream()),
@@ -450,8 +478,9 @@ impl Conn {
         }
         let peer = self.peer;
         if !request.is_websocket_upgrade() {
-            let resp = (ctx.answer_http)(ctx, &request);
-            return self.respond(stream, resp, now);
+            self.deadline = now + ANSWER_DEADLINE;
+            self.phase = Phase::Answering { stream };
+            return Next::Ask(request);
         }
         if ctx
             .backbone

@@ -5,10 +5,12 @@
 //!
 //! May import: `fanout`, `backbone` (its status, for `/healthz`), `feed` (the quote protocol),
 //! `config`, `base`. Plain HTTP requests are answered by a function the server plugs into the
-//! context, so the endpoints (in `ops`) stay above.
+//! context, so the endpoints (in `ops`) stay above; it runs on the `http` thread
+//! (`answering`), never on the admission thread.
 
 pub mod activity;
 pub mod admission;
+pub mod answering;
 pub mod auth;
 pub mod budget;
 pub mod client;

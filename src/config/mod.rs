@@ -148,6 +148,24 @@ impl LogLevel {
     }
 }
 
+/// How each log line is written: `text` (time, level, thread, message) or `json` (one object
+/// a line with those four fields, for log shippers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// The name as written in `proxy.conf`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// The validated contents of `proxy.conf`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -213,6 +231,9 @@ pub struct Config {
     /// Lower-case `scheme://host[:port]` without a trailing `/`; empty means any origin.
     pub allowed_origins: Vec<String>,
     pub http_endpoints: bool,
+    /// A second address serving `/metrics`, `/livez`, `/readyz` and the state dump to
+    /// operators; `None`: none (and `/metrics` stays on `listen`).
+    pub admin_listen: Option<SocketAddr>,
     pub page: bool,
     /// `None` when `status_interval_secs = 0`.
     pub status_interval: Option<Duration>,
@@ -221,6 +242,7 @@ pub struct Config {
     /// Quotes per second in total from the built-in simulator.
     pub sim_rate: u32,
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
     /// The Redis backbone; `None`: a single instance.
     pub backbone: Option<RedisUrl>,
     /// The CA (PEM) a `rediss://` backbone's certificate must chain to; `None`: the web PKI
@@ -308,6 +330,8 @@ impl Config {
             batch_delay: Duration::ZERO,
             sim_rate: 0,
             log_level: LogLevel::Error,
+            admin_listen: None,
+            log_format: LogFormat::Text,
             backbone: None,
             backbone_ca_file: None,
             backbone_role: Role::Both,

@@ -267,7 +267,8 @@ mod tests {
     use crate::config::backbone::Role;
     use crate::config::secret::{resolve_tls_paths, Secret};
     use crate::config::{
-        load, ClientFormat, LogLevel, MarketHours, Replay, SlowClient, DEFAULT_SUBSCRIBE_MESSAGE,
+        load, ClientFormat, LogFormat, LogLevel, MarketHours, Replay, SlowClient,
+        DEFAULT_SUBSCRIBE_MESSAGE,
     };
     use std::ffi::OsStr;
     use std::path::PathBuf;
@@ -900,5 +901,29 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains("supersecretkey"));
         assert!(debug.contains("Secret(supe…)"));
+    }
+
+    #[test]
+    fn operations_keys() {
+        let c = parse_ok(MINIMAL);
+        assert_eq!((c.admin_listen, c.log_format), (None, LogFormat::Text));
+        let c = parse_ok(&format!(
+            "{MINIMAL}admin_listen = 10.0.0.5:9187\nlog_format = JSON\n"
+        ));
+        assert_eq!(c.admin_listen, Some("10.0.0.5:9187".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        for (line, expected) in [
+            (
+                "log_format = logfmt",
+                "key `log_format`: expected `text` or `json`, got \"logfmt\"",
+            ),
+            (
+                "admin_listen = localhost:9187",
+                "key `admin_listen`: expected an address such as 127.0.0.1:9187",
+            ),
+        ] {
+            let m = parse_err(&format!("{MINIMAL}{line}\n"));
+            assert!(m.contains(expected), "{line}: {m}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::config::address;
 use crate::config::backbone::{self, RedisUrl, Role};
 use crate::config::secret::Secret;
 use crate::config::value::{self, Invalid};
-use crate::config::{ClientFormat, Config, LogLevel, ProviderChoice, SlowClient};
+use crate::config::{ClientFormat, Config, LogFormat, LogLevel, ProviderChoice, SlowClient};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use DefaultValue::{Follows, Is, Required};
@@ -667,13 +667,32 @@ pub static SETTINGS: &[Setting] = &[
         name: "http_endpoints",
         default: Is("true"),
         reach: Reach::Everyone,
-        doc: "serve `/healthz` and `/metrics`",
+        doc: "serve `/livez`, `/readyz`, `/healthz` and `/metrics` on `listen` (see [HTTP endpoints](operations.md#http-endpoints))",
         set: |c, v, _base| {
             c.http_endpoints = value::boolean(v)?;
             Ok(())
         },
         field: field!(http_endpoints),
         show: |c| c.http_endpoints.to_string(),
+        shown: Shown::Value,
+    },
+    Setting {
+        name: "admin_listen",
+        default: Is(""),
+        reach: Reach::Restart,
+        doc: "a second address, plain `http://`, for operators: `/metrics`, `/livez`, `/readyz`, `/healthz` and the state dump at `/debug/state`; once set, `/metrics` is served there only (see [The admin address](operations.md#the-admin-address)). Empty: none",
+        set: |c, v, _base| {
+            c.admin_listen = if v.is_empty() {
+                None
+            } else {
+                Some(v.parse().map_err(|_| {
+                    Invalid::expected("an address such as 127.0.0.1:9187, or nothing", v)
+                })?)
+            };
+            Ok(())
+        },
+        field: field!(admin_listen),
+        show: |c| c.admin_listen.map_or(String::new(), |a| a.to_string()),
         shown: Shown::Value,
     },
     Setting {
@@ -739,6 +758,23 @@ pub static SETTINGS: &[Setting] = &[
         },
         field: field!(log_level),
         show: |c| c.log_level.name().to_string(),
+        shown: Shown::Value,
+    },
+    Setting {
+        name: "log_format",
+        default: Is("text"),
+        reach: Reach::Restart,
+        doc: "`text` (time, level, thread, message) or `json` (one object a line with those four fields, for log shippers); either way, under systemd each line carries its priority for the journal (see [Logs](operations.md#logs))",
+        set: |c, v, _base| {
+            c.log_format = value::one_of(
+                v,
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+                "`text` or `json`",
+            )?;
+            Ok(())
+        },
+        field: field!(log_format),
+        show: |c| c.log_format.name().to_string(),
         shown: Shown::Value,
     },
     Setting {

@@ -9,7 +9,7 @@
 use crate::fanout::conflate::Conflation;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::Thread;
 use tungstenite::Utf8Bytes;
@@ -92,6 +92,10 @@ pub struct ClientSlot {
     /// instead of being closed (see [`crate::fanout::conflate`]). Boxed: the distributor looks at this
     /// for every client on every batch, so it adds one pointer to the slot, not the slots.
     pub(super) conflation: Option<Box<Conflation>>,
+    /// When the distributor queued a frame into this client's empty queue (the hub's
+    /// [`super::distributor::Hub::stamp`]): how long the oldest frame of a write waited. A
+    /// store per batch that finds the queue empty, no atomic read-modify-write.
+    pub(super) queued_at: AtomicU64,
 }
 
 impl ClientSlot {
@@ -117,6 +121,7 @@ impl ClientSlot {
             writable: AtomicBool::new(false),
             kick: AtomicU8::new(0),
             conflation,
+            queued_at: AtomicU64::new(0),
         }
     }
 
@@ -178,6 +183,14 @@ impl ClientSlot {
 
     pub fn kicked(&self) -> Kick {
         Kick::from_u8(self.kick.load(Ordering::SeqCst))
+    }
+
+    /// When the frame at the head of its queue was queued, in the hub's [`super::distributor::Hub::stamp`]s,
+    /// provided the writer drained the queue before that frame came (it does, unless its
+    /// socket was full: then this is when the frames now waiting started to pile up). Read it
+    /// after taking a frame from the queue.
+    pub fn queued_at(&self) -> u64 {
+        self.queued_at.load(Ordering::Relaxed)
     }
 
     /// Frames in its queue. Reads the queue's counters only: no lock.

@@ -80,6 +80,27 @@ impl Translator {
         &self.provider
     }
 
+    /// The provider's own time of a quote this translator handed on (epoch ms), if it sent
+    /// one: what `fxproxy_upstream_quote_age_seconds` measures from. `received_ms` is the
+    /// time the frame was read with.
+    pub fn provider_time(&self, quote: &str, received_ms: u64) -> Option<u64> {
+        match &self.provider.quotes {
+            QuoteShape::V1 => v1_time(quote),
+            QuoteShape::Fields(fields) => {
+                let (path, format) = fields.ts.as_ref()?;
+                match self.format {
+                    ClientFormat::Upstream => {
+                        let json: Value = serde_json::from_str(quote).ok()?;
+                        timestamp_ms(path.find(&json)?, *format)
+                    }
+                    // A quote that carried no time of its own was given the time it was read
+                    // (see `normalize`): that one is not the provider's.
+                    ClientFormat::Normalized => v1_time(quote).filter(|ts| *ts != received_ms),
+                }
+            }
+        }
+    }
+
     /// How the distributor finds the symbol of what this translator hands it.
     pub fn symbol_of(&self) -> SymbolOf {
         match (&self.provider.quotes, self.format) {
@@ -270,6 +291,17 @@ fn normalize(
         format!(r#"{{"symbol":"{symbol}","ts":"{ts}","bid":{bid},"ask":{ask},"mid":{mid}}}"#),
         own,
     ))
+}
+
+/// The `ts` of a quote in the v1 shape: epoch milliseconds, as a string or a number. Only
+/// that field is built; the rest of the frame is skipped.
+fn v1_time(quote: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Time {
+        ts: Option<Value>,
+    }
+    let time: Time = serde_json::from_str(quote).ok()?;
+    timestamp_ms(time.ts.as_ref()?, TsFormat::EpochMs)
 }
 
 /// How the distributor finds a frame's symbol (its position in `symbols`).
@@ -612,6 +644,34 @@ mod tests {
         ] {
             assert_eq!(ms(json!(bad), TsFormat::Compact), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_providers_own_time_of_a_quote() {
+        let received = 1_700_000_000_999;
+        let v1 = translator(preset("tradermade").unwrap(), ClientFormat::Normalized);
+        let q = r#"{"symbol":"EURUSD","ts":"1700000000123","bid":1.1,"ask":1.2}"#;
+        assert_eq!(v1.provider_time(q, received), Some(1_700_000_000_123));
+        let number = r#"{"symbol":"EURUSD","ts":1700000000123,"bid":1.1}"#;
+        assert_eq!(v1.provider_time(number, received), Some(1_700_000_000_123));
+        assert_eq!(v1.provider_time(r#"{"symbol":"EURUSD"}"#, received), None);
+
+        let tick = r#"{"t":"QUOTE","s":"EURUSD","b":"1.08612","a":"1.08614","ts":"20251124-14:03:05.123"}"#;
+        let untimed = r#"{"t":"QUOTE","s":"EURUSD","b":"1.08612","a":"1.08614"}"#;
+        let v2 = translator(preset("tradermade-v2").unwrap(), ClientFormat::Normalized);
+        let time_of = |t: &Translator, text: &str| match read(t, text, None).as_slice() {
+            [Piece::Quote(frame)] => t.provider_time(frame, received),
+            other => panic!("not one quote: {other:?}"),
+        };
+        assert_eq!(time_of(&v2, tick), Some(1_763_992_985_123));
+        assert_eq!(
+            time_of(&v2, untimed),
+            None,
+            "the receive time it was given is not the provider's"
+        );
+        let own = translator(preset("tradermade-v2").unwrap(), ClientFormat::Upstream);
+        assert_eq!(time_of(&own, tick), Some(1_763_992_985_123));
+        assert_eq!(time_of(&own, untimed), None);
     }
 
     #[test]

@@ -411,6 +411,10 @@ fn session(
                     match piece {
                         Piece::Quote(frame) => {
                             got_quotes = true;
+                            if let Some(ts) = settings.translator.provider_time(&frame, now_ms) {
+                                let age = Duration::from_millis(now_ms.saturating_sub(ts));
+                                metrics.quote_age.observe(age);
+                            }
                             if frames.send(frame).is_err() {
                                 return Ok(());
                             }

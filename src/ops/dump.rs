@@ -1,5 +1,6 @@
-//! The state dump (SIGUSR1): what every thread is doing, written to the log, for whoever
-//! debugs the proxy with `top -H`, gdb and `/proc/PID/task`.
+//! The state dump (SIGUSR1, or `GET /debug/state` on the admin address): what every thread is
+//! doing, written to the log (or answered), for whoever debugs the proxy with `top -H`, gdb and
+//! `/proc/PID/task`.
 //!
 //! One line per thread, from the kernel's own list (`/proc/self/task`): its id (`tid`: the PID
 //! column of `top -H`, gdb's LWP, the directory in `/proc/PID/task`), its name as `top -H` shows
@@ -227,23 +228,25 @@ fn service(ctx: &Context, task: &Task, pending: Option<&PendingSnapshot>) -> Str
         ),
         "signals" => "doing=waiting-for-signals".to_string(),
         "state-dump" => "doing=writing-this-dump".to_string(),
+        "http" => "doing=answering-http-requests (/healthz, /metrics, the page)".to_string(),
+        "admin" => "doing=serving-admin_listen".to_string(),
         n if n.starts_with("sim-") => "doing=simulated-source".to_string(),
         n if n.starts_with("client-") => "doing=exiting (its connection is over)".to_string(),
         _ => "doing=-".to_string(),
     }
 }
 
-/// Writes lines to the log a chunk at a time.
+/// Where the dump's lines go, a chunk at a time: the log, or the text of `/debug/state`.
 struct Out<'a> {
     ctx: &'a Context,
-    level: Level,
+    emit: &'a mut dyn FnMut(&str),
     written: usize,
 }
 
 impl Out<'_> {
     /// False once the proxy is stopping: the rest of the dump is not worth the wait.
     fn line(&mut self, text: &str) -> bool {
-        log::log!(self.level, "{text}");
+        (self.emit)(text);
         self.written += 1;
         if self.written % CHUNK == 0 {
             std::thread::sleep(PAUSE);
@@ -253,17 +256,33 @@ impl Out<'_> {
     }
 }
 
-/// Writes the dump. Runs on a thread of its own (see [`crate::server::Control::dump_state`]).
+/// Writes the dump to the log. Runs on a thread of its own (see
+/// [`crate::server::Control::dump_state`]).
 pub fn write(ctx: &Context, asker: &Asker) {
-    let started = Instant::now();
     // A dump is asked for: it is written at info, or at the most severe level the log lets
     // through when that is quieter.
     let Some(level) = log::max_level().to_level().map(|l| l.min(Level::Info)) else {
         return;
     };
+    dump(ctx, asker, &mut |line| log::log!(level, "{line}"));
+}
+
+/// The dump as text, one line each, as `GET /debug/state` on the admin address answers it:
+/// the lines SIGUSR1 writes to the log, without the log's time, level and thread.
+pub fn text(ctx: &Context, asker: &Asker) -> String {
+    let mut text = String::new();
+    dump(ctx, asker, &mut |line| {
+        text.push_str(line);
+        text.push('\n');
+    });
+    text
+}
+
+fn dump(ctx: &Context, asker: &Asker, emit: &mut dyn FnMut(&str)) {
+    let started = Instant::now();
     let mut out = Out {
         ctx,
-        level,
+        emit,
         written: 0,
     };
     let tids = list_tids();

@@ -1,14 +1,30 @@
 //! `/metrics` in Prometheus' text exposition format, and the periodic status line: the
 //! counters the stages keep (`base::metrics`) with what is read when it is scraped (the hub's
-//! queues, the listen queue, the places, the threads).
+//! queues, the listen queue, the places, the threads, the process in `/proc`).
+//!
+//! Renamed series are written under their old name too for one release (see
+//! [`DEPRECATED`]), so that dashboards and alerts keep working while they are changed.
 
+use crate::base::histogram::{self, Histogram};
 use crate::base::market::Market;
 use crate::base::metrics::{
     AuthFailure, Eviction, Metrics, QueueStats, Rejection, UpstreamState, PROTOCOL_CLOSE_CODES,
 };
 use crate::base::prometheus::{label, Exposition};
+use crate::ops::process::{Process, BUILD};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+/// Series renamed in 0.1 (issue 25), each still written under its old name until the next
+/// release: `(old, new)`.
+pub const DEPRECATED: [(&str, &str); 3] = [
+    (
+        "fxproxy_tls_certificate_expiry_seconds",
+        "fxproxy_tls_certificate_expiry_timestamp_seconds",
+    ),
+    ("fxproxy_threads_started", "fxproxy_threads_live"),
+    ("fxproxy_process_threads", "process_threads"),
+];
 
 /// What `/metrics` shows besides the counters kept here: read from the hub, the admission
 /// loop and the kernel when it is scraped.
@@ -26,24 +42,22 @@ pub struct View<'a> {
     pub places: (u64, u64),
     /// Threads fxproxy started that the kernel still holds.
     pub threads_live: u64,
+    /// The process as `/proc/self` tells it.
+    pub process: &'a Process,
     pub now_ms: u64,
 }
 
 /// `/metrics` in the Prometheus text exposition format (version 0.0.4).
 pub fn render(m: &Metrics, view: &View) -> String {
-    let mut out = Exposition::with_capacity(4096);
+    let mut out = Exposition::with_capacity(8192);
     clients(&mut out, m);
     reloads(&mut out, m);
     connections(&mut out, m, view);
     feed(&mut out, m, view);
+    latencies(&mut out, m);
     tls(&mut out, m);
     conflation_and_recording(&mut out, m);
-    out.single(
-        "fxproxy_process_threads",
-        "gauge",
-        "Threads in the proxy process.",
-        process_threads(),
-    );
+    process(&mut out, view.process);
     out.into_text()
 }
 
@@ -204,12 +218,17 @@ fn connections(out: &mut Exposition, m: &Metrics, view: &View) {
             (label("kind", "limit"), view.places.1),
         ],
     );
-    out.single(
-        "fxproxy_threads_started",
-        "gauge",
-        "Threads fxproxy started that the kernel still holds (running or winding down).",
-        view.threads_live,
-    );
+    for name in ["fxproxy_threads_live", "fxproxy_threads_started"] {
+        out.single(
+            name,
+            "gauge",
+            &help_for(
+                name,
+                "Threads fxproxy started that the kernel still holds (running or winding down).",
+            ),
+            view.threads_live,
+        );
+    }
     out.single(
         "fxproxy_writers_blocked",
         "gauge",
@@ -217,20 +236,12 @@ fn connections(out: &mut Exposition, m: &Metrics, view: &View) {
         c(&m.writers_blocked),
     );
     let queues = view.queues;
-    let mut depth: Vec<(String, u64)> = queues
-        .bounds
-        .iter()
-        .zip(&queues.cumulative)
-        .map(|(b, n)| (format!("_bucket{}", label("le", b)), *n))
-        .collect();
-    depth.push((format!("_bucket{}", label("le", "+Inf")), queues.count));
-    depth.push(("_sum".to_string(), queues.sum));
-    depth.push(("_count".to_string(), queues.count));
-    out.family(
+    out.histogram(
         "fxproxy_client_queue_depth",
-        "histogram",
         "Frames queued per client, over every client at the time of the scrape (client_queue_len full is a slow consumer).",
-        depth,
+        queues.bounds.iter().zip(queues.cumulative.iter().copied()),
+        queues.sum,
+        queues.count,
     );
     out.single(
         "fxproxy_clients_behind",
@@ -283,16 +294,56 @@ fn feed(out: &mut Exposition, m: &Metrics, view: &View) {
     );
 }
 
+/// Latencies measured as quotes flow, in seconds (see `base::histogram`).
+fn latencies(out: &mut Exposition, m: &Metrics) {
+    let write = |out: &mut Exposition, name: &str, help: &str, h: &Histogram| {
+        let s = h.snapshot();
+        out.histogram(
+            name,
+            help,
+            histogram::BOUNDS_LABELS.iter().zip(s.cumulative),
+            s.sum_seconds,
+            s.count(),
+        );
+    };
+    write(
+        out,
+        "fxproxy_upstream_quote_age_seconds",
+        "How old each quote was when the proxy read it from the upstream, by the provider's own timestamp (quotes that carry one; a provider clock ahead of ours counts as 0).",
+        &m.quote_age,
+    );
+    write(
+        out,
+        "fxproxy_client_queue_wait_seconds",
+        "Per write to a client: how long the oldest frame written waited between the distributor queueing it and the write reaching the client's socket.",
+        &m.queue_wait,
+    );
+    write(
+        out,
+        "fxproxy_client_ping_rtt_seconds",
+        "From a ping to a client to its answer being read: the network round trip plus however long the client took to read what was sent before the ping.",
+        &m.ping_rtt,
+    );
+}
+
 /// The client port's certificate, once one is served.
 fn tls(out: &mut Exposition, m: &Metrics) {
     let not_after = c(&m.tls_cert_not_after_ms);
     if not_after > 0 {
-        out.single(
+        for name in [
+            "fxproxy_tls_certificate_expiry_timestamp_seconds",
             "fxproxy_tls_certificate_expiry_seconds",
-            "gauge",
-            "When the certificate served on the client port lapses, in seconds since the Unix epoch.",
-            not_after as f64 / 1000.0,
-        );
+        ] {
+            out.single(
+                name,
+                "gauge",
+                &help_for(
+                    name,
+                    "When the certificate served on the client port lapses, in seconds since the Unix epoch.",
+                ),
+                not_after as f64 / 1000.0,
+            );
+        }
         out.family(
             "fxproxy_tls_certificate_reloads_total",
             "counter",
@@ -336,6 +387,88 @@ fn conflation_and_recording(out: &mut Exposition, m: &Metrics) {
     );
 }
 
+/// The standard `process_*` series, the build, and the deprecated `fxproxy_process_threads`.
+fn process(out: &mut Exposition, p: &Process) {
+    if let Some(v) = p.cpu_seconds {
+        out.single(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            v,
+        );
+    }
+    let gauges = [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            p.resident_bytes,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes,
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            p.open_fds,
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit).",
+            p.max_fds,
+        ),
+        (
+            "process_threads",
+            "Number of OS threads in the process.",
+            p.threads,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(v) = value {
+            out.single(name, "gauge", help, v);
+        }
+    }
+    if let Some(v) = p.start_time_seconds {
+        out.single(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            v,
+        );
+    }
+    out.family(
+        "fxproxy_build_info",
+        "gauge",
+        "Always 1: the version of fxproxy, the target it was built for and the Rust compiler that built it.",
+        [(
+            format!(
+                "{{version=\"{}\",target=\"{}\",rustc=\"{}\"}}",
+                BUILD.version, BUILD.target, BUILD.rustc
+            ),
+            1,
+        )],
+    );
+    if let Some(v) = p.threads {
+        out.single(
+            "fxproxy_process_threads",
+            "gauge",
+            &help_for("fxproxy_process_threads", "Threads in the proxy process."),
+            v,
+        );
+    }
+}
+
+/// The help of a series, with a note under a deprecated name saying what to use instead.
+fn help_for(name: &str, help: &str) -> String {
+    match DEPRECATED.iter().find(|(old, _)| *old == name) {
+        Some((_, new)) => {
+            format!("Deprecated, to be removed in the next release: use {new}. {help}")
+        }
+        None => help.to_string(),
+    }
+}
+
 /// The periodic status line: rates over `interval` from the counters' previous values.
 pub fn status_line(m: &Metrics, prev: &mut [u64; 3], interval: Duration, behind: u64) -> String {
     let now = [
@@ -368,18 +501,6 @@ fn describe(state: &UpstreamState) -> String {
     }
 }
 
-/// Threads in this process, from /proc (0 where there is no /proc).
-pub fn process_threads() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +523,7 @@ mod tests {
         let m = Metrics::new();
         let fx = Market::new(MarketHours::Fx, &[]);
         let queues = QueueStats::new(8);
+        let process = Process::default();
         let view = |now_ms| View {
             market: &fx,
             symbols: &[],
@@ -410,6 +532,7 @@ mod tests {
             backlog: None,
             places: (0, 10),
             threads_live: 1,
+            process: &process,
             now_ms,
         };
         let text = render(&m, &view(at("2026-12-05", 12, 0)));
@@ -434,6 +557,11 @@ mod tests {
                 backlog: Some((3, 4096)),
                 places: (2, 10_000),
                 threads_live: 9,
+                process: &Process {
+                    cpu_seconds: Some(1.5),
+                    threads: Some(12),
+                    ..Process::default()
+                },
                 now_ms: 1500,
             },
         );
@@ -444,11 +572,91 @@ mod tests {
         assert!(text.contains("fxproxy_accept_backlog{kind=\"used\"} 3\n"));
         assert!(text.contains("fxproxy_client_queue_depth_bucket{le=\"+Inf\"} 0\n"));
         assert!(text.contains("# TYPE fxproxy_client_queue_depth histogram\n"));
+        assert!(text.contains("\nprocess_cpu_seconds_total 1.5\n"));
+        assert!(text.contains("\nprocess_threads 12\n"));
+        assert!(!text.contains("process_open_fds"), "unknown: left out");
+        assert!(text.contains(&format!(
+            "\nfxproxy_build_info{{version=\"{}\",target=\"",
+            env!("CARGO_PKG_VERSION")
+        )));
+        let mut families = std::collections::HashSet::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let parts: Vec<&str> = line.split(' ').collect();
-            if parts[3] == "counter" {
-                assert!(parts[2].ends_with("_total"), "{line}");
+            assert!(families.insert(parts[2]), "{} twice", parts[2]);
+            match parts[3] {
+                "counter" => assert!(parts[2].ends_with("_total"), "{line}"),
+                "gauge" => assert!(!parts[2].ends_with("_total"), "{line}"),
+                _ => {}
             }
         }
+    }
+
+    #[test]
+    fn renamed_series_keep_their_old_name_for_one_release() {
+        let m = Metrics::new();
+        m.tls_cert_not_after_ms.store(1_800_000_000_000, Relaxed);
+        let queues = QueueStats::new(8);
+        let market = always();
+        let text = render(
+            &m,
+            &View {
+                market: &market,
+                symbols: &[],
+                batching: false,
+                queues: &queues,
+                backlog: None,
+                places: (0, 10),
+                threads_live: 7,
+                process: &Process {
+                    threads: Some(9),
+                    ..Process::default()
+                },
+                now_ms: 0,
+            },
+        );
+        for (old, new) in DEPRECATED {
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .unwrap_or_else(|| panic!("{name} missing"))
+                    .to_string()
+            };
+            assert_eq!(value(old), value(new), "{old} and {new}");
+            assert!(
+                text.contains(&format!(
+                    "# HELP {old} Deprecated, to be removed in the next release: use {new}."
+                )),
+                "{old}"
+            );
+        }
+        assert!(text.contains("\nfxproxy_tls_certificate_expiry_timestamp_seconds 1800000000\n"));
+    }
+
+    #[test]
+    fn latency_histograms_are_written_in_seconds() {
+        let m = Metrics::new();
+        m.ping_rtt.observe(Duration::from_millis(3));
+        let queues = QueueStats::new(8);
+        let market = always();
+        let text = render(
+            &m,
+            &View {
+                market: &market,
+                symbols: &[],
+                batching: false,
+                queues: &queues,
+                backlog: None,
+                places: (0, 10),
+                threads_live: 1,
+                process: &Process::default(),
+                now_ms: 0,
+            },
+        );
+        assert!(text.contains("# TYPE fxproxy_client_ping_rtt_seconds histogram\n"));
+        assert!(text.contains("\nfxproxy_client_ping_rtt_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("\nfxproxy_client_ping_rtt_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("\nfxproxy_client_ping_rtt_seconds_count 1\n"));
+        assert!(text.contains("\nfxproxy_client_queue_wait_seconds_count 0\n"));
+        assert!(text.contains("\nfxproxy_upstream_quote_age_seconds_bucket{le=\"+Inf\"} 0\n"));
     }
 }

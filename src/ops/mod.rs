@@ -1,13 +1,16 @@
-//! Operations: what an operator reaches. The HTTP endpoints (`/healthz`, `/metrics`, the
-//! quotes page), reloading the configuration (SIGHUP), the state dump (SIGUSR1), the signals
-//! themselves and the log.
+//! Operations: what an operator reaches. The HTTP endpoints (`/livez`, `/readyz`,
+//! `/metrics`, the quotes page) on the client port and on `admin_listen`, the process's own
+//! figures, reloading the configuration (SIGHUP), the state dump (SIGUSR1, `/debug/state`), the
+//! signals themselves and the log.
 //!
 //! May import: every stage below (`clients`, `fanout`, `backbone`, `feed`, `config`, `base`).
 
+pub mod admin;
 pub mod dump;
 pub mod endpoints;
 pub mod logging;
 pub mod metrics;
 pub mod page;
+pub mod process;
 pub mod reload;
 pub mod signals;

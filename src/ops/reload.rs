@@ -283,7 +283,7 @@ mod tests {
         record_max_bytes = 4096\nbackbone = rediss://:pw-one@127.0.0.1:6379\n\
         backbone_ca_file = redis-ca.pem\n\
         backbone_role = both\nbackbone_name = fx\nbackbone_max_len = 1000\n\
-        client_format = normalized\n";
+        client_format = normalized\nadmin_listen = 127.0.0.1:9187\nlog_format = text\n";
 
     /// `ALL_SET` with `key` changed (and whatever must change with it).
     fn changed(key: &str) -> String {
@@ -308,6 +308,8 @@ mod tests {
                     "backbone_role" => "backbone_role = edge".into(),
                     "backbone_max_len" => "backbone_max_len = 2000".into(),
                     "client_format" => "client_format = upstream".into(),
+                    "admin_listen" => "admin_listen = 127.0.0.1:9188".into(),
+                    "log_format" => "log_format = json".into(),
                     // A file or a name: another one.
                     _ => line.replace(" = ", " = other-"),
                 },
@@ -366,7 +368,8 @@ mod tests {
         let file = parse(
             "listen = 0.0.0.0:9999\nupstream_url = wss://feed.example/x?api_key=s3cret\n\
              upstream_api_key = another-key\nsymbols = EURUSD,GBPUSD\n\
-             subscribe_message = {\"k\":\"{api_key}\"}\nuser_keys_file = users.keys\n",
+             subscribe_message = {\"k\":\"{api_key}\"}\nuser_keys_file = users.keys\n\
+",
         );
         let merged = merge(&running, file);
         let waiting: Vec<&str> = merged.waiting.iter().map(|(s, _)| s.name).collect();
