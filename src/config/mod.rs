@@ -81,6 +81,8 @@ pub const KEYS: &[&str] = &[
     "batch_delay_ms",
     "sim_rate",
     "log_level",
+    // The service: how a stop closes clients.
+    "drain_secs",
     "backbone",
     "backbone_role",
     "backbone_name",
@@ -274,6 +276,9 @@ pub struct Config {
     /// Quotes per second in total from the built-in simulator.
     pub sim_rate: u32,
     pub log_level: LogLevel,
+    /// On a stop with the listening socket held by systemd (a restart: see
+    /// `crate::server::Server::shutdown`), clients are closed with 1012 spread over this long.
+    pub drain: Duration,
     /// The Redis backbone; `None`: a single instance.
     pub backbone: Option<RedisUrl>,
     pub backbone_role: Role,
@@ -342,6 +347,7 @@ impl Config {
             batch_delay: Duration::from_millis(20),
             sim_rate: 20,
             log_level: LogLevel::Info,
+            drain: Duration::from_secs(2),
             backbone: None,
             backbone_role: Role::Both,
             backbone_name: "fxproxy".to_string(),
@@ -608,6 +614,14 @@ fn apply(c: &mut Config, key: &str, v: &str, base: &Path) -> Result<(), String> 
         "allowed_origins" => c.allowed_origins = parse_origins(v)?,
         "http_endpoints" => c.http_endpoints = boolean(v)?,
         "page" => c.page = boolean(v)?,
+        "drain_secs" => {
+            let n = whole(v, 0, 600).ok_or_else(|| {
+                format!(
+                    "expected 0 (all at once) or a whole number of seconds up to 600, got {v:?}"
+                )
+            })?;
+            c.drain = Duration::from_secs(n);
+        }
         "status_interval_secs" => {
             let n = whole(v, 0, 86_400).ok_or_else(|| {
                 format!("expected 0 (off) or a whole number of seconds from 1 to 86400, got {v:?}")
@@ -1193,7 +1207,7 @@ mod tests {
              max_message_bytes = 4096\nmax_client_messages_per_sec = 50\nallowed_origins =\n\
              client_read_buffer_bytes = 1024\nclient_write_buffer_bytes = 4096\n\
              http_endpoints = true\npage = true\nstatus_interval_secs = 60\nbatch_delay_ms = 20\n\
-             sim_rate = 20\nlog_level = info\nbackbone =\nbackbone_role = both\n\
+             sim_rate = 20\nlog_level = info\ndrain_secs = 2\nbackbone =\nbackbone_role = both\n\
              backbone_name = fxproxy\nbackbone_max_len = 100000\ntrusted_proxies =\n\
              provider = tradermade\nclient_format = normalized\nrecord_file =\n\
              record_max_bytes = 100000000\nslow_client = disconnect\ntls_cert_file =\n\

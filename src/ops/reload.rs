@@ -384,6 +384,12 @@ pub static SETTINGS: &[Setting] = &[
         shown: Shown::Value,
     },
     Setting {
+        key: "drain_secs",
+        reach: Reach::Everyone,
+        value: |c| secs(c.drain),
+        shown: Shown::Value,
+    },
+    Setting {
         key: "backbone",
         reach: Reach::Restart,
         value: |c| c.backbone.as_ref().map_or(String::new(), |u| u.shown()),
@@ -508,6 +514,20 @@ pub struct Reloaded {
     /// Client keys now in force, and clients closed because theirs was removed or narrowed.
     pub keys: usize,
     pub disconnected: usize,
+}
+
+impl Reloaded {
+    /// One line for `systemctl status` (sd_notify's `STATUS=`): what changed, what waits.
+    pub fn summary(&self) -> String {
+        let mut line = format!("configuration reloaded: {} client key(s)", self.keys);
+        if !self.applied.is_empty() {
+            line.push_str(&format!("; applied {}", self.applied.join(", ")));
+        }
+        if !self.waiting.is_empty() {
+            line.push_str(&format!("; needs a restart: {}", self.waiting.join(", ")));
+        }
+        line
+    }
 }
 
 /// A key file's modification time, size and inode: an editor that writes a new file and
