@@ -27,7 +27,7 @@ for arg in "$@"; do
 done
 if [ -z "$bin" ]; then
   bin=target/x86_64-unknown-linux-musl/static/fxproxy
-  [ -x "$bin" ] || bin=$(bash contrib/build-static.sh x86_64-unknown-linux-musl)
+  [ -x "$bin" ] || bin=$(contrib/build-static.sh x86_64-unknown-linux-musl)
 fi
 [ -x "$bin" ] || { echo "small-host-profile: $bin is not an executable" >&2; exit 1; }
 fxbench=bench/target/release/fxbench

@@ -4,10 +4,12 @@
 
 use crate::base::stop::Stop;
 use crate::cli::{self, Command};
+use crate::clients::listener;
 use crate::feed::sim;
 use crate::ops::logging;
+use crate::ops::notify::{self, Notifier, Watchdog};
 use crate::ops::signals::{self, Signal};
-use crate::server::StartError;
+use crate::server::{Launch, StartError};
 use crate::watch;
 use crate::{config, Server};
 use std::process::ExitCode;
@@ -31,7 +33,7 @@ pub fn run_command(command: Command) -> ExitCode {
             .and_then(|mut c| crate::feed::provider::describe(&mut c).map(|_| c))
             .map_err(|e| e.to_string())
             .and_then(|c| crate::clients::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, k)))
-            .and_then(|(c, k)| crate::clients::guard::check(&c, &k).map(|()| (c, k)))
+            .and_then(|(c, k)| crate::clients::guard::check(&c, c.listen, &k).map(|()| (c, k)))
             .and_then(|(c, k)| crate::clients::tls::check(&c).map(|tls| (c, k, tls)))
         {
             Ok((c, keys, tls)) => {
@@ -124,6 +126,21 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     logging::init(config.log_level.name(), config.log_format);
     logging::log_panics();
+    // Before any other thread starts: the socket systemd may pass is taken, and its variables
+    // removed from the environment.
+    let passed = match listener::from_service_manager() {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let notifier = Arc::new(Notifier::from_env());
+    let watchdog_period = notify::watchdog_period_from_env().filter(|_| notifier.enabled());
+    let launch = Launch {
+        listener: passed,
+        beat_every: notify::beat_every(watchdog_period),
+    };
     // Before the server starts its threads, so that every one of them has them blocked.
     let blocked = match block_signals(&[
         Signal::Interrupt,
@@ -135,7 +152,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     let signal = Arc::new(Stop::new());
-    let server = match Server::start_with_alarm(config, Arc::clone(&signal)) {
+    let server = match Server::start_launched(config, Arc::clone(&signal), launch) {
         Ok(s) => s,
         // The key file, the provider's template, a recording to replay, the file to record
         // to, or the TLS pair: all named by the configuration.
@@ -155,19 +172,30 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let control = server.control();
     let stop = Arc::clone(&signal);
+    let stop_control = server.control();
+    let reload_notifier = Arc::clone(&notifier);
     let threads = match SignalThreads::start(
         &blocked,
         &[Signal::Interrupt, Signal::Terminate],
         move || {
-            log::info!("SIGINT or SIGTERM received: stopping");
-            stop.set();
+            if stop.is_set() {
+                // A second stop signal while the clients are being closed: close the rest now.
+                log::info!("SIGINT or SIGTERM received again: closing the remaining clients now");
+                stop_control.hurry();
+            } else {
+                log::info!("SIGINT or SIGTERM received: stopping");
+                stop.set();
+            }
         },
         &[Signal::HangUp, Signal::User1],
         move |received| match received {
             Signal::HangUp => {
                 log::info!("SIGHUP received: reloading the configuration");
-                // Logged and counted either way; a broken file changed nothing.
-                let _ = control.reload();
+                reload_notifier.reloading();
+                // Logged and counted either way; a broken file changed nothing, and systemctl
+                // status says so.
+                let outcome = control.reload().map(|r| r.summary());
+                reload_notifier.reloaded(&outcome);
             }
             Signal::User1 => {
                 log::info!("SIGUSR1 received: writing a state dump");
@@ -183,8 +211,30 @@ fn run(path: &std::path::Path) -> ExitCode {
             return code;
         }
     };
+    let watchdog = watchdog_period.and_then(|period| {
+        Watchdog::start(Arc::clone(&notifier), server.heartbeats(), period)
+            .map_err(|e| log::error!("cannot start the watchdog thread: {e}; systemd will restart fxproxy when WatchdogSec= passes"))
+            .ok()
+    });
+    let socket = if server.restarts_on_stop() {
+        "on the socket systemd passed"
+    } else {
+        "on its own socket"
+    };
+    notifier.ready(&format!("serving on {} ({socket})", server.local_addr()));
     while !signal.wait(Duration::from_secs(3600)) {}
     let failed = server.failed();
+    notifier.stopping(&if server.restarts_on_stop() {
+        format!(
+            "restarting: closing clients with 1012 over {} s",
+            server.drain().as_secs()
+        )
+    } else {
+        "stopping: closing clients with 1001".to_string()
+    });
+    if let Some(watchdog) = watchdog {
+        watchdog.stop();
+    }
     server.shutdown();
     threads.stop();
     if failed {

@@ -1,11 +1,14 @@
-//! Wires the proxy together: binds the client port, works out the thread ceiling, starts the
-//! upstream, distributor, watcher, admission and housekeeping threads, hands each admitted
-//! client a thread of its own, and takes them all down again in under two seconds. Its
-//! [`Control`] is what the signals reach: a reload (SIGHUP) and a state dump (SIGUSR1).
+//! Wires the proxy together: binds the client port (or takes the socket systemd passed),
+//! works out the thread ceiling, starts the upstream, distributor, watcher, admission and
+//! housekeeping threads, hands each admitted client a thread of its own, and takes them all
+//! down again: in under two seconds, or, when systemd holds the listening socket (a restart),
+//! after closing the clients over `drain_secs`. Its [`Control`] is what the signals reach: a
+//! reload (SIGHUP), a state dump (SIGUSR1), and cutting a drain short.
 
 use crate::backbone;
 use crate::base::ceiling::{self, Ceiling};
 use crate::base::clock::Clock;
+use crate::base::heartbeat::Heartbeats;
 use crate::base::live::Cached;
 use crate::base::metrics::Metrics;
 use crate::base::stop::Stop;
@@ -31,6 +34,7 @@ use crate::ops::reload::{Commit, Reloaded, Reloader};
 use log::{error, info, warn};
 use mio::Waker;
 use parking_lot::Mutex;
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -46,11 +50,14 @@ const SERVICE_STACK: usize = 512 * 1024;
 /// How long shutdown waits for clients to take their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// Threads that are not clients: main, upstream, distributor, watcher, admission, http,
-/// admin, housekeeping, reaper, signals, signals-stop and ctrlc's own, state-dump, the
-/// simulator's, the recorder, the backbone's, and slack.
+/// admin, housekeeping, reaper, signals, signals-stop and ctrlc's own, state-dump, watchdog,
+/// the simulator's, the recorder, the backbone's, and slack.
 pub const SERVICE_THREADS: u64 = 20;
 /// How often the key file's modification time is looked at.
 const KEY_FILE_CHECK: Duration = Duration::from_secs(2);
+/// A drain closes the clients due at once, then sleeps at least this long: ten thousand
+/// clients over two seconds are closed fifty at a time, not one every 200 µs.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
 
 /// A service thread's failure: recorded, logged, and told to whoever waits on the alarm.
 struct Failure {
@@ -140,6 +147,25 @@ pub fn capacity_report(config: &Config, ceiling: &Ceiling) -> (String, Vec<Strin
     (line, warnings)
 }
 
+/// What the service manager hands the proxy besides its configuration.
+pub struct Launch {
+    /// The listening socket systemd passed (socket activation; see
+    /// [`crate::clients::listener::from_service_manager`]). `None`: bind `listen`.
+    pub listener: Option<TcpListener>,
+    /// How long the distributor and the admission loop may go without a heartbeat when idle
+    /// (see [`crate::ops::notify::beat_every`]).
+    pub beat_every: Duration,
+}
+
+impl Default for Launch {
+    fn default() -> Launch {
+        Launch {
+            listener: None,
+            beat_every: crate::base::heartbeat::DEFAULT_EVERY,
+        }
+    }
+}
+
 /// A running proxy.
 pub struct Server {
     ctx: Arc<Context>,
@@ -161,6 +187,8 @@ pub struct Control {
     asker: Asker,
     /// A state dump is being written.
     dumping: Arc<AtomicBool>,
+    /// Set to cut a drain short (a second SIGTERM).
+    hurry: Arc<Stop>,
 }
 
 impl Control {
@@ -171,6 +199,12 @@ impl Control {
             return Err("the proxy is stopping".to_string());
         }
         self.reloader.reload()
+    }
+
+    /// Cuts a drain short: the clients not closed yet are closed at once (a second SIGTERM
+    /// or SIGINT while the proxy drains).
+    pub fn hurry(&self) {
+        self.hurry.set();
     }
 
     /// The reload machinery, for a part of the proxy with something of its own to re-read
@@ -218,19 +252,30 @@ impl Control {
 
 impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
-        Server::start_with(config, Arc::new(Stop::new()), false, Clock::system())
+        let alarm = Arc::new(Stop::new());
+        Server::start_with(config, alarm, false, Clock::system(), Launch::default())
     }
 
     /// Starts the proxy; `alarm` is set if it fails on its own (a service thread panicked),
     /// so a caller waiting for a termination signal on it wakes up and shuts down.
     pub fn start_with_alarm(config: Config, alarm: Arc<Stop>) -> Result<Server, StartError> {
-        Server::start_with(config, alarm, false, Clock::system())
+        Server::start_with(config, alarm, false, Clock::system(), Launch::default())
+    }
+
+    /// As [`Server::start_with_alarm`], with what the service manager handed the process.
+    pub fn start_launched(
+        config: Config,
+        alarm: Arc<Stop>,
+        launch: Launch,
+    ) -> Result<Server, StartError> {
+        Server::start_with(config, alarm, false, Clock::system(), launch)
     }
 
     /// Starts the proxy on `clock` instead of the system clock: quote times, ages and the
     /// market's hours all follow it, so a test can make it Friday night or Saturday.
     pub fn start_with_clock(config: Config, clock: Clock) -> Result<Server, StartError> {
-        Server::start_with(config, Arc::new(Stop::new()), false, clock)
+        let alarm = Arc::new(Stop::new());
+        Server::start_with(config, alarm, false, clock, Launch::default())
     }
 
     /// For tests only: every accepted connection goes through the production accept path
@@ -239,7 +284,8 @@ impl Server {
     /// it echoes each message back. This is what the Autobahn fuzzing client expects.
     #[doc(hidden)]
     pub fn start_echo(config: Config) -> Result<Server, StartError> {
-        Server::start_with(config, Arc::new(Stop::new()), true, Clock::system())
+        let alarm = Arc::new(Stop::new());
+        Server::start_with(config, alarm, true, Clock::system(), Launch::default())
     }
 
     fn start_with(
@@ -247,6 +293,7 @@ impl Server {
         alarm: Arc<Stop>,
         echo: bool,
         clock: Clock,
+        launch: Launch,
     ) -> Result<Server, StartError> {
         // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
         // in. An error only means one is installed already.
@@ -256,15 +303,40 @@ impl Server {
             Translator::new(Arc::clone(&provider), config.client_format, &config.symbols)
                 .map_err(|m| StartError::Config(config.error_at("symbols", m)))?;
         let keys = KeyStore::load(&config.user_keys_file).map_err(StartError::Keys)?;
-        crate::clients::guard::check(&config, &keys).map_err(StartError::Keys)?;
+        // Under socket activation the socket's address, not `listen`, says who can connect.
+        let given = match launch.listener {
+            Some(l) => {
+                let addr = l
+                    .local_addr()
+                    .map_err(|e| StartError::Bind(config.listen, e))?;
+                Some((l, addr))
+            }
+            None => None,
+        };
+        let reachable_at = given.as_ref().map_or(config.listen, |(_, addr)| *addr);
+        crate::clients::guard::check(&config, reachable_at, &keys).map_err(StartError::Keys)?;
         let metrics = Arc::new(Metrics::with_clock(clock));
         let server_tls = server_tls(&config, &metrics)?;
         let upstream_tls = upstream_tls(&config)?;
-        let listener =
-            TcpListener::bind(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let restart_on_stop = given.is_some();
+        let (listener, addr) = match given {
+            Some(given) => given,
+            None => {
+                let l = TcpListener::bind(config.listen)
+                    .map_err(|e| StartError::Bind(config.listen, e))?;
+                let addr = l
+                    .local_addr()
+                    .map_err(|e| StartError::Bind(config.listen, e))?;
+                (l, addr)
+            }
+        };
+        if restart_on_stop && config.line_of("listen").is_some() && config.listen != addr {
+            warn!(
+                "listen = {} in {} is not used: systemd passed the listening socket ({addr}), whose address ListenStream= in fxproxy.socket sets",
+                config.listen,
+                config.file.display()
+            );
+        }
         let mut admission = Admission::new(listener).map_err(|e| StartError::Bind(addr, e))?;
         let admin = match config.admin_listen {
             Some(at) => Some(Admin::bind(at).map_err(|e| {
@@ -430,6 +502,8 @@ impl Server {
         );
         context.backbone = status.clone();
         context.answer_http = crate::ops::endpoints::respond;
+        context.restart_on_stop = restart_on_stop;
+        context.heartbeats = Arc::new(Heartbeats::new(launch.beat_every));
         let ctx = Arc::new(context);
         settings.live = Some(Cached::new(ctx.live_config()));
         let reloader = Arc::new(Reloader::new(Arc::clone(&ctx)));
@@ -439,8 +513,9 @@ impl Server {
         let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
         let threads = &ctx.threads;
         let hub = Arc::clone(&ctx.hub);
+        let beats = Arc::clone(&ctx.heartbeats);
         spawn_service(threads, &failure, "distributor", move || {
-            distributor::run(hub, frames_rx)
+            distributor::run(hub, frames_rx, &beats.distributor)
         })
         .map_err(StartError::Thread)?;
         if let Some(writer) = record_writer {
@@ -520,12 +595,17 @@ impl Server {
         })
         .map_err(StartError::Thread)?;
         let scheme = if ctx.tls.is_some() { "wss" } else { "ws" };
-        info!("listening on {addr} ({scheme}://)");
+        if restart_on_stop {
+            info!("listening on {addr} ({scheme}://) on the socket systemd passed (socket activation): a stop closes clients with 1012 over drain_secs, and new connections wait in the socket's queue");
+        } else {
+            info!("listening on {addr} ({scheme}://)");
+        }
         let control = Control {
             ctx: Arc::clone(&ctx),
             reloader,
             asker,
             dumping: Arc::new(AtomicBool::new(false)),
+            hurry: Arc::new(Stop::new()),
         };
         Ok(Server {
             ctx,
@@ -571,19 +651,53 @@ impl Server {
         self.failure.failed.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting, sends every client close 1001, closes the upstream and waits (at
-    /// most about two seconds in all) for the threads to finish.
+    /// The distributor's and the admission loop's heartbeats, for the watchdog.
+    pub fn heartbeats(&self) -> Arc<Heartbeats> {
+        Arc::clone(&self.ctx.heartbeats)
+    }
+
+    /// `drain_secs` as it is now (a reload may have changed it).
+    pub fn drain(&self) -> Duration {
+        self.ctx.config().drain
+    }
+
+    /// Whether systemd holds the listening socket, so that a stop is a restart (clients get
+    /// 1012, spread over `drain_secs`).
+    pub fn restarts_on_stop(&self) -> bool {
+        self.ctx.restart_on_stop
+    }
+
+    /// Stops the proxy. How depends on who holds the listening socket:
+    ///
+    /// - This process alone (it bound `listen`): the proxy is going away. Accepting stops,
+    ///   every client gets 1001 at once, the upstream closes, and the threads are waited for
+    ///   (at most about two seconds in all).
+    /// - systemd too (socket activation): the socket outlives the process, so this stop is a
+    ///   restart and clients can come back at once. Accepting stops (new connections wait in
+    ///   the socket's queue for the next process), quotes keep flowing, and the clients are
+    ///   told 1012 (Service Restart) a few at a time over `drain_secs`, so that their
+    ///   reconnects reach the next process spread out rather than as one wave; then as above.
+    ///   A second SIGTERM ([`Control::hurry`]) closes the rest at once.
     pub fn shutdown(self) {
         let started = Instant::now();
         let ctx = &self.ctx;
+        let restart = ctx.restart_on_stop;
+        if restart {
+            self.drain_clients();
+        }
         ctx.stop.set();
         let _ = self.admission.wake();
         if let Some((_, admin)) = &self.admin {
             let _ = admin.wake();
         }
-        let kicked = ctx.hub.kick_where(Kick::Shutdown, |_| true);
+        let why = if restart {
+            Kick::Restart
+        } else {
+            Kick::Shutdown
+        };
+        let kicked = ctx.hub.kick_where(why, |c| c.kicked() == Kick::None);
         info!("shutting down: closing {kicked} client(s)");
-        let left = ctx.threads.wait_all(started + SHUTDOWN_GRACE);
+        let left = ctx.threads.wait_all(Instant::now() + SHUTDOWN_GRACE);
         if left > 0 {
             warn!("shutdown: {left} thread(s) still busy; leaving them");
         }
@@ -596,6 +710,63 @@ impl Server {
             replay.stop();
         }
         info!("stopped in {:.2} s", started.elapsed().as_secs_f64());
+    }
+
+    /// Accepts no more connections and closes the clients with 1012, spread evenly over
+    /// `drain_secs`, while quotes keep flowing to those not closed yet. Clients that join
+    /// meanwhile (their handshake began before the drain) are closed in turn, or at the end.
+    fn drain_clients(&self) {
+        let ctx = &self.ctx;
+        ctx.draining.set();
+        let _ = self.admission.wake();
+        // A client closed before the admission loop has stopped accepting could reconnect to
+        // this process and be dropped at the end: the closes wait for it (briefly: should the
+        // loop be gone, nothing is accepted anyway).
+        if !ctx.not_accepting.wait(SHUTDOWN_GRACE) {
+            warn!("the admission loop did not stop accepting in time; draining anyway");
+        }
+        let drain = ctx.config().drain;
+        let total = ctx.hub.client_count();
+        info!(
+            "restarting: accepting no more connections (they wait in the socket's queue); closing {total} client(s) with 1012 over {} s",
+            drain.as_secs()
+        );
+        if total == 0 || drain.is_zero() {
+            return;
+        }
+        let started = Instant::now();
+        let mut due_so_far = 0;
+        loop {
+            let elapsed = started.elapsed();
+            let due = if elapsed >= drain {
+                total
+            } else {
+                // The i-th client is due at drain * i / total: one at once, the last at the end.
+                1 + (total as u128 * elapsed.as_nanos() / drain.as_nanos()) as usize
+            };
+            if due > due_so_far {
+                let left = Cell::new(due - due_so_far);
+                ctx.hub.kick_where(Kick::Restart, |c| {
+                    let take = left.get() > 0 && c.kicked() == Kick::None;
+                    if take {
+                        left.set(left.get() - 1);
+                    }
+                    take
+                });
+                due_so_far = due;
+            }
+            if due_so_far >= total {
+                return;
+            }
+            let next_due = started + drain.mul_f64(due_so_far as f64 / total as f64);
+            let wait = next_due
+                .saturating_duration_since(Instant::now())
+                .max(DRAIN_TICK);
+            if self.control.hurry.wait(wait) {
+                info!("second termination signal: closing the remaining clients at once");
+                return;
+            }
+        }
     }
 }
 

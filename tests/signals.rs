@@ -15,7 +15,6 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use tungstenite::Message;
 
 /// A key added to the key file while the proxy runs.
 const NEW_KEY: &str = "new-key-5555555555";
@@ -26,17 +25,6 @@ fn replace_file(path: &Path, text: &str) {
     let new = path.with_extension("new");
     std::fs::write(&new, text).unwrap();
     std::fs::rename(&new, path).unwrap();
-}
-
-/// Reads past quotes and pings to the close frame: (code, reason).
-fn close_after_quotes(c: &mut Client) -> (u16, String) {
-    loop {
-        match c.next().expect("a close frame before the deadline") {
-            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
-            Message::Close(None) => return (1005, String::new()),
-            _ => {}
-        }
-    }
 }
 
 fn reloads(addr: SocketAddr, result: &str) -> f64 {
@@ -87,7 +75,7 @@ fn sighup_under_load_changes_a_limit_and_the_keys_and_nobody_else_notices() {
     );
     for c in &mut doomed {
         assert_eq!(
-            close_after_quotes(c),
+            c.close_after_quotes(),
             (1008, "Authentication failed".to_string())
         );
     }
@@ -98,7 +86,7 @@ fn sighup_under_load_changes_a_limit_and_the_keys_and_nobody_else_notices() {
     );
     let mut one_too_many = Client::auth(proxy.addr, KEY, None);
     assert_eq!(
-        close_after_quotes(&mut one_too_many),
+        one_too_many.close_after_quotes(),
         (1008, "Too many connections for this key".to_string())
     );
     traffic.wait_for_more(200);
@@ -165,7 +153,7 @@ fn a_broken_file_on_sighup_keeps_the_running_configuration() {
     ) == 1.0));
     let mut fourth = Client::auth(proxy.addr, KEY, None);
     assert_eq!(
-        close_after_quotes(&mut fourth),
+        fourth.close_after_quotes(),
         (1008, "Too many connections for this key".to_string())
     );
     for c in [&mut first, &mut second, &mut third] {
@@ -208,14 +196,14 @@ fn a_key_that_needs_a_restart_is_logged_and_left_as_it_was() {
     // Still on the old address with the old symbols; the live key applied.
     let mut c = Client::auth(proxy.addr, KEY, Some("USDJPY"));
     assert_eq!(
-        close_after_quotes(&mut c),
+        c.close_after_quotes(),
         (1008, "Unknown symbol USDJPY".to_string())
     );
     let mut ok = Client::auth(proxy.addr, KEY, None);
     ok.next_text();
     let mut over = Client::auth(proxy.addr, KEY, None);
     assert_eq!(
-        close_after_quotes(&mut over),
+        over.close_after_quotes(),
         (1008, "Too many connections for this key".to_string())
     );
 }
@@ -235,7 +223,7 @@ fn sigint_and_sigterm_stop_the_proxy_as_before() {
         let signalled = Instant::now();
         proxy.signal(sig);
         for c in &mut clients {
-            assert_eq!(close_after_quotes(c).0, 1001, "SIG{sig}");
+            assert_eq!(c.close_after_quotes().0, 1001, "SIG{sig}");
         }
         let status = proxy
             .wait_exit(Duration::from_secs(5))

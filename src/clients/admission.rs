@@ -195,6 +195,7 @@ impl Admission {
             next_id: 0,
             spawn_failures: crate::base::ratelimit::RateLimited::new(Duration::from_secs(10)),
             max_pending,
+            draining: false,
         };
         state.run()
     }
@@ -232,21 +233,29 @@ struct State {
     next_id: u64,
     spawn_failures: crate::base::ratelimit::RateLimited,
     max_pending: usize,
+    /// No more accepts: the proxy is draining (see [`State::stop_accepting`]).
+    draining: bool,
 }
 
 impl State {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
+            self.ctx.heartbeats.admission.beat();
             if self.ctx.stop.is_set() {
                 self.shut_down();
                 return Ok(());
             }
+            if !self.draining && self.ctx.draining.is_set() {
+                self.stop_accepting();
+            }
             if self.config.refresh() {
                 self.max_pending = self.config.get().max_pending_connections;
             }
+            // Bounded even with nothing to do, so the loop beats for the watchdog.
             let timeout = self.timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let timeout = self.ctx.heartbeats.admission.bound(timeout);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -255,7 +264,7 @@ impl State {
             let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_ready = true,
+                    LISTENER => self.accept_ready = !self.draining,
                     WAKER => {
                         self.answer(now);
                         self.take_answers(now);
@@ -268,7 +277,7 @@ impl State {
             }
             self.expire(now);
             self.seat_waiting(now);
-            if self.accept_ready && self.paused_until.map_or(true, |t| now >= t) {
+            if self.accept_ready && !self.draining && self.paused_until.map_or(true, |t| now >= t) {
                 self.paused_until = None;
                 self.accept_some(now);
             }
@@ -691,11 +700,28 @@ impl State {
         }
     }
 
+    /// A stop begins with a drain (see [`Context::draining`]): no more accepts. The listener
+    /// is no longer watched (its connections wait in the kernel's queue for the next process,
+    /// which shares the socket); the connections already accepted are seen through.
+    fn stop_accepting(&mut self) {
+        self.draining = true;
+        self.accept_ready = false;
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&self.listener.as_raw_fd()));
+        self.ctx.not_accepting.set();
+        debug!(
+            "draining: accepting no more connections; {} pending finish",
+            self.live
+        );
+    }
+
     /// The proxy is stopping: every upgraded connection is told, every other dropped.
     fn shut_down(&mut self) {
         for slot in 0..self.slots.len() {
             if let Some(mut conn) = self.remove(slot) {
-                conn.shut_down();
+                conn.shut_down(self.ctx.restart_on_stop);
             }
         }
         self.ctx

@@ -270,7 +270,8 @@ impl End {
                 Some((CloseCode::Policy, SLOW_CONSUMER))
             }
             End::Kicked(Kick::KeyRevoked) => Some((CloseCode::Policy, "Authentication failed")),
-            End::Kicked(_) => Some((CloseCode::Away, closes::SHUTTING_DOWN)),
+            End::Kicked(Kick::Restart) => Some(closes::on_stop(true)),
+            End::Kicked(_) => Some(closes::on_stop(false)),
             End::PingTimeout => Some((CloseCode::Away, "Ping timeout")),
             End::ProtocolError(code, reason) => Some((*code, reason)),
             End::Flood => Some((CloseCode::Policy, TOO_MANY)),
@@ -289,6 +290,7 @@ impl std::fmt::Display for End {
                 behind.as_secs_f64()
             ),
             End::Kicked(Kick::KeyRevoked) => f.write_str("key removed from the key file"),
+            End::Kicked(Kick::Restart) => f.write_str("server restarting"),
             End::Kicked(_) => f.write_str("server shutting down"),
             End::ClientClosed => f.write_str("closed by the client"),
             End::PingTimeout => f.write_str("no answer to two pings"),

@@ -10,6 +10,19 @@ pub const TOO_MANY: &str = "Too many messages";
 pub const SLOW_CONSUMER: &str = "Slow consumer";
 /// The reason sent with 1001 when the proxy stops.
 pub const SHUTTING_DOWN: &str = "Server shutting down";
+/// The reason sent with 1012 when the proxy stops and systemd holds its listening socket, so
+/// that a reconnect waits in the socket's queue for the next process.
+pub const RESTARTING: &str = "Server restarting";
+
+/// The close owed to every client when the proxy stops: 1012 (Service Restart: reconnect)
+/// when the listening socket outlives the process, 1001 (going away) when it does not.
+pub fn on_stop(restart: bool) -> (CloseCode, &'static str) {
+    if restart {
+        (CloseCode::Restart, RESTARTING)
+    } else {
+        (CloseCode::Away, SHUTTING_DOWN)
+    }
+}
 
 /// A close frame owed to a client: code and reason.
 pub type Owed = (CloseCode, String);
@@ -65,6 +78,8 @@ mod tests {
             None
         );
         assert_eq!(code(WsError::ConnectionClosed), None);
+        assert_eq!(u16::from(on_stop(true).0), 1012);
+        assert_eq!(u16::from(on_stop(false).0), 1001);
         assert!(would_block(&WsError::Io(
             std::io::ErrorKind::WouldBlock.into()
         )));

@@ -3,6 +3,7 @@
 
 use crate::backbone;
 use crate::base::ceiling::Ceiling;
+use crate::base::heartbeat::Heartbeats;
 use crate::base::live::Live;
 use crate::base::metrics::Metrics;
 use crate::base::stop::Stop;
@@ -45,6 +46,17 @@ pub struct Context {
     /// How a plain HTTP request (not an upgrade) on the client port is answered: the
     /// operations' endpoints (`/healthz`, `/metrics`, the page), which the server plugs in.
     pub answer_http: fn(&Context, &Request) -> Vec<u8>,
+    /// The listening socket outlives this process (systemd's socket activation): a stop is a
+    /// restart, and clients are told 1012 rather than 1001 (see [`crate::clients::closes::on_stop`]).
+    pub restart_on_stop: bool,
+    /// Set when a stop begins with a drain: the admission loop accepts no more connections
+    /// (they wait in the listen queue for the next process) and finishes those it holds.
+    pub draining: Arc<Stop>,
+    /// Set by the admission loop once it has stopped accepting for a drain: from then on a
+    /// client closed and reconnecting cannot land on this process again.
+    pub not_accepting: Arc<Stop>,
+    /// Beaten by the distributor and the admission loop; what the watchdog looks at.
+    pub heartbeats: Arc<Heartbeats>,
     keys: RwLock<Arc<KeyStore>>,
 }
 
@@ -84,6 +96,10 @@ impl Context {
             tls,
             activity: Activity::default(),
             answer_http: not_found,
+            restart_on_stop: false,
+            draining: Arc::new(Stop::new()),
+            not_accepting: Arc::new(Stop::new()),
+            heartbeats: Arc::new(Heartbeats::default()),
             keys: RwLock::new(Arc::new(keys)),
         }
     }

@@ -13,9 +13,10 @@ use crate::config::Config;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-/// Both checks: an error that says what to change, naming the file at fault.
-pub fn check(config: &Config, keys: &KeyStore) -> Result<(), String> {
-    demo_key(config.listen, keys, &config.user_keys_file)?;
+/// Both checks: an error that says what to change, naming the file at fault. `listen` is the
+/// address clients reach (under socket activation, the socket's, not proxy.conf's).
+pub fn check(config: &Config, listen: SocketAddr, keys: &KeyStore) -> Result<(), String> {
+    demo_key(listen, keys, &config.user_keys_file)?;
     certificate_only(config, keys)
 }
 
@@ -146,15 +147,18 @@ mod tests {
         };
         let none = store("# certificates alone\n");
         let with_ca = conf("tls_client_ca_file = ca.pem\n");
-        let e = check(&with_ca, &none).unwrap_err();
+        let e = check(&with_ca, with_ca.listen, &none).unwrap_err();
         assert!(
             e.starts_with("/etc/fxproxy/proxy.conf: with tls_client_ca_file and no key in"),
             "{e}"
         );
         assert!(e.contains("set allowed_origins"), "{e}");
         let listed = conf("tls_client_ca_file = ca.pem\nallowed_origins = https://a.example\n");
-        assert_eq!(check(&listed, &none), Ok(()));
-        assert_eq!(check(&with_ca, &store("alice-key-0001\n")), Ok(()));
-        assert_eq!(check(&conf(""), &none), Ok(()));
+        assert_eq!(check(&listed, listed.listen, &none), Ok(()));
+        assert_eq!(
+            check(&with_ca, with_ca.listen, &store("alice-key-0001\n")),
+            Ok(())
+        );
+        assert_eq!(check(&conf(""), conf("").listen, &none), Ok(()));
     }
 }

@@ -396,11 +396,12 @@ impl Conn {
 
     /// The proxy is stopping: an upgraded connection is told so (as far as its socket takes
     /// it at once); every other is dropped.
-    pub fn shut_down(&mut self) {
+    pub fn shut_down(&mut self, restart: bool) {
         if let Phase::Auth { ws, .. } = &mut self.phase {
+            let (code, reason) = closes::on_stop(restart);
             let _ = ws.close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: closes::SHUTTING_DOWN.into(),
+                code,
+                reason: reason.into(),
             }));
         }
         self.phase = Phase::Gone;

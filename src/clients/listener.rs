@@ -1,5 +1,5 @@
-//! The client port's listening socket: a listen queue sized for reconnect storms, and how
-//! full it is (for `/metrics`).
+//! The client port's listening socket: a listen queue sized for reconnect storms, how full it
+//! is (for `/metrics`), and the socket systemd may pass instead (socket activation).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -30,6 +30,57 @@ pub fn queue(addr: SocketAddr) -> Option<(u64, u64)> {
     Some((used, somaxconn.min(BACKLOG as u64)))
 }
 
+/// The listening socket systemd passed (socket activation, `fxproxy.socket`): with
+/// `LISTEN_FDS=1` and `LISTEN_PID` this process's id, descriptor 3. `Ok(None)` when none was
+/// passed to this process. The socket stays systemd's too: new connections wait in its queue
+/// while this process stops and the next one starts, so a restart refuses nobody.
+///
+/// Call it in `main` before any other thread starts: as `sd_listen_fds` does, it removes the
+/// variables from the environment, so that nothing started later takes the socket.
+pub fn from_service_manager() -> Result<Option<TcpListener>, String> {
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let pid = std::env::var("LISTEN_PID").ok();
+    let count = passed(fds.as_deref(), pid.as_deref(), std::process::id())?;
+    if count == 0 {
+        for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+            std::env::remove_var(var);
+        }
+        return Ok(None);
+    }
+    // Checks that descriptor 3 is a TCP socket, marks it close-on-exec, wraps it; and removes
+    // LISTEN_FDS and LISTEN_PID.
+    let listener = listenfd::ListenFd::from_env()
+        .take_tcp_listener(0)
+        .map_err(|e| format!("the socket systemd passed (descriptor 3) cannot be used: {e}"))?
+        .ok_or("systemd passed no socket at descriptor 3")?;
+    std::env::remove_var("LISTEN_FDNAMES");
+    match socket2::SockRef::from(&listener).is_listener() {
+        Ok(true) => Ok(Some(listener)),
+        Ok(false) => Err(
+            "the socket systemd passed is not listening (fxproxy.socket needs ListenStream=, and Accept=no)"
+                .to_string(),
+        ),
+        Err(e) => Err(format!("the socket systemd passed: {e}")),
+    }
+}
+
+/// How many sockets were passed to process `own_pid`, from `LISTEN_FDS` and `LISTEN_PID`: 0 or
+/// 1, or why the proxy cannot use them. Variables meant for another process (a `LISTEN_PID`
+/// that is not ours, or none: systemd always sets it) are not ours to use.
+pub fn passed(fds: Option<&str>, pid: Option<&str>, own_pid: u32) -> Result<usize, String> {
+    let Some(fds) = fds else { return Ok(0) };
+    if pid.and_then(|p| p.trim().parse::<u32>().ok()) != Some(own_pid) {
+        return Ok(0);
+    }
+    match fds.trim().parse::<usize>() {
+        Ok(n @ (0 | 1)) => Ok(n),
+        Ok(n) => Err(format!(
+            "systemd passed {n} sockets (LISTEN_FDS={n}); fxproxy serves one: give fxproxy.socket a single ListenStream="
+        )),
+        Err(_) => Err(format!("LISTEN_FDS={fds:?} is not a number of sockets")),
+    }
+}
+
 /// Connections waiting for `accept` on `port`, from the text of `/proc/net/tcp`: for the
 /// first socket in state LISTEN (`0A`) there, `rx_queue` is that count.
 pub fn queue_in(table: &str, port: u16) -> Option<u64> {
@@ -57,6 +108,19 @@ mod tests {
             1: 0100007F:223D 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0\n";
         assert_eq!(queue_in(table, 8765), Some(3));
         assert_eq!(queue_in(table, 8766), None);
+    }
+
+    #[test]
+    fn sockets_passed_to_this_process_are_counted_and_others_ignored() {
+        assert_eq!(passed(None, None, 42), Ok(0));
+        assert_eq!(passed(Some("1"), Some("42"), 42), Ok(1));
+        assert_eq!(passed(Some("0"), Some("42"), 42), Ok(0));
+        // For another process, or with no LISTEN_PID: not ours.
+        assert_eq!(passed(Some("1"), Some("41"), 42), Ok(0));
+        assert_eq!(passed(Some("1"), None, 42), Ok(0));
+        let two = passed(Some("2"), Some("42"), 42).unwrap_err();
+        assert!(two.contains("single ListenStream="), "{two}");
+        assert!(passed(Some("x"), Some("42"), 42).is_err());
     }
 
     #[test]

@@ -243,6 +243,9 @@ pub struct Config {
     pub sim_rate: u32,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// On a stop with the listening socket held by systemd (a restart: see
+    /// `crate::server::Server::shutdown`), clients are closed with 1012 spread over this long.
+    pub drain: Duration,
     /// The Redis backbone; `None`: a single instance.
     pub backbone: Option<RedisUrl>,
     /// The CA (PEM) a `rediss://` backbone's certificate must chain to; `None`: the web PKI
@@ -332,6 +335,7 @@ impl Config {
             log_level: LogLevel::Error,
             admin_listen: None,
             log_format: LogFormat::Text,
+            drain: Duration::ZERO,
             backbone: None,
             backbone_ca_file: None,
             backbone_role: Role::Both,

@@ -778,6 +778,24 @@ pub static SETTINGS: &[Setting] = &[
         shown: Shown::Value,
     },
     Setting {
+        name: "drain_secs",
+        default: Is("2"),
+        reach: Reach::Everyone,
+        doc: "on a stop while systemd holds the listening socket (`fxproxy.socket`: a restart), clients are told 1012 (Service Restart) spread over this many seconds, so that their reconnects, which wait in the socket's queue for the next process, do not come as one wave; `0`: all at once. Without the socket unit a stop closes every client at once with 1001 (see [Restarts clients ride through](install.md#restarts-clients-ride-through))",
+        set: |c, v, _base| {
+            c.drain = Duration::from_secs(value::number(
+                v,
+                0,
+                600,
+                "0 (all at once) or a whole number of seconds up to 600",
+            )?);
+            Ok(())
+        },
+        field: field!(drain),
+        show: |c| c.drain.as_secs().to_string(),
+        shown: Shown::Value,
+    },
+    Setting {
         name: "backbone",
         default: Is(""),
         reach: Reach::Restart,

@@ -10,11 +10,12 @@
 //!   batch grid staggered over `PHASES` offsets, and writes everything queued meanwhile;
 //! - otherwise the writers to wake form a few chains (see [`WakeChain`]).
 
+use crate::base::heartbeat::Heartbeat;
 use crate::base::metrics::{Metrics, Padded, QueueStats};
 use crate::base::ratelimit::RateLimited;
 use crate::fanout::conflate::{Conflation, Offer};
 use crate::fanout::slot::{ClientSlot, Kick, WakeChain, CHAINS};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -426,13 +427,22 @@ impl Hub {
 /// until the next tick of the batch grid and write everything queued meanwhile in one go. A
 /// wake-up and a `send` per client per batch are most of the proxy's CPU, and an unpark from
 /// this one thread to a thousand others is slow and serial; timers wake them in parallel.
-pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>) {
+///
+/// Each turn beats `beat`, and an idle wait is bounded by it, so the watchdog (see
+/// `crate::ops::notify`) can tell an idle distributor from a stuck one.
+pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>, beat: &Heartbeat) {
     let mut batch: Vec<(usize, Utf8Bytes)> = Vec::with_capacity(64);
     let mut ignored = RateLimited::new(Duration::from_secs(60));
     let mut last_arrival: Option<Instant> = None;
     // Mean time between arrivals, smoothed over about eight of them.
     let mut mean_gap = Duration::from_secs(1);
-    while let Ok(first) = frames.recv() {
+    loop {
+        beat.beat();
+        let first = match frames.recv_timeout(beat.every()) {
+            Ok(frame) => frame,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let now = Instant::now();
         if let Some(last) = last_arrival {
             mean_gap = (mean_gap * 7 + (now - last)) / 8;
@@ -767,8 +777,27 @@ mod tests {
             tx.send(Utf8Bytes::from(text)).unwrap();
         }
         drop(tx);
-        run(Arc::clone(&hub), frames);
+        let beat = Heartbeat::default();
+        run(Arc::clone(&hub), frames, &beat);
         assert_eq!(drain(&rx), vec![r#"{"symbol":"EURUSD"}"#]);
         assert_eq!(hub.metrics.quotes_received.load(Ordering::Relaxed), 1);
+        assert!(beat.count() >= 1, "the distributor beats");
+    }
+
+    #[test]
+    fn an_idle_distributor_still_beats() {
+        let hub = hub(8);
+        let (tx, frames) = crossbeam_channel::unbounded::<Utf8Bytes>();
+        let beat = Arc::new(Heartbeat::new(Duration::from_millis(5)));
+        let (thread_hub, thread_beat) = (Arc::clone(&hub), Arc::clone(&beat));
+        let distributor = std::thread::spawn(move || run(thread_hub, frames, &thread_beat));
+        // No frame ever comes; the count still climbs past a few idle waits.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while beat.count() < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(beat.count() >= 4, "beats: {}", beat.count());
+        drop(tx);
+        distributor.join().unwrap();
     }
 }

@@ -21,7 +21,10 @@ pub enum Kick {
     None = 0,
     SlowConsumer = 1,
     KeyRevoked = 2,
+    /// The proxy is going away (1001).
     Shutdown = 3,
+    /// The proxy restarts on a socket systemd holds: come back at once (1012).
+    Restart = 4,
 }
 
 impl Kick {
@@ -30,6 +33,7 @@ impl Kick {
             1 => Kick::SlowConsumer,
             2 => Kick::KeyRevoked,
             3 => Kick::Shutdown,
+            4 => Kick::Restart,
             _ => Kick::None,
         }
     }

@@ -1,7 +1,7 @@
 //! Operations: what an operator reaches. The HTTP endpoints (`/livez`, `/readyz`,
 //! `/metrics`, the quotes page) on the client port and on `admin_listen`, the process's own
 //! figures, reloading the configuration (SIGHUP), the state dump (SIGUSR1, `/debug/state`), the
-//! signals themselves and the log.
+//! signals themselves, the log, and what systemd is told (readiness, reloads, the watchdog).
 //!
 //! May import: every stage below (`clients`, `fanout`, `backbone`, `feed`, `config`, `base`).
 
@@ -10,6 +10,7 @@ pub mod dump;
 pub mod endpoints;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod page;
 pub mod process;
 pub mod reload;

@@ -84,6 +84,20 @@ pub struct Reloaded {
     pub disconnected: usize,
 }
 
+impl Reloaded {
+    /// One line for `systemctl status` (sd_notify's `STATUS=`): what changed, what waits.
+    pub fn summary(&self) -> String {
+        let mut line = format!("configuration reloaded: {} client key(s)", self.keys);
+        if !self.applied.is_empty() {
+            line.push_str(&format!("; applied {}", self.applied.join(", ")));
+        }
+        if !self.waiting.is_empty() {
+            line.push_str(&format!("; needs a restart: {}", self.waiting.join(", ")));
+        }
+        line
+    }
+}
+
 /// A key file's modification time, size and inode: an editor that writes a new file and
 /// renames it over the old one changes the inode even within one timestamp tick.
 type Stamp = Option<(SystemTime, u64, u64)>;
@@ -259,7 +273,7 @@ impl Reloader {
 fn load_keys(config: &Config) -> Result<KeyStore, String> {
     let file = &config.user_keys_file;
     let keys = KeyStore::load(file)?;
-    crate::clients::guard::check(config, &keys)?;
+    crate::clients::guard::check(config, config.listen, &keys)?;
     Ok(keys)
 }
 

@@ -6,9 +6,11 @@
 
 pub mod cluster;
 pub mod fake_source;
+pub mod fleet;
 pub mod process;
 pub mod raw_ws;
 pub mod relay;
+pub mod socket_unit;
 pub mod storm;
 pub mod tls;
 pub mod traffic;
@@ -314,6 +316,17 @@ impl Client {
                 Message::Text(t) => return t.to_string(),
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads past quotes and pings to the close frame: its code and reason.
+    pub fn close_after_quotes(&mut self) -> (u16, String) {
+        loop {
+            match self.next().expect("a close frame before the deadline") {
+                Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
+                Message::Close(None) => return (1005, String::new()),
+                _ => {}
             }
         }
     }

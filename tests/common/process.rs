@@ -7,7 +7,8 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,21 +42,40 @@ impl Proxy {
 
     /// As [`Proxy::spawn`], with extra environment variables for the process.
     pub fn spawn_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
-        Proxy::start(config, env, None)
+        Proxy::start(config, env, None, None)
     }
 
     /// As [`Proxy::spawn`], with the process's open-file limit lowered to `limit`.
     pub fn spawn_with_fd_limit(config: &str, limit: u32) -> Proxy {
-        Proxy::start(config, &[], Some(format!("ulimit -n {limit} && ")))
+        Proxy::start(config, &[], Some(format!("ulimit -n {limit} && ")), None)
     }
 
     /// As [`Proxy::spawn_with_env`], started by `sh -c "{setup}exec fxproxy ..."`: `setup`
     /// (shell commands, each ending in `&& `) lowers a limit or joins a cgroup first.
     pub fn spawn_after(config: &str, env: &[(&str, &str)], setup: &str) -> Proxy {
-        Proxy::start(config, env, Some(setup.to_string()))
+        Proxy::start(config, env, Some(setup.to_string()), None)
     }
 
-    fn start(config: &str, env: &[(&str, &str)], setup: Option<String>) -> Proxy {
+    /// As [`Proxy::spawn_with_env`], started as systemd starts the service of a socket unit:
+    /// `socket` (a listening socket the caller keeps) is the process's descriptor 3, with
+    /// `LISTEN_FDS=1` and `LISTEN_PID` its own process id. The socket goes in as standard
+    /// input, which the shell moves to descriptor 3 before it execs the proxy with the pid it
+    /// will keep (`$$`), so no unsafe `pre_exec` is needed.
+    pub fn spawn_activated(config: &str, env: &[(&str, &str)], socket: &TcpListener) -> Proxy {
+        let stdin = socket
+            .try_clone()
+            .map(|s| Stdio::from(OwnedFd::from(s)))
+            .expect("a copy of the listening socket");
+        let setup = "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1; ";
+        Proxy::start(config, env, Some(setup.to_string()), Some(stdin))
+    }
+
+    fn start(
+        config: &str,
+        env: &[(&str, &str)],
+        setup: Option<String>,
+        stdin: Option<Stdio>,
+    ) -> Proxy {
         let dir = temp_dir();
         let config_path = dir.join("proxy.conf");
         fs::write(&config_path, format!("listen = 127.0.0.1:0\n{config}"))
@@ -76,8 +96,14 @@ impl Proxy {
             .current_dir(&dir)
             // The developer's own provider key must not leak into a test's upstream.
             .env_remove("FXPROXY_UPSTREAM_API_KEY")
+            // Nor what a service manager running the tests may have set for itself.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .stdin(stdin.unwrap_or_else(Stdio::null))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting the fxproxy binary");

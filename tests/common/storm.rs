@@ -87,7 +87,8 @@ impl Storm {
     }
 }
 
-const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: fxproxy\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+/// The upgrade request every client of a storm sends.
+pub const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: fxproxy\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
 /// One thread's share: every connection and request first, then each client in turn.
 fn wave(addr: SocketAddr, n: usize, auth: &[u8]) -> Vec<Outcome> {
