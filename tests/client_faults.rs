@@ -1429,3 +1429,41 @@ fn upgrades_that_never_authenticate_cannot_hold_every_place() {
     assert_eq!(status_of(&refused), 503, "{refused}");
     traffic.finish();
 }
+
+#[test]
+fn an_upgrade_that_waited_for_its_place_has_the_whole_grace_to_authenticate() {
+    use fxproxy::metrics::Eviction;
+    let (_up, proxy) = in_process("max_clients = 1\nauth_timeout_secs = 30");
+    let addr = proxy.addr;
+    let metrics = proxy.server().metrics();
+    // Connected first, its request sent once the only place is taken: it waits for the place
+    // until the squatter's grace is over, and gets its 101 long after it connected.
+    let mut waiter = Raw::open(addr);
+    let mut squatter = Raw::upgrade(addr);
+    squatter.expect_greeting();
+    waiter.send(UPGRADE.as_bytes());
+    let head = waiter.http_head();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    waiter.expect_greeting();
+
+    // A newcomer wants the place at once, while the waiter takes a moment to answer its 101,
+    // as a client on a slow link or a busy host does: well within the grace, counted from
+    // the 101.
+    let mut newcomer = Raw::open(addr);
+    newcomer.send(UPGRADE.as_bytes());
+    thread::sleep(Duration::from_millis(150));
+    waiter.send(&client_frame(TEXT, auth_text("EURUSD").as_bytes()));
+    assert_eq!(
+        metrics.evictions(Eviction::Place),
+        1,
+        "an upgrade answered moments ago was dropped for a newcomer: its grace ran from when it \
+         connected, not from its 101"
+    );
+    waiter.expect_pong(b"served");
+    proxy.wait_for_clients(1);
+    // The place is the waiter's: the newcomer is refused, as past max_clients.
+    let refused = newcomer.http_head();
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert_eq!(squatter.ends_within(DEADLINE), Ended::Closed);
+    assert_eq!(metrics.evictions(Eviction::Place), 1);
+}
