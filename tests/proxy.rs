@@ -76,8 +76,9 @@ fn refusals_carry_their_code_and_reason_and_no_quote() {
 fn a_client_that_never_authenticates_is_closed_after_the_timeout() {
     let up = TestUpstream::start();
     let proxy = TestProxy::start(&up.url(), "auth_timeout_secs = 1", &format!("{KEY}\n"));
-    let mut c = Client::connect(proxy.addr);
+    // Timed from before the connection: the proxy's clock starts at its 101, later.
     let started = Instant::now();
+    let mut c = Client::connect(proxy.addr);
     assert_eq!(c.expect_close(), (1008, "Failed to authenticate".into()));
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
