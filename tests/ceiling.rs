@@ -18,11 +18,17 @@ const PER_THREAD: u64 = 192 * 1024;
 /// One storm at a time: they would starve each other on two cores.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The storms' clients are held, unread and not answering pings, until the test ends: the
+/// lag limit must not close them meanwhile. With the default (5 s after an unanswered ping,
+/// and the keep-alive pings on a 30 s grid of the wall clock) a run slowed down by a busy host
+/// could cross a tick and see its fleet closed as slow consumers, depending on the second it
+/// started at.
 fn config(up: &TestUpstream) -> String {
     let dir = common::process::temp_dir();
     let keys = write_keys(&dir, &[KEY]);
     format!(
-        "upstream_url = {}\nsymbols = EURUSD\nuser_keys_file = {}\nstatus_interval_secs = 0\n",
+        "upstream_url = {}\nsymbols = EURUSD\nuser_keys_file = {}\nstatus_interval_secs = 0\n\
+         max_client_lag_secs = 600\n",
         up.url(),
         keys.display()
     )
