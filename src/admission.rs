@@ -586,15 +586,20 @@ impl State {
         self.drive(slot, now, |conn, ctx| conn.refuse_full(ctx, now, why));
     }
 
-    /// A place given up for a newcomer by the oldest upgrade that has held one without an
-    /// auth message for longer than the grace since its 101 went out: upgrades that never
-    /// authenticate must not keep real clients out any more than silent sockets may. Each
+    /// A place given up for a newcomer by the oldest upgrade still waiting for its auth
+    /// message, once its 101 has been out for longer than the grace: upgrades that never
+    /// authenticate must not keep real clients out any more than silent sockets may. The
     /// candidate is read first: an auth message that came while this loop was busy elsewhere
     /// (on a loaded host) came in time, and that client is served, not dropped.
     fn place_given_up(&mut self, now: Instant) -> Option<Place> {
+        let overdue = |c: &Conn| c.waiting_for_auth(now).is_some_and(|w| w >= GRACE);
         loop {
-            let overdue = |c: &Conn| c.waiting_for_auth(now).is_some_and(|w| w >= GRACE);
-            let victim = self.oldest_slot(overdue)?;
+            // The oldest in accept order: the scan stops at the first holder, cheap in a storm
+            // of thousands. (A later one whose 101 went out earlier waits its turn.)
+            let victim = self.oldest_slot(Conn::holds_place)?;
+            if !self.slots[victim].as_ref().is_some_and(overdue) {
+                return None;
+            }
             self.drive(victim, now, |conn, ctx| conn.on_ready(ctx, now));
             if self.slots[victim].as_ref().is_some_and(overdue) {
                 self.evict(victim, Eviction::Place);
