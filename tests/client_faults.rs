@@ -1269,6 +1269,10 @@ fn a_frozen_peer_is_dropped_by_the_ping_timeout_with_no_quotes_flowing_to_it() {
     let healthy = healthy_clients(addr, 2);
     wait_registered(addr, 2);
     let baseline = settled_threads(pid, 2);
+    // The healthy clients are read (and so answer the proxy's pings) from now on: with a ping
+    // a second, two seconds unread would drop them too, and starting the victims below can
+    // take that long on a busy host (seen: `fxproxy watch` took a second to start).
+    let traffic = Traffic::start(up, healthy, Duration::from_millis(2), small_quote);
 
     // Both victims take USDJPY, which never moves, so no write ever blocks on them: only
     // the missing pongs can give them away.
@@ -1276,7 +1280,6 @@ fn a_frozen_peer_is_dropped_by_the_ping_timeout_with_no_quotes_flowing_to_it() {
     let mut silent = Raw::authenticated(addr, "USDJPY");
     wait_registered(addr, 4);
     watch.freeze();
-    let traffic = Traffic::start(up, healthy, Duration::from_millis(2), small_quote);
 
     // Two 1 s periods since the last frame heard, found on the next tick of the grid.
     let t_gone = within("the frozen peers to leave", Duration::from_secs(15), || {
