@@ -35,7 +35,7 @@ pub mod watch;
 pub use server::Server;
 
 // The public face beyond the server: what tests, fuzz targets and the benchmark reach.
-pub use base::{clock, logsafe, market};
+pub use base::{clock, logsafe, market, metrics};
 pub use clients::{auth, http, keys};
 pub use feed::protocol;
 pub use ops::{dump, page};

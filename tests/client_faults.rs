@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::process::{proc_status, Proxy};
+use common::process::{open_fds, proc_status, Proxy};
 use common::raw_ws::{
     client_frame, frame, parse_frame as parse_server_frame, Frame as ServerFrame, BINARY, CLOSE,
     CONT, PING, PONG, TEXT,
@@ -1269,6 +1269,10 @@ fn a_frozen_peer_is_dropped_by_the_ping_timeout_with_no_quotes_flowing_to_it() {
     let healthy = healthy_clients(addr, 2);
     wait_registered(addr, 2);
     let baseline = settled_threads(pid, 2);
+    // The healthy clients are read (and so answer the proxy's pings) from now on: with a ping
+    // a second, two seconds unread would drop them too, and starting the victims below can
+    // take that long on a busy host (seen: `fxproxy watch` took a second to start).
+    let traffic = Traffic::start(up, healthy, Duration::from_millis(2), small_quote);
 
     // Both victims take USDJPY, which never moves, so no write ever blocks on them: only
     // the missing pongs can give them away.
@@ -1276,7 +1280,6 @@ fn a_frozen_peer_is_dropped_by_the_ping_timeout_with_no_quotes_flowing_to_it() {
     let mut silent = Raw::authenticated(addr, "USDJPY");
     wait_registered(addr, 4);
     watch.freeze();
-    let traffic = Traffic::start(up, healthy, Duration::from_millis(2), small_quote);
 
     // Two 1 s periods since the last frame heard, found on the next tick of the grid.
     let t_gone = within("the frozen peers to leave", Duration::from_secs(15), || {
@@ -1355,10 +1358,24 @@ fn past_max_clients_and_the_descriptor_limit_service_resumes_when_load_drops() {
     eventually("only the healthy clients' threads", || {
         connection_threads(pid) == 2
     });
+    // One at a time, each until the proxy has taken it (a descriptor more) or said it cannot,
+    // so a busy host's slower accept does not make the test open more than it needs.
     let mut silent = Vec::new();
-    while !proxy.wait_for_log("cannot accept new clients", Duration::from_millis(20)) {
+    loop {
         assert!(silent.len() < 48, "the descriptor limit never bit");
+        let before = open_fds(pid);
         silent.push(Raw::open(addr));
+        let mut starved = false;
+        eventually(
+            "the proxy to accept the connection or say it cannot",
+            || {
+                starved = proxy.stderr_text().contains("cannot accept new clients");
+                starved || open_fds(pid) > before
+            },
+        );
+        if starved {
+            break;
+        }
     }
     let held = silent.len();
     // A client that comes now waits in the listen queue, unanswered...
@@ -1380,11 +1397,11 @@ fn past_max_clients_and_the_descriptor_limit_service_resumes_when_load_drops() {
     let mut late = Client::auth(addr, OTHER_KEY, Some("EURUSD"));
     late.next_text();
     drop(late);
-    assert_eq!(
-        metric_of(addr, "fxproxy_clients_connected"),
-        2.0,
-        "the healthy clients are all still connected"
-    );
+    // The proxy counts the late client out once it notices the connection gone, a moment
+    // after the drop; the healthy ones stay (and `traffic.finish` checks each got every quote).
+    eventually("the healthy clients, and only they, connected", || {
+        metric_of(addr, "fxproxy_clients_connected") == 2.0
+    });
     assert_threads_return(pid, 2, baseline);
     traffic.finish();
     eprintln!(
@@ -1428,4 +1445,42 @@ fn upgrades_that_never_authenticate_cannot_hold_every_place() {
     let refused = http_get(addr, UPGRADE);
     assert_eq!(status_of(&refused), 503, "{refused}");
     traffic.finish();
+}
+
+#[test]
+fn an_upgrade_that_waited_for_its_place_has_the_whole_grace_to_authenticate() {
+    use fxproxy::metrics::Eviction;
+    let (_up, proxy) = in_process("max_clients = 1\nauth_timeout_secs = 30");
+    let addr = proxy.addr;
+    let metrics = proxy.server().metrics();
+    // Connected first, its request sent once the only place is taken: it waits for the place
+    // until the squatter's grace is over, and gets its 101 long after it connected.
+    let mut waiter = Raw::open(addr);
+    let mut squatter = Raw::upgrade(addr);
+    squatter.expect_greeting();
+    waiter.send(UPGRADE.as_bytes());
+    let head = waiter.http_head();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    waiter.expect_greeting();
+
+    // A newcomer wants the place at once, while the waiter takes a moment to answer its 101,
+    // as a client on a slow link or a busy host does: well within the grace, counted from
+    // the 101.
+    let mut newcomer = Raw::open(addr);
+    newcomer.send(UPGRADE.as_bytes());
+    thread::sleep(Duration::from_millis(150));
+    waiter.send(&client_frame(TEXT, auth_text("EURUSD").as_bytes()));
+    assert_eq!(
+        metrics.evictions(Eviction::Place),
+        1,
+        "an upgrade answered moments ago was dropped for a newcomer: its grace ran from when it \
+         connected, not from its 101"
+    );
+    waiter.expect_pong(b"served");
+    proxy.wait_for_clients(1);
+    // The place is the waiter's: the newcomer is refused, as past max_clients.
+    let refused = newcomer.http_head();
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert_eq!(squatter.ends_within(DEADLINE), Ended::Closed);
+    assert_eq!(metrics.evictions(Eviction::Place), 1);
 }

@@ -254,8 +254,9 @@ fn a_conflating_client_that_stops_reading_is_dropped_by_the_ping_timeout_only() 
     eventually("the first quote", || {
         metric_of(proxy.addr, "fxproxy_quotes_received_total") == 1.0
     });
-    let mut stalled = SlowReader::join(proxy.addr, &format!(r#"{{"userKey":"{KEY}"}}"#));
+    // Timed from before it joins: the proxy hears it last while it joins, a moment later.
     let joined = Instant::now();
+    let mut stalled = SlowReader::join(proxy.addr, &format!(r#"{{"userKey":"{KEY}"}}"#));
     // 200 quotes a second, which it never reads: its queue of 64 fills in a third of a second
     // and the lag limit would close it in two.
     let mut n = 0;

@@ -76,8 +76,9 @@ fn refusals_carry_their_code_and_reason_and_no_quote() {
 fn a_client_that_never_authenticates_is_closed_after_the_timeout() {
     let up = TestUpstream::start();
     let proxy = TestProxy::start(&up.url(), "auth_timeout_secs = 1", &format!("{KEY}\n"));
-    let mut c = Client::connect(proxy.addr);
+    // Timed from before the connection: the proxy's clock starts at its 101, later.
     let started = Instant::now();
+    let mut c = Client::connect(proxy.addr);
     assert_eq!(c.expect_close(), (1008, "Failed to authenticate".into()));
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
@@ -271,23 +272,40 @@ fn batching_on_the_grid_loses_and_reorders_nothing() {
         .map(|_| Client::auth(proxy.addr, KEY, None))
         .collect();
     proxy.wait_for_clients(100);
-    let sent: Vec<String> = (0..300)
-        .map(|n| quote(["EURUSD", "GBPUSD"][n % 2], n as u64))
-        .collect();
-    let mut saw_batching = false;
-    for (n, q) in sent.iter().enumerate() {
-        up.send(q);
+    // The distributor batches only while quotes come less than 2 ms apart on average; on a
+    // loaded host some of the feed's milliseconds stretch, so the feed goes on until the
+    // proxy says it batches, then for 100 quotes more (300 at least). Bounded by what a
+    // client may hold unread without a question: fewer frames than client_queue_len (1024)
+    // and fewer bytes than make the proxy probe with a ping (32 KiB), hence short frames.
+    let tick = |n: usize| format!(r#"{{"symbol":"{}","n":{n}}}"#, ["EURUSD", "GBPUSD"][n % 2]);
+    const SEARCH: usize = 900;
+    let mut sent: Vec<String> = Vec::new();
+    let mut batching_from: Option<usize> = None;
+    while batching_from.map_or(true, |from| sent.len() < (from + 100).max(300)) {
+        assert!(
+            batching_from.is_some() || sent.len() < SEARCH,
+            "the writers never went onto the batch grid in {SEARCH} quotes a millisecond apart"
+        );
+        sent.push(tick(sent.len()));
+        up.send(sent.last().unwrap());
         std::thread::sleep(Duration::from_millis(1));
-        if n % 50 == 49 {
-            saw_batching |= http_get(proxy.addr, "GET /metrics HTTP/1.1\r\n\r\n")
-                .contains("\nfxproxy_batching 1\n");
+        if batching_from.is_none()
+            && sent.len() % 25 == 0
+            && http_get(proxy.addr, "GET /metrics HTTP/1.1\r\n\r\n")
+                .contains("\nfxproxy_batching 1\n")
+        {
+            batching_from = Some(sent.len());
         }
     }
-    assert!(saw_batching, "the writers never went onto the batch grid");
     for c in &mut clients {
         let got: Vec<String> = (0..sent.len()).map(|_| c.next_text()).collect();
         assert_eq!(got, sent);
     }
+    eprintln!(
+        "on the batch grid after {} quotes a millisecond apart; {} sent, none lost",
+        batching_from.unwrap_or(0),
+        sent.len()
+    );
     // Once the stream stops, a lone quote is still delivered promptly.
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();

@@ -1,6 +1,9 @@
 //! SIGUSR1 under a thousand clients: the state dump lists every thread of the real binary as
 //! /proc shows it, and the connections that have no thread yet, without stalling the quotes.
-//! A file of its own, so that nothing else runs beside it while it measures.
+//! A file of its own, so that nothing else runs beside it while it measures. Whether a dump
+//! stalls the quotes can only be told on a calm machine: while the quotes' lag is too noisy
+//! before every dump, the test takes more, for about 40 s; if the machine never calms down
+//! it says so (and fails under CI).
 
 mod common;
 
@@ -14,7 +17,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tungstenite::Message;
@@ -28,8 +31,12 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Dumps taken (see the test).
+/// Dumps taken at least (see the test).
 const DUMPS: usize = 5;
+/// Dumps taken at most, while the machine is too busy to judge a stall: about 40 s.
+const MOST_DUMPS: usize = 12;
+/// Calm windows that must all show a stall before the dump is said to cause one.
+const CALM_STALLS: usize = 3;
 
 /// A baseline p99 above this says the machine is too busy to tell a stall from its own noise
 /// (four times the p99 measured for 1,000 clients at 200 quotes/s in BENCHMARKS.md).
@@ -50,12 +57,13 @@ fn quote_ts(payload: &[u8]) -> Option<u64> {
 }
 
 /// Follows every socket from one thread: answers pings, and notes each quote's lag (from the
-/// simulator's stamp to now) with the time it arrived.
+/// simulator's stamp to now) with the time it arrived, in `lags`, as it goes.
 fn follow(
     streams: Vec<TcpStream>,
     receiving: Arc<AtomicUsize>,
     quit: Arc<AtomicBool>,
-) -> Vec<(u64, u64)> {
+    all_lags: Arc<Mutex<Vec<(u64, u64)>>>,
+) {
     let mut poll = Poll::new().unwrap();
     for (i, s) in streams.iter().enumerate() {
         s.set_nonblocking(true).unwrap();
@@ -66,7 +74,7 @@ fn follow(
     let mut readers: Vec<FrameReader> = streams.iter().map(|_| FrameReader::default()).collect();
     let mut seen = vec![false; streams.len()];
     let mut streams = streams;
-    let mut lags = Vec::with_capacity(1 << 20);
+    let mut lags = Vec::with_capacity(1 << 16);
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     while !quit.load(Ordering::SeqCst) {
@@ -104,8 +112,8 @@ fn follow(
                 }
             }
         }
+        all_lags.lock().unwrap().append(&mut lags);
     }
-    lags
 }
 
 /// Every thread of process `pid` by tid, with its name.
@@ -172,11 +180,13 @@ fn sigusr1_dumps_every_thread_under_1000_clients_without_stalling_the_quotes() {
         .collect();
     let receiving = Arc::new(AtomicUsize::new(0));
     let quit = Arc::new(AtomicBool::new(false));
+    let lags = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
     let reader = {
-        let (receiving, quit) = (Arc::clone(&receiving), Arc::clone(&quit));
+        let (receiving, quit, lags) =
+            (Arc::clone(&receiving), Arc::clone(&quit), Arc::clone(&lags));
         thread::Builder::new()
             .name("clients".into())
-            .spawn(move || follow(streams, receiving, quit))
+            .spawn(move || follow(streams, receiving, quit, lags))
             .unwrap()
     };
     assert!(
@@ -190,35 +200,36 @@ fn sigusr1_dumps_every_thread_under_1000_clients_without_stalling_the_quotes() {
         "fxproxy_pending_connections"
     ) == 5.0));
     // Dumps, each after 2.5 s of quotes (its baseline). The first is checked line by line;
-    // the stall is judged on each, for on a shared machine any one window may catch a burst
-    // of someone else's work: a dump that stalls the quotes stalls them every time.
-    let mut windows = Vec::new();
+    // the stall is judged on each whose baseline was calm, for on a shared machine any one
+    // window may catch a burst of someone else's work: a dump that stalls the quotes stalls
+    // them every time. So dumps go on (for about 40 s at most) until a calm window shows no
+    // stall, or CALM_STALLS calm windows all show one.
+    let mut judged = Vec::new();
     let mut comms = BTreeMap::new();
-    for n in 1..=DUMPS {
+    for n in 1..=MOST_DUMPS {
         thread::sleep(Duration::from_millis(2500));
+        // Only the new lines are looked at: copying and scanning the whole log (a thousand
+        // lines more per dump) every 10 ms took CPU from the proxy just while it was measured.
+        let before = proxy.log_len();
         let signalled = epoch_ms();
         let started = Instant::now();
         proxy.signal("USR1");
         assert!(
-            process::poll(Duration::from_secs(30), || proxy
-                .stderr_text()
-                .matches("state dump summary")
-                .count()
-                == n),
+            proxy.wait_for_log_after(before, "state dump summary", Duration::from_secs(30)),
             "no dump; log:\n{}",
             proxy.stderr_text()
         );
-        windows.push((signalled, epoch_ms(), started.elapsed()));
+        let (done, took) = (epoch_ms(), started.elapsed());
         if n == 1 {
             // The threads as /proc shows them now, while every client is still connected.
             comms = task_names(proxy.pid());
         }
-    }
-    thread::sleep(Duration::from_millis(500));
-    quit.store(true, Ordering::SeqCst);
-    let lags = reader.join().expect("the reader");
-    let mut judged = Vec::new();
-    for (signalled, done, took) in windows {
+        thread::sleep(Duration::from_millis(500));
+        // A copy of the last seconds, so the reader is not held up while they are sorted.
+        let lags: Vec<(u64, u64)> = {
+            let all = lags.lock().unwrap();
+            all[all.partition_point(|(at, _)| *at < signalled - 2500)..].to_vec()
+        };
         let (base_p99, base_max, base_n) = lag_stats(&lags, signalled - 2500, signalled);
         let (dump_p99, dump_max, dump_n) = lag_stats(&lags, signalled, done + 500);
         eprintln!(
@@ -227,7 +238,17 @@ fn sigusr1_dumps_every_thread_under_1000_clients_without_stalling_the_quotes() {
             took.as_secs_f64() * 1000.0
         );
         judged.push((base_p99, base_max, dump_max));
+        let calm: Vec<_> = judged
+            .iter()
+            .filter(|(p99, _, _)| *p99 <= OVERLOADED_P99_MS)
+            .collect();
+        let unstalled = calm.iter().any(|(p99, max, during)| *during <= max + p99);
+        if n >= DUMPS && (unstalled || calm.len() >= CALM_STALLS) {
+            break;
+        }
     }
+    quit.store(true, Ordering::SeqCst);
+    reader.join().expect("the reader");
     let pid = proxy.pid();
 
     let log = proxy.stderr_text();
@@ -325,7 +346,16 @@ fn sigusr1_dumps_every_thread_under_1000_clients_without_stalling_the_quotes() {
         .filter(|(base_p99, _, _)| *base_p99 <= OVERLOADED_P99_MS)
         .collect();
     if calm.is_empty() {
-        eprintln!("not judging a stall: the machine was too busy before every dump");
+        // Said, not passed over: under CI (a machine of its own) it fails, by hand it is
+        // reported as skipped, as a missing prerequisite is.
+        let why = format!(
+            "the machine stayed too busy to tell a stall from its own noise: the p99 lag before \
+             each of {} dumps was over {OVERLOADED_P99_MS} ms (p99 before, slowest before, \
+             slowest during: {judged:?})",
+            judged.len()
+        );
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("SKIPPED: judging whether a state dump stalls the quotes: {why}");
     } else {
         assert!(
             calm.iter()

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::tls::{Endpoint, TestCa, TlsSetup};
+use common::tls::{epoch_secs, years_ahead, Endpoint, TestCa, TlsSetup};
 use common::traffic::*;
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -54,10 +54,9 @@ fn wss_clients_get_every_quote_and_https_serves_the_page_and_endpoints() {
     let health = ep.http_get("GET /healthz HTTP/1.1\r\n\r\n");
     assert_eq!(status_of(&health), 200, "{health}");
     let metrics = ep.scrape();
-    // The certificate lapses at 2040-01-01T00:00:00Z.
     assert_eq!(
         metric(&metrics, "fxproxy_tls_certificate_expiry_timestamp_seconds"),
-        2_208_988_800.0
+        epoch_secs(setup.server_lapses)
     );
     assert_eq!(
         metric(
@@ -153,7 +152,8 @@ fn a_renewed_certificate_is_served_to_new_handshakes_while_connected_clients_kee
     // The renewal: a certificate from another CA (so a client trusting only that CA tells
     // which one it was served), lapsing on another date.
     let renewed_ca = TestCa::new("renewed");
-    let renewed = renewed_ca.server(&dir, "renewed", (2041, 6, 30));
+    let lapses = (years_ahead(11), 6, 30);
+    let renewed = renewed_ca.server(&dir, "renewed", lapses);
     replace(&renewed.key_file, &setup.server.key_file);
     replace(&renewed.cert_file, &setup.server.cert_file);
     let new_only = Endpoint::tls(proxy.addr, renewed_ca.client_config());
@@ -169,10 +169,9 @@ fn a_renewed_certificate_is_served_to_new_handshakes_while_connected_clients_kee
         new_only.metric("fxproxy_tls_certificate_reloads_total{result=\"ok\"}"),
         1.0
     );
-    // 2041-06-30T00:00:00Z
     assert_eq!(
         new_only.metric("fxproxy_tls_certificate_expiry_timestamp_seconds"),
-        2_256_163_200.0
+        epoch_secs(lapses)
     );
     let mut fresh = Client::auth_to(&new_only, KEY, Some("EURUSD"));
     assert!(fresh.next_text().contains("EURUSD"));
@@ -183,7 +182,7 @@ fn a_renewed_certificate_is_served_to_new_handshakes_while_connected_clients_kee
 
     // A broken renewal (a certificate whose key is not there): logged, counted, and the
     // previous certificate stays.
-    let stray = TestCa::new("stray").server(&dir, "stray", (2042, 1, 1));
+    let stray = TestCa::new("stray").server(&dir, "stray", (years_ahead(12), 1, 1));
     replace(&stray.cert_file, &setup.server.cert_file);
     eventually("the broken pair refused", || {
         new_only.metric("fxproxy_tls_certificate_reloads_total{result=\"failed\"}") == 1.0
@@ -192,7 +191,7 @@ fn a_renewed_certificate_is_served_to_new_handshakes_while_connected_clients_kee
     assert!(after.next_text().contains("EURUSD"));
     assert_eq!(
         new_only.metric("fxproxy_tls_certificate_expiry_timestamp_seconds"),
-        2_256_163_200.0
+        epoch_secs(lapses)
     );
     // Every quote reached the clients that were connected throughout.
     traffic.finish();
@@ -363,7 +362,7 @@ fn start_up_and_check_config_stop_on_a_missing_unreadable_or_mismatched_pair() {
     let dir = temp_dir("tls-startup");
     let setup = TlsSetup::new(&dir);
     std::fs::write(dir.join("users.keys"), keys()).unwrap();
-    let other = setup.ca.server(&dir, "other", (2040, 1, 1));
+    let other = setup.ca.server(&dir, "other", (years_ahead(10), 1, 1));
     let base = "upstream_url = sim\nsymbols = EURUSD\nuser_keys_file = users.keys\n";
     let conf = |cert: &Path, key: &Path| {
         format!(
@@ -411,9 +410,10 @@ fn start_up_and_check_config_stop_on_a_missing_unreadable_or_mismatched_pair() {
     }
     let (code, out, err) = run_binary(&dir, &conf(cert, key), &["--check-config"]);
     assert_eq!(code, 0, "{err}");
+    let (y, m, d) = setup.server_lapses;
     assert!(
         out.contains("TLS on the client port: ")
-            && out.contains("valid until 2040-01-01T00:00:00Z"),
+            && out.contains(&format!("valid until {y:04}-{m:02}-{d:02}T00:00:00Z")),
         "{out}"
     );
     let _ = std::fs::remove_dir_all(&dir);

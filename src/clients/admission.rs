@@ -612,17 +612,7 @@ impl State {
         let Some(id) = self.slots[slot].as_ref().map(|c| c.id) else {
             return;
         };
-        let place = ctx.places.take().or_else(|| {
-            // The oldest upgrade still waiting for its auth message gives its place up once
-            // it has waited past the grace: upgrades that never authenticate must not keep
-            // real clients out any more than silent sockets may.
-            let victim = self.oldest_slot(Conn::holds_place)?;
-            if self.age(victim, now) < GRACE {
-                return None;
-            }
-            self.evict(victim, Eviction::Place);
-            ctx.places.take()
-        });
+        let place = ctx.places.take().or_else(|| self.place_given_up(now));
         if let Some(place) = place {
             self.waiting.retain(|w| w.0 != slot);
             self.drive(slot, now, |conn, ctx| conn.upgrade(ctx, place, now));
@@ -642,6 +632,33 @@ impl State {
             Rejection::MaxClients
         };
         self.drive(slot, now, |conn, ctx| conn.refuse_full(ctx, now, why));
+    }
+
+    /// A place given up for a newcomer by the oldest upgrade still waiting for its auth
+    /// message, once its 101 has been out for longer than the grace: upgrades that never
+    /// authenticate must not keep real clients out any more than silent sockets may. The
+    /// candidate is read first: an auth message that came while this loop was busy elsewhere
+    /// (on a loaded host) came in time, and that client is served, not dropped.
+    fn place_given_up(&mut self, now: Instant) -> Option<Place> {
+        let overdue = |c: &Conn| c.waiting_for_auth(now).is_some_and(|w| w >= GRACE);
+        loop {
+            // The oldest in accept order: the scan stops at the first holder, cheap in a storm
+            // of thousands. (A later one whose 101 went out earlier waits its turn.)
+            let victim = self.oldest_slot(Conn::holds_place)?;
+            if !self.slots[victim].as_ref().is_some_and(overdue) {
+                return None;
+            }
+            self.drive(victim, now, |conn, ctx| conn.on_ready(ctx, now));
+            if self.slots[victim].as_ref().is_some_and(overdue) {
+                self.evict(victim, Eviction::Place);
+                return self.ctx.places.take();
+            }
+            // It has authenticated (its place went with it to its thread), or failed to
+            // and given its place back.
+            if let Some(place) = self.ctx.places.take() {
+                return Some(place);
+            }
+        }
     }
 
     /// Whether some places are held by client threads that no longer serve a client (they

@@ -107,6 +107,9 @@ enum Phase {
         ws: Box<WebSocket<ClientStream>>,
         budget: Budget,
         place: Place,
+        /// When the 101 went out: the client's time to answer runs from here, not from its
+        /// connect (it may have waited long for its place).
+        answered: Instant,
     },
     /// Our last word (a response, a close frame) is out, or on its way: what the peer still
     /// sends is read and dropped until it closes too or the linger is over.
@@ -191,6 +194,15 @@ impl Conn {
     /// Upgraded and waiting for its auth message, holding a place.
     pub fn holds_place(&self) -> bool {
         matches!(self.phase, Phase::Auth { .. })
+    }
+
+    /// How long this upgrade has held its place without an auth message: since its 101
+    /// went out. `None` if it holds no place.
+    pub fn waiting_for_auth(&self, now: Instant) -> Option<Duration> {
+        match &self.phase {
+            Phase::Auth { answered, .. } => Some(now.saturating_duration_since(*answered)),
+            _ => None,
+        }
     }
 
     /// The phase, in a word, for the state dump: `head` (reading the request), `place`
@@ -337,6 +349,8 @@ impl Conn {
             ws: Box::new(ws),
             budget,
             place,
+            // The clock of this moment, not of the loop's turn: on a busy turn the two differ.
+            answered: Instant::now(),
         };
         self.read_auth(ctx, now)
     }
@@ -638,8 +652,9 @@ impl Conn {
         };
         match check(ctx, peer, &text) {
             Ok(auth) => {
-                let Phase::Auth { ws, budget, place } =
-                    std::mem::replace(&mut self.phase, Phase::Gone)
+                let Phase::Auth {
+                    ws, budget, place, ..
+                } = std::mem::replace(&mut self.phase, Phase::Gone)
                 else {
                     return Next::Closed;
                 };

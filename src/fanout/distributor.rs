@@ -434,7 +434,9 @@ pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>, beat: &Heartbeat) {
     let mut batch: Vec<(usize, Utf8Bytes)> = Vec::with_capacity(64);
     let mut ignored = RateLimited::new(Duration::from_secs(60));
     let mut last_arrival: Option<Instant> = None;
-    // Mean time between arrivals, smoothed over about eight of them.
+    // Mean time between frames, smoothed over about eight wake-ups. Per frame, not per
+    // wake-up: when this thread falls behind (a loaded host) one wake-up takes several
+    // frames, and counting wake-ups made a fast feed look slow just when batching pays most.
     let mut mean_gap = Duration::from_secs(1);
     loop {
         beat.beat();
@@ -444,21 +446,23 @@ pub fn run(hub: Arc<Hub>, frames: Receiver<Utf8Bytes>, beat: &Heartbeat) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let now = Instant::now();
-        if let Some(last) = last_arrival {
-            mean_gap = (mean_gap * 7 + (now - last)) / 8;
-        }
-        last_arrival = Some(now);
-        let streaming = hub.worth_batching(mean_gap);
-        if hub.grid.streaming.load(Ordering::Relaxed) != streaming {
-            hub.grid.streaming.store(streaming, Ordering::Relaxed);
-        }
+        let mut arrived = 0u32;
         for frame in std::iter::once(first).chain(frames.try_iter()) {
+            arrived += 1;
             match hub.symbol_of(&frame) {
                 Some(id) => batch.push((id, frame)),
                 None => ignored.note(|n| {
                     warn!("ignored {n} upstream frame(s) that are not quotes of a configured symbol, e.g. {}", crate::base::logsafe::quoted(&frame))
                 }),
             }
+        }
+        if let Some(last) = last_arrival {
+            mean_gap = (mean_gap * 7 + (now - last) / arrived) / 8;
+        }
+        last_arrival = Some(now);
+        let streaming = hub.worth_batching(mean_gap);
+        if hub.grid.streaming.load(Ordering::Relaxed) != streaming {
+            hub.grid.streaming.store(streaming, Ordering::Relaxed);
         }
         if !batch.is_empty() {
             hub.metrics

@@ -842,9 +842,15 @@ mod tests {
     }
 
     /// A WebSocket server that sends one quote and then, on the same port, answers each
-    /// `/healthz` request with `health` for `window`; then closes with 1001. Returns how many
-    /// times `/healthz` was asked.
-    fn quote_then_health(health: &'static str, window: Duration) -> (String, JoinHandle<usize>) {
+    /// `/healthz` request with `health` until it has been asked `asks` times (10 s at most),
+    /// and for `then` more; then closes with 1001. Returns how many times `/healthz` was
+    /// asked. Waiting for the asks, not for a set time, keeps a slow host from looking like a
+    /// watch that never asked.
+    fn quote_then_health(
+        health: &'static str,
+        asks: usize,
+        then: Duration,
+    ) -> (String, JoinHandle<usize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("ws://{}/", listener.local_addr().unwrap());
         let handle = thread::spawn(move || {
@@ -855,8 +861,9 @@ mod tests {
             ws.send(quote("EURUSD", "1.09121", "1.09123")).unwrap();
             listener.set_nonblocking(true).unwrap();
             let mut asked = 0;
-            let started = Instant::now();
-            while started.elapsed() < window {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            let mut until = None;
+            while Instant::now() < until.unwrap_or(give_up) {
                 match listener.accept() {
                     Ok((mut http, _)) => {
                         http.set_nonblocking(false).unwrap();
@@ -867,6 +874,9 @@ mod tests {
                         assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
                         http.write_all(health.as_bytes()).unwrap();
                         asked += 1;
+                        if asked == asks {
+                            until = Some(Instant::now() + then);
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         thread::sleep(Duration::from_millis(10))
@@ -906,7 +916,8 @@ mod tests {
 
     #[test]
     fn a_closed_market_is_said_once_as_the_proxy_tells_it() {
-        let (url, server) = quote_then_health(CLOSED, Duration::from_millis(800));
+        // Asked once, then five quiet periods more to show it does not ask again.
+        let (url, server) = quote_then_health(CLOSED, 1, Duration::from_millis(500));
         // Saturday noon; the proxy's answer is what counts.
         let lines = watch_with(url, &quick_check(at("2026-12-05", 12, 0)));
         assert_eq!(
@@ -922,13 +933,13 @@ mod tests {
     #[test]
     fn without_an_answer_the_standard_fx_rule_decides() {
         // /healthz is not served: Saturday is closed by the FX rule.
-        let (url, server) = quote_then_health(NOT_FOUND, Duration::from_millis(800));
+        let (url, server) = quote_then_health(NOT_FOUND, 1, Duration::from_millis(500));
         let lines = watch_with(url, &quick_check(at("2026-12-05", 12, 0)));
         assert_eq!(server.join().unwrap(), 1);
         assert_eq!(lines[1..], ["market closed — opens Sun 21:00 UTC"]);
 
         // On a Wednesday it is open: nothing is said, and watch asks again while it is quiet.
-        let (url, server) = quote_then_health(NOT_FOUND, Duration::from_millis(800));
+        let (url, server) = quote_then_health(NOT_FOUND, 2, Duration::ZERO);
         let lines = watch_with(url, &quick_check(at("2026-12-09", 12, 0)));
         assert!(server.join().unwrap() >= 2);
         assert_eq!(lines.len(), 1, "{lines:?}");

@@ -116,6 +116,8 @@ pub struct FakeSource {
     /// Protocol violations the dialect saw.
     pub violations: Arc<Mutex<Vec<String>>>,
     pub connections: Arc<AtomicUsize>,
+    /// When each connection was accepted, in order.
+    pub connected_at: Arc<Mutex<Vec<Instant>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -130,14 +132,16 @@ impl FakeSource {
             uris: Arc::new(Mutex::new(Vec::new())),
             violations: Arc::new(Mutex::new(Vec::new())),
             connections: Arc::new(AtomicUsize::new(0)),
+            connected_at: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
         };
-        let (cmds, heard, uris, violations, connections, stop) = (
+        let (cmds, heard, uris, violations, connections, connected_at, stop) = (
             Arc::clone(&source.cmds),
             Arc::clone(&source.heard),
             Arc::clone(&source.uris),
             Arc::clone(&source.violations),
             Arc::clone(&source.connections),
+            Arc::clone(&source.connected_at),
             Arc::clone(&source.stop),
         );
         thread::Builder::new()
@@ -148,6 +152,7 @@ impl FakeSource {
                         return;
                     }
                     let Ok(stream) = stream else { return };
+                    connected_at.lock().unwrap().push(Instant::now());
                     let number = connections.fetch_add(1, Ordering::SeqCst) + 1;
                     let mut uri = String::new();
                     // tungstenite's own callback type: its error is an HTTP response.

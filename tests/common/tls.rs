@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -17,6 +17,23 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+/// The year `n` years after this one (UTC): certificates lapse then, so that they stay valid
+/// whatever the date the tests run on, and each lapses on a date of its own.
+pub fn years_ahead(n: u64) -> i32 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as u64;
+    (fxproxy::market::Date::of(ms).ymd().0 + n) as i32
+}
+
+/// Epoch seconds of midnight UTC starting `(year, month, day)`, as a certificate's expiry
+/// shows in `/metrics`.
+pub fn epoch_secs((y, m, d): (i32, u8, u8)) -> f64 {
+    let date: fxproxy::market::Date = format!("{y:04}-{m:02}-{d:02}").parse().expect("a date");
+    (date.start_ms() / 1000) as f64
+}
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -96,7 +113,7 @@ impl TestCa {
             name,
             Vec::new(),
             ExtendedKeyUsagePurpose::ClientAuth,
-            (2040, 1, 1),
+            (years_ahead(10), 1, 1),
         )
     }
 
@@ -181,17 +198,21 @@ pub struct TlsSetup {
     pub ca: TestCa,
     pub ca_file: PathBuf,
     pub server: Issued,
+    /// The day the server certificate lapses (read once: a test may run across a New Year).
+    pub server_lapses: (i32, u8, u8),
 }
 
 impl TlsSetup {
     pub fn new(dir: &Path) -> TlsSetup {
         let ca = TestCa::new("main");
         let ca_file = ca.write(&dir.join("ca.pem"));
-        let server = ca.server(dir, "server", (2040, 1, 1));
+        let server_lapses = (years_ahead(10), 1, 1);
+        let server = ca.server(dir, "server", server_lapses);
         TlsSetup {
             ca,
             ca_file,
             server,
+            server_lapses,
         }
     }
 
