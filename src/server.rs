@@ -24,6 +24,7 @@ use crate::feed::provider;
 use crate::feed::record::Recorder;
 use crate::feed::replay::ReplayServer;
 use crate::feed::sim::{SimOptions, SimServer};
+use crate::feed::template;
 use crate::feed::translate::Translator;
 use crate::feed::upstream;
 use crate::ops::reload::{Commit, Reloaded, Reloader};
@@ -247,7 +248,7 @@ impl Server {
         // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
         // in. An error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let provider = Arc::new(provider::describe(&mut config).map_err(StartError::Config)?);
+        let provider = Arc::new(template::describe(&mut config).map_err(StartError::Config)?);
         let translator =
             Translator::new(Arc::clone(&provider), config.client_format, &config.symbols)
                 .map_err(|m| StartError::Config(config.error_at("symbols", m)))?;
@@ -274,7 +275,8 @@ impl Server {
             config.max_clients,
             usize::try_from(ceiling.clients(SERVICE_THREADS)).unwrap_or(usize::MAX),
         );
-        let hub = Arc::new(Hub::new(
+        metrics.upstream_symbols.configure(&config.symbols);
+        let hub = Hub::new(
             &config.symbols,
             config.client_queue_len,
             config.max_clients_per_key,
@@ -284,7 +286,8 @@ impl Server {
                 let symbol_of = translator.symbol_of();
                 Box::new(move |frame| symbol_of.id(frame))
             },
-        ));
+        );
+        let hub = Arc::new(hub);
         let failure = Arc::new(Failure {
             failed: AtomicBool::new(false),
             alarm,
@@ -342,7 +345,7 @@ impl Server {
                 (String::new(), Vec::new())
             }
             _ => unreachable!(
-                "provider::describe resolves the URL; sim and replay were started above"
+                "template::describe resolves the URL; sim and replay were started above"
             ),
         };
         // The template's ping interval, unless proxy.conf sets its own.
@@ -388,6 +391,7 @@ impl Server {
             recorder,
             tls: upstream_tls,
             live: None,
+            on_refused: None,
         };
         let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
             url: url.clone(),
@@ -417,6 +421,13 @@ impl Server {
         context.answer_http = crate::ops::endpoints::respond;
         let ctx = Arc::new(context);
         settings.live = Some(Cached::new(ctx.live_config()));
+        let hub = Arc::clone(&ctx.hub);
+        settings.on_refused = Some(Box::new(move |refused| {
+            let closed = hub.kick_refused(refused);
+            if closed > 0 {
+                info!("closing {closed} client(s): the provider refused every symbol they receive");
+            }
+        }));
         let reloader = Arc::new(Reloader::new(Arc::clone(&ctx)));
         add_reload_steps(&reloader, &ctx, sim.as_ref());
         // The channel from upstream to distributor is bounded: should the distributor ever

@@ -6,6 +6,7 @@
 //! hours judged, by the one clock, which tests can set to a Friday night or a Saturday.
 
 use crate::base::clock::Clock;
+use crate::base::symbol_states::SymbolStates;
 
 use parking_lot::Mutex;
 
@@ -228,6 +229,8 @@ pub struct Metrics {
     pub tls_reload_failures: AtomicU64,
     pub tls_cert_not_after_ms: AtomicU64,
     upstream: Mutex<Option<UpstreamState>>,
+    /// What the provider answered about each configured symbol (its acknowledgements).
+    pub upstream_symbols: SymbolStates,
     clock: Clock,
 
     // Conflation and recording.

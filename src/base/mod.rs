@@ -1,7 +1,8 @@
 //! The base: small helpers every stage shares, none of which knows a stage. A stop signal and
 //! named threads with bounded stacks, the thread ceiling, a value a reload replaces, the clock
 //! and the market's hours, back-off, rate-limited logging, text made safe for a log, the
-//! counters every stage bumps and the exposition format they are written in, and TLS roots.
+//! counters every stage bumps and the exposition format they are written in, what the provider
+//! said of each symbol, and TLS roots.
 //!
 //! May import: nothing of the crate outside `base`.
 
@@ -16,5 +17,6 @@ pub mod metrics;
 pub mod prometheus;
 pub mod ratelimit;
 pub mod stop;
+pub mod symbol_states;
 pub mod threads;
 pub mod tls;

@@ -143,6 +143,7 @@ impl ClientActivity {
             Kick::SlowConsumer => Some("slow-consumer"),
             Kick::KeyRevoked => Some("key-revoked"),
             Kick::Shutdown => Some("shutdown"),
+            Kick::Refused => Some("refused-upstream"),
         }
     }
 

@@ -31,7 +31,7 @@ use crate::clients::budget::Budget;
 use crate::clients::closes::{self, Owed, SLOW_CONSUMER, TOO_MANY};
 use crate::clients::context::Context;
 use crate::clients::forwarded::Peer;
-use crate::clients::handshake::{unknown_symbol, Admitted};
+use crate::clients::handshake::{refused_upstream, unknown_symbol, Admitted};
 use crate::clients::stream::ClientStream;
 use crate::config::SlowClient;
 use crate::fanout::conflate::Conflation;
@@ -145,6 +145,10 @@ fn session(
             return Some((CloseCode::Policy, reason));
         }
     };
+    // The provider may have refused its symbols since it was admitted.
+    if slot.wants_only(&ctx.metrics.upstream_symbols.refused()) {
+        slot.kick(Kick::Refused);
+    }
     let subscription = Subscription::new(ctx, slot);
     activity.serving(&subscription.slot);
     ctx.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
@@ -162,6 +166,12 @@ fn session(
     );
     let started = Instant::now();
     let end = deliver(ctx, ws, &subscription.slot, &rx, budget, activity);
+    // Named while the slot still says which symbols it received.
+    let refused = matches!(end, End::Kicked(Kick::Refused)).then(|| {
+        let slot = &subscription.slot;
+        let ids = (0..ctx.config().symbols.len()).filter(|id| slot.wants(*id));
+        refused_upstream(ctx, ids)
+    });
     drop(subscription);
     info!(
         "{peer}: disconnected after {:.1} s: {end}",
@@ -176,6 +186,9 @@ fn session(
         // The kernel holds our unsent bytes up to the low-water mark; lift it so the close
         // frame gets in behind them and reaches the client if it ever reads again.
         let _ = socket2::SockRef::from(&**ws.get_ref()).set_tcp_notsent_lowat(i32::MAX as u32);
+    }
+    if let Some(reason) = refused {
+        return Some((CloseCode::Policy, reason));
     }
     end.close_frame()
         .map(|(code, reason)| (code, reason.to_string()))
@@ -269,6 +282,8 @@ impl End {
                 Some((CloseCode::Policy, SLOW_CONSUMER))
             }
             End::Kicked(Kick::KeyRevoked) => Some((CloseCode::Policy, "Authentication failed")),
+            // With a reason that names the symbols: see `session`.
+            End::Kicked(Kick::Refused) => Some((CloseCode::Policy, "Denied upstream")),
             End::Kicked(_) => Some((CloseCode::Away, closes::SHUTTING_DOWN)),
             End::PingTimeout => Some((CloseCode::Away, "Ping timeout")),
             End::ProtocolError(code, reason) => Some((*code, reason)),
@@ -288,6 +303,9 @@ impl std::fmt::Display for End {
                 behind.as_secs_f64()
             ),
             End::Kicked(Kick::KeyRevoked) => f.write_str("key removed from the key file"),
+            End::Kicked(Kick::Refused) => {
+                f.write_str("the provider refused every symbol it receives")
+            }
             End::Kicked(_) => f.write_str("server shutting down"),
             End::ClientClosed => f.write_str("closed by the client"),
             End::PingTimeout => f.write_str("no answer to two pings"),

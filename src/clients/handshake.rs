@@ -10,6 +10,7 @@
 use crate::base::logsafe;
 use crate::base::logsafe::redacted_key;
 use crate::base::metrics::{AuthFailure, Rejection};
+use crate::base::symbol_states::SymbolState;
 use crate::clients::auth::{self, AuthRequest};
 use crate::clients::budget::Budget;
 use crate::clients::closes::{self, Owed, TOO_MANY};
@@ -717,6 +718,36 @@ pub fn unknown_symbol(symbol: &str) -> String {
     logsafe::close_reason("Unknown symbol ", symbol)
 }
 
+/// The close reason for a client whose symbols (`ids`) the provider all refused:
+/// `Denied upstream: XAUUSD (not in your plan), FOO (invalid)`, as much as a close frame holds.
+pub fn refused_upstream(ctx: &Context, ids: impl IntoIterator<Item = usize>) -> String {
+    let states = ctx.metrics.upstream_symbols.all();
+    let mut reason = String::from("Denied upstream: ");
+    for id in ids {
+        let Some((symbol, state)) = states.get(id) else {
+            continue;
+        };
+        let why = match state {
+            SymbolState::Denied(why) if !why.is_empty() => format!(" ({})", logsafe::short(why)),
+            SymbolState::Invalid => " (invalid)".to_string(),
+            _ => String::new(),
+        };
+        let sep = if reason.ends_with(": ") { "" } else { ", " };
+        let part = format!("{sep}{symbol}{why}");
+        if reason.len() + part.len() > MAX_CLOSE_REASON {
+            if reason.len() + 3 <= MAX_CLOSE_REASON {
+                reason.push('…');
+            }
+            break;
+        }
+        reason.push_str(&part);
+    }
+    reason
+}
+
+/// The most a close frame's reason may hold, in bytes.
+const MAX_CLOSE_REASON: usize = 123;
+
 /// Checks an auth message against the key file and the symbols the proxy carries.
 fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
     let request = auth::parse_auth(text)
@@ -745,7 +776,7 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
 }
 
 /// Checks the symbols asked for (or, without any, those of the key) against what the proxy
-/// carries and what the key may see.
+/// carries, what the key may see and what the provider refused.
 fn admit_symbols(
     ctx: &Context,
     peer: Peer,
@@ -757,15 +788,16 @@ fn admit_symbols(
         .clone()
         .or_else(|| entry.symbols.clone())
         .unwrap_or_default();
+    let mut ids = Vec::with_capacity(wanted.len());
     for symbol in &wanted {
-        if ctx.hub.symbol_id(symbol).is_none() {
+        let Some(id) = ctx.hub.symbol_id(symbol) else {
             ctx.metrics.auth_failed(AuthFailure::Symbol);
             warn!(
                 "{peer}: refused: symbol {} is not carried",
                 logsafe::quoted(symbol)
             );
             return Err((CloseCode::Policy, unknown_symbol(symbol)));
-        }
+        };
         if !entry.allows(symbol) {
             ctx.metrics.auth_failed(AuthFailure::Symbol);
             warn!(
@@ -777,6 +809,19 @@ fn admit_symbols(
                 CloseCode::Policy,
                 logsafe::close_reason("Not entitled to symbol ", symbol),
             ));
+        }
+        ids.push(id);
+    }
+    let refused = ctx.metrics.upstream_symbols.refused();
+    if !refused.is_empty() {
+        if ids.is_empty() {
+            ids = (0..refused.len()).collect();
+        }
+        if ids.iter().all(|id| refused[*id]) {
+            ctx.metrics.auth_failed(AuthFailure::Symbol);
+            let reason = refused_upstream(ctx, ids);
+            warn!("{peer}: refused: the provider refused every symbol it asked for: {reason}");
+            return Err((CloseCode::Policy, reason));
         }
     }
     Ok(AuthRequest {

@@ -267,6 +267,12 @@ impl Hub {
         Ok((slot, rx))
     }
 
+    /// Tells every client whose symbols the provider all refused (`refused`, by symbol id) to
+    /// leave; returns how many.
+    pub fn kick_refused(&self, refused: &[bool]) -> usize {
+        self.kick_where(Kick::Refused, |c| c.wants_only(refused))
+    }
+
     /// Removes a client (its writer is ending). Idempotent.
     pub fn leave(&self, slot: &ClientSlot) {
         // A chain this writer never passed on holds the slot itself: pass it on (the writers
@@ -689,6 +695,38 @@ mod tests {
             Arc::new(Metrics::new()),
             symbol_field(&symbols),
         ))
+    }
+
+    #[test]
+    fn clients_whose_every_symbol_is_refused_are_told_to_leave() {
+        let hub = hub(8);
+        let (all, _a) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let (eur, _e) = hub
+            .join(
+                "key-2",
+                Some(&["EURUSD".to_string()]),
+                std::thread::current(),
+                false,
+            )
+            .unwrap();
+        let (gbp, _g) = hub
+            .join(
+                "key-3",
+                Some(&["GBPUSD".to_string()]),
+                std::thread::current(),
+                false,
+            )
+            .unwrap();
+        assert_eq!(hub.kick_refused(&[]), 0);
+        assert_eq!(hub.kick_refused(&[true, false]), 1);
+        assert_eq!(
+            (all.kicked(), eur.kicked(), gbp.kicked()),
+            (Kick::None, Kick::Refused, Kick::None)
+        );
+        assert_eq!(hub.kick_refused(&[true, true]), 3);
+        assert_eq!(all.kicked(), Kick::Refused);
     }
 
     #[test]

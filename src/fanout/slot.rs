@@ -22,6 +22,8 @@ pub enum Kick {
     SlowConsumer = 1,
     KeyRevoked = 2,
     Shutdown = 3,
+    /// The provider refused every symbol the client receives.
+    Refused = 4,
 }
 
 impl Kick {
@@ -30,6 +32,7 @@ impl Kick {
             1 => Kick::SlowConsumer,
             2 => Kick::KeyRevoked,
             3 => Kick::Shutdown,
+            4 => Kick::Refused,
             _ => Kick::None,
         }
     }
@@ -120,8 +123,23 @@ impl ClientSlot {
         }
     }
 
-    pub(super) fn wants(&self, symbol: usize) -> bool {
+    pub fn wants(&self, symbol: usize) -> bool {
         self.wants.as_ref().map_or(true, |w| w[symbol])
+    }
+
+    /// Whether every symbol it receives is among `refused` (by symbol id), and it receives
+    /// at least one.
+    pub fn wants_only(&self, refused: &[bool]) -> bool {
+        let mut any = false;
+        for (id, refused) in refused.iter().enumerate() {
+            if self.wants(id) {
+                if !refused {
+                    return false;
+                }
+                any = true;
+            }
+        }
+        any
     }
 
     /// Its latest-value slots, if it conflates.

@@ -14,5 +14,6 @@ pub mod provider;
 pub mod record;
 pub mod replay;
 pub mod sim;
+pub mod template;
 pub mod translate;
 pub mod upstream;
