@@ -18,7 +18,7 @@ use crate::clients::places::Places;
 use crate::clients::tls::{self, ServerTls, TlsFiles};
 use crate::clients::watcher::Watcher;
 use crate::config::{Config, ConfigError, Upstream};
-use crate::fanout::distributor::{self, Hub};
+use crate::fanout::distributor::{self, Hub, V2Ticks};
 use crate::fanout::slot::Kick;
 use crate::feed::provider;
 use crate::feed::record::Recorder;
@@ -27,6 +27,7 @@ use crate::feed::sim::{SimOptions, SimServer};
 use crate::feed::template;
 use crate::feed::translate::Translator;
 use crate::feed::upstream;
+use crate::feed::v2;
 use crate::ops::reload::{Commit, Reloaded, Reloader};
 use log::{error, info, warn};
 use mio::Waker;
@@ -287,7 +288,7 @@ impl Server {
                 Box::new(move |frame| symbol_of.id(frame))
             },
         );
-        let hub = Arc::new(hub);
+        let hub = Arc::new(hub.with_v2(v2_ticks(&translator, &metrics)));
         let failure = Arc::new(Failure {
             failed: AtomicBool::new(false),
             alarm,
@@ -552,6 +553,24 @@ impl Server {
             replay.stop();
         }
         info!("stopped in {:.2} s", started.elapsed().as_secs_f64());
+    }
+}
+
+/// How the hub serves v2 clients: each frame as a v2 tick, made by the feed's rules for what
+/// the translator hands on, timed by the proxy's clock where the frame has no time.
+fn v2_ticks(translator: &Translator, metrics: &Arc<Metrics>) -> V2Ticks {
+    let v2_of = translator.v2_of();
+    let metrics = Arc::clone(metrics);
+    V2Ticks {
+        encode: Box::new(move |frame, symbol, last| {
+            let kind = if last {
+                v2::Kind::LastQuote
+            } else {
+                v2::Kind::Quote
+            };
+            v2_of.tick(frame, symbol, kind, metrics.now_ms())
+        }),
+        symbol: v2::tick_symbol,
     }
 }
 

@@ -33,6 +33,7 @@ use crate::clients::context::Context;
 use crate::clients::forwarded::Peer;
 use crate::clients::handshake::{refused_upstream, unknown_symbol, Admitted};
 use crate::clients::stream::ClientStream;
+use crate::clients::v2;
 use crate::config::SlowClient;
 use crate::fanout::conflate::Conflation;
 use crate::fanout::distributor::JoinError;
@@ -124,12 +125,20 @@ fn session(
     let conflate = auth
         .conflate
         .unwrap_or(ctx.config().slow_client == SlowClient::Conflate);
-    let (slot, rx) = match ctx.hub.join(
-        &auth.key,
-        auth.symbols.as_deref(),
-        std::thread::current(),
-        conflate,
-    ) {
+    let joined = if auth.v2 {
+        // Its `login_ok` is the first thing in its queue; it subscribes as it goes.
+        let login_ok = crate::feed::v2::login_ok(v2::symbol_limit(ctx, &auth.key));
+        ctx.hub
+            .join_v2(&auth.key, std::thread::current(), conflate, login_ok)
+    } else {
+        ctx.hub.join(
+            &auth.key,
+            auth.symbols.as_deref(),
+            std::thread::current(),
+            conflate,
+        )
+    };
+    let (slot, rx) = match joined {
         Ok(joined) => joined,
         Err(e) => {
             let (why, reason) = match e {
@@ -155,9 +164,11 @@ fn session(
     info!(
         "{peer}: authenticated key {} for {}{}",
         logsafe::quoted(&redacted_key(&auth.key)),
-        auth.symbols
-            .as_ref()
-            .map_or("all symbols".to_string(), |s| s.join(",")),
+        match &auth.symbols {
+            _ if auth.v2 => "the symbols it subscribes to (v2)".to_string(),
+            Some(s) => s.join(","),
+            None => "all symbols".to_string(),
+        },
         if conflate {
             ", conflated when behind"
         } else {
@@ -502,6 +513,8 @@ fn deliver_loop(
     let mut lag_limit = config.get().max_client_lag;
     let mut tick = next_tick(ping_every);
     let mut last_heard = Instant::now();
+    // What a v2 client said, for `v2::act` once read.
+    let mut said: Vec<Utf8Bytes> = Vec::new();
     loop {
         if config.refresh() {
             let c = config.get();
@@ -530,7 +543,7 @@ fn deliver_loop(
         if let Some(conflation) = holding {
             // What was queued before it held is older than its slots: folded in at once, so
             // that a client waiting for its socket holds one frame per symbol, not a queue.
-            fold_queue(ctx, conflation, rx);
+            fold_queue(ctx, slot, conflation, rx);
         }
         if let (Some(conflation), false) = (holding, blocked.is_blocked() || held_back) {
             match deliver_latest(ctx, ws, slot, conflation, blocked) {
@@ -572,10 +585,17 @@ fn deliver_loop(
         // Woken from a chain: this writer's quotes are out, the next one's turn.
         slot.pass_on();
         if slot.readable.swap(false, Ordering::SeqCst) {
-            match read_pass(ws, budget, probe) {
+            let said = slot.v2.then_some(&mut said);
+            match read_pass(ws, budget, probe, said) {
                 Ok(true) => last_heard = Instant::now(),
                 Ok(false) => {}
                 Err(end) => return end,
+            }
+        }
+        // A v2 client's subscriptions: their answers join its queue, for the next turn.
+        for text in said.drain(..) {
+            if !v2::act(ctx, slot, &blocked.activity.peer, &text) {
+                return End::Kicked(Kick::SlowConsumer);
             }
         }
         let now = Instant::now();
@@ -618,7 +638,7 @@ fn deliver_loop(
         // in the distributor). A socket that is merely full is flow control, not lag.
         let held_back = ws.get_ref().written() - probe.proven >= UNPROVEN_BYTES;
         if let Some(conflation) = slot.conflation().filter(|_| held_back) {
-            start_holding(ctx, conflation, rx);
+            start_holding(ctx, slot, conflation, rx);
         }
         let mut until = tick;
         if let Some(t) = probe
@@ -655,23 +675,34 @@ fn deliver_loop(
 // Out of line, as are the two below: inlined into the writer loop they cost every client's
 // thread one more page of stack (measured: 12 KiB touched against 16 KiB), conflating or not.
 #[inline(never)]
-fn start_holding(ctx: &Context, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
+fn start_holding(
+    ctx: &Context,
+    slot: &ClientSlot,
+    conflation: &Conflation,
+    rx: &Receiver<Utf8Bytes>,
+) {
     conflation.hold(&ctx.metrics.clients_conflating);
-    fold_queue(ctx, conflation, rx);
+    fold_queue(ctx, slot, conflation, rx);
 }
 
 /// Moves what waits in the queue of a holding client into its slots. Once it holds, nothing
 /// more is queued, so everything here is older than what the slots hold.
 #[inline(never)]
-fn fold_queue(ctx: &Context, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
+fn fold_queue(ctx: &Context, slot: &ClientSlot, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
     if rx.is_empty() {
         return;
     }
-    let queued: Vec<(usize, Utf8Bytes)> = rx
-        .try_iter()
-        .filter_map(|frame| Some((ctx.hub.symbol_of(&frame)?, frame)))
-        .collect();
-    let dropped = conflation.fold(queued);
+    let mut queued: Vec<(usize, Utf8Bytes)> = Vec::new();
+    let mut control = Vec::new();
+    for frame in rx.try_iter() {
+        match ctx.hub.queued_symbol(slot, &frame) {
+            // A v2 client may have unsubscribed since: nothing more of that symbol.
+            Some(id) if slot.wants(id) => queued.push((id, frame)),
+            Some(_) => {}
+            None => control.push(frame),
+        }
+    }
+    let dropped = conflation.fold(queued, control);
     ctx.metrics
         .quotes_conflated
         .fetch_add(dropped, Ordering::Relaxed);
@@ -709,7 +740,13 @@ fn deliver_latest(
 
 /// Reads everything the client has sent without blocking: tungstenite queues the pong for a
 /// ping and the reply to a close; both are flushed here. Returns whether anything arrived.
-fn read_pass(ws: &mut Socket, budget: &mut Budget, probe: &mut Probe) -> Result<bool, End> {
+/// With `said`, its text messages are kept there (a v2 client's actions).
+fn read_pass(
+    ws: &mut Socket,
+    budget: &mut Budget,
+    probe: &mut Probe,
+    mut said: Option<&mut Vec<Utf8Bytes>>,
+) -> Result<bool, End> {
     let mut heard = false;
     let result = loop {
         match ws.read() {
@@ -717,6 +754,12 @@ fn read_pass(ws: &mut Socket, budget: &mut Budget, probe: &mut Probe) -> Result<
             // The answer to our own ping is not the client's doing: it costs no budget.
             Ok(Message::Pong(payload)) if probe.answered(&payload) => heard = true,
             Ok(_) if !budget.take(Instant::now()) => break Err(End::Flood),
+            Ok(Message::Text(text)) => {
+                heard = true;
+                if let Some(said) = said.as_deref_mut() {
+                    said.push(text);
+                }
+            }
             Ok(_) => heard = true,
             // A wake-up that completed no message is charged as one: a peer sending endless
             // fragments of a message that never ends costs reads like a flood of messages.

@@ -21,6 +21,7 @@ use crate::clients::keys::KeyEntry;
 use crate::clients::places::Place;
 use crate::clients::stream::{ClientStream, TlsFailure, TLS_HANDSHAKE_RECORD};
 use crate::config::Config;
+use crate::feed::v2;
 use log::{debug, info, warn};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -625,7 +626,17 @@ impl Conn {
                     place,
                 )
             }
-            Err(owed) => self.close_with(ctx, owed, now),
+            Err(Refusal { owed, told }) => {
+                // A v2 client is told why (`login_reject`) before its close frame.
+                if let (Some(text), Phase::Auth { ws, .. }) = (told, &mut self.phase) {
+                    match ws.write(Message::text(text)) {
+                        Ok(()) => {}
+                        Err(e) if closes::would_block(&e) => {}
+                        Err(_) => return Next::Closed,
+                    }
+                }
+                self.close_with(ctx, owed, now)
+            }
         }
     }
 
@@ -748,10 +759,26 @@ pub fn refused_upstream(ctx: &Context, ids: impl IntoIterator<Item = usize>) -> 
 /// The most a close frame's reason may hold, in bytes.
 const MAX_CLOSE_REASON: usize = 123;
 
-/// Checks an auth message against the key file and the symbols the proxy carries.
-fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
-    let request = auth::parse_auth(text)
-        .map_err(|e| refuse(ctx, peer, AuthFailure::BadMessage, &e.to_string()))?;
+/// A refused first message: the close frame it earns, and for a v2 client what it is told
+/// first (`login_reject`).
+struct Refusal {
+    owed: Owed,
+    told: Option<String>,
+}
+
+impl From<Owed> for Refusal {
+    fn from(owed: Owed) -> Refusal {
+        Refusal { owed, told: None }
+    }
+}
+
+/// Checks a first message (a v1 auth message or a v2 login) against the key file and the
+/// symbols the proxy carries.
+fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Refusal> {
+    let request = auth::parse_auth(text).map_err(|e| Refusal {
+        owed: refuse(ctx, peer, AuthFailure::BadMessage, &e.to_string()),
+        told: e.v2_answer(),
+    })?;
     let keys = ctx.keys();
     if !ctx.keys_checked(&keys) {
         // Admitted by its certificate alone: `userKey` is only a label, every symbol allowed.
@@ -759,10 +786,10 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
             key: String::new(),
             symbols: None,
         };
-        return admit_symbols(ctx, peer, request, &anyone);
+        return admit_symbols(ctx, peer, request, &anyone).map_err(Refusal::from);
     }
     let Some(entry) = keys.lookup(&request.key) else {
-        return Err(refuse(
+        let owed = refuse(
             ctx,
             peer,
             AuthFailure::BadKey,
@@ -770,19 +797,25 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
                 "unknown key {}",
                 logsafe::quoted(&redacted_key(&request.key))
             ),
-        ));
+        );
+        let told = request.v2.then(|| v2::login_reject("invalid key"));
+        return Err(Refusal { owed, told });
     };
-    admit_symbols(ctx, peer, request, entry)
+    admit_symbols(ctx, peer, request, entry).map_err(Refusal::from)
 }
 
 /// Checks the symbols asked for (or, without any, those of the key) against what the proxy
-/// carries, what the key may see and what the provider refused.
+/// carries, what the key may see and what the provider refused. A v2 client asks for none
+/// yet: it subscribes once logged in.
 fn admit_symbols(
     ctx: &Context,
     peer: Peer,
     request: AuthRequest,
     entry: &KeyEntry,
 ) -> Result<AuthRequest, Owed> {
+    if request.v2 {
+        return Ok(request);
+    }
     let wanted: Vec<String> = request
         .symbols
         .clone()
@@ -828,6 +861,7 @@ fn admit_symbols(
         key: request.key,
         symbols: (!wanted.is_empty()).then_some(wanted),
         conflate: request.conflate,
+        v2: false,
     })
 }
 

@@ -80,8 +80,12 @@ pub struct ClientSlot {
     pub id: u64,
     pub key: String,
     pub(super) tx: Sender<Utf8Bytes>,
-    /// Indexed by symbol id; `None` means every symbol.
-    pub(super) wants: Option<Box<[bool]>>,
+    /// Indexed by symbol id; `None` means every symbol. Changed only under the hub's lock,
+    /// which the distributor holds while it reads them (a v2 client subscribes and
+    /// unsubscribes as it goes).
+    pub(super) wants: Option<Box<[AtomicBool]>>,
+    /// Speaks TraderMade's v2 protocol: its queue gets the v2 text of each quote.
+    pub v2: bool,
     pub(super) thread: Thread,
     pub(super) state: AtomicU8,
     /// A wake-up chain this writer was woken from and should help along.
@@ -98,13 +102,13 @@ pub struct ClientSlot {
 }
 
 impl ClientSlot {
-    /// A joining client's slot: `wants` by symbol id (`None`: every symbol), and its
-    /// latest-value slots if it conflates.
+    /// A joining client's slot: `wants` by symbol id (`None`: every symbol), whether it
+    /// speaks v2, and its latest-value slots if it conflates.
     pub(super) fn new(
         id: u64,
         key: &str,
         tx: Sender<Utf8Bytes>,
-        wants: Option<Box<[bool]>>,
+        (wants, v2): (Option<Box<[bool]>>, bool),
         thread: Thread,
         conflation: Option<Box<Conflation>>,
     ) -> ClientSlot {
@@ -112,7 +116,8 @@ impl ClientSlot {
             id,
             key: key.to_string(),
             tx,
-            wants,
+            wants: wants.map(|w| w.iter().map(|b| AtomicBool::new(*b)).collect()),
+            v2,
             thread,
             state: AtomicU8::new(RUNNING),
             chain: Mutex::new(None),
@@ -124,7 +129,9 @@ impl ClientSlot {
     }
 
     pub fn wants(&self, symbol: usize) -> bool {
-        self.wants.as_ref().map_or(true, |w| w[symbol])
+        self.wants
+            .as_ref()
+            .map_or(true, |w| w[symbol].load(Ordering::Relaxed))
     }
 
     /// Whether every symbol it receives is among `refused` (by symbol id), and it receives

@@ -13,6 +13,7 @@ use crate::config::ClientFormat;
 use crate::feed::provider::{
     scalar_text, AckShape, FieldPath, Fields, Pattern, Provider, QuoteShape, TsFormat,
 };
+use crate::feed::v2;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -129,6 +130,14 @@ impl Translator {
                     .map(|(i, s)| (s.clone(), i))
                     .collect(),
             },
+        }
+    }
+
+    /// How the distributor makes a v2 tick of what this translator hands it.
+    pub fn v2_of(&self) -> V2Of {
+        match (&self.provider.quotes, self.format) {
+            (QuoteShape::Fields(fields), ClientFormat::Upstream) => V2Of::Fields(fields.clone()),
+            _ => V2Of::V1,
         }
     }
 
@@ -398,6 +407,32 @@ fn normalize(
         format!(r#"{{"symbol":"{symbol}","ts":"{ts}","bid":{bid},"ask":{ask},"mid":{mid}}}"#),
         own,
     ))
+}
+
+/// How the distributor turns a frame it fans out into a v2 tick, for the clients that speak
+/// v2: once per frame, whoever many of them there are.
+#[derive(Debug, Clone)]
+pub enum V2Of {
+    /// The frames are in the v1 shape (`client_format = normalized`, or TraderMade's first
+    /// protocol): read from its fields.
+    V1,
+    /// A provider's own frames (`client_format = upstream`): read as its template says.
+    Fields(Box<Fields>),
+}
+
+impl V2Of {
+    /// `frame`, a quote of `symbol` (the proxy's spelling), as a v2 tick; `now_ms` stands in
+    /// for a time the frame does not carry. `None` when it holds no bid and ask.
+    pub fn tick(&self, frame: &str, symbol: &str, kind: v2::Kind, now_ms: u64) -> Option<String> {
+        match self {
+            V2Of::V1 => v2::tick_from_v1(frame, symbol, kind, now_ms),
+            V2Of::Fields(fields) => {
+                let json: Value = serde_json::from_str(frame).ok()?;
+                let (v1, _) = normalize(fields, &json, symbol, now_ms).ok()?;
+                v2::tick_from_v1(&v1, symbol, kind, now_ms)
+            }
+        }
+    }
 }
 
 /// How the distributor finds a frame's symbol (its position in `symbols`).
@@ -879,6 +914,36 @@ mod tests {
             )[0],
             Piece::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn ticks_for_v2_clients_are_made_from_either_client_format() {
+        let tick = r#"{"t":"QUOTE","s":"EURUSD","b":"1.08612","a":"1.08614","ts":"20251124-14:03:05.123"}"#;
+        let want = Some(tick.to_string());
+        let normalized = translator(preset("tradermade-v2").unwrap(), ClientFormat::Normalized);
+        let Piece::Quote(v1) = read(&normalized, tick, None).remove(0) else {
+            panic!("a quote")
+        };
+        let of = normalized.v2_of();
+        assert!(matches!(of, V2Of::V1));
+        assert_eq!(of.tick(&v1, "EURUSD", v2::Kind::Quote, 0), want);
+        let upstream = translator(preset("tradermade-v2").unwrap(), ClientFormat::Upstream);
+        let of = upstream.v2_of();
+        assert!(matches!(of, V2Of::Fields(_)));
+        assert_eq!(of.tick(tick, "EURUSD", v2::Kind::Quote, 0), want);
+        let polygon = translator(polygon(), ClientFormat::Upstream).v2_of();
+        assert_eq!(
+            polygon.tick(
+                r#"{"ev":"C","p":"EUR/USD","a":1.0841,"b":1.0839,"t":1763992985123}"#,
+                "EURUSD",
+                v2::Kind::LastQuote,
+                0
+            ),
+            Some(
+                r#"{"t":"LAST_QUOTE","s":"EURUSD","b":"1.0839","a":"1.0841","ts":"20251124-14:03:05.123"}"#
+                    .into()
+            )
+        );
     }
 
     #[test]
