@@ -35,6 +35,11 @@ LOAD:
                           every client connects at once, as a fleet does after a restart
   --connect-timeout SECS  limit for the whole connect phase (default 120)
   --loadgen-threads N     client runtime threads, one current-thread runtime each (default 1)
+  --v2-share F            this share of the clients (0 to 1) speak TraderMade's v2 protocol: log in,
+                          subscribe to every symbol, read v2 ticks. The feed then also writes each
+                          quote's seq and sent_ns into its bid and ask (v2 ticks carry only prices and
+                          a millisecond time), for every client alike: give --v2-share 0 for the
+                          all-v1 arm of an A/B
 
 OUTPUT:
   --json FILE             append one JSON line of the figures to FILE
@@ -69,9 +74,16 @@ pub struct Options {
     pub json: Option<PathBuf>,
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
+    /// `--v2-share`: the share of clients that speak v2; set, the feed tags its prices.
+    pub v2_share: Option<f64>,
 }
 
 impl Options {
+    /// How many of `n` clients speak v2.
+    pub fn v2_clients(&self, n: usize) -> usize {
+        v2_clients(n, self.v2_share.unwrap_or(0.0))
+    }
+
     /// A storm: every client's connection attempt starts at once.
     pub fn storm(&self) -> bool {
         self.connect_concurrency == 0
@@ -126,6 +138,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         json: None,
         tls: false,
         ca_file: None,
+        v2_share: None,
     };
     let mut targets = 0;
     while let Some(flag) = it.next() {
@@ -173,6 +186,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
             "--json" => o.json = Some(val(&flag)?.into()),
             "--tls" => o.tls = true,
             "--ca-file" => o.ca_file = Some(val(&flag)?.into()),
+            "--v2-share" => o.v2_share = Some(num(&flag, &val(&flag)?)?),
             _ => return Err(format!("unknown argument {flag:?} (see --help)")),
         }
     }
@@ -190,6 +204,9 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     }
     if o.loadgen_threads == 0 {
         return Err("--loadgen-threads must be at least 1".into());
+    }
+    if o.v2_share.is_some_and(|f| !(0.0..=1.0).contains(&f)) {
+        return Err("--v2-share must be from 0 to 1".into());
     }
     if let Target::Url(url) = &o.target {
         if o.tls {
@@ -237,6 +254,11 @@ fn parse_mini(it: impl Iterator<Item = String>) -> Result<MiniProxyOptions, Stri
     Ok(o)
 }
 
+/// How many of `n` clients speak v2 at `share` (rounded to the nearest client).
+pub fn v2_clients(n: usize, share: f64) -> usize {
+    ((n as f64 * share).round() as usize).min(n)
+}
+
 fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
     v.parse()
         .map_err(|_| format!("{flag}: {v:?} is not a valid number"))
@@ -278,6 +300,23 @@ mod tests {
         assert!(!o.storm());
         assert_eq!(o.connect_mode(), "paced 200");
         assert!(parse(args("--loadgen-threads 0")).is_err());
+    }
+
+    #[test]
+    fn a_share_of_the_clients_speaks_v2() {
+        let Ok(Command::Bench(o)) = parse(args("--clients 1000 --v2-share 0.5")) else {
+            panic!()
+        };
+        assert_eq!(o.v2_share, Some(0.5));
+        assert_eq!(o.v2_clients(1000), 500);
+        assert_eq!(v2_clients(3, 0.5), 2, "rounded");
+        assert_eq!(v2_clients(7, 1.0), 7);
+        let Ok(Command::Bench(o)) = parse(args("")) else {
+            panic!()
+        };
+        assert_eq!((o.v2_share, o.v2_clients(100)), (None, 0));
+        assert!(parse(args("--v2-share 1.5")).is_err());
+        assert!(parse(args("--v2-share -0.1")).is_err());
     }
 
     #[test]
