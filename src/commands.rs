@@ -30,7 +30,7 @@ pub fn run_command(command: Command) -> ExitCode {
         }
         Command::CheckConfig { config } => match config::load(&config)
             // The provider's template is read and checked too, as start-up would.
-            .and_then(|mut c| crate::feed::provider::describe(&mut c).map(|_| c))
+            .and_then(|mut c| crate::feed::template::describe(&mut c).map(|_| c))
             .map_err(|e| e.to_string())
             .and_then(|c| crate::clients::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, k)))
             .and_then(|(c, k)| crate::clients::guard::check(&c, c.listen, &k).map(|()| (c, k)))

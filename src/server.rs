@@ -21,14 +21,16 @@ use crate::clients::places::Places;
 use crate::clients::tls::{self, ServerTls, TlsFiles};
 use crate::clients::watcher::Watcher;
 use crate::config::{Config, ConfigError, Upstream};
-use crate::fanout::distributor::{self, Hub};
+use crate::fanout::distributor::{self, Hub, V2Ticks};
 use crate::fanout::slot::Kick;
 use crate::feed::provider;
 use crate::feed::record::Recorder;
 use crate::feed::replay::ReplayServer;
 use crate::feed::sim::{SimOptions, SimServer};
+use crate::feed::template;
 use crate::feed::translate::Translator;
 use crate::feed::upstream;
+use crate::feed::v2;
 use crate::ops::admin::Admin;
 use crate::ops::reload::{Commit, Reloaded, Reloader};
 use log::{error, info, warn};
@@ -298,7 +300,7 @@ impl Server {
         // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
         // in. An error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let provider = Arc::new(provider::describe(&mut config).map_err(StartError::Config)?);
+        let provider = Arc::new(template::describe(&mut config).map_err(StartError::Config)?);
         let translator =
             Translator::new(Arc::clone(&provider), config.client_format, &config.symbols)
                 .map_err(|m| StartError::Config(config.error_at("symbols", m)))?;
@@ -359,7 +361,8 @@ impl Server {
             config.max_clients,
             usize::try_from(ceiling.clients(SERVICE_THREADS)).unwrap_or(usize::MAX),
         );
-        let hub = Arc::new(Hub::new(
+        metrics.upstream_symbols.configure(&config.symbols);
+        let hub = Hub::new(
             &config.symbols,
             config.client_queue_len,
             config.max_clients_per_key,
@@ -369,7 +372,8 @@ impl Server {
                 let symbol_of = translator.symbol_of();
                 Box::new(move |frame| symbol_of.id(frame))
             },
-        ));
+        );
+        let hub = Arc::new(hub.with_v2(v2_ticks(&translator, &metrics)));
         let failure = Arc::new(Failure {
             failed: AtomicBool::new(false),
             alarm,
@@ -427,7 +431,7 @@ impl Server {
                 (String::new(), Vec::new())
             }
             _ => unreachable!(
-                "provider::describe resolves the URL; sim and replay were started above"
+                "template::describe resolves the URL; sim and replay were started above"
             ),
         };
         let (ping_every, dead_after) = upstream::timing(&provider, &config);
@@ -472,6 +476,7 @@ impl Server {
             recorder,
             tls: upstream_tls,
             live: None,
+            on_refused: None,
         };
         let backbone_ca = backbone_ca(&config)?;
         let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
@@ -506,6 +511,13 @@ impl Server {
         context.heartbeats = Arc::new(Heartbeats::new(launch.beat_every));
         let ctx = Arc::new(context);
         settings.live = Some(Cached::new(ctx.live_config()));
+        let hub = Arc::clone(&ctx.hub);
+        settings.on_refused = Some(Box::new(move |refused| {
+            let closed = hub.kick_refused(refused);
+            if closed > 0 {
+                info!("closing {closed} client(s): the provider refused every symbol they receive");
+            }
+        }));
         let reloader = Arc::new(Reloader::new(Arc::clone(&ctx)));
         add_reload_steps(&reloader, &ctx, sim.as_ref());
         // The channel from upstream to distributor is bounded: should the distributor ever
@@ -767,6 +779,24 @@ impl Server {
                 return;
             }
         }
+    }
+}
+
+/// How the hub serves v2 clients: each frame as a v2 tick, made by the feed's rules for what
+/// the translator hands on, timed by the proxy's clock where the frame has no time.
+fn v2_ticks(translator: &Translator, metrics: &Arc<Metrics>) -> V2Ticks {
+    let v2_of = translator.v2_of();
+    let metrics = Arc::clone(metrics);
+    V2Ticks {
+        encode: Box::new(move |frame, symbol, last| {
+            let kind = if last {
+                v2::Kind::LastQuote
+            } else {
+                v2::Kind::Quote
+            };
+            v2_of.tick(frame, symbol, kind, metrics.now_ms())
+        }),
+        symbol: v2::tick_symbol,
     }
 }
 

@@ -2,7 +2,8 @@
 //! message). A client that reads slower than the feed stays connected; as it catches up it is
 //! sent the latest quote of each symbol that changed meanwhile, never an older one after a
 //! newer one of the same symbol, never one twice, and its last quote of each symbol is the
-//! feed's last. The healthy clients beside it get every quote.
+//! feed's last. The healthy clients beside it get every quote. A client that speaks
+//! TraderMade's v2 protocol conflates the same way, its subscription's answer kept.
 
 mod common;
 
@@ -35,6 +36,23 @@ fn parse(text: &str) -> (String, u64) {
     )
 }
 
+/// `(symbol, n)` of what a client gets for `quote(symbol, n)`, in fxproxy's shape or as a v2
+/// tick (whose bid, `1.0000n`, says n); `None` for v2's other messages.
+fn parse_any(text: &str) -> Option<(String, u64)> {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    if v.get("type").is_some() {
+        return None;
+    }
+    if v.get("t").is_none() {
+        return Some(parse(text));
+    }
+    let bid = v["b"].as_str().unwrap();
+    Some((
+        v["s"].as_str().unwrap().to_string(),
+        bid.strip_prefix("1.").unwrap().parse().unwrap(),
+    ))
+}
+
 /// A client on a small socket that reads what it is told to, answering pings as it meets
 /// them, as a browser on a slow link does.
 struct SlowReader {
@@ -44,6 +62,8 @@ struct SlowReader {
     quotes: Vec<(String, u64)>,
     /// The close frame, if one came.
     closed: Option<(u16, String)>,
+    /// v2's other messages (its `sub_ack`), with how many quotes had come before each.
+    controls: Vec<(usize, String)>,
 }
 
 impl SlowReader {
@@ -59,7 +79,20 @@ impl SlowReader {
             frames: FrameReader::default(),
             quotes: Vec::new(),
             closed: None,
+            controls: Vec::new(),
         }
+    }
+
+    /// Logs in with TraderMade's v2 protocol and subscribes to the feed's three symbols.
+    fn join_v2(addr: SocketAddr) -> SlowReader {
+        let login = format!(r#"{{"action":"login","key":"{KEY}","fmt":"JSON"}}"#);
+        let mut slow = SlowReader::join(addr, &login);
+        let subscribe =
+            r#"{"action":"subscribe","symbols":["EURUSD:QUOTE","USDJPY:QUOTE","GBPUSD:QUOTE"]}"#;
+        slow.socket
+            .write_all(&common::raw_ws::client_frame(TEXT, subscribe.as_bytes()))
+            .unwrap();
+        slow
     }
 
     /// Reads `bite` bytes at most every `pause`, for `d` (or until closed).
@@ -88,8 +121,11 @@ impl SlowReader {
                 let _ = self.socket.write_all(&pong);
             }
             if f.opcode == TEXT {
-                self.quotes
-                    .push(parse(&String::from_utf8_lossy(&f.payload)));
+                let text = String::from_utf8_lossy(&f.payload);
+                match parse_any(&text) {
+                    Some(quote) => self.quotes.push(quote),
+                    None => self.controls.push((self.quotes.len(), text.to_string())),
+                }
             } else if f.opcode == CLOSE {
                 let reason = String::from_utf8_lossy(&f.payload[2.min(f.payload.len())..]);
                 self.closed = Some((f.close_code().unwrap_or(1005), reason.to_string()));
@@ -148,6 +184,14 @@ fn feeds_last(total: u64) -> HashMap<String, u64> {
 /// A client that reads 512 bytes every 100 ms (at most 5 KB/s) from a feed of 200 quotes a
 /// second (about 17 KB/s), for four seconds; then reads at full speed.
 fn slower_than_the_feed(proxy_extra: &str, auth: &str) -> (SlowReader, TestProxy) {
+    slower_than_the_feed_joined(proxy_extra, |addr| SlowReader::join(addr, auth))
+}
+
+/// As [`slower_than_the_feed`], the slow client joined by `join`.
+fn slower_than_the_feed_joined(
+    proxy_extra: &str,
+    join: impl FnOnce(SocketAddr) -> SlowReader,
+) -> (SlowReader, TestProxy) {
     let up = TestUpstream::start();
     // A short queue fills in a fraction of a second, as a long one would in a longer test.
     let proxy = TestProxy::start(
@@ -162,7 +206,7 @@ fn slower_than_the_feed(proxy_extra: &str, auth: &str) -> (SlowReader, TestProxy
     proxy.wait_for_clients(2);
     let traffic = Traffic::start(up, healthy, FEED_EVERY, two_symbols);
     traffic.wait_for_more(10);
-    let mut slow = SlowReader::join(proxy.addr, auth);
+    let mut slow = join(proxy.addr);
     let mut deepest = 0.0f64;
     let mut conflating = 0.0f64;
     for _ in 0..8 {
@@ -209,6 +253,17 @@ fn a_conflating_client_slower_than_the_feed_stays_connected_and_ends_on_the_late
         "slow_client = conflate\n",
         &format!(r#"{{"userKey":"{KEY}"}}"#),
     );
+}
+
+#[test]
+fn a_v2_client_conflates_too_and_keeps_its_subscription_s_answer() {
+    let (slow, _proxy) =
+        slower_than_the_feed_joined("slow_client = conflate\n", SlowReader::join_v2);
+    // Its sub_ack, before any tick (conflation folds it in ahead of the slots, never drops it).
+    assert_eq!(slow.controls.len(), 1, "{:?}", slow.controls);
+    let (before, ack) = &slow.controls[0];
+    assert_eq!(*before, 0, "{ack}");
+    assert!(ack.contains(r#""type":"sub_ack""#), "{ack}");
 }
 
 #[test]

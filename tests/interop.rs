@@ -1,7 +1,9 @@
 //! Clients written with common WebSocket libraries — Python `websockets` and Node `ws` — work
 //! against the real proxy unchanged, over `ws://` and over `wss://` trusting a private CA the
 //! way their users would (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`): they authenticate, get
-//! quotes, ping, are refused with 1008 for a wrong key, and close cleanly
+//! quotes, ping, are refused with 1008 for a wrong key, and close cleanly; and they speak
+//! TraderMade's v2 protocol as its own client does: log in, subscribe, get the `sub_ack` and
+//! ticks, unsubscribe, and are answered `login_reject` for a wrong key
 //! (`tests/interop/client.py`, `tests/interop/client.mjs`). And a hostile peer nobody here
 //! wrote, `slowhttptest` in slowloris mode, does not take the service down, on a plain port or
 //! a TLS one.

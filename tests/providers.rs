@@ -2,14 +2,18 @@
 //! published protocol (tests/common/fake_source.rs): TraderMade's newer feed (built in), and
 //! the example templates in providers/ for Massive/Polygon forex, Twelve Data and Tiingo. For
 //! each: what the proxy sends and in what order, the quotes its clients get (the v1 shape, or
-//! the provider's own frames), and what a refusal does.
+//! the provider's own frames), and what a refusal does. Where the provider acknowledges a
+//! subscription symbol by symbol (TraderMade v2's `sub_ack`, Twelve Data's `subscribe-status`),
+//! what it said reaches the log, `/metrics`, `/healthz` and the clients.
 
 mod common;
 
 use common::fake_source::*;
+use common::process::{write_keys, Proxy};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 
@@ -96,11 +100,12 @@ const V2: &str =
 fn tradermade_v2_logs_in_subscribes_and_its_ticks_reach_clients_in_the_v1_shape() {
     let source = FakeSource::start(TraderMadeV2::factory("v2-key-123456"));
     let proxy = TestProxy::start(&source.url(), V2, &keys());
+    // As TraderMade's own client: SYMBOL:QUOTE (a bare symbol is invalid to the service).
     assert_eq!(
         source.wait_heard(1, 2),
         [
             r#"{"action":"login","key":"v2-key-123456","fmt":"JSON"}"#,
-            r#"{"action":"subscribe","symbols":["EURUSD","GBPUSD","USDJPY"],"send_last":true}"#
+            r#"{"action":"subscribe","symbols":["EURUSD:QUOTE","GBPUSD:QUOTE","USDJPY:QUOTE"],"send_last":true}"#
         ]
     );
     let mut client = Client::auth(proxy.addr, KEY, None);
@@ -173,6 +178,126 @@ fn tradermade_v2_with_client_format_upstream_passes_ticks_on_verbatim() {
 fn tradermade_v2_login_reject_is_fatal() {
     let source = FakeSource::start(TraderMadeV2::factory("the-right-key"));
     refusal_waits_the_longest_back_off(source, V2, "rejected the login");
+}
+
+/// `series` in the proxy's /metrics now, if it is there.
+fn series(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
+    scrape(addr)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn tradermade_v2_denied_and_invalid_symbols_are_told_in_the_log_metrics_healthz_and_to_clients() {
+    // The key may have EURUSD and GBPUSD; XAUUSD is not on its plan; GOLD does not exist.
+    let entitled = Arc::new(Mutex::new(vec!["EURUSD".to_string(), "GBPUSD".to_string()]));
+    let source = FakeSource::start(TraderMadeV2::entitled("v2-key-123456", entitled));
+    let dir = common::process::temp_dir();
+    let keys = write_keys(&dir, &[KEY, &format!("{OTHER_KEY} XAUUSD")]);
+    let proxy = Proxy::spawn(&format!(
+        "upstream_url = {}\n{V2}symbols = EURUSD,XAUUSD,GOLD\nuser_keys_file = {}\n\
+         market_hours = always\nstatus_interval_secs = 0\n",
+        source.url(),
+        keys.display()
+    ));
+    assert_eq!(
+        source.wait_heard(1, 2)[1],
+        r#"{"action":"subscribe","symbols":["EURUSD:QUOTE","XAUUSD:QUOTE","GOLD:QUOTE"],"send_last":true}"#
+    );
+    // One line for the subscription, and the plan's limit against `symbols`.
+    assert!(
+        proxy.wait_for_log(
+            r#"subscription acknowledged: accepted EURUSD; denied XAUUSD ("not available on your plan"); invalid GOLD"#,
+            DEADLINE
+        ),
+        "{}",
+        proxy.stderr_text()
+    );
+    assert!(proxy
+        .stderr_text()
+        .contains("`symbols` lists 3 symbols, more than the 2 the provider's plan allows"));
+    for (symbol, state) in [
+        ("EURUSD", "accepted"),
+        ("XAUUSD", "denied"),
+        ("GOLD", "invalid"),
+    ] {
+        let name = format!("fxproxy_upstream_symbol{{symbol=\"{symbol}\",state=\"{state}\"}}");
+        assert_eq!(series(proxy.addr, &name), Some(1.0), "{name}");
+    }
+    assert_eq!(
+        series(proxy.addr, "fxproxy_upstream_symbol_limit"),
+        Some(2.0)
+    );
+
+    // EURUSD flows: healthy, and the body names what does not.
+    let mut client = Client::auth(proxy.addr, KEY, None);
+    eventually("the client registered", || {
+        series(proxy.addr, "fxproxy_clients_connected") == Some(1.0)
+    });
+    source.ticks(&[Tick::new("EURUSD", 1)]);
+    assert_eq!(client.next_text(), Tick::new("EURUSD", 1).normalized());
+    let (code, body) = healthz(proxy.addr);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (code, health["status"].as_str()),
+        (200, Some("ok")),
+        "{body}"
+    );
+    assert_eq!(health["denied"]["XAUUSD"], NOT_ON_PLAN);
+    assert_eq!(health["invalid"], serde_json::json!(["GOLD"]));
+
+    // A client whose only symbol the provider denied is told so, not left on a silent socket.
+    let mut gold_only = Client::auth(proxy.addr, OTHER_KEY, None);
+    assert_eq!(
+        gold_only.expect_close(),
+        (1008, format!("Denied upstream: XAUUSD ({NOT_ON_PLAN})"))
+    );
+    assert!(source.violations().is_empty(), "{:?}", source.violations());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tradermade_v2_a_symbol_denied_after_a_reconnect_closes_the_clients_that_had_only_it() {
+    let entitled = Arc::new(Mutex::new(
+        ["EURUSD", "GBPUSD", "USDJPY"].map(String::from).to_vec(),
+    ));
+    let source = FakeSource::start(TraderMadeV2::entitled(
+        "v2-key-123456",
+        Arc::clone(&entitled),
+    ));
+    let proxy = TestProxy::start(&source.url(), V2, &keys());
+    source.wait_heard(1, 2);
+    let mut everything = Client::auth(proxy.addr, KEY, None);
+    let mut only_eur = Client::auth(proxy.addr, OTHER_KEY, Some("EURUSD"));
+    proxy.wait_for_clients(2);
+    source.ticks(&[Tick::new("EURUSD", 1)]);
+    assert_eq!(only_eur.next_text(), Tick::new("EURUSD", 1).normalized());
+    assert_eq!(everything.next_text(), Tick::new("EURUSD", 1).normalized());
+    // The plan loses EURUSD; the proxy learns it when it subscribes again.
+    entitled.lock().unwrap().retain(|s| s != "EURUSD");
+    source.close();
+    source.wait_heard(2, 2);
+    assert_eq!(
+        only_eur.expect_close(),
+        (1008, format!("Denied upstream: EURUSD ({NOT_ON_PLAN})"))
+    );
+    proxy.wait_for_clients(1);
+    source.ticks(&[Tick::new("GBPUSD", 2)]);
+    assert_eq!(everything.next_text(), Tick::new("GBPUSD", 2).normalized());
+    assert_eq!(
+        health(&proxy)["denied"]["EURUSD"],
+        NOT_ON_PLAN,
+        "the denial shows in /healthz"
+    );
+}
+
+#[test]
+fn tradermade_v2_refusing_every_symbol_is_a_refusal_not_a_reconnect_loop() {
+    let source = FakeSource::start(TraderMadeV2::entitled(
+        "v2-key-123456",
+        Arc::new(Mutex::new(Vec::new())),
+    ));
+    refusal_waits_the_longest_back_off(source, V2, "accepted none of the symbols");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,6 +418,42 @@ fn twelve_data_takes_the_key_in_the_url_gets_heartbeats_and_serves_prices() {
     );
     no_quote_within(&mut client, Duration::from_millis(300));
     assert!(source.violations().is_empty(), "{:?}", source.violations());
+}
+
+#[test]
+fn twelve_data_fails_are_told_as_denied_symbols() {
+    let source = FakeSource::start(TwelveData::failing("td-key-123456", &["USD/JPY"]));
+    let proxy = TestProxy::start(
+        &format!("{}v1/quotes/price", source.url()),
+        &custom(&shipped("twelvedata.conf"), "td-key-123456"),
+        &keys(),
+    );
+    source.wait_heard(1, 1);
+    let denied = "fxproxy_upstream_symbol{symbol=\"USDJPY\",state=\"denied\"}";
+    eventually("USDJPY denied in /metrics", || {
+        series(proxy.addr, denied) == Some(1.0)
+    });
+    let accepted = "fxproxy_upstream_symbol{symbol=\"EURUSD\",state=\"accepted\"}";
+    assert_eq!(series(proxy.addr, accepted), Some(1.0));
+    let mut client = Client::auth(proxy.addr, KEY, None);
+    proxy.wait_for_clients(1);
+    source.ticks(&ticks(1));
+    assert_eq!(client.next_text(), Tick::new("GBPUSD", 1).normalized());
+    assert_eq!(client.next_text(), Tick::new("EURUSD", 3).normalized());
+    assert_eq!(health(&proxy)["denied"]["USDJPY"], "");
+    // Every symbol failing is a refusal, as a refused key is.
+    let none = FakeSource::start(TwelveData::failing(
+        "td-key-123456",
+        &["EUR/USD", "GBP/USD", "USD/JPY"],
+    ));
+    let path = format!("{}v1/quotes/price", none.url());
+    let extra = custom(&shipped("twelvedata.conf"), "td-key-123456");
+    let refused = TestProxy::start(&path, &extra, &keys());
+    eventually("/healthz to say refused", || {
+        health(&refused)["status"] == "refused"
+    });
+    let reason = health(&refused)["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("accepted none of the symbols"), "{reason}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ LOAD:
                           every client connects at once, as a fleet does after a restart
   --connect-timeout SECS  limit for the whole connect phase (default 120)
   --loadgen-threads N     client runtime threads, one current-thread runtime each (default 1)
+  --v2-share F            this share of the clients (0 to 1) speak TraderMade's v2 protocol: log in,
+                          subscribe to every symbol, read v2 ticks. The feed then also writes each
+                          quote's seq and sent_ns into its bid and ask (v2 ticks carry only prices and
+                          a millisecond time), for every client alike: give --v2-share 0 for the
+                          all-v1 arm of an A/B
 
 SCRAPES (a Prometheus-like scraper beside the clients, for the whole run):
   --scrape R              GET /metrics R times a second, on a new connection each (default 0: none)
@@ -78,9 +83,16 @@ pub struct Options {
     pub scrape: f64,
     pub scrape_path: String,
     pub scrape_addr: Option<std::net::SocketAddr>,
+    /// `--v2-share`: the share of clients that speak v2; set, the feed tags its prices.
+    pub v2_share: Option<f64>,
 }
 
 impl Options {
+    /// How many of `n` clients speak v2.
+    pub fn v2_clients(&self, n: usize) -> usize {
+        v2_clients(n, self.v2_share.unwrap_or(0.0))
+    }
+
     /// A storm: every client's connection attempt starts at once.
     pub fn storm(&self) -> bool {
         self.connect_concurrency == 0
@@ -138,6 +150,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         scrape: 0.0,
         scrape_path: "/metrics".into(),
         scrape_addr: None,
+        v2_share: None,
     };
     let mut targets = 0;
     while let Some(flag) = it.next() {
@@ -188,6 +201,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
             "--scrape" => o.scrape = num(&flag, &val(&flag)?)?,
             "--scrape-path" => o.scrape_path = val(&flag)?,
             "--scrape-addr" => o.scrape_addr = Some(num(&flag, &val(&flag)?)?),
+            "--v2-share" => o.v2_share = Some(num(&flag, &val(&flag)?)?),
             _ => return Err(format!("unknown argument {flag:?} (see --help)")),
         }
     }
@@ -208,6 +222,9 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     }
     if o.loadgen_threads == 0 {
         return Err("--loadgen-threads must be at least 1".into());
+    }
+    if o.v2_share.is_some_and(|f| !(0.0..=1.0).contains(&f)) {
+        return Err("--v2-share must be from 0 to 1".into());
     }
     if let Target::Url(url) = &o.target {
         if o.tls {
@@ -253,6 +270,11 @@ fn parse_mini(it: impl Iterator<Item = String>) -> Result<MiniProxyOptions, Stri
         return Err("mini-proxy needs --upstream URL and --port P".into());
     }
     Ok(o)
+}
+
+/// How many of `n` clients speak v2 at `share` (rounded to the nearest client).
+pub fn v2_clients(n: usize, share: f64) -> usize {
+    ((n as f64 * share).round() as usize).min(n)
 }
 
 fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
@@ -308,6 +330,23 @@ mod tests {
         assert_eq!(o.scrape_addr, Some("127.0.0.1:9187".parse().unwrap()));
         assert!(parse(args("--scrape -1")).is_err());
         assert!(parse(args("--scrape-addr localhost")).is_err());
+    }
+
+    #[test]
+    fn a_share_of_the_clients_speaks_v2() {
+        let Ok(Command::Bench(o)) = parse(args("--clients 1000 --v2-share 0.5")) else {
+            panic!()
+        };
+        assert_eq!(o.v2_share, Some(0.5));
+        assert_eq!(o.v2_clients(1000), 500);
+        assert_eq!(v2_clients(3, 0.5), 2, "rounded");
+        assert_eq!(v2_clients(7, 1.0), 7);
+        let Ok(Command::Bench(o)) = parse(args("")) else {
+            panic!()
+        };
+        assert_eq!((o.v2_share, o.v2_clients(100)), (None, 0));
+        assert!(parse(args("--v2-share 1.5")).is_err());
+        assert!(parse(args("--v2-share -0.1")).is_err());
     }
 
     #[test]

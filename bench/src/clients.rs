@@ -1,5 +1,7 @@
 //! The simulated clients: each connects, authenticates, then reads quotes, noting per quote only
-//! its `seq` (for gaps) and `sent_ns` (for latency) found by byte search — no JSON parse.
+//! its `seq` (for gaps) and `sent_ns` (for latency) found by byte search — no JSON parse. A
+//! share of them (`--v2-share`) speak TraderMade's v2 protocol instead: they log in, subscribe
+//! to every symbol, and find the two numbers in the tick's prices (the feed tags them).
 //!
 //! Each load-generator thread runs a current-thread tokio runtime with its clients as local
 //! tasks, sharing one histogram and one set of counters through an `Rc<RefCell<_>>`: no atomics
@@ -53,6 +55,10 @@ pub struct ClientConfig {
     pub addr: SocketAddr,
     pub url: String,
     pub auth: String,
+    /// The share of clients that speak v2, and what they send: a login, then a subscription.
+    pub v2_share: f64,
+    pub v2_login: String,
+    pub v2_subscribe: String,
     /// Attempts in flight at once on this thread; 0 = no cap (a storm: every client at once).
     pub concurrency: usize,
     /// The feed's interval; 0 when idle. A client silent for much longer than this is stalled.
@@ -156,10 +162,12 @@ pub fn run_thread(n: usize, cfg: Arc<ClientConfig>, shared: Arc<Shared>) -> Thre
     }));
     // No semaphore in a storm: all `n` attempts start together, none waits for another.
     let sem = (cfg.concurrency > 0).then(|| Rc::new(Semaphore::new(cfg.concurrency)));
+    let v2_clients = crate::args::v2_clients(n, cfg.v2_share);
     local.block_on(&rt, async {
         for i in 0..n {
             tokio::task::spawn_local(client(
                 i,
+                i < v2_clients,
                 cfg.clone(),
                 shared.clone(),
                 st.clone(),
@@ -211,6 +219,7 @@ pub fn run_thread(n: usize, cfg: Arc<ClientConfig>, shared: Arc<Shared>) -> Thre
 
 async fn client(
     i: usize,
+    v2: bool,
     cfg: Arc<ClientConfig>,
     shared: Arc<Shared>,
     st: Rc<RefCell<ThreadState>>,
@@ -242,9 +251,17 @@ async fn client(
         )
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-        ws.send(Message::text(cfg.auth.as_str()))
-            .await
-            .map_err(|e| format!("auth send: {e}"))?;
+        if v2 {
+            for text in [&cfg.v2_login, &cfg.v2_subscribe] {
+                ws.send(Message::text(text.as_str()))
+                    .await
+                    .map_err(|e| format!("v2 login send: {e}"))?;
+            }
+        } else {
+            ws.send(Message::text(cfg.auth.as_str()))
+                .await
+                .map_err(|e| format!("auth send: {e}"))?;
+        }
         Ok::<_, String>(ws)
     };
     let res = tokio::time::timeout(Duration::from_secs(30), attempt).await;
@@ -264,16 +281,23 @@ async fn client(
             .saturating_record(now.saturating_sub(began).max(1));
     }
 
+    let (seq_at, sent_at) = if v2 {
+        (&*V2_SEQ, &*V2_SENT_NS)
+    } else {
+        (&*SEQ, &*SENT_NS)
+    };
     let mut last_seq: Option<u64> = None;
     let reason = loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
                 let now = clock::now_ns();
                 let b = t.as_bytes();
-                let Some(seq) = find_u64(b, &SEQ) else {
-                    continue; // `Connected` or anything else that is not one of our quotes
+                let Some(seq) = find_u64(b, seq_at) else {
+                    // `Connected`, v2's login_ok and sub_ack, or anything else that is not
+                    // one of our quotes.
+                    continue;
                 };
-                let sent = find_u64(b, &SENT_NS).unwrap_or(now);
+                let sent = find_u64(b, sent_at).unwrap_or(now);
                 let ws_start = shared.window_start.load(Ordering::Relaxed);
                 let ws_end = shared.window_end.load(Ordering::Relaxed);
                 let mut s = st.borrow_mut();
@@ -336,6 +360,9 @@ fn fail(st: &Rc<RefCell<ThreadState>>, i: usize, e: String) {
 /// quarter of the load generator's CPU in a profile).
 pub static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));
 pub static SENT_NS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"sent_ns\":"));
+/// In a v2 tick of a tagged feed: the seq is the bid's fraction, the sent_ns the ask's.
+pub static V2_SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"b\":\"1."));
+pub static V2_SENT_NS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"a\":\"2."));
 
 /// The unsigned integer right after the needle of `key` in `b`, if any.
 pub fn find_u64(b: &[u8], key: &Finder<'_>) -> Option<u64> {
@@ -361,5 +388,17 @@ mod tests {
         assert_eq!(find_u64(q, &SENT_NS), Some(1_732_590_000_123_456_789));
         assert_eq!(find_u64(b"Connected", &SEQ), None);
         assert_eq!(find_u64(br#"{"seq":"x"}"#, &SEQ), None);
+    }
+
+    #[test]
+    fn finds_them_in_a_v2_tick_of_a_tagged_feed() {
+        // What fxproxy serves a v2 client for the feed's tagged quote 123.
+        let t = br#"{"t":"QUOTE","s":"EURUSD","b":"1.0000000000000000123","a":"2.1732590000123456789","ts":"20241126-03:00:00.123"}"#;
+        assert_eq!(find_u64(t, &V2_SEQ), Some(123));
+        assert_eq!(find_u64(t, &V2_SENT_NS), Some(1_732_590_000_123_456_789));
+        assert_eq!(
+            find_u64(br#"{"type":"login_ok","symbol_limit":1}"#, &V2_SEQ),
+            None
+        );
     }
 }

@@ -42,11 +42,14 @@ struct Schedule {
     /// 0 when idle (rate 0): one priming quote per symbol, then nothing.
     interval_ns: u64,
     symbols: Vec<String>,
+    /// Each quote's seq and sent_ns written into its bid and ask too (see [`quote`]).
+    tagged: bool,
 }
 
 impl Feed {
-    /// Binds 127.0.0.1:`port` (0 = any free port) and serves until the process exits.
-    pub fn start(port: u16, rate: f64, symbols: Vec<String>) -> io::Result<Feed> {
+    /// Binds 127.0.0.1:`port` (0 = any free port) and serves until the process exits. With
+    /// `tagged`, prices carry each quote's seq and sent_ns (for v2 clients; see [`quote`]).
+    pub fn start(port: u16, rate: f64, symbols: Vec<String>, tagged: bool) -> io::Result<Feed> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         let port = listener.local_addr()?.port();
         let stats = Arc::new(FeedStats::default());
@@ -59,6 +62,7 @@ impl Feed {
             start_ns: clock::now_ns(),
             interval_ns,
             symbols,
+            tagged,
         });
         let st = stats.clone();
         thread::Builder::new()
@@ -190,8 +194,19 @@ fn serve(conn: TcpStream, sc: &Schedule, st: &FeedStats) -> tungstenite::Result<
 }
 
 /// A quote of about 100 bytes; `sent_ns` is the scheduled time.
+///
+/// Tagged, its bid is `1.` and its seq in 19 digits, its ask `2.` and its sent_ns in 19
+/// digits: a v2 tick carries only the prices (exactly as written) and a millisecond time, so
+/// that is where a v2 client finds them (see `clients::V2_SEQ`). The frame is about 30 bytes
+/// longer, for every client alike.
 fn quote(sc: &Schedule, seq: u64, sent_ns: u64) -> String {
     let symbol = &sc.symbols[(seq % sc.symbols.len() as u64) as usize];
+    if sc.tagged {
+        return format!(
+            r#"{{"symbol":"{symbol}","ts":"{}","bid":1.{seq:019},"ask":2.{sent_ns:019},"seq":{seq},"sent_ns":{sent_ns}}}"#,
+            sent_ns / 1_000_000,
+        );
+    }
     // A price that wanders a little, deterministically.
     let bid = 1.09 + ((seq.wrapping_mul(7919) % 1000) as f64) * 0.00001;
     format!(
@@ -207,10 +222,11 @@ mod tests {
 
     #[test]
     fn quote_is_json_of_about_100_bytes() {
-        let sc = Schedule {
+        let mut sc = Schedule {
             start_ns: 0,
             interval_ns: 1,
             symbols: vec!["EURUSD".into()],
+            tagged: false,
         };
         let q = quote(&sc, 123, 1_732_590_000_123_456_789);
         let v: serde_json::Value = serde_json::from_str(&q).unwrap();
@@ -218,5 +234,17 @@ mod tests {
         assert_eq!(v["seq"], 123);
         assert_eq!(v["sent_ns"].as_u64(), Some(1_732_590_000_123_456_789));
         assert!((90..=120).contains(&q.len()), "{} bytes: {q}", q.len());
+        sc.tagged = true;
+        let q = quote(&sc, 123, 1_732_590_000_123_456_789);
+        let v: serde_json::Value = serde_json::from_str(&q).unwrap();
+        assert_eq!(
+            (v["seq"].as_u64(), v["symbol"].as_str()),
+            (Some(123), Some("EURUSD"))
+        );
+        assert!(
+            q.contains(r#""bid":1.0000000000000000123,"ask":2.1732590000123456789,"#),
+            "{q}"
+        );
+        assert!(q.len() <= 150, "{} bytes: {q}", q.len());
     }
 }

@@ -27,6 +27,8 @@ pub struct Report {
     /// `storm` (every client at once) or `paced N` (N attempts in flight).
     pub connect_mode: String,
     pub connect_concurrency: usize,
+    /// Clients that speak v2 (`--v2-share`).
+    pub v2_clients: usize,
 
     pub connected: usize,
     pub silent: usize,
@@ -92,6 +94,7 @@ impl Report {
             duration_s: o.duration,
             connect_mode: o.connect_mode(),
             connect_concurrency: o.connect_concurrency,
+            v2_clients: o.v2_clients(o.clients),
             connected: 0,
             silent: 0,
             stalled: 0,
@@ -201,13 +204,18 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "== fxbench: {} — {} clients ({}), {} quotes/s ({}), warm-up {} s, window {:.2} s",
+            "== fxbench: {} — {} clients ({}{}), {} quotes/s ({}), warm-up {} s, window {:.2} s",
             self.label,
             self.clients,
             if self.connect_concurrency == 0 {
                 "storm: all at once".to_string()
             } else {
                 format!("paced: {} in flight", self.connect_concurrency)
+            },
+            if self.v2_clients > 0 {
+                format!("; {} speak v2", self.v2_clients)
+            } else {
+                String::new()
             },
             self.rate,
             self.symbols,
@@ -343,6 +351,7 @@ impl Report {
             "duration_s": self.duration_s,
             "connect_mode": self.connect_mode,
             "connect_concurrency": self.connect_concurrency,
+            "v2_clients": self.v2_clients,
             "somaxconn": self.somaxconn,
             "window_s": self.window_s,
             "up": self.up(),

@@ -30,7 +30,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
         }
     }
 
-    let feed = Feed::start(o.feed_port, o.rate, o.symbols.clone())
+    let feed = Feed::start(o.feed_port, o.rate, o.symbols.clone(), o.v2_share.is_some())
         .map_err(|e| format!("feed: cannot listen on 127.0.0.1:{}: {e}", o.feed_port))?;
     let feed_url = feed.url();
     if let Target::Url(url) = &o.target {
@@ -93,6 +93,13 @@ pub fn run(o: &Options) -> Result<Report, String> {
         addr: tgt.addr,
         url: tgt.url.clone(),
         auth: serde_json::json!({ "userKey": o.key }).to_string(),
+        v2_share: o.v2_share.unwrap_or(0.0),
+        v2_login: serde_json::json!({ "action": "login", "key": o.key, "fmt": "JSON" }).to_string(),
+        v2_subscribe: serde_json::json!({
+            "action": "subscribe",
+            "symbols": o.symbols.iter().map(|s| format!("{s}:QUOTE")).collect::<Vec<_>>(),
+        })
+        .to_string(),
         concurrency: o.connect_concurrency.div_ceil(o.loadgen_threads),
         interval_ns: if o.rate > 0.0 {
             (1e9 / o.rate) as u64

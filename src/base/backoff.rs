@@ -36,6 +36,11 @@ impl Backoff {
         self.max
     }
 
+    /// The longest delay.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
     pub fn reset(&mut self) {
         self.step = self.start;
     }

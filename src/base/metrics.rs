@@ -7,6 +7,7 @@
 
 use crate::base::clock::Clock;
 use crate::base::histogram::Histogram;
+use crate::base::symbol_states::SymbolStates;
 
 use parking_lot::Mutex;
 
@@ -229,6 +230,8 @@ pub struct Metrics {
     pub tls_reload_failures: AtomicU64,
     pub tls_cert_not_after_ms: AtomicU64,
     upstream: Mutex<Option<UpstreamState>>,
+    /// What the provider answered about each configured symbol (its acknowledgements).
+    pub upstream_symbols: SymbolStates,
     clock: Clock,
 
     // Conflation and recording.

@@ -2,7 +2,8 @@
 //! named threads with bounded stacks, heartbeats for the watchdog, the thread ceiling, a value
 //! a reload replaces, the clock and the market's hours, back-off, rate-limited logging, text
 //! made safe for a log, the counters every stage bumps, the latency histograms that fill as
-//! quotes flow and the exposition format they are written in, and TLS roots.
+//! quotes flow and the exposition format they are written in, what the provider said of each
+//! symbol, and TLS roots.
 //!
 //! May import: nothing of the crate outside `base`.
 
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod prometheus;
 pub mod ratelimit;
 pub mod stop;
+pub mod symbol_states;
 pub mod threads;
 pub mod tls;
 pub mod x509;

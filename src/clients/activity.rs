@@ -144,6 +144,7 @@ impl ClientActivity {
             Kick::KeyRevoked => Some("key-revoked"),
             Kick::Shutdown => Some("shutdown"),
             Kick::Restart => Some("restart"),
+            Kick::Refused => Some("refused-upstream"),
         }
     }
 

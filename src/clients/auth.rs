@@ -1,5 +1,8 @@
-//! The client's first message, `{"userKey":"KEY","symbol":"EURUSD,GBPUSD"}`, parsed into an
-//! [`AuthRequest`]. Checking the key and the symbols is the caller's business.
+//! The client's first message, parsed into an [`AuthRequest`]. It decides the protocol the
+//! client speaks: `{"userKey":"KEY","symbol":"EURUSD,GBPUSD"}` is fxproxy's own (v1);
+//! `{"action":"login","key":"KEY","fmt":"JSON"}` is TraderMade's v2, whose client then
+//! subscribes as it goes (see [`super::v2`]). Checking the key and the symbols is the
+//! caller's business.
 
 use serde_json::Value;
 use std::collections::HashSet;
@@ -15,6 +18,9 @@ pub struct AuthRequest {
     /// `"conflate": true` (or false): the slow-client policy this client asks for; `None`
     /// leaves it to `slow_client`.
     pub conflate: Option<bool>,
+    /// It logged in with TraderMade's v2 protocol: it subscribes after logging in, and its
+    /// ticks are in v2's shape.
+    pub v2: bool,
 }
 
 impl fmt::Debug for AuthRequest {
@@ -24,6 +30,7 @@ impl fmt::Debug for AuthRequest {
             .field("key", &format_args!("{shown}…"))
             .field("symbols", &self.symbols)
             .field("conflate", &self.conflate)
+            .field("v2", &self.v2)
             .finish()
     }
 }
@@ -41,6 +48,30 @@ pub enum AuthError {
     BadSymbol,
     /// `conflate` is not `true` or `false`.
     BadConflate,
+    /// A v2 message (it has an `action`) that is not a login.
+    NotLogin,
+    /// A v2 login without a string `key`.
+    LoginWithoutKey,
+    /// A v2 login asking for a format other than JSON.
+    NotJsonFormat,
+}
+
+impl AuthError {
+    /// For a client that speaks v2, what it is told before it is closed: `login_reject`
+    /// with why, or `error` for a first message that is no login. `None` for v1.
+    pub fn v2_answer(&self) -> Option<String> {
+        use crate::feed::v2;
+        match self {
+            AuthError::NotLogin => Some(v2::error(
+                "log in first: {\"action\":\"login\",\"key\":\"KEY\",\"fmt\":\"JSON\"}",
+            )),
+            AuthError::LoginWithoutKey => Some(v2::login_reject("the login has no `key`")),
+            AuthError::NotJsonFormat => {
+                Some(v2::login_reject("only fmt JSON is served by this proxy"))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for AuthError {
@@ -54,20 +85,27 @@ impl fmt::Display for AuthError {
                 "`symbol` in the auth message is neither a string nor an array of strings"
             }
             AuthError::BadConflate => "`conflate` in the auth message is not true or false",
+            AuthError::NotLogin => "the first v2 message is not a login",
+            AuthError::LoginWithoutKey => "the v2 login has no string `key`",
+            AuthError::NotJsonFormat => "the v2 login asks for a format other than JSON",
         })
     }
 }
 
 impl std::error::Error for AuthError {}
 
-/// Parses the client's auth message. Other fields are ignored. `symbol` may be a
-/// comma-separated string or an array of strings; empty entries are skipped, and a list left
-/// empty (or no `symbol` at all) means every symbol.
+/// Parses the client's first message: a v1 auth message, or a v2 login (one with an
+/// `action`). Other fields are ignored. `symbol` may be a comma-separated string or an array
+/// of strings; empty entries are skipped, and a list left empty (or no `symbol` at all) means
+/// every symbol.
 pub fn parse_auth(text: &str) -> Result<AuthRequest, AuthError> {
     let value: Value = serde_json::from_str(text).map_err(|_| AuthError::NotJson)?;
     let Value::Object(mut object) = value else {
         return Err(AuthError::NotAnObject);
     };
+    if object.contains_key("action") && !object.contains_key("userKey") {
+        return parse_login(object);
+    }
     let key = match object.remove("userKey") {
         None => return Err(AuthError::MissingKey),
         Some(Value::String(key)) => key,
@@ -105,6 +143,29 @@ pub fn parse_auth(text: &str) -> Result<AuthRequest, AuthError> {
         key,
         symbols: (!symbols.is_empty()).then_some(symbols),
         conflate,
+        v2: false,
+    })
+}
+
+/// `{"action":"login","key":"KEY","fmt":"JSON"}`; `fmt` may be left out, and other fields
+/// (`send_ladder`) are ignored: the proxy has no market depth to send.
+fn parse_login(mut object: serde_json::Map<String, Value>) -> Result<AuthRequest, AuthError> {
+    if object.get("action").and_then(Value::as_str) != Some("login") {
+        return Err(AuthError::NotLogin);
+    }
+    let Some(Value::String(key)) = object.remove("key") else {
+        return Err(AuthError::LoginWithoutKey);
+    };
+    match object.get("fmt") {
+        None => {}
+        Some(Value::String(f)) if f.eq_ignore_ascii_case("json") => {}
+        Some(_) => return Err(AuthError::NotJsonFormat),
+    }
+    Ok(AuthRequest {
+        key,
+        symbols: None,
+        conflate: None,
+        v2: true,
     })
 }
 
@@ -200,6 +261,39 @@ mod tests {
         assert_eq!(
             conflate(r#"{"userKey":"k","conflate":"yes"}"#),
             Err(AuthError::BadConflate)
+        );
+    }
+
+    #[test]
+    fn a_v2_login_decides_the_protocol() {
+        let req = parse_auth(r#"{"action":"login","key":"alice-key-0001","fmt":"JSON"}"#).unwrap();
+        assert_eq!(
+            (req.key.as_str(), req.v2, req.symbols),
+            ("alice-key-0001", true, None)
+        );
+        assert!(parse_auth(r#"{"action":"login","key":"k"}"#).unwrap().v2);
+        assert!(!parse_auth(r#"{"userKey":"k"}"#).unwrap().v2);
+        let err = |t: &str| parse_auth(t).unwrap_err();
+        assert_eq!(
+            err(r#"{"action":"subscribe","symbols":["EURUSD:QUOTE"]}"#),
+            AuthError::NotLogin
+        );
+        assert_eq!(err(r#"{"action":"login"}"#), AuthError::LoginWithoutKey);
+        assert_eq!(
+            err(r#"{"action":"login","key":7}"#),
+            AuthError::LoginWithoutKey
+        );
+        assert_eq!(
+            err(r#"{"action":"login","key":"k","fmt":"CSV"}"#),
+            AuthError::NotJsonFormat
+        );
+        let told: serde_json::Value =
+            serde_json::from_str(&AuthError::NotJsonFormat.v2_answer().unwrap()).unwrap();
+        assert_eq!(told["type"], "login_reject");
+        assert_eq!(
+            AuthError::MissingKey.v2_answer(),
+            None,
+            "v1 is closed, not told"
         );
     }
 

@@ -32,8 +32,9 @@ use crate::clients::budget::Budget;
 use crate::clients::closes::{self, Owed, SLOW_CONSUMER, TOO_MANY};
 use crate::clients::context::Context;
 use crate::clients::forwarded::Peer;
-use crate::clients::handshake::{unknown_symbol, Admitted};
+use crate::clients::handshake::{refused_upstream, unknown_symbol, Admitted};
 use crate::clients::stream::ClientStream;
+use crate::clients::v2;
 use crate::config::SlowClient;
 use crate::fanout::conflate::Conflation;
 use crate::fanout::distributor::{Hub, JoinError};
@@ -125,12 +126,20 @@ fn session(
     let conflate = auth
         .conflate
         .unwrap_or(ctx.config().slow_client == SlowClient::Conflate);
-    let (slot, rx) = match ctx.hub.join(
-        &auth.key,
-        auth.symbols.as_deref(),
-        std::thread::current(),
-        conflate,
-    ) {
+    let joined = if auth.v2 {
+        // Its `login_ok` is the first thing in its queue; it subscribes as it goes.
+        let login_ok = crate::feed::v2::login_ok(v2::symbol_limit(ctx, &auth.key));
+        ctx.hub
+            .join_v2(&auth.key, std::thread::current(), conflate, login_ok)
+    } else {
+        ctx.hub.join(
+            &auth.key,
+            auth.symbols.as_deref(),
+            std::thread::current(),
+            conflate,
+        )
+    };
+    let (slot, rx) = match joined {
         Ok(joined) => joined,
         Err(e) => {
             let (why, reason) = match e {
@@ -146,15 +155,21 @@ fn session(
             return Some((CloseCode::Policy, reason));
         }
     };
+    // The provider may have refused its symbols since it was admitted.
+    if slot.wants_only(&ctx.metrics.upstream_symbols.refused()) {
+        slot.kick(Kick::Refused);
+    }
     let subscription = Subscription::new(ctx, slot);
     activity.serving(&subscription.slot);
     ctx.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
     info!(
         "{peer}: authenticated key {} for {}{}",
         logsafe::quoted(&redacted_key(&auth.key)),
-        auth.symbols
-            .as_ref()
-            .map_or("all symbols".to_string(), |s| s.join(",")),
+        match &auth.symbols {
+            _ if auth.v2 => "the symbols it subscribes to (v2)".to_string(),
+            Some(s) => s.join(","),
+            None => "all symbols".to_string(),
+        },
         if conflate {
             ", conflated when behind"
         } else {
@@ -163,6 +178,12 @@ fn session(
     );
     let started = Instant::now();
     let end = deliver(ctx, ws, &subscription.slot, &rx, budget, activity);
+    // Named while the slot still says which symbols it received.
+    let refused = matches!(end, End::Kicked(Kick::Refused)).then(|| {
+        let slot = &subscription.slot;
+        let ids = (0..ctx.config().symbols.len()).filter(|id| slot.wants(*id));
+        refused_upstream(ctx, ids)
+    });
     drop(subscription);
     info!(
         "{peer}: disconnected after {:.1} s: {end}",
@@ -177,6 +198,9 @@ fn session(
         // The kernel holds our unsent bytes up to the low-water mark; lift it so the close
         // frame gets in behind them and reaches the client if it ever reads again.
         let _ = socket2::SockRef::from(&**ws.get_ref()).set_tcp_notsent_lowat(i32::MAX as u32);
+    }
+    if let Some(reason) = refused {
+        return Some((CloseCode::Policy, reason));
     }
     end.close_frame()
         .map(|(code, reason)| (code, reason.to_string()))
@@ -271,6 +295,8 @@ impl End {
             }
             End::Kicked(Kick::KeyRevoked) => Some((CloseCode::Policy, "Authentication failed")),
             End::Kicked(Kick::Restart) => Some(closes::on_stop(true)),
+            // With a reason that names the symbols: see `session`.
+            End::Kicked(Kick::Refused) => Some((CloseCode::Policy, "Denied upstream")),
             End::Kicked(_) => Some(closes::on_stop(false)),
             End::PingTimeout => Some((CloseCode::Away, "Ping timeout")),
             End::ProtocolError(code, reason) => Some((*code, reason)),
@@ -291,6 +317,9 @@ impl std::fmt::Display for End {
             ),
             End::Kicked(Kick::KeyRevoked) => f.write_str("key removed from the key file"),
             End::Kicked(Kick::Restart) => f.write_str("server restarting"),
+            End::Kicked(Kick::Refused) => {
+                f.write_str("the provider refused every symbol it receives")
+            }
             End::Kicked(_) => f.write_str("server shutting down"),
             End::ClientClosed => f.write_str("closed by the client"),
             End::PingTimeout => f.write_str("no answer to two pings"),
@@ -566,6 +595,8 @@ fn deliver_loop(
     let mut lag_limit = config.get().max_client_lag;
     let mut tick = next_tick(ping_every);
     let mut last_heard = Instant::now();
+    // What a v2 client said, for `v2::act` once read.
+    let mut said: Vec<Utf8Bytes> = Vec::new();
     loop {
         if config.refresh() {
             let c = config.get();
@@ -597,7 +628,7 @@ fn deliver_loop(
         if let Some(conflation) = holding {
             // What was queued before it held is older than its slots: folded in at once, so
             // that a client waiting for its socket holds one frame per symbol, not a queue.
-            fold_queue(ctx, conflation, rx);
+            fold_queue(ctx, slot, conflation, rx);
         }
         if let (Some(conflation), false) = (holding, blocked.is_blocked() || held_back) {
             match deliver_latest(ctx, ws, slot, conflation, blocked) {
@@ -642,13 +673,20 @@ fn deliver_loop(
         // Woken from a chain: this writer's quotes are out, the next one's turn.
         slot.pass_on();
         if slot.readable.swap(false, Ordering::SeqCst) {
-            match read_pass(ws, budget, probe) {
+            let said = slot.v2.then_some(&mut said);
+            match read_pass(ws, budget, probe, said) {
                 Ok(true) => last_heard = Instant::now(),
                 Ok(false) => {}
                 Err(end) => return end,
             }
             if let Some(rtt) = probe.rtt.take() {
                 timings.pong(rtt);
+            }
+        }
+        // A v2 client's subscriptions: their answers join its queue, for the next turn.
+        for text in said.drain(..) {
+            if !v2::act(ctx, slot, &blocked.activity.peer, &text) {
+                return End::Kicked(Kick::SlowConsumer);
             }
         }
         let now = Instant::now();
@@ -692,7 +730,7 @@ fn deliver_loop(
         // in the distributor). A socket that is merely full is flow control, not lag.
         let held_back = ws.get_ref().written() - probe.proven >= UNPROVEN_BYTES;
         if let Some(conflation) = slot.conflation().filter(|_| held_back) {
-            start_holding(ctx, conflation, rx);
+            start_holding(ctx, slot, conflation, rx);
         }
         let mut until = tick;
         if let Some(t) = probe
@@ -729,23 +767,34 @@ fn deliver_loop(
 // Out of line, as are the two below: inlined into the writer loop they cost every client's
 // thread one more page of stack (measured: 12 KiB touched against 16 KiB), conflating or not.
 #[inline(never)]
-fn start_holding(ctx: &Context, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
+fn start_holding(
+    ctx: &Context,
+    slot: &ClientSlot,
+    conflation: &Conflation,
+    rx: &Receiver<Utf8Bytes>,
+) {
     conflation.hold(&ctx.metrics.clients_conflating);
-    fold_queue(ctx, conflation, rx);
+    fold_queue(ctx, slot, conflation, rx);
 }
 
 /// Moves what waits in the queue of a holding client into its slots. Once it holds, nothing
 /// more is queued, so everything here is older than what the slots hold.
 #[inline(never)]
-fn fold_queue(ctx: &Context, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
+fn fold_queue(ctx: &Context, slot: &ClientSlot, conflation: &Conflation, rx: &Receiver<Utf8Bytes>) {
     if rx.is_empty() {
         return;
     }
-    let queued: Vec<(usize, Utf8Bytes)> = rx
-        .try_iter()
-        .filter_map(|frame| Some((ctx.hub.symbol_of(&frame)?, frame)))
-        .collect();
-    let dropped = conflation.fold(queued);
+    let mut queued: Vec<(usize, Utf8Bytes)> = Vec::new();
+    let mut control = Vec::new();
+    for frame in rx.try_iter() {
+        match ctx.hub.queued_symbol(slot, &frame) {
+            // A v2 client may have unsubscribed since: nothing more of that symbol.
+            Some(id) if slot.wants(id) => queued.push((id, frame)),
+            Some(_) => {}
+            None => control.push(frame),
+        }
+    }
+    let dropped = conflation.fold(queued, control);
     ctx.metrics
         .quotes_conflated
         .fetch_add(dropped, Ordering::Relaxed);
@@ -783,7 +832,13 @@ fn deliver_latest(
 
 /// Reads everything the client has sent without blocking: tungstenite queues the pong for a
 /// ping and the reply to a close; both are flushed here. Returns whether anything arrived.
-fn read_pass(ws: &mut Socket, budget: &mut Budget, probe: &mut Probe) -> Result<bool, End> {
+/// With `said`, its text messages are kept there (a v2 client's actions).
+fn read_pass(
+    ws: &mut Socket,
+    budget: &mut Budget,
+    probe: &mut Probe,
+    mut said: Option<&mut Vec<Utf8Bytes>>,
+) -> Result<bool, End> {
     let mut heard = false;
     let result = loop {
         match ws.read() {
@@ -791,6 +846,12 @@ fn read_pass(ws: &mut Socket, budget: &mut Budget, probe: &mut Probe) -> Result<
             // The answer to our own ping is not the client's doing: it costs no budget.
             Ok(Message::Pong(payload)) if probe.answered(&payload) => heard = true,
             Ok(_) if !budget.take(Instant::now()) => break Err(End::Flood),
+            Ok(Message::Text(text)) => {
+                heard = true;
+                if let Some(said) = said.as_deref_mut() {
+                    said.push(text);
+                }
+            }
             Ok(_) => heard = true,
             // A wake-up that completed no message is charged as one: a peer sending endless
             // fragments of a message that never ends costs reads like a flood of messages.

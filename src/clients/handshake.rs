@@ -10,6 +10,7 @@
 use crate::base::logsafe;
 use crate::base::logsafe::redacted_key;
 use crate::base::metrics::{AuthFailure, Rejection};
+use crate::base::symbol_states::SymbolState;
 use crate::clients::auth::{self, AuthRequest};
 use crate::clients::budget::Budget;
 use crate::clients::closes::{self, Owed, TOO_MANY};
@@ -20,6 +21,7 @@ use crate::clients::keys::KeyEntry;
 use crate::clients::places::Place;
 use crate::clients::stream::{ClientStream, TlsFailure, TLS_HANDSHAKE_RECORD};
 use crate::config::Config;
+use crate::feed::v2;
 use log::{debug, info, warn};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -669,7 +671,17 @@ impl Conn {
                     place,
                 )
             }
-            Err(owed) => self.close_with(ctx, owed, now),
+            Err(Refusal { owed, told }) => {
+                // A v2 client is told why (`login_reject`) before its close frame.
+                if let (Some(text), Phase::Auth { ws, .. }) = (told, &mut self.phase) {
+                    match ws.write(Message::text(text)) {
+                        Ok(()) => {}
+                        Err(e) if closes::would_block(&e) => {}
+                        Err(_) => return Next::Closed,
+                    }
+                }
+                self.close_with(ctx, owed, now)
+            }
         }
     }
 
@@ -762,10 +774,56 @@ pub fn unknown_symbol(symbol: &str) -> String {
     logsafe::close_reason("Unknown symbol ", symbol)
 }
 
-/// Checks an auth message against the key file and the symbols the proxy carries.
-fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
-    let request = auth::parse_auth(text)
-        .map_err(|e| refuse(ctx, peer, AuthFailure::BadMessage, &e.to_string()))?;
+/// The close reason for a client whose symbols (`ids`) the provider all refused:
+/// `Denied upstream: XAUUSD (not in your plan), FOO (invalid)`, as much as a close frame holds.
+pub fn refused_upstream(ctx: &Context, ids: impl IntoIterator<Item = usize>) -> String {
+    let states = ctx.metrics.upstream_symbols.all();
+    let mut reason = String::from("Denied upstream: ");
+    for id in ids {
+        let Some((symbol, state)) = states.get(id) else {
+            continue;
+        };
+        let why = match state {
+            SymbolState::Denied(why) if !why.is_empty() => format!(" ({})", logsafe::short(why)),
+            SymbolState::Invalid => " (invalid)".to_string(),
+            _ => String::new(),
+        };
+        let sep = if reason.ends_with(": ") { "" } else { ", " };
+        let part = format!("{sep}{symbol}{why}");
+        if reason.len() + part.len() > MAX_CLOSE_REASON {
+            if reason.len() + 3 <= MAX_CLOSE_REASON {
+                reason.push('…');
+            }
+            break;
+        }
+        reason.push_str(&part);
+    }
+    reason
+}
+
+/// The most a close frame's reason may hold, in bytes.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// A refused first message: the close frame it earns, and for a v2 client what it is told
+/// first (`login_reject`).
+struct Refusal {
+    owed: Owed,
+    told: Option<String>,
+}
+
+impl From<Owed> for Refusal {
+    fn from(owed: Owed) -> Refusal {
+        Refusal { owed, told: None }
+    }
+}
+
+/// Checks a first message (a v1 auth message or a v2 login) against the key file and the
+/// symbols the proxy carries.
+fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Refusal> {
+    let request = auth::parse_auth(text).map_err(|e| Refusal {
+        owed: refuse(ctx, peer, AuthFailure::BadMessage, &e.to_string()),
+        told: e.v2_answer(),
+    })?;
     let keys = ctx.keys();
     if !ctx.keys_checked(&keys) {
         // Admitted by its certificate alone: `userKey` is only a label, every symbol allowed.
@@ -773,10 +831,10 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
             key: String::new(),
             symbols: None,
         };
-        return admit_symbols(ctx, peer, request, &anyone);
+        return admit_symbols(ctx, peer, request, &anyone).map_err(Refusal::from);
     }
     let Some(entry) = keys.lookup(&request.key) else {
-        return Err(refuse(
+        let owed = refuse(
             ctx,
             peer,
             AuthFailure::BadKey,
@@ -784,33 +842,40 @@ fn check(ctx: &Context, peer: Peer, text: &str) -> Result<AuthRequest, Owed> {
                 "unknown key {}",
                 logsafe::quoted(&redacted_key(&request.key))
             ),
-        ));
+        );
+        let told = request.v2.then(|| v2::login_reject("invalid key"));
+        return Err(Refusal { owed, told });
     };
-    admit_symbols(ctx, peer, request, entry)
+    admit_symbols(ctx, peer, request, entry).map_err(Refusal::from)
 }
 
 /// Checks the symbols asked for (or, without any, those of the key) against what the proxy
-/// carries and what the key may see.
+/// carries, what the key may see and what the provider refused. A v2 client asks for none
+/// yet: it subscribes once logged in.
 fn admit_symbols(
     ctx: &Context,
     peer: Peer,
     request: AuthRequest,
     entry: &KeyEntry,
 ) -> Result<AuthRequest, Owed> {
+    if request.v2 {
+        return Ok(request);
+    }
     let wanted: Vec<String> = request
         .symbols
         .clone()
         .or_else(|| entry.symbols.clone())
         .unwrap_or_default();
+    let mut ids = Vec::with_capacity(wanted.len());
     for symbol in &wanted {
-        if ctx.hub.symbol_id(symbol).is_none() {
+        let Some(id) = ctx.hub.symbol_id(symbol) else {
             ctx.metrics.auth_failed(AuthFailure::Symbol);
             warn!(
                 "{peer}: refused: symbol {} is not carried",
                 logsafe::quoted(symbol)
             );
             return Err((CloseCode::Policy, unknown_symbol(symbol)));
-        }
+        };
         if !entry.allows(symbol) {
             ctx.metrics.auth_failed(AuthFailure::Symbol);
             warn!(
@@ -823,11 +888,25 @@ fn admit_symbols(
                 logsafe::close_reason("Not entitled to symbol ", symbol),
             ));
         }
+        ids.push(id);
+    }
+    let refused = ctx.metrics.upstream_symbols.refused();
+    if !refused.is_empty() {
+        if ids.is_empty() {
+            ids = (0..refused.len()).collect();
+        }
+        if ids.iter().all(|id| refused[*id]) {
+            ctx.metrics.auth_failed(AuthFailure::Symbol);
+            let reason = refused_upstream(ctx, ids);
+            warn!("{peer}: refused: the provider refused every symbol it asked for: {reason}");
+            return Err((CloseCode::Policy, reason));
+        }
     }
     Ok(AuthRequest {
         key: request.key,
         symbols: (!wanted.is_empty()).then_some(wanted),
         conflate: request.conflate,
+        v2: false,
     })
 }
 

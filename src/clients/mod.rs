@@ -1,7 +1,9 @@
 //! The clients: every connection on the client port, from `accept` to its close. One
 //! `admission` thread drives every connection that has no thread of its own yet (listener,
 //! HTTP request, TLS, upgrade, auth, keys); once authenticated, a client gets its own writer
-//! thread (`client`), which joins the hub and writes its quotes.
+//! thread (`client`), which joins the hub and writes its quotes. A client's first message
+//! decides whether it speaks fxproxy's own protocol or TraderMade's v2 (`v2`: it subscribes
+//! as it goes).
 //!
 //! May import: `fanout`, `backbone` (its status, for `/healthz`), `feed` (the quote protocol),
 //! `config`, `base`. Plain HTTP requests are answered by a function the server plugs into the
@@ -25,4 +27,5 @@ pub mod listener;
 pub mod places;
 pub mod stream;
 pub mod tls;
+pub mod v2;
 pub mod watcher;

@@ -34,6 +34,9 @@ struct State {
     latest: Box<[Option<Utf8Bytes>]>,
     /// Symbol ids with a quote in `latest`, in the order they first changed.
     order: VecDeque<usize>,
+    /// Frames that are no quote (a v2 client's acknowledgements), folded in from the queue:
+    /// never replaced, sent before the slots.
+    control: VecDeque<Utf8Bytes>,
 }
 
 /// What became of a quote offered to a conflating client.
@@ -53,6 +56,7 @@ impl Conflation {
                 live: true,
                 latest: vec![None; symbols].into_boxed_slice(),
                 order: VecDeque::new(),
+                control: VecDeque::new(),
             }),
             pending: AtomicBool::new(false),
         }
@@ -109,8 +113,13 @@ impl Conflation {
 
     /// Folds frames taken from the queue while holding (oldest first, with their symbol ids)
     /// into the slots: a slot already filled holds a newer quote, so the queued one is dropped.
-    /// Returns how many quotes were dropped.
-    pub fn fold(&self, queued: Vec<(usize, Utf8Bytes)>) -> u64 {
+    /// `control` (frames that are no quote) are kept, in order, to go first. Returns how many
+    /// quotes were dropped.
+    pub fn fold(&self, queued: Vec<(usize, Utf8Bytes)>, control: Vec<Utf8Bytes>) -> u64 {
+        if !control.is_empty() {
+            self.state.lock().control.extend(control);
+            self.pending.store(true, Ordering::SeqCst);
+        }
         if queued.is_empty() {
             return 0;
         }
@@ -146,6 +155,9 @@ impl Conflation {
     /// `None` when there is none, and then the client is live again.
     pub fn take(&self, behind: &AtomicU64) -> Option<Utf8Bytes> {
         let mut s = self.state.lock();
+        if let Some(frame) = s.control.pop_front() {
+            return Some(frame);
+        }
         while let Some(id) = s.order.pop_front() {
             if let Some(frame) = s.latest[id].take() {
                 return Some(frame);
@@ -156,6 +168,15 @@ impl Conflation {
             behind.fetch_sub(1, Ordering::Relaxed);
         }
         None
+    }
+
+    /// The client no longer receives symbol `id` (a v2 client unsubscribed): its unsent
+    /// quote is dropped.
+    pub fn forget(&self, id: usize) {
+        let mut s = self.state.lock();
+        if s.latest[id].take().is_some() {
+            s.order.retain(|i| *i != id);
+        }
     }
 
     /// Whether a quote waits in a slot (see `pending`).
@@ -224,7 +245,7 @@ mod tests {
         assert_eq!((c.waiting(), behind.load(Ordering::Relaxed)), (2, 1));
         // The queue's frames are older: the writer folds them in, and they lose to A3 and B2.
         let queued: Vec<(usize, Utf8Bytes)> = rx.try_iter().enumerate().collect();
-        assert_eq!(c.fold(queued), 2);
+        assert_eq!(c.fold(queued, Vec::new()), 2);
         assert_eq!(drain(&c, &behind), ["A3", "B2"]);
         assert!(!c.is_holding(), "live again once nothing waits");
         assert!(!c.has_pending());
@@ -241,14 +262,28 @@ mod tests {
         c.hold(&behind);
         assert_eq!(behind.load(Ordering::Relaxed), 1, "counted once");
         c.offer(2, &f("C", 9), &tx, 100, &behind);
-        let dropped = c.fold(vec![
-            (0, f("A", 1)),
-            (1, f("B", 1)),
-            (0, f("A", 2)),
-            (2, f("C", 1)),
-        ]);
+        let dropped = c.fold(
+            vec![
+                (0, f("A", 1)),
+                (1, f("B", 1)),
+                (0, f("A", 2)),
+                (2, f("C", 1)),
+            ],
+            vec![f("ack", 1)],
+        );
         assert_eq!(dropped, 2, "A1 and C1");
-        assert_eq!(drain(&c, &behind), ["A2", "B1", "C9"]);
+        assert_eq!(
+            drain(&c, &behind),
+            ["ack1", "A2", "B1", "C9"],
+            "control first"
+        );
+        // A symbol the client no longer receives loses its unsent quote.
+        c.hold(&behind);
+        c.offer(0, &f("A", 3), &tx, 0, &behind);
+        c.offer(1, &f("B", 3), &tx, 0, &behind);
+        c.forget(0);
+        assert_eq!(c.waiting(), 1);
+        assert_eq!(drain(&c, &behind), ["B3"]);
     }
 
     #[test]

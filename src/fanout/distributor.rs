@@ -68,6 +68,23 @@ pub struct Hub {
     grid: Padded<Grid>,
     /// How a frame's symbol is found: the v1 shape's `symbol`, or a provider's own field.
     symbol_of: SymbolOf,
+    /// How clients that speak v2 are served, once the server plugs it in.
+    v2: Option<V2Ticks>,
+}
+
+/// A frame (its text, its symbol's name, whether it is the latest quote sent on subscribing)
+/// as a v2 tick.
+pub type EncodeV2 = Box<dyn Fn(&str, &str, bool) -> Option<String> + Send + Sync>;
+
+/// How the hub serves clients that speak TraderMade's v2 protocol; the feed knows the
+/// protocol, the hub only asks.
+pub struct V2Ticks {
+    /// A frame of the named symbol as a v2 tick (`true`: the latest quote, sent on
+    /// subscribing); `None` when the frame holds no price. Called once per frame for all the
+    /// v2 clients, under the hub's lock.
+    pub encode: EncodeV2,
+    /// The symbol a v2 tick names; `None` for the protocol's other messages.
+    pub symbol: fn(&str) -> Option<&str>,
 }
 
 /// How the hub finds a frame's symbol: its position in the hub's symbols, `None` for a frame
@@ -120,12 +137,36 @@ impl Hub {
                 streaming: AtomicBool::new(false),
             }),
             symbol_of,
+            v2: None,
         }
+    }
+
+    /// The hub, serving v2 clients as `v2` says.
+    pub fn with_v2(mut self, v2: V2Ticks) -> Hub {
+        self.v2 = Some(v2);
+        self
     }
 
     /// The symbol id of a frame from the upstream side, if it is a quote of a carried symbol.
     pub fn symbol_of(&self, frame: &str) -> Option<usize> {
         (self.symbol_of)(frame)
+    }
+
+    /// The symbol id of a frame from `client`'s queue; `None` for one that is no quote (a v2
+    /// client's acknowledgements).
+    pub fn queued_symbol(&self, client: &ClientSlot, frame: &str) -> Option<usize> {
+        if !client.v2 {
+            return self.symbol_of(frame);
+        }
+        let v2 = self.v2.as_ref()?;
+        (v2.symbol)(frame).and_then(|s| self.symbol_id(s))
+    }
+
+    /// The latest quote of symbol `id` as a v2 tick, `last` when it is the one sent on
+    /// subscribing.
+    fn v2_tick(&self, id: usize, frame: &str, last: bool) -> Option<Utf8Bytes> {
+        let v2 = self.v2.as_ref()?;
+        (v2.encode)(frame, &self.symbols[id], last).map(Utf8Bytes::from)
     }
 
     /// New `client_queue_len`, `max_clients_per_key` and `batch_delay_ms` after a reload:
@@ -252,6 +293,30 @@ impl Hub {
                 Some(wants)
             }
         };
+        self.enter(key, (wants, false), thread, conflate, None)
+    }
+
+    /// Adds a client that speaks v2: it receives no symbol until it subscribes (see
+    /// [`Hub::change`]), and `first` (its `login_ok`) is the first thing queued for it.
+    pub fn join_v2(
+        &self,
+        key: &str,
+        thread: Thread,
+        conflate: bool,
+        first: String,
+    ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), JoinError> {
+        let wants = vec![false; self.symbols.len()].into_boxed_slice();
+        self.enter(key, (Some(wants), true), thread, conflate, Some(first))
+    }
+
+    fn enter(
+        &self,
+        key: &str,
+        wants: (Option<Box<[bool]>>, bool),
+        thread: Thread,
+        conflate: bool,
+        first: Option<String>,
+    ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), JoinError> {
         // The design asks for a bounded queue per client; this is an unbounded (linked-block)
         // channel capped by its length instead (`client_queue_len`, checked in `publish`):
         // crossbeam's `bounded(n)` allocates all n slots up front, 1,024 × 16 bytes for every
@@ -274,16 +339,72 @@ impl Hub {
         }
         *count += 1;
         slot.queued_at.store(self.stamp(), Ordering::Relaxed);
+        if let Some(first) = first {
+            // The receiver is alive in this scope, so the send cannot fail.
+            let _ = slot.tx.send(Utf8Bytes::from(first));
+        }
         for (id, frame) in inner.latest.iter().enumerate() {
             if let Some(frame) = frame {
                 if slot.wants(id) {
-                    // The receiver is alive in this scope, so the send cannot fail.
                     let _ = slot.tx.send(frame.clone());
                 }
             }
         }
         inner.clients.push(Arc::clone(&slot));
         Ok((slot, rx))
+    }
+
+    /// A v2 client's subscriptions change, in one critical section with the fan-out so that
+    /// what it is sent stays in order: `ack` is queued first; then, with `send_last`, the
+    /// latest quote of each symbol of `add` it did not receive already, as a LAST_QUOTE; then
+    /// that symbol's live stream. Nothing of a symbol of `remove` is queued after `ack`. A
+    /// client whose queue is full is a slow consumer: it is told to leave, and false returned.
+    pub fn change(
+        &self,
+        client: &ClientSlot,
+        add: &[usize],
+        remove: &[usize],
+        ack: String,
+        send_last: bool,
+    ) -> bool {
+        let Some(wants) = client.wants.as_ref() else {
+            return true;
+        };
+        let inner = self.inner.lock();
+        if client.tx.len() >= self.queue_len.load(Ordering::Relaxed) {
+            drop(inner);
+            client.kick(Kick::SlowConsumer);
+            self.metrics
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        // The receiver lives as long as the client's slot, so these sends cannot fail.
+        let _ = client.tx.send(Utf8Bytes::from(ack));
+        for &id in remove {
+            wants[id].store(false, Ordering::Relaxed);
+            if let Some(conflation) = &client.conflation {
+                conflation.forget(id);
+            }
+        }
+        for &id in add {
+            if wants[id].swap(true, Ordering::Relaxed) || !send_last {
+                continue;
+            }
+            let last = inner.latest[id]
+                .as_ref()
+                .and_then(|frame| self.v2_tick(id, frame, true));
+            if let Some(tick) = last {
+                let _ = client.tx.send(tick);
+            }
+        }
+        true
+    }
+
+    /// Tells every client whose symbols the provider all refused (`refused`, by symbol id) to
+    /// leave; returns how many.
+    pub fn kick_refused(&self, refused: &[bool]) -> usize {
+        self.kick_where(Kick::Refused, |c| c.wants_only(refused))
     }
 
     /// Removes a client (its writer is ending). Idempotent.
@@ -346,10 +467,36 @@ impl Hub {
         // Conflating clients whose queue just filled: their writers fold it into their slots,
         // even if they are parked waiting for the socket.
         let mut to_fold: Vec<Arc<ClientSlot>> = Vec::new();
+        // Each frame's v2 text, made once, for the first v2 client that wants it.
+        let mut v2_ticks: Vec<Option<Option<Utf8Bytes>>> = Vec::new();
+        let mut v2_tick = |k: usize| -> Option<Utf8Bytes> {
+            if v2_ticks.is_empty() {
+                v2_ticks.resize(batch.len(), None);
+            }
+            let (id, frame) = &batch[k];
+            v2_ticks[k]
+                .get_or_insert_with(|| self.v2_tick(*id, frame, false))
+                .clone()
+        };
         for (pos, client) in inner.clients.iter().enumerate() {
             if let Some(conflation) = &client.conflation {
                 let mut offered = false;
-                for (id, frame) in batch.iter().filter(|(id, _)| client.wants(*id)) {
+                for (k, (id, frame)) in batch.iter().enumerate() {
+                    if !client.wants(*id) {
+                        continue;
+                    }
+                    let v2;
+                    let frame = if client.v2 {
+                        match v2_tick(k) {
+                            Some(tick) => {
+                                v2 = tick;
+                                &v2
+                            }
+                            None => continue,
+                        }
+                    } else {
+                        frame
+                    };
                     offered = true;
                     let behind = &self.metrics.clients_conflating;
                     if let Offer::Held { replaced, started } =
@@ -366,7 +513,11 @@ impl Hub {
                 }
                 continue;
             }
-            for (n, (_, frame)) in batch.iter().filter(|(id, _)| client.wants(*id)).enumerate() {
+            let mut first = true;
+            for (k, (id, frame)) in batch.iter().enumerate() {
+                if !client.wants(*id) {
+                    continue;
+                }
                 // An unbounded (linked-block) channel capped by its length: a bounded one
                 // allocates every slot up front, which thousands of clients cannot afford.
                 let len = client.tx.len();
@@ -374,12 +525,21 @@ impl Hub {
                     slow.push(pos);
                     break;
                 }
+                let frame = if client.v2 {
+                    match v2_tick(k) {
+                        Some(tick) => tick,
+                        None => continue,
+                    }
+                } else {
+                    frame.clone()
+                };
                 if len == 0 {
                     // Before the send: the writer reads it after taking the frame.
                     client.queued_at.store(stamp, Ordering::Relaxed);
                 }
-                let _ = client.tx.send(frame.clone());
-                if n == 0 {
+                let _ = client.tx.send(frame);
+                if first {
+                    first = false;
                     queued.push(pos);
                 }
             }
@@ -764,6 +924,151 @@ mod tests {
             Arc::new(Metrics::new()),
             symbol_field(&symbols),
         ))
+    }
+
+    /// A hub whose v2 text is `v2:` and the frame, counting how often it is made.
+    fn v2_hub(queue_len: usize) -> (Arc<Hub>, Arc<AtomicUsize>) {
+        let symbols = vec!["EURUSD".to_string(), "GBPUSD".to_string()];
+        let made = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&made);
+        let hub = Hub::new(
+            &symbols,
+            queue_len,
+            0,
+            Duration::ZERO,
+            Arc::new(Metrics::new()),
+            symbol_field(&symbols),
+        )
+        .with_v2(V2Ticks {
+            encode: Box::new(move |frame, symbol, last| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let kind = if last { "LAST" } else { "QUOTE" };
+                Some(format!("{kind}:{symbol}:{frame}"))
+            }),
+            symbol: |frame| frame.split(':').nth(1),
+        });
+        (Arc::new(hub), made)
+    }
+
+    #[test]
+    fn a_v2_tick_is_made_once_for_every_v2_client() {
+        let (hub, made) = v2_hub(16);
+        let (_v1, v1_rx) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let v2: Vec<_> = (0..3)
+            .map(|_| {
+                let (slot, rx) = hub
+                    .join_v2("key-2", std::thread::current(), false, "login_ok".into())
+                    .unwrap();
+                assert!(hub.change(&slot, &[0], &[], "ack".into(), true));
+                (slot, rx)
+            })
+            .collect();
+        assert_eq!(made.load(Ordering::SeqCst), 0, "nothing to send last yet");
+        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
+        assert_eq!(
+            made.load(Ordering::SeqCst),
+            1,
+            "once for three clients, and not for a symbol none wants"
+        );
+        assert_eq!(
+            drain(&v1_rx),
+            [
+                r#"{"symbol":"EURUSD","n":1}"#,
+                r#"{"symbol":"GBPUSD","n":1}"#
+            ]
+        );
+        for (_, rx) in &v2 {
+            assert_eq!(
+                drain(rx),
+                [
+                    "login_ok",
+                    "ack",
+                    r#"QUOTE:EURUSD:{"symbol":"EURUSD","n":1}"#
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_v2_subscription_meets_the_live_stream_in_order() {
+        let (hub, _) = v2_hub(16);
+        hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
+        let (slot, rx) = hub
+            .join_v2("key-1", std::thread::current(), false, "login_ok".into())
+            .unwrap();
+        hub.publish(&[(0, frame("EURUSD", 2))]);
+        assert_eq!(drain(&rx), ["login_ok"], "nothing before it subscribes");
+        assert!(hub.change(&slot, &[0], &[], "ack-1".into(), true));
+        hub.publish(&[(0, frame("EURUSD", 3)), (1, frame("GBPUSD", 2))]);
+        // Subscribing again to what it has changes nothing: no second LAST_QUOTE.
+        assert!(hub.change(&slot, &[0, 1], &[], "ack-2".into(), true));
+        hub.publish(&[(1, frame("GBPUSD", 3))]);
+        assert!(hub.change(&slot, &[], &[0], "unsub".into(), false));
+        hub.publish(&[(0, frame("EURUSD", 4)), (1, frame("GBPUSD", 4))]);
+        assert_eq!(
+            drain(&rx),
+            [
+                "ack-1",
+                r#"LAST:EURUSD:{"symbol":"EURUSD","n":2}"#,
+                r#"QUOTE:EURUSD:{"symbol":"EURUSD","n":3}"#,
+                "ack-2",
+                r#"LAST:GBPUSD:{"symbol":"GBPUSD","n":2}"#,
+                r#"QUOTE:GBPUSD:{"symbol":"GBPUSD","n":3}"#,
+                "unsub",
+                r#"QUOTE:GBPUSD:{"symbol":"GBPUSD","n":4}"#,
+            ]
+        );
+        assert_eq!(
+            hub.queued_symbol(&slot, r#"QUOTE:GBPUSD:{}"#),
+            Some(1),
+            "its ticks are read back by the v2 rule"
+        );
+        assert_eq!(hub.queued_symbol(&slot, "ack"), None);
+    }
+
+    #[test]
+    fn a_v2_client_that_does_not_read_its_answers_is_a_slow_consumer() {
+        let (hub, _) = v2_hub(2);
+        let (slot, _rx) = hub
+            .join_v2("key-1", std::thread::current(), false, "login_ok".into())
+            .unwrap();
+        assert!(hub.change(&slot, &[], &[], "a".into(), false));
+        assert!(!hub.change(&slot, &[], &[], "b".into(), false));
+        assert_eq!(slot.kicked(), Kick::SlowConsumer);
+    }
+
+    #[test]
+    fn clients_whose_every_symbol_is_refused_are_told_to_leave() {
+        let hub = hub(8);
+        let (all, _a) = hub
+            .join("key-1", None, std::thread::current(), false)
+            .unwrap();
+        let (eur, _e) = hub
+            .join(
+                "key-2",
+                Some(&["EURUSD".to_string()]),
+                std::thread::current(),
+                false,
+            )
+            .unwrap();
+        let (gbp, _g) = hub
+            .join(
+                "key-3",
+                Some(&["GBPUSD".to_string()]),
+                std::thread::current(),
+                false,
+            )
+            .unwrap();
+        assert_eq!(hub.kick_refused(&[]), 0);
+        assert_eq!(hub.kick_refused(&[true, false]), 1);
+        assert_eq!(
+            (all.kicked(), eur.kicked(), gbp.kicked()),
+            (Kick::None, Kick::Refused, Kick::None)
+        );
+        assert_eq!(hub.kick_refused(&[true, true]), 3);
+        assert_eq!(all.kicked(), Kick::Refused);
     }
 
     #[test]

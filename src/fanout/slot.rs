@@ -25,6 +25,8 @@ pub enum Kick {
     Shutdown = 3,
     /// The proxy restarts on a socket systemd holds: come back at once (1012).
     Restart = 4,
+    /// The provider refused every symbol the client receives.
+    Refused = 5,
 }
 
 impl Kick {
@@ -34,6 +36,7 @@ impl Kick {
             2 => Kick::KeyRevoked,
             3 => Kick::Shutdown,
             4 => Kick::Restart,
+            5 => Kick::Refused,
             _ => Kick::None,
         }
     }
@@ -81,8 +84,12 @@ pub struct ClientSlot {
     pub id: u64,
     pub key: String,
     pub(super) tx: Sender<Utf8Bytes>,
-    /// Indexed by symbol id; `None` means every symbol.
-    pub(super) wants: Option<Box<[bool]>>,
+    /// Indexed by symbol id; `None` means every symbol. Changed only under the hub's lock,
+    /// which the distributor holds while it reads them (a v2 client subscribes and
+    /// unsubscribes as it goes).
+    pub(super) wants: Option<Box<[AtomicBool]>>,
+    /// Speaks TraderMade's v2 protocol: its queue gets the v2 text of each quote.
+    pub v2: bool,
     pub(super) thread: Thread,
     pub(super) state: AtomicU8,
     /// A wake-up chain this writer was woken from and should help along.
@@ -103,13 +110,13 @@ pub struct ClientSlot {
 }
 
 impl ClientSlot {
-    /// A joining client's slot: `wants` by symbol id (`None`: every symbol), and its
-    /// latest-value slots if it conflates.
+    /// A joining client's slot: `wants` by symbol id (`None`: every symbol), whether it
+    /// speaks v2, and its latest-value slots if it conflates.
     pub(super) fn new(
         id: u64,
         key: &str,
         tx: Sender<Utf8Bytes>,
-        wants: Option<Box<[bool]>>,
+        (wants, v2): (Option<Box<[bool]>>, bool),
         thread: Thread,
         conflation: Option<Box<Conflation>>,
     ) -> ClientSlot {
@@ -117,7 +124,8 @@ impl ClientSlot {
             id,
             key: key.to_string(),
             tx,
-            wants,
+            wants: wants.map(|w| w.iter().map(|b| AtomicBool::new(*b)).collect()),
+            v2,
             thread,
             state: AtomicU8::new(RUNNING),
             chain: Mutex::new(None),
@@ -129,8 +137,25 @@ impl ClientSlot {
         }
     }
 
-    pub(super) fn wants(&self, symbol: usize) -> bool {
-        self.wants.as_ref().map_or(true, |w| w[symbol])
+    pub fn wants(&self, symbol: usize) -> bool {
+        self.wants
+            .as_ref()
+            .map_or(true, |w| w[symbol].load(Ordering::Relaxed))
+    }
+
+    /// Whether every symbol it receives is among `refused` (by symbol id), and it receives
+    /// at least one.
+    pub fn wants_only(&self, refused: &[bool]) -> bool {
+        let mut any = false;
+        for (id, refused) in refused.iter().enumerate() {
+            if self.wants(id) {
+                if !refused {
+                    return false;
+                }
+                any = true;
+            }
+        }
+        any
     }
 
     /// Its latest-value slots, if it conflates.

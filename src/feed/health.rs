@@ -1,9 +1,10 @@
 //! Whether the feed is healthy, the one verdict behind `/healthz` (and `/readyz`), the
-//! backbone's own health and `fxproxy watch`'s "market closed" line: the upstream is connected
-//! and, while the market is open, quotes arrive.
+//! backbone's own health and `fxproxy watch`'s "market closed" line: the upstream is connected,
+//! the provider refused not every symbol, and, while the market is open, quotes arrive.
 
 use crate::base::market::{self, Market, MarketState};
 use crate::base::metrics::{Metrics, UpstreamState};
+use crate::base::symbol_states::{SymbolState, SymbolStates};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ pub fn health(metrics: &Metrics, market: &Market, stale: Duration, now_ms: u64) 
             "refused",
             format!(
                 ",\"reason\":{},\"since_ms\":{since_ms}",
-                serde_json::Value::String(format!("the provider refused the key: {reason}"))
+                serde_json::Value::String(format!("the provider refused: {reason}"))
             ),
         ),
         UpstreamState::Reconnecting { since_ms, reason } => (
@@ -35,11 +36,52 @@ pub fn health(metrics: &Metrics, market: &Market, stale: Duration, now_ms: u64) 
         ),
         UpstreamState::Connected { .. } => feed_verdict(market, stale, now_ms, last),
     };
+    // Symbols the provider refused are named; with none left to flow, the feed is no good
+    // whatever the connection's state.
+    let (flows, refused) = refused_symbols(&metrics.upstream_symbols);
+    let (ok, status) = match (ok, flows) {
+        (true, false) => (false, "refused"),
+        other => (other.0, status),
+    };
     let body = format!(
-        "{{\"status\":\"{status}\"{detail},\"last_quote_age_secs\":{age_json},\"clients\":{}}}\n",
+        "{{\"status\":\"{status}\"{detail}{refused},\"last_quote_age_secs\":{age_json},\"clients\":{}}}\n",
         metrics.clients_connected.load(Relaxed)
     );
     (if ok { 200 } else { 503 }, body)
+}
+
+/// Whether quotes of some symbol may flow, and the `/healthz` fields naming the symbols the
+/// provider refused (each with its leading comma): `"denied":{"XAUUSD":"why"}`,
+/// `"invalid":["FOO"]`, and the plan's `symbol_limit` when its login said.
+pub fn refused_symbols(states: &SymbolStates) -> (bool, String) {
+    let mut denied = serde_json::Map::new();
+    let mut invalid = Vec::new();
+    for (symbol, state) in states.all() {
+        match state {
+            SymbolState::Denied(why) => {
+                denied.insert(symbol, serde_json::Value::String(why));
+            }
+            SymbolState::Invalid => invalid.push(serde_json::Value::String(symbol)),
+            _ => {}
+        }
+    }
+    let mut fields = String::new();
+    if !denied.is_empty() {
+        fields.push_str(&format!(
+            ",\"denied\":{}",
+            serde_json::Value::Object(denied)
+        ));
+    }
+    if !invalid.is_empty() {
+        fields.push_str(&format!(
+            ",\"invalid\":{}",
+            serde_json::Value::Array(invalid)
+        ));
+    }
+    if let Some(limit) = states.limit() {
+        fields.push_str(&format!(",\"symbol_limit\":{limit}"));
+    }
+    (states.some_flow(), fields)
 }
 
 /// Whether a feed whose last quote came at `last` (ms, 0 for never) is healthy by the
@@ -121,6 +163,40 @@ mod tests {
             body.contains(r#""reason":"closed \"by\" peer","since_ms":5"#),
             "{body}"
         );
+    }
+
+    #[test]
+    fn health_names_refused_symbols_and_fails_when_none_flows() {
+        let m = Metrics::new();
+        m.upstream_symbols
+            .configure(&["EURUSD".into(), "XAUUSD".into(), "FOOBAR".into()]);
+        m.set_upstream(UpstreamState::Connected { since_ms: 1 });
+        m.last_quote_ms.store(990_000, Relaxed);
+        let stale = Duration::from_secs(30);
+        m.upstream_symbols.set(vec![
+            SymbolState::Accepted,
+            SymbolState::Denied("not in \"plan\"".into()),
+            SymbolState::Invalid,
+        ]);
+        m.upstream_symbols.set_limit(2);
+        let (code, body) = health(&m, &always(), stale, 1_000_000);
+        assert_eq!(code, 200, "EURUSD flows: {body}");
+        let b = json(&body);
+        assert_eq!(b["status"], "ok");
+        assert_eq!(b["denied"]["XAUUSD"], "not in \"plan\"");
+        assert_eq!(b["invalid"], serde_json::json!(["FOOBAR"]));
+        assert_eq!(b["symbol_limit"], 2);
+        m.upstream_symbols.set(vec![
+            SymbolState::Denied(String::new()),
+            SymbolState::Denied("x".into()),
+            SymbolState::Invalid,
+        ]);
+        let (code, body) = health(&m, &always(), stale, 1_000_000);
+        assert_eq!(
+            (code, json(&body)["status"].as_str()),
+            (503, Some("refused"))
+        );
+        assert_eq!(json(&body)["denied"]["EURUSD"], "");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! upstream thread connects, speaks the provider's protocol as its template describes it,
 //! translates each frame into quotes and hands them to its outlet (the distributor, or the
 //! backbone). The simulator and the replay of a recording are sources the same thread connects
-//! to; the recorder keeps what arrived. Also here: fxproxy's own quote protocol, and the
-//! health verdict of the feed.
+//! to; the recorder keeps what arrived. Also here: fxproxy's own quote protocol, TraderMade's v2
+//! protocol as the proxy serves it, and the health verdict of the feed.
 //!
 //! May import: `config`, `base`.
 
@@ -14,5 +14,7 @@ pub mod provider;
 pub mod record;
 pub mod replay;
 pub mod sim;
+pub mod template;
 pub mod translate;
 pub mod upstream;
+pub mod v2;

@@ -1,38 +1,13 @@
 //! What a provider's WebSocket protocol looks like, as data: the messages sent after connecting
-//! and the replies awaited, where the key goes, how a symbol is spelt, what a quote, a notice and
-//! a refusal look like, and how the connection is kept alive. A new provider is a template file,
-//! not new code; the presets (`tradermade`, `tradermade-v2`) are templates too, built in from
-//! `providers/`.
-//!
-//! A template is `key = value` lines, `#` comment lines and blank lines; values run to the end
-//! of the line (JSON messages may hold `#`). `send`, `ignore` and `refuse` may repeat; an
-//! `expect` belongs to the `send` above it, a `refuse_reason` to the `refuse` above it. See
-//! docs/providers.md for every key.
+//! and the replies awaited, where the key goes, how a symbol is spelt, what a quote, a notice, a
+//! refusal and an acknowledgement look like, and how the connection is kept alive. A new
+//! provider is a template file, not new code: [`crate::feed::template`] reads one (and the
+//! built-in presets) into a [`Provider`].
 
-use crate::config::{Config, ConfigError, ProviderChoice, Upstream};
+use crate::config::Config;
 use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
-
-/// The built-in templates, by the name `provider` gives them.
-const PRESETS: &[(&str, &str)] = &[
-    (
-        "tradermade",
-        include_str!("../../providers/tradermade.conf"),
-    ),
-    (
-        "tradermade-v2",
-        include_str!("../../providers/tradermade-v2.conf"),
-    ),
-];
-
-/// The preset named `name`, if there is one.
-pub fn preset(name: &str) -> Option<Provider> {
-    PRESETS.iter().find(|(n, _)| *n == name).map(|(_, text)| {
-        // The presets are tested to parse (`presets_parse`); a broken one is a build defect.
-        parse_template(text).unwrap_or_else(|e| panic!("the built-in {name} template: {e}"))
-    })
-}
 
 /// A protocol described by a template.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +35,29 @@ pub struct Provider {
     pub ignore: Vec<Pattern>,
     /// Fatal refusals: logged, and the next attempt waits the longest back-off.
     pub refuse: Vec<Refusal>,
+    /// The provider's answer to a subscription, symbol by symbol, if it gives one.
+    pub ack: Option<AckShape>,
+    /// Where the reply a `send` awaits (a login's) says how many symbols the plan allows.
+    pub symbol_limit: Option<FieldPath>,
+    /// The provider's errors that end nothing (a malformed request, say): logged, with the
+    /// reason from this field when there is one.
+    pub error: Option<(Pattern, Option<FieldPath>)>,
     pub quotes: QuoteShape,
+}
+
+/// How the provider answers a subscription: which frame it is, and where it lists the symbols
+/// it accepted, denied (and why) and found invalid, each spelt as the subscription spelt them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckShape {
+    pub when: Pattern,
+    pub accepted: Option<FieldPath>,
+    pub denied: Option<FieldPath>,
+    /// An object from a denied symbol (as spelt) to its reason.
+    pub reasons: Option<FieldPath>,
+    pub invalid: Option<FieldPath>,
+    /// Where a list's element names its symbol when the elements are objects
+    /// (`[{"symbol":"EUR/USD",…}]`); strings are symbols themselves.
+    pub symbol: Option<FieldPath>,
 }
 
 /// One message sent after connecting.
@@ -131,7 +128,7 @@ pub enum TsFormat {
 }
 
 impl TsFormat {
-    const NAMES: [(&'static str, TsFormat); 6] = [
+    pub(crate) const NAMES: [(&'static str, TsFormat); 6] = [
         ("epoch_s", TsFormat::EpochS),
         ("epoch_ms", TsFormat::EpochMs),
         ("epoch_us", TsFormat::EpochUs),
@@ -197,10 +194,10 @@ fn split_pair(symbol: &str) -> Option<(&str, &str)> {
 
 /// A field inside a JSON frame: `status`, `response.code`, `data.4` (an array's fifth element).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldPath(Vec<String>);
+pub struct FieldPath(pub(crate) Vec<String>);
 
 impl FieldPath {
-    fn parse(text: &str) -> Result<FieldPath, String> {
+    pub(crate) fn parse(text: &str) -> Result<FieldPath, String> {
         let ok = |part: &str| {
             !part.is_empty()
                 && part
@@ -254,7 +251,7 @@ pub struct Condition {
 }
 
 impl Pattern {
-    fn parse(text: &str) -> Result<Pattern, String> {
+    pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
         if let Some(t) = text.strip_prefix("contains:") {
             return nonempty(t).map(|t| Pattern::Contains(t.to_string()));
         }
@@ -450,65 +447,10 @@ impl Provider {
             .iter()
             .chain(self.refuse.iter().map(|r| &r.pattern))
             .chain(self.steps.iter().filter_map(|s| s.expect.as_ref()))
+            .chain(self.ack.as_ref().map(|a| &a.when))
+            .chain(self.error.as_ref().map(|(p, _)| p))
             .any(|p| !p.is_textual())
     }
-}
-
-/// The provider's protocol, as its template describes it: a built-in preset, or the
-/// `provider_template` file (read here). Checked against the symbols, and resolves
-/// `upstream_url` left unset to the template's `url`. Errors name the template's file,
-/// line and key, or the line of proxy.conf that the problem comes from.
-pub fn describe(config: &mut Config) -> Result<Provider, ConfigError> {
-    let mut description = match config.provider {
-        ProviderChoice::Tradermade | ProviderChoice::TradermadeV2 => preset(config.provider.name())
-            .ok_or_else(|| {
-                config.error_at("provider", "no such built-in provider in this build")
-            })?,
-        ProviderChoice::Custom => {
-            let path = config.provider_template.clone().ok_or_else(|| {
-                config.error_at("provider", "`provider = custom` needs `provider_template`")
-            })?;
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                config.error_at(
-                    "provider_template",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            parse_template(&text).map_err(|e| ConfigError::Named {
-                file: path.clone(),
-                line: e.line,
-                key: e.key.clone(),
-                message: e.message.clone(),
-            })?
-        }
-    };
-    if config.provider == ProviderChoice::Tradermade {
-        // The one message of TraderMade's protocol has always been this key.
-        if let Some(step) = description.steps.first_mut() {
-            step.send = config.subscribe_message.clone();
-        }
-    }
-    if config.upstream == Upstream::ProviderUrl {
-        match &description.url {
-            Some(url) => config.upstream = Upstream::Url(url.clone()),
-            None => {
-                return Err(ConfigError::Missing {
-                    file: config.file.clone(),
-                    key: "upstream_url",
-                    note: Some(format!("the {} template gives no `url`", description.name)),
-                })
-            }
-        }
-    }
-    let key = if config.line_of("provider_template").is_some() {
-        "provider_template"
-    } else {
-        "symbols"
-    };
-    description
-        .check(&config.symbols)
-        .map_err(|m| config.error_at(key, m))?;
-    Ok(description)
 }
 
 /// `subscribe_message` with `{api_key}` and `{symbols}` (joined with `,`) substituted: the
@@ -559,388 +501,11 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-/// What is wrong with a template, and where (1-based line). The caller adds the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateError {
-    pub line: Option<usize>,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for TemplateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(line) = self.line {
-            write!(f, "line {line}: ")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, "key `{key}`: ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// Every key a template may set.
-const TEMPLATE_KEYS: &[&str] = &[
-    "name",
-    "url",
-    "key_query_param",
-    "symbol_format",
-    "symbol_case",
-    "symbols_join",
-    "send",
-    "expect",
-    "reply_timeout_secs",
-    "heartbeat",
-    "heartbeat_secs",
-    "ping_secs",
-    "dead_after_secs",
-    "split_arrays",
-    "ignore",
-    "refuse",
-    "refuse_reason",
-    "quotes",
-    "quote_when",
-    "snapshot_when",
-    "symbol_field",
-    "quote_symbol_format",
-    "bid_field",
-    "ask_field",
-    "mid_field",
-    "price_field",
-    "ts_field",
-    "ts_format",
-];
-
-/// Keys that may appear more than once.
-const REPEATABLE: &[&str] = &["send", "expect", "ignore", "refuse", "refuse_reason"];
-
-/// Keys that describe quotes read from fields (`quotes = fields`, the default).
-const FIELD_KEYS: &[&str] = &[
-    "quote_when",
-    "snapshot_when",
-    "symbol_field",
-    "quote_symbol_format",
-    "bid_field",
-    "ask_field",
-    "mid_field",
-    "price_field",
-    "ts_field",
-    "ts_format",
-];
-
-/// Parses a template. Touches nothing but the text.
-pub fn parse_template(text: &str) -> Result<Provider, TemplateError> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut p = Draft::default();
-    for (index, raw) in text.lines().enumerate() {
-        let line = index + 1;
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let at = |key: Option<&str>, message: String| TemplateError {
-            line: Some(line),
-            key: key.map(str::to_string),
-            message,
-        };
-        let Some((key, value)) = trimmed
-            .split_once('=')
-            .map(|(k, v)| (k.trim(), v.trim()))
-            .filter(|(k, _)| !k.is_empty())
-        else {
-            return Err(at(None, format!("expected `key = value`, got {trimmed:?}")));
-        };
-        let Some(&known) = TEMPLATE_KEYS.iter().find(|k| **k == key) else {
-            return Err(at(None, format!("unknown key `{key}`")));
-        };
-        if !REPEATABLE.contains(&known) {
-            if let Some(first) = p.lines.iter().find(|(k, _)| *k == known).map(|(_, l)| *l) {
-                return Err(at(
-                    Some(known),
-                    format!("set twice (first on line {first})"),
-                ));
-            }
-        }
-        p.apply(known, value, line)
-            .map_err(|m| at(Some(known), m))?;
-        p.lines.push((known, line));
-    }
-    p.finish()
-}
-
-/// A template as it is read, line by line.
-#[derive(Default)]
-struct Draft {
-    lines: Vec<(&'static str, usize)>,
-    name: Option<String>,
-    url: Option<String>,
-    key_query_param: Option<String>,
-    spelling: Spelling,
-    quote_spelling: Option<Spelling>,
-    join: Option<Join>,
-    steps: Vec<Step>,
-    /// The key of the line before, for `expect` and `refuse_reason`.
-    last: Option<&'static str>,
-    reply_timeout: Option<Duration>,
-    heartbeat: Option<String>,
-    heartbeat_every: Option<Duration>,
-    ping: Option<Duration>,
-    dead_after: Option<Duration>,
-    split_arrays: bool,
-    ignore: Vec<Pattern>,
-    refuse: Vec<Refusal>,
-    v1: bool,
-    when: Option<Pattern>,
-    snapshot: Option<Pattern>,
-    symbol: Option<FieldPath>,
-    bid: Option<FieldPath>,
-    ask: Option<FieldPath>,
-    mid: Option<FieldPath>,
-    price: Option<FieldPath>,
-    ts: Option<FieldPath>,
-    ts_format: Option<TsFormat>,
-}
-
-impl Draft {
-    fn apply(&mut self, key: &'static str, v: &str, line: usize) -> Result<(), String> {
-        let last = self.last.replace(key);
-        match key {
-            "name" => self.name = Some(text(v)?.to_string()),
-            "url" => {
-                let lower = v.to_ascii_lowercase();
-                if !(lower.starts_with("ws://") || lower.starts_with("wss://")) || v.contains(' ') {
-                    return Err(format!("expected a ws:// or wss:// URL, got {v:?}"));
-                }
-                self.url = Some(v.to_string());
-            }
-            "key_query_param" => {
-                if v.is_empty()
-                    || !v
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                {
-                    return Err(format!(
-                        "expected a query parameter name such as apikey, got {v:?}"
-                    ));
-                }
-                self.key_query_param = Some(v.to_string());
-            }
-            "symbol_format" => self.spelling.format = spelling(v)?,
-            "quote_symbol_format" => {
-                self.quote_spelling = Some(Spelling {
-                    format: spelling(v)?,
-                    lower: false,
-                })
-            }
-            "symbol_case" => {
-                self.spelling.lower = match v {
-                    "upper" => false,
-                    "lower" => true,
-                    _ => return Err(format!("expected `upper` or `lower`, got {v:?}")),
-                }
-            }
-            "symbols_join" => {
-                self.join = Some(match v {
-                    "comma" => Join::Comma,
-                    "array" => Join::Array,
-                    _ => return Err(format!("expected `comma` or `array`, got {v:?}")),
-                })
-            }
-            "send" => self.steps.push(Step {
-                send: text(v)?.to_string(),
-                expect: None,
-            }),
-            "expect" => {
-                let step = self.steps.last_mut().filter(|_| last == Some("send"));
-                let Some(step) = step else {
-                    return Err("must follow the `send` whose reply it awaits".to_string());
-                };
-                step.expect = Some(Pattern::parse(v)?);
-            }
-            "reply_timeout_secs" => self.reply_timeout = Some(secs(v, 1, 300)?),
-            "heartbeat" => self.heartbeat = Some(text(v)?.to_string()),
-            "heartbeat_secs" => self.heartbeat_every = Some(secs(v, 1, 3600)?),
-            "ping_secs" => self.ping = Some(secs(v, 1, 3600)?),
-            "dead_after_secs" => self.dead_after = Some(secs(v, 1, 86_400)?),
-            "split_arrays" => {
-                // As proxy.conf's booleans.
-                self.split_arrays = match v.to_ascii_lowercase().as_str() {
-                    "true" | "yes" | "on" => true,
-                    "false" | "no" | "off" => false,
-                    _ => {
-                        return Err(format!(
-                            "expected true or false (or yes/no, on/off), got {v:?}"
-                        ))
-                    }
-                }
-            }
-            "ignore" => self.ignore.push(Pattern::parse(v)?),
-            "refuse" => self.refuse.push(Refusal {
-                pattern: Pattern::parse(v)?,
-                reason: String::new(),
-            }),
-            "refuse_reason" => {
-                let refusal = self.refuse.last_mut().filter(|_| last == Some("refuse"));
-                let Some(refusal) = refusal else {
-                    return Err("must follow the `refuse` it explains".to_string());
-                };
-                refusal.reason = text(v)?.to_string();
-            }
-            "quotes" => {
-                self.v1 = match v {
-                    "v1" => true,
-                    "fields" => false,
-                    _ => return Err(format!("expected `v1` or `fields`, got {v:?}")),
-                }
-            }
-            "quote_when" => self.when = Some(Pattern::parse(v)?),
-            "snapshot_when" => self.snapshot = Some(Pattern::parse(v)?),
-            "symbol_field" => self.symbol = Some(FieldPath::parse(v)?),
-            "bid_field" => self.bid = Some(FieldPath::parse(v)?),
-            "ask_field" => self.ask = Some(FieldPath::parse(v)?),
-            "mid_field" => self.mid = Some(FieldPath::parse(v)?),
-            "price_field" => self.price = Some(FieldPath::parse(v)?),
-            "ts_field" => self.ts = Some(FieldPath::parse(v)?),
-            "ts_format" => {
-                self.ts_format = Some(
-                    TsFormat::NAMES
-                        .iter()
-                        .find(|(n, _)| *n == v)
-                        .map(|(_, f)| *f)
-                        .ok_or_else(|| {
-                            let names: Vec<&str> =
-                                TsFormat::NAMES.iter().map(|(n, _)| *n).collect();
-                            format!("expected one of {}, got {v:?}", names.join(", "))
-                        })?,
-                )
-            }
-            other => return Err(format!("key `{other}` has no parser (line {line})")),
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<Provider, TemplateError> {
-        let lines = std::mem::take(&mut self.lines);
-        let line_of = |key: &str| lines.iter().find(|(k, _)| *k == key).map(|(_, l)| *l);
-        let err = |key: &str, message: String| TemplateError {
-            line: line_of(key),
-            key: Some(key.to_string()),
-            message,
-        };
-        let heartbeat = match (self.heartbeat, self.heartbeat_every) {
-            (Some(text), Some(every)) => Some((text, every)),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(err(
-                    "heartbeat",
-                    "needs `heartbeat_secs`, how often to send it".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(err(
-                    "heartbeat_secs",
-                    "needs `heartbeat`, the message to send".into(),
-                ))
-            }
-        };
-        let quotes = if self.v1 {
-            if let Some(key) = FIELD_KEYS.iter().find(|k| line_of(k).is_some()) {
-                return Err(err(key, "applies to `quotes = fields` only".into()));
-            }
-            QuoteShape::V1
-        } else {
-            let required = |field: Option<FieldPath>, key: &str| {
-                field.ok_or_else(|| err(key, "required with `quotes = fields`".into()))
-            };
-            let ts = match (self.ts, self.ts_format) {
-                (Some(path), format) => Some((path, format.unwrap_or(TsFormat::EpochMs))),
-                (None, Some(_)) => return Err(err("ts_format", "needs `ts_field`".into())),
-                (None, None) => None,
-            };
-            QuoteShape::Fields(Box::new(Fields {
-                when: self.when,
-                snapshot: self.snapshot,
-                symbol: self
-                    .symbol
-                    .unwrap_or_else(|| FieldPath(vec!["symbol".into()])),
-                spelling: match self.quote_spelling {
-                    Some(s) => Spelling {
-                        lower: self.spelling.lower,
-                        ..s
-                    },
-                    None => self.spelling.clone(),
-                },
-                bid: required(self.bid, "bid_field")?,
-                ask: required(self.ask, "ask_field")?,
-                mid: self.mid,
-                price: self.price,
-                ts,
-            }))
-        };
-        Ok(Provider {
-            name: self.name.unwrap_or_else(|| "custom".to_string()),
-            url: self.url,
-            key_query_param: self.key_query_param,
-            spelling: self.spelling,
-            join: self.join.unwrap_or(Join::Comma),
-            steps: self.steps,
-            reply_timeout: self.reply_timeout.unwrap_or(Duration::from_secs(10)),
-            heartbeat,
-            ping: self.ping,
-            dead_after: self.dead_after,
-            split_arrays: self.split_arrays,
-            ignore: self.ignore,
-            refuse: self
-                .refuse
-                .into_iter()
-                .map(|r| Refusal {
-                    reason: if r.reason.is_empty() {
-                        format!("it sent a refusal (`refuse = {}`)", r.pattern)
-                    } else {
-                        r.reason
-                    },
-                    ..r
-                })
-                .collect(),
-            quotes,
-        })
-    }
-}
-
-fn text(v: &str) -> Result<&str, String> {
-    if v.is_empty() {
-        Err("expected a value, got nothing".to_string())
-    } else {
-        Ok(v)
-    }
-}
-
-fn spelling(v: &str) -> Result<String, String> {
-    let stripped = v
-        .replace("{symbol}", "")
-        .replace("{base}", "")
-        .replace("{quote}", "");
-    let names_it = v.contains("{symbol}") || (v.contains("{base}") && v.contains("{quote}"));
-    if !names_it || stripped.contains(['{', '}']) || v.contains(char::is_whitespace) {
-        return Err(format!(
-            "expected a spelling over {{symbol}} (EURUSD) or {{base}} and {{quote}} (EUR, USD), such as C.{{base}}/{{quote}}, got {v:?}"
-        ));
-    }
-    Ok(v.to_string())
-}
-
-fn secs(v: &str, min: u64, max: u64) -> Result<Duration, String> {
-    v.parse::<u64>()
-        .ok()
-        .filter(|n| v.bytes().all(|b| b.is_ascii_digit()) && (min..=max).contains(n))
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("expected a whole number of seconds from {min} to {max}, got {v:?}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load, Secret};
+    use crate::config::Secret;
+    use serde_json::json;
 
     #[test]
     fn subscribe_text_substitutes_once() {
@@ -956,157 +521,6 @@ mod tests {
         );
         c.subscribe_message = "{x} {api_key}{".to_string();
         assert_eq!(subscribe_text(&c), "{x} abc{symbols}{");
-    }
-
-    #[test]
-    fn a_custom_template_is_read_and_its_errors_name_its_file_line_and_key() {
-        let dir = std::env::temp_dir().join(format!("fxproxy-template-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("proxy.conf");
-        let write = |template: &str| {
-            std::fs::write(dir.join("feed.conf"), template).unwrap();
-            std::fs::write(
-                &conf,
-                "provider = custom\nprovider_template = feed.conf\nsymbols = EURUSD,US30\nuser_keys_file = k\n",
-            )
-            .unwrap();
-            load(&conf).and_then(|mut c| describe(&mut c).map(|_| c))
-        };
-        let good = "url = wss://feed.example/fx\nsend = {\"sub\":\"{symbols}\"}\nbid_field = b\nask_field = a\n";
-        let c = write(good).unwrap();
-        assert_eq!(c.upstream, Upstream::Url("wss://feed.example/fx".into()));
-        let e = write("send = x\nbid_field = b\nask_field = a\nsymbols_join = semicolon\n")
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "{}:4: key `symbols_join`: expected `comma` or `array`, got \"semicolon\"",
-                dir.join("feed.conf").display()
-            )
-        );
-        let e = write("send = x\nask_field = a\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "{}: key `bid_field`: required with `quotes = fields`",
-                dir.join("feed.conf").display()
-            )
-        );
-        // A spelling the symbols do not fit: named at the template's line in proxy.conf.
-        let e = write(&good.replace("url =", "symbol_format = {base}/{quote}\nurl =")).unwrap_err();
-        assert!(
-            e.to_string().starts_with(&format!(
-                "{}:2: key `provider_template`: symbol US30 does not split into a base and a quote",
-                conf.display()
-            )),
-            "{e}"
-        );
-        // No URL anywhere.
-        let e = write(&good.replace("url = wss://feed.example/fx\n", "")).unwrap_err();
-        assert!(
-            e.to_string().contains(
-                "missing required key `upstream_url` (the custom template gives no `url`)"
-            ),
-            "{e}"
-        );
-        std::fs::remove_file(dir.join("feed.conf")).unwrap();
-        let e = load(&conf)
-            .and_then(|mut c| describe(&mut c).map(|_| c))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with(&format!(
-                "{}:2: key `provider_template`: cannot read",
-                conf.display()
-            )),
-            "{e}"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_preset_resolves_an_unset_upstream_url() {
-        let mut c = crate::config::parse(
-            "provider = TraderMade-v2\nsymbols = EURUSD\nuser_keys_file = k\n",
-            std::path::Path::new("/etc/fxproxy/proxy.conf"),
-        )
-        .unwrap();
-        assert_eq!(c.upstream, Upstream::ProviderUrl);
-        let description = describe(&mut c).unwrap();
-        assert_eq!(description.name, "tradermade-v2");
-        assert_eq!(
-            c.upstream,
-            Upstream::Url("wss://stream.tradermade.com/feedAdv".into())
-        );
-    }
-
-    use serde_json::json;
-
-    fn syms(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn presets_parse() {
-        for (name, _) in PRESETS {
-            let p = preset(name).unwrap();
-            assert_eq!(p.name, *name);
-            p.check(&syms(&["EURUSD", "GBPUSD"])).unwrap();
-        }
-        assert!(preset("nonesuch").is_none());
-    }
-
-    #[test]
-    fn the_tradermade_preset_is_the_v1_protocol() {
-        let p = preset("tradermade").unwrap();
-        assert_eq!(p.quotes, QuoteShape::V1);
-        assert_eq!(
-            p.messages("k{symbols}", &syms(&["EURUSD", "GBPUSD"]))
-                .unwrap(),
-            [r#"{"userKey":"k{symbols}","symbol":"EURUSD,GBPUSD"}"#]
-        );
-        assert!(p.steps[0].expect.is_none());
-        assert!(!p.needs_json(), "no JSON parse on the hot path");
-        assert!(p.refuse[0]
-            .pattern
-            .matches("User Key Used to many times", None));
-        assert!(p.ignore[0].matches("Connected", None));
-        assert!(!p.ignore[0].matches("Connected!", None));
-        assert_eq!(p.ping, None);
-        assert_eq!(p.url, None);
-    }
-
-    #[test]
-    fn the_tradermade_v2_preset_logs_in_then_subscribes() {
-        let p = preset("tradermade-v2").unwrap();
-        assert_eq!(
-            p.url.as_deref(),
-            Some("wss://stream.tradermade.com/feedAdv")
-        );
-        assert_eq!(
-            p.messages("KEY", &syms(&["EURUSD", "GBPUSD"])).unwrap(),
-            [
-                r#"{"action":"login","key":"KEY","fmt":"JSON"}"#,
-                r#"{"action":"subscribe","symbols":["EURUSD","GBPUSD"],"send_last":true}"#
-            ]
-        );
-        let ok = json!({"type": "login_ok"});
-        assert!(p.steps[0].expect.as_ref().unwrap().matches("", Some(&ok)));
-        let reject = json!({"type": "login_reject", "reason": "bad key"});
-        assert!(p.refuse[0].pattern.matches("", Some(&reject)));
-        assert_eq!(p.ping, Some(Duration::from_secs(30)));
-        assert_eq!(p.dead_after, Some(Duration::from_secs(75)));
-        let QuoteShape::Fields(f) = &p.quotes else {
-            panic!("v2 quotes are read from fields")
-        };
-        let tick = json!({"t":"LAST_QUOTE","s":"EURUSD","b":"1.08612","a":"1.08614","ts":"20251124-14:03:05.123"});
-        assert!(f.when.as_ref().unwrap().matches("", Some(&tick)));
-        assert!(!f
-            .when
-            .as_ref()
-            .unwrap()
-            .matches("", Some(&json!({"t":"TRADE"}))));
-        assert_eq!(f.ts.as_ref().unwrap().1, TsFormat::Compact);
     }
 
     #[test]
@@ -1131,45 +545,6 @@ mod tests {
         );
         let e = s("{base}/{quote}", false).spell("US30").unwrap_err();
         assert!(e.contains("US30 does not split"), "{e}");
-    }
-
-    #[test]
-    fn symbols_are_joined_as_the_template_says() {
-        let mut p = parse_template(
-            "send = {\"action\":\"subscribe\",\"params\":\"{symbols}\"}\nsymbol_format = C.{base}/{quote}\nbid_field = b\nask_field = a\n",
-        )
-        .unwrap();
-        let two = syms(&["EURUSD", "GBPUSD"]);
-        assert_eq!(
-            p.messages("k", &two).unwrap(),
-            [r#"{"action":"subscribe","params":"C.EUR/USD,C.GBP/USD"}"#]
-        );
-        p.join = Join::Array;
-        p.steps[0].send = r#"{"tickers":{symbols}}"#.into();
-        assert_eq!(
-            p.messages("k", &two).unwrap(),
-            [r#"{"tickers":["C.EUR/USD","C.GBP/USD"]}"#]
-        );
-        // A quoted placeholder with an array join is not JSON: caught when checked.
-        p.steps[0].send = r#"{"tickers":"{symbols}"}"#.into();
-        let e = p.check(&two).unwrap_err();
-        assert!(
-            e.contains("`send` message 1") && e.contains("not JSON"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn the_key_goes_in_the_query_when_asked() {
-        let mut p = preset("tradermade").unwrap();
-        assert_eq!(p.url_with_key("wss://a/b", "k"), "wss://a/b");
-        p.key_query_param = Some("apikey".into());
-        assert_eq!(p.url_with_key("wss://a/b", "k&1"), "wss://a/b?apikey=k%261");
-        assert_eq!(
-            p.url_with_key("wss://a/b?x=1", "k"),
-            "wss://a/b?x=1&apikey=k"
-        );
-        assert_eq!(p.url_with_key("wss://a/b?", "k"), "wss://a/b?apikey=k");
     }
 
     #[test]
@@ -1198,90 +573,5 @@ mod tests {
         for bad in ["status", "a.=1", "contains:", "a b=1"] {
             assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    fn parse_err(text: &str) -> String {
-        parse_template(text).unwrap_err().to_string()
-    }
-
-    const MINIMAL: &str = "send = hello\nbid_field = b\nask_field = a\n";
-
-    #[test]
-    fn template_errors_name_the_line_and_the_key() {
-        assert_eq!(
-            parse_err("send = x\nbid_field = b\nask_field = a\nsymbol_case = title\n"),
-            "line 4: key `symbol_case`: expected `upper` or `lower`, got \"title\""
-        );
-        assert_eq!(parse_err("colour = red\n"), "line 1: unknown key `colour`");
-        assert_eq!(
-            parse_err("just words\n"),
-            "line 1: expected `key = value`, got \"just words\""
-        );
-        assert_eq!(
-            parse_err(&format!("{MINIMAL}url = wss://a\nurl = wss://b\n")),
-            "line 5: key `url`: set twice (first on line 4)"
-        );
-        assert_eq!(
-            parse_err("expect = status=ok\n"),
-            "line 1: key `expect`: must follow the `send` whose reply it awaits"
-        );
-        assert_eq!(
-            parse_err("send = a\nsplit_arrays = true\nexpect = status=ok\n"),
-            "line 3: key `expect`: must follow the `send` whose reply it awaits"
-        );
-        assert_eq!(
-            parse_err("send = a\nrefuse_reason = x\n"),
-            "line 2: key `refuse_reason`: must follow the `refuse` it explains"
-        );
-        assert_eq!(
-            parse_err("send = a\nask_field = a\n"),
-            "key `bid_field`: required with `quotes = fields`"
-        );
-        assert_eq!(
-            parse_err("send = a\nquotes = v1\nbid_field = b\n"),
-            "line 3: key `bid_field`: applies to `quotes = fields` only"
-        );
-        assert_eq!(
-            parse_err(&format!("{MINIMAL}heartbeat = ping\n")),
-            "line 4: key `heartbeat`: needs `heartbeat_secs`, how often to send it"
-        );
-        assert!(parse_err(&format!("{MINIMAL}ts_format = iso\n"))
-            .contains("expected one of epoch_s, epoch_ms"));
-        assert!(parse_err(&format!("{MINIMAL}symbol_format = {{base}}\n"))
-            .contains("expected a spelling"));
-        assert!(parse_err(&format!("{MINIMAL}symbol_format = {{sym}}\n"))
-            .contains("expected a spelling"));
-        assert!(parse_err(&format!("{MINIMAL}url = http://x\n")).contains("ws:// or wss://"));
-        assert!(parse_err(&format!("{MINIMAL}ping_secs = 0\n")).contains("from 1 to 3600"));
-        assert!(parse_err(&format!("{MINIMAL}quote_when = nothing\n")).contains("FIELD=VALUE"));
-    }
-
-    #[test]
-    fn template_defaults() {
-        let p = parse_template(&format!("# a comment\n\n{MINIMAL}")).unwrap();
-        assert_eq!(p.name, "custom");
-        assert_eq!(p.join, Join::Comma);
-        assert_eq!(p.reply_timeout, Duration::from_secs(10));
-        assert!(!p.split_arrays && p.heartbeat.is_none() && p.ping.is_none());
-        let QuoteShape::Fields(f) = p.quotes else {
-            panic!()
-        };
-        assert_eq!(f.symbol.to_string(), "symbol");
-        assert_eq!(f.spelling, Spelling::default());
-        assert!(f.ts.is_none());
-        let p = parse_template(&format!(
-            "{MINIMAL}symbol_case = lower\nquote_symbol_format = {{base}}/{{quote}}\nts_field = t\nrefuse = status=x\nsplit_arrays = Yes\n"
-        ))
-        .unwrap();
-        assert!(p.split_arrays);
-        let QuoteShape::Fields(f) = &p.quotes else {
-            panic!()
-        };
-        assert!(f.spelling.lower, "the case applies to quotes too");
-        assert_eq!(f.ts.as_ref().unwrap().1, TsFormat::EpochMs);
-        assert_eq!(
-            p.refuse[0].reason,
-            "it sent a refusal (`refuse = status=x`)"
-        );
     }
 }

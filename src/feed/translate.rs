@@ -10,7 +10,10 @@
 
 use crate::base::market::Date;
 use crate::config::ClientFormat;
-use crate::feed::provider::{FieldPath, Fields, Pattern, Provider, QuoteShape, TsFormat};
+use crate::feed::provider::{
+    scalar_text, AckShape, FieldPath, Fields, Pattern, Provider, QuoteShape, TsFormat,
+};
+use crate::feed::v2;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -28,6 +31,13 @@ pub enum Piece {
     Reply,
     /// A refusal: what it means, and the piece's text.
     Refused { reason: String, text: String },
+    /// The provider's answer to the subscription, symbol by symbol.
+    Ack(Ack),
+    /// How many symbols the provider's plan allows, from the reply to a login; comes just
+    /// before that [`Piece::Reply`].
+    SymbolLimit(u64),
+    /// An error the provider reported that ends nothing: its reason (or its text).
+    ProviderError(String),
     /// A notice the template expects (a greeting, a heartbeat's answer).
     Ignored,
     /// A quote the proxy cannot use: why.
@@ -36,6 +46,21 @@ pub enum Piece {
     Other(String),
 }
 
+/// What a provider acknowledged of a subscription, by position in `symbols`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub accepted: Vec<usize>,
+    /// With the provider's reason (empty when it gives none).
+    pub denied: Vec<(usize, String)>,
+    pub invalid: Vec<usize>,
+    /// Entries that name none of `symbols`, as the provider wrote them.
+    pub unknown: Vec<String>,
+}
+
+/// A provider's reason, for the log, `/healthz` and close reasons, is cut to this many
+/// characters.
+const MAX_REASON_CHARS: usize = 200;
+
 /// Sorts and translates frames for one provider and one set of symbols.
 pub struct Translator {
     provider: Arc<Provider>,
@@ -43,6 +68,9 @@ pub struct Translator {
     symbols: Vec<String>,
     /// A symbol as quotes spell it, upper case, to its position in `symbols`.
     spelt: HashMap<String, usize>,
+    /// A symbol as subscriptions (and so acknowledgements) spell it, upper case, to its
+    /// position; filled only for a provider that acknowledges.
+    subscribed: HashMap<String, usize>,
     /// Whether any refusal, notice or reply pattern needs the frame parsed as JSON.
     needs_json: bool,
     /// By symbol: the last quote passed on, its time (if it had one) and its v1 text; kept
@@ -65,7 +93,14 @@ impl Translator {
                 spelt.insert(fields.spelling.spell(symbol)?.to_ascii_uppercase(), i);
             }
         }
+        let mut subscribed = HashMap::new();
+        if provider.ack.is_some() {
+            for (i, symbol) in symbols.iter().enumerate() {
+                subscribed.insert(provider.spelling.spell(symbol)?.to_ascii_uppercase(), i);
+            }
+        }
         Ok(Translator {
+            subscribed,
             needs_json: provider.needs_json(),
             last: RefCell::new(vec![None; symbols.len()]),
             provider,
@@ -101,6 +136,11 @@ impl Translator {
         }
     }
 
+    /// The proxy's symbols, in the order ids refer to them.
+    pub fn symbols(&self) -> &[String] {
+        &self.symbols
+    }
+
     /// How the distributor finds the symbol of what this translator hands it.
     pub fn symbol_of(&self) -> SymbolOf {
         match (&self.provider.quotes, self.format) {
@@ -116,6 +156,14 @@ impl Translator {
                     .map(|(i, s)| (s.clone(), i))
                     .collect(),
             },
+        }
+    }
+
+    /// How the distributor makes a v2 tick of what this translator hands it.
+    pub fn v2_of(&self) -> V2Of {
+        match (&self.provider.quotes, self.format) {
+            (QuoteShape::Fields(fields), ClientFormat::Upstream) => V2Of::Fields(fields.clone()),
+            _ => V2Of::V1,
         }
     }
 
@@ -137,27 +185,24 @@ impl Translator {
                     return;
                 }
                 let json = self.parse_if_needed(&text, awaiting);
-                let piece = self
-                    .notice(&text, json.as_ref(), awaiting)
-                    .unwrap_or_else(|| {
-                        if object {
-                            Piece::Quote(text.clone())
-                        } else {
-                            Piece::Other(text.to_string())
-                        }
+                if !self.notice(&text, json.as_ref(), awaiting, out) {
+                    out.push(if object {
+                        Piece::Quote(text.clone())
+                    } else {
+                        Piece::Other(text.to_string())
                     });
-                out.push(piece);
+                }
             }
             QuoteShape::Fields(fields) => {
                 if self.provider.split_arrays && text.trim_start().starts_with('[') {
                     if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(&text) {
                         for item in items {
-                            out.push(self.piece(fields, item.get(), now_ms, awaiting));
+                            self.piece(fields, item.get(), now_ms, awaiting, out);
                         }
                         return;
                     }
                 }
-                out.push(self.piece(fields, &text, now_ms, awaiting));
+                self.piece(fields, &text, now_ms, awaiting, out);
             }
         }
     }
@@ -167,38 +212,132 @@ impl Translator {
         needed.then(|| serde_json::from_str(text).ok()).flatten()
     }
 
-    /// A refusal, the awaited reply or an expected notice, in that order of precedence.
+    /// An acknowledgement, a refusal, the awaited reply (after the plan's symbol limit, if
+    /// it says), a provider's error or an expected notice, in that order of precedence, into
+    /// `out`; false when `text` is none of them. An acknowledgement that is also the reply
+    /// awaited is both.
     fn notice(
         &self,
         text: &str,
         json: Option<&Value>,
         awaiting: Option<&Pattern>,
-    ) -> Option<Piece> {
+        out: &mut Vec<Piece>,
+    ) -> bool {
+        let is_reply = awaiting.is_some_and(|p| p.matches(text, json));
+        if let Some(ack) = &self.provider.ack {
+            if let (true, Some(json)) = (ack.when.matches(text, json), json) {
+                out.push(Piece::Ack(self.acknowledged(ack, json)));
+                if is_reply {
+                    out.push(Piece::Reply);
+                }
+                return true;
+            }
+        }
         if let Some(r) = self
             .provider
             .refuse
             .iter()
             .find(|r| r.pattern.matches(text, json))
         {
-            return Some(Piece::Refused {
+            out.push(Piece::Refused {
                 reason: r.reason.clone(),
                 text: text.to_string(),
             });
+            return true;
         }
-        if awaiting.is_some_and(|p| p.matches(text, json)) {
-            return Some(Piece::Reply);
+        if is_reply {
+            let limit = self.provider.symbol_limit.as_ref().zip(json);
+            if let Some(n) = limit.and_then(|(path, json)| path.find(json)?.as_u64()) {
+                out.push(Piece::SymbolLimit(n));
+            }
+            out.push(Piece::Reply);
+            return true;
+        }
+        if let Some((when, reason)) = &self.provider.error {
+            if when.matches(text, json) {
+                let said = reason
+                    .as_ref()
+                    .zip(json)
+                    .and_then(|(path, json)| scalar_text(path.find(json)?).map(String::from))
+                    .unwrap_or_else(|| text.to_string());
+                out.push(Piece::ProviderError(cut(&said)));
+                return true;
+            }
         }
         if self.provider.ignore.iter().any(|p| p.matches(text, json)) {
-            return Some(Piece::Ignored);
+            out.push(Piece::Ignored);
+            return true;
         }
-        None
+        false
     }
 
-    fn piece(&self, fields: &Fields, text: &str, now_ms: u64, awaiting: Option<&Pattern>) -> Piece {
-        let json: Option<Value> = serde_json::from_str(text).ok();
-        if let Some(piece) = self.notice(text, json.as_ref(), awaiting) {
-            return piece;
+    /// What an acknowledgement says of each symbol.
+    fn acknowledged(&self, shape: &AckShape, json: &Value) -> Ack {
+        let mut ack = Ack::default();
+        let entries = |path: &Option<FieldPath>| -> Vec<String> {
+            let Some(Value::Array(items)) = path.as_ref().and_then(|p| p.find(json)) else {
+                return Vec::new();
+            };
+            items
+                .iter()
+                .filter_map(|item| match (item, &shape.symbol) {
+                    (Value::String(s), _) => Some(s.clone()),
+                    (Value::Object(_), Some(field)) => {
+                        field.find(item).and_then(Value::as_str).map(String::from)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let reasons = shape.reasons.as_ref().and_then(|p| p.find(json));
+        let place = |entry: &str, ack: &mut Ack| -> Option<usize> {
+            match self.subscribed.get(&entry.to_ascii_uppercase()) {
+                Some(&id) => Some(id),
+                None => {
+                    ack.unknown.push(cut(entry));
+                    None
+                }
+            }
+        };
+        for entry in entries(&shape.accepted) {
+            if let Some(id) = place(&entry, &mut ack) {
+                ack.accepted.push(id);
+            }
         }
+        for entry in entries(&shape.denied) {
+            if let Some(id) = place(&entry, &mut ack) {
+                let why = reasons
+                    .and_then(|r| r.get(&entry))
+                    .and_then(scalar_text)
+                    .map(|w| cut(&w))
+                    .unwrap_or_default();
+                ack.denied.push((id, why));
+            }
+        }
+        for entry in entries(&shape.invalid) {
+            if let Some(id) = place(&entry, &mut ack) {
+                ack.invalid.push(id);
+            }
+        }
+        ack
+    }
+
+    fn piece(
+        &self,
+        fields: &Fields,
+        text: &str,
+        now_ms: u64,
+        awaiting: Option<&Pattern>,
+        out: &mut Vec<Piece>,
+    ) {
+        let json: Option<Value> = serde_json::from_str(text).ok();
+        if !self.notice(text, json.as_ref(), awaiting, out) {
+            out.push(self.quote(fields, text, json, now_ms));
+        }
+    }
+
+    /// A frame that is no notice, as a quote if it is one.
+    fn quote(&self, fields: &Fields, text: &str, json: Option<Value>, now_ms: u64) -> Piece {
         let Some(json) = json.filter(|j| {
             fields
                 .when
@@ -252,6 +391,14 @@ impl Translator {
     }
 }
 
+/// A provider's text cut to [`MAX_REASON_CHARS`].
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(MAX_REASON_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// A quote read from its fields, in the v1 shape: prices exactly as the provider wrote them,
 /// the mid from its field or halfway between bid and ask (exact, in decimal), the time in epoch
 /// milliseconds as a string; the receive time when the quote carries none that can be read.
@@ -302,6 +449,32 @@ fn v1_time(quote: &str) -> Option<u64> {
     }
     let time: Time = serde_json::from_str(quote).ok()?;
     timestamp_ms(time.ts.as_ref()?, TsFormat::EpochMs)
+}
+
+/// How the distributor turns a frame it fans out into a v2 tick, for the clients that speak
+/// v2: once per frame, whoever many of them there are.
+#[derive(Debug, Clone)]
+pub enum V2Of {
+    /// The frames are in the v1 shape (`client_format = normalized`, or TraderMade's first
+    /// protocol): read from its fields.
+    V1,
+    /// A provider's own frames (`client_format = upstream`): read as its template says.
+    Fields(Box<Fields>),
+}
+
+impl V2Of {
+    /// `frame`, a quote of `symbol` (the proxy's spelling), as a v2 tick; `now_ms` stands in
+    /// for a time the frame does not carry. `None` when it holds no bid and ask.
+    pub fn tick(&self, frame: &str, symbol: &str, kind: v2::Kind, now_ms: u64) -> Option<String> {
+        match self {
+            V2Of::V1 => v2::tick_from_v1(frame, symbol, kind, now_ms),
+            V2Of::Fields(fields) => {
+                let json: Value = serde_json::from_str(frame).ok()?;
+                let (v1, _) = normalize(fields, &json, symbol, now_ms).ok()?;
+                v2::tick_from_v1(&v1, symbol, kind, now_ms)
+            }
+        }
+    }
 }
 
 /// How the distributor finds a frame's symbol (its position in `symbols`).
@@ -512,7 +685,7 @@ fn compact_ms(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::provider::{parse_template, preset};
+    use crate::feed::template::{parse_template, preset};
     use serde_json::json;
 
     fn syms() -> Vec<String> {
@@ -746,6 +919,115 @@ mod tests {
         );
         let up = translator(preset("tradermade-v2").unwrap(), ClientFormat::Upstream);
         assert_eq!(read(&up, tick, None), [quote(tick)], "verbatim");
+    }
+
+    #[test]
+    fn tradermade_v2_answers_are_told() {
+        let t = translator(preset("tradermade-v2").unwrap(), ClientFormat::Normalized);
+        let login = t.provider.steps[0].expect.clone().unwrap();
+        assert_eq!(
+            read(
+                &t,
+                r#"{"type":"login_ok","symbol_limit":54,"cfds":false}"#,
+                Some(&login)
+            ),
+            [Piece::SymbolLimit(54), Piece::Reply]
+        );
+        let ack = r#"{"type":"sub_ack","accepted":["EURUSD:QUOTE"],"denied":["GBPUSD:QUOTE"],"denied_reasons":{"GBPUSD:QUOTE":"not in your plan"},"invalid":["usdjpy:quote","XAUUSD:QUOTE"]}"#;
+        assert_eq!(
+            read(&t, ack, None),
+            [Piece::Ack(Ack {
+                accepted: vec![0],
+                denied: vec![(1, "not in your plan".into())],
+                invalid: vec![2],
+                unknown: vec!["XAUUSD:QUOTE".into()],
+            })]
+        );
+        assert_eq!(
+            read(&t, r#"{"type":"error","reason":"bad request"}"#, None),
+            [Piece::ProviderError("bad request".into())]
+        );
+        assert_eq!(read(&t, "Connected", None), [Piece::Ignored]);
+        let long = format!(r#"{{"type":"error","reason":"{}"}}"#, "x".repeat(500));
+        assert!(matches!(
+            &read(&t, &long, None)[0],
+            Piece::ProviderError(r) if r.chars().count() == MAX_REASON_CHARS + 1
+        ));
+        // A bare symbol in a tick is the symbol (as quotes spell it).
+        assert!(matches!(
+            &read(
+                &t,
+                r#"{"t":"QUOTE","s":"GBPUSD","b":"1.2","a":"1.3"}"#,
+                None
+            )[0],
+            Piece::Quote(_)
+        ));
+    }
+
+    #[test]
+    fn twelve_data_fails_are_denied_symbols() {
+        let t = translator(
+            parse_template(include_str!("../../providers/twelvedata.conf")).unwrap(),
+            ClientFormat::Normalized,
+        );
+        let subscribe = t.provider.steps[0].expect.clone().unwrap();
+        let partly = r#"{"event":"subscribe-status","status":"ok","success":[{"symbol":"EUR/USD","exchange":"PHYSICAL CURRENCY"}],"fails":[{"symbol":"GBP/USD"}]}"#;
+        assert_eq!(
+            read(&t, partly, Some(&subscribe)),
+            [
+                Piece::Ack(Ack {
+                    accepted: vec![0],
+                    denied: vec![(1, String::new())],
+                    ..Ack::default()
+                }),
+                Piece::Reply
+            ],
+            "an acknowledgement that is the awaited reply is both"
+        );
+        // None subscribed: still an acknowledgement, not the key's refusal.
+        let none = r#"{"event":"subscribe-status","status":"error","success":null,"fails":[{"symbol":"EUR/USD"},{"symbol":"GBP/USD"},{"symbol":"USD/JPY"}]}"#;
+        assert!(matches!(
+            &read(&t, none, Some(&subscribe))[..],
+            [Piece::Ack(a)] if a.denied.len() == 3 && a.accepted.is_empty()
+        ));
+        assert!(matches!(
+            &read(
+                &t,
+                r#"{"status":"error","code":401,"message":"bad key"}"#,
+                None
+            )[0],
+            Piece::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn ticks_for_v2_clients_are_made_from_either_client_format() {
+        let tick = r#"{"t":"QUOTE","s":"EURUSD","b":"1.08612","a":"1.08614","ts":"20251124-14:03:05.123"}"#;
+        let want = Some(tick.to_string());
+        let normalized = translator(preset("tradermade-v2").unwrap(), ClientFormat::Normalized);
+        let Piece::Quote(v1) = read(&normalized, tick, None).remove(0) else {
+            panic!("a quote")
+        };
+        let of = normalized.v2_of();
+        assert!(matches!(of, V2Of::V1));
+        assert_eq!(of.tick(&v1, "EURUSD", v2::Kind::Quote, 0), want);
+        let upstream = translator(preset("tradermade-v2").unwrap(), ClientFormat::Upstream);
+        let of = upstream.v2_of();
+        assert!(matches!(of, V2Of::Fields(_)));
+        assert_eq!(of.tick(tick, "EURUSD", v2::Kind::Quote, 0), want);
+        let polygon = translator(polygon(), ClientFormat::Upstream).v2_of();
+        assert_eq!(
+            polygon.tick(
+                r#"{"ev":"C","p":"EUR/USD","a":1.0841,"b":1.0839,"t":1763992985123}"#,
+                "EURUSD",
+                v2::Kind::LastQuote,
+                0
+            ),
+            Some(
+                r#"{"t":"LAST_QUOTE","s":"EURUSD","b":"1.0839","a":"1.0841","ts":"20251124-14:03:05.123"}"#
+                    .into()
+            )
+        );
     }
 
     #[test]

@@ -3,7 +3,13 @@
 //! the quotes to the distributor, keep the connection honest (pings, a heartbeat message where
 //! the provider wants one, staleness while the market is open), and reconnect with
 //! exponential back-off when it fails. What a frame is, quote or notice or refusal, is the
-//! [`Translator`]'s call; every frame can also go to the recording.
+//! [`Translator`]'s call; every frame can also go to the recording. What the provider
+//! acknowledges of the subscription is recorded symbol by symbol and logged; a provider that
+//! accepts none of the symbols is a refusal, tried again only after the longest back-off.
+//!
+//! One connection is [`session`]: [`Link::open`] connects, [`Link::start`] sends the
+//! template's first messages, [`read_loop`] reads frames (each piece acted on by [`take`]) and
+//! keeps the connection honest between them ([`keep_honest`]).
 
 use crate::base::backoff::Backoff;
 use crate::base::live::Cached;
@@ -13,13 +19,14 @@ use crate::base::market::{self, Market, MarketState};
 use crate::base::metrics::{Metrics, UpstreamState};
 use crate::base::ratelimit::RateLimited;
 use crate::base::stop::Stop;
+use crate::base::symbol_states::SymbolState;
 use crate::base::tls;
 use crate::config::Config;
 use crate::feed::outlet::Outlet;
 use crate::feed::protocol::MAX_UPSTREAM_FRAME;
 use crate::feed::provider::{Pattern, Provider};
 use crate::feed::record::Recorder;
-use crate::feed::translate::{Piece, Translator};
+use crate::feed::translate::{Ack, Piece, Translator};
 use log::{error, info, warn};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -73,6 +80,9 @@ pub struct Settings {
     /// The running configuration, looked at between frames: a reload changes the timing keys
     /// and the market's hours above (the URL and the subscribe message need a restart).
     pub live: Option<Cached<Config>>,
+    /// Called when the provider's acknowledgement refuses symbols, with which (by position in
+    /// `symbols`): the server plugs in what closes the clients left with none of theirs.
+    pub on_refused: Option<OnRefused>,
 }
 
 impl Settings {
@@ -95,6 +105,9 @@ impl Settings {
         true
     }
 }
+
+/// What is done with the symbols (by position) a provider's acknowledgement refused.
+pub type OnRefused = Box<dyn Fn(&[bool]) + Send>;
 
 type Socket = WebSocket<MaybeTlsStream<Timed>>;
 
@@ -176,15 +189,35 @@ struct Ignored {
     texts: RateLimited,
     binary: RateLimited,
     unusable: RateLimited,
+    /// Errors the provider reported (that end nothing).
+    errors: RateLimited,
+}
+
+/// What the upstream thread keeps across connections.
+struct Across {
+    ignored: Ignored,
+    /// Open or closed when last looked at: each change is logged once.
+    market_open: Option<bool>,
+    recorder: Option<Recorder>,
+    /// The plan's symbol limit as last logged: a reconnect does not log it again.
+    limit_logged: Option<u64>,
 }
 
 /// Why one connection ended.
 #[derive(Debug)]
 struct Ended {
     why: String,
-    /// A fatal refusal: what it means, and what the source said.
-    refused: Option<(String, String)>,
+    refused: Option<Refusal>,
     healthy: bool,
+}
+
+/// A fatal answer from the provider: the next attempt waits the longest back-off.
+#[derive(Debug)]
+enum Refusal {
+    /// It refused the key (or the connection): what that means, and what it said.
+    Key { reason: String, said: String },
+    /// It accepted none of the symbols: which, and why.
+    Symbols { reason: String },
 }
 
 /// The upstream thread's body: connects and reconnects until `stop` is set; then closes
@@ -197,35 +230,28 @@ pub fn run(
     stop: Arc<Stop>,
 ) {
     let shown = display_url(&settings.url).to_string();
-    let mut recorder = settings.recorder.take();
     let mut backoff = Backoff::new(
         settings.backoff_min,
         settings.backoff_max,
         crate::base::clock::now_ms(),
     );
     let minute = || RateLimited::new(Duration::from_secs(60));
-    let mut ignored = Ignored {
-        texts: minute(),
-        binary: minute(),
-        unusable: minute(),
+    let mut across = Across {
+        ignored: Ignored {
+            texts: minute(),
+            binary: minute(),
+            unusable: minute(),
+            errors: minute(),
+        },
+        market_open: None,
+        recorder: settings.recorder.take(),
+        limit_logged: None,
     };
-    // Open or closed when last looked at, across connections: each change is logged once.
-    let mut market_open = None;
     while frames.connect_allowed(&stop) {
         if settings.follow() {
             backoff.set_bounds(settings.backoff_min, settings.backoff_max);
         }
-        let ended = match session(
-            &mut settings,
-            &frames,
-            &metrics,
-            &stop,
-            &mut Extras {
-                ignored: &mut ignored,
-                market_open: &mut market_open,
-                recorder: &mut recorder,
-            },
-        ) {
+        let ended = match session(&mut settings, &frames, &metrics, &stop, &mut across) {
             Ok(()) => return,
             Err(ended) => ended,
         };
@@ -246,30 +272,46 @@ pub fn run(
             metrics.upstream_reconnects.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let delay = if let Some((reason, said)) = ended.refused {
-            let delay = frames.refused_retry().unwrap_or_else(|| backoff.saturate());
-            error!(
-                "upstream {shown} refused the provider key: {} — {reason}; waiting {:.1} s before trying again",
-                logsafe::quoted(&sanitized(&said, &settings.key)),
-                delay.as_secs_f64()
-            );
-            metrics.set_upstream(UpstreamState::Refused {
-                since_ms: metrics.now_ms(),
-                reason,
-            });
-            delay
-        } else {
-            let delay = backoff.next_delay();
-            warn!(
-                "upstream {shown}: {}; reconnecting in {:.1} s",
-                ended.why,
-                delay.as_secs_f64()
-            );
-            metrics.set_upstream(UpstreamState::Reconnecting {
-                since_ms: metrics.now_ms(),
-                reason: ended.why,
-            });
-            delay
+        let delay = match ended.refused {
+            Some(Refusal::Key { reason, said }) => {
+                // Behind a backbone, a new holder refused (its predecessor's connection is
+                // still open at the provider) tries again within seconds.
+                let delay = frames.refused_retry().unwrap_or_else(|| backoff.saturate());
+                error!(
+                    "upstream {shown} refused the provider key: {} — {reason}; waiting {:.1} s before trying again",
+                    logsafe::quoted(&sanitized(&said, &settings.key)),
+                    delay.as_secs_f64()
+                );
+                metrics.set_upstream(UpstreamState::Refused {
+                    since_ms: metrics.now_ms(),
+                    reason,
+                });
+                delay
+            }
+            Some(Refusal::Symbols { reason }) => {
+                error!(
+                    "upstream {shown} {reason}; waiting {:.1} s before subscribing again",
+                    backoff.max().as_secs_f64()
+                );
+                metrics.set_upstream(UpstreamState::Refused {
+                    since_ms: metrics.now_ms(),
+                    reason,
+                });
+                backoff.saturate()
+            }
+            None => {
+                let delay = backoff.next_delay();
+                warn!(
+                    "upstream {shown}: {}; reconnecting in {:.1} s",
+                    ended.why,
+                    delay.as_secs_f64()
+                );
+                metrics.set_upstream(UpstreamState::Reconnecting {
+                    since_ms: metrics.now_ms(),
+                    reason: ended.why,
+                });
+                delay
+            }
         };
         metrics.upstream_reconnects.fetch_add(1, Ordering::Relaxed);
         if settings.follow() {
@@ -281,22 +323,15 @@ pub fn run(
     }
 }
 
-/// What a session keeps across connections.
-struct Extras<'a> {
-    ignored: &'a mut Ignored,
-    market_open: &'a mut Option<bool>,
-    recorder: &'a mut Option<Recorder>,
-}
-
 /// The messages sent after connecting, and the one whose reply is awaited.
-struct Init<'a> {
-    steps: &'a [(String, Option<Pattern>)],
+struct Init {
+    steps: Vec<(String, Option<Pattern>)>,
     next: usize,
     /// The step whose reply is awaited, and since when.
     awaiting: Option<(usize, Instant)>,
 }
 
-impl Init<'_> {
+impl Init {
     fn pattern(&self) -> Option<&Pattern> {
         self.awaiting.and_then(|(i, _)| self.steps[i].1.as_ref())
     }
@@ -325,131 +360,151 @@ impl Init<'_> {
     }
 }
 
+/// One connection to the source, from connect to its end.
+struct Link {
+    ws: Socket,
+    /// The URL as the log shows it.
+    shown: String,
+    init: Init,
+    /// Whether "connected and subscribed" was logged.
+    announced: bool,
+    connected: Instant,
+    connected_ms: u64,
+    last_frame: Instant,
+    last_ping: Instant,
+    last_heartbeat: Instant,
+    got_quotes: bool,
+}
+
+/// What one connection does: connect, run the template's steps, then read until it ends.
 fn session(
     settings: &mut Settings,
     frames: &impl Outlet,
     metrics: &Metrics,
     stop: &Stop,
-    extras: &mut Extras,
+    across: &mut Across,
 ) -> Result<(), Ended> {
-    let shown = display_url(&settings.url).to_string();
-    // What the source said and what errors repeat of it is escaped once, here: the reason
-    // goes to the log, the status line and /healthz.
-    let fail = |why: String| Ended {
+    let mut link = Link::open(settings, metrics)?;
+    link.start()?;
+    read_loop(&mut link, settings, frames, metrics, stop, across)
+}
+
+/// What the source said and what errors repeat of it is escaped once, here: the reason goes
+/// to the log, the status line and /healthz.
+fn failed(why: String) -> Ended {
+    Ended {
         why: logsafe::escaped(&why).to_string(),
         refused: None,
         healthy: false,
-    };
-    let mut ws = connect(settings).map_err(fail)?;
-    metrics.upstream_connects.fetch_add(1, Ordering::Relaxed);
-    let connected = Instant::now();
-    let connected_ms = metrics.now_ms();
-    metrics.set_upstream(UpstreamState::Connected {
-        since_ms: connected_ms,
-    });
-    // The steps are copied: the settings follow a reload while this connection lasts.
-    let steps = settings.steps.clone();
-    let mut init = Init {
-        steps: &steps,
-        next: 0,
-        awaiting: None,
-    };
-    init.send(&mut ws).map_err(fail)?;
-    let mut announced = false;
-    let mut announce = |init: &Init| {
-        if init.done() && !std::mem::replace(&mut announced, true) {
-            if init.steps.is_empty() {
-                info!("upstream {shown}: connected");
+    }
+}
+
+impl Link {
+    /// Connects (TLS for `wss://`) and counts the connection.
+    fn open(settings: &Settings, metrics: &Metrics) -> Result<Link, Ended> {
+        let ws = connect(settings).map_err(failed)?;
+        metrics.upstream_connects.fetch_add(1, Ordering::Relaxed);
+        let connected_ms = metrics.now_ms();
+        metrics.set_upstream(UpstreamState::Connected {
+            since_ms: connected_ms,
+        });
+        let now = Instant::now();
+        Ok(Link {
+            ws,
+            shown: display_url(&settings.url).to_string(),
+            // Copied: the settings follow a reload while this connection lasts.
+            init: Init {
+                steps: settings.steps.clone(),
+                next: 0,
+                awaiting: None,
+            },
+            announced: false,
+            connected: now,
+            connected_ms,
+            last_frame: now,
+            last_ping: now,
+            last_heartbeat: now,
+            got_quotes: false,
+        })
+    }
+
+    /// Sends the template's first messages, up to the first that awaits a reply.
+    fn start(&mut self) -> Result<(), Ended> {
+        self.init.send(&mut self.ws).map_err(failed)?;
+        self.announce();
+        Ok(())
+    }
+
+    /// Logs, once, that every message went out and every reply came.
+    fn announce(&mut self) {
+        if self.init.done() && !std::mem::replace(&mut self.announced, true) {
+            if self.init.steps.is_empty() {
+                info!("upstream {}: connected", self.shown);
             } else {
-                info!("upstream {shown}: connected and subscribed");
+                info!("upstream {}: connected and subscribed", self.shown);
             }
         }
-    };
-    announce(&init);
+    }
 
-    let mut last_frame = Instant::now();
-    let mut last_ping = Instant::now();
-    let mut last_heartbeat = Instant::now();
-    let mut got_quotes = false;
+    /// The connection ended for `why`: healthy if it delivered quotes for long enough.
+    fn end(&self, why: String) -> Ended {
+        Ended {
+            why: logsafe::escaped(&why).to_string(),
+            refused: None,
+            healthy: self.got_quotes && self.connected.elapsed() >= HEALTHY_AFTER,
+        }
+    }
+
+    /// Sends a close frame (1001) with `reason`.
+    fn close(&mut self, reason: &str) {
+        let _ = self.ws.close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: reason.to_string().into(),
+        }));
+        let _ = self.ws.flush();
+    }
+}
+
+/// Reads frames until the connection ends, keeping it honest between them. `Ok` when the
+/// proxy is stopping (or nobody takes frames any more).
+fn read_loop(
+    link: &mut Link,
+    settings: &mut Settings,
+    frames: &impl Outlet,
+    metrics: &Metrics,
+    stop: &Stop,
+    across: &mut Across,
+) -> Result<(), Ended> {
     let mut pieces = Vec::new();
-    let end = |why: String, got_quotes: bool| Ended {
-        why: logsafe::escaped(&why).to_string(),
-        refused: None,
-        healthy: got_quotes && connected.elapsed() >= HEALTHY_AFTER,
-    };
     loop {
         if stop.is_set() {
-            let _ = ws.close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: "proxy shutting down".into(),
-            }));
-            let _ = ws.flush();
+            link.close("proxy shutting down");
             return Ok(());
         }
         if !frames.still_allowed() {
-            let _ = ws.close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: "another instance holds the connection now".into(),
-            }));
-            let _ = ws.flush();
-            return Err(end(
-                "closed: this instance no longer holds the backbone lock".into(),
-                got_quotes,
-            ));
+            link.close("another instance holds the connection now");
+            return Err(link.end("closed: this instance no longer holds the backbone lock".into()));
         }
-        match ws.read() {
+        match link.ws.read() {
             Ok(Message::Text(text)) => {
-                last_frame = Instant::now();
+                link.last_frame = Instant::now();
                 let now_ms = metrics.now_ms();
-                if let Some(recorder) = extras.recorder.as_mut() {
+                if let Some(recorder) = across.recorder.as_mut() {
                     recorder.record(now_ms, &text);
                 }
                 settings
                     .translator
-                    .read(text, now_ms, init.pattern(), &mut pieces);
+                    .read(text, now_ms, link.init.pattern(), &mut pieces);
                 for piece in pieces.drain(..) {
-                    match piece {
-                        Piece::Quote(frame) => {
-                            got_quotes = true;
-                            if let Some(ts) = settings.translator.provider_time(&frame, now_ms) {
-                                let age = Duration::from_millis(now_ms.saturating_sub(ts));
-                                metrics.quote_age.observe(age);
-                            }
-                            if frames.send(frame).is_err() {
-                                return Ok(());
-                            }
-                        }
-                        Piece::Reply => {
-                            init.awaiting = None;
-                            init.send(&mut ws).map_err(|why| end(why, got_quotes))?;
-                            announce(&init);
-                        }
-                        Piece::Refused { reason, text } => {
-                            return Err(Ended {
-                                why: "refused".into(),
-                                refused: Some((reason, text)),
-                                healthy: false,
-                            });
-                        }
-                        Piece::Ignored => {}
-                        Piece::Unusable(why) => extras.ignored.unusable.note(|n| {
-                            warn!(
-                                "upstream {shown} sent {n} quote(s) that cannot be used, latest: {}",
-                                logsafe::quoted(&sanitized(&why, &settings.key))
-                            )
-                        }),
-                        Piece::Other(text) => extras.ignored.texts.note(|n| {
-                            info!(
-                                "upstream {shown} sent {n} non-quote text(s), latest: {}",
-                                logsafe::quoted(&sanitized(&text, &settings.key))
-                            )
-                        }),
+                    if !take(piece, now_ms, link, settings, frames, metrics, across)? {
+                        return Ok(());
                     }
                 }
             }
             Ok(Message::Binary(data)) => {
-                last_frame = Instant::now();
-                extras.ignored.binary.note(|n| {
+                link.last_frame = Instant::now();
+                let shown = &link.shown;
+                across.ignored.binary.note(|n| {
                     warn!(
                         "upstream {shown} sent {n} binary frame(s), ignored: quotes are text frames (latest: {} bytes)",
                         data.len()
@@ -458,7 +513,7 @@ fn session(
             }
             Ok(Message::Close(frame)) => {
                 // Answer the close, as the protocol asks; tungstenite has queued the reply.
-                let _ = ws.flush();
+                let _ = link.ws.flush();
                 let why = match frame {
                     Some(f) => format!(
                         "closed by the source (code {}, {})",
@@ -467,71 +522,242 @@ fn session(
                     ),
                     None => "closed by the source".to_string(),
                 };
-                return Err(end(why, got_quotes));
+                return Err(link.end(why));
             }
-            Ok(_) => last_frame = Instant::now(),
+            Ok(_) => link.last_frame = Instant::now(),
             Err(WsError::Io(e)) if crate::base::io::is_timeout(&e) => {}
-            Err(e) => return Err(end(format!("connection failed: {e}"), got_quotes)),
+            Err(e) => return Err(link.end(format!("connection failed: {e}"))),
         }
         settings.follow();
-        let now = Instant::now();
-        if let Some((i, since)) = init.awaiting {
-            if now.duration_since(since) > settings.reply_timeout {
-                let pattern = init.pattern().map(|p| p.to_string()).unwrap_or_default();
-                return Err(end(
-                    format!(
-                        "no reply matching `{pattern}` to message {} within {} s",
-                        i + 1,
-                        settings.reply_timeout.as_secs()
-                    ),
-                    got_quotes,
-                ));
+        keep_honest(link, settings, metrics, across)?;
+    }
+}
+
+/// Acts on one piece of what the source sent. `Ok(false)` when nobody takes quotes any more.
+fn take(
+    piece: Piece,
+    now_ms: u64,
+    link: &mut Link,
+    settings: &Settings,
+    frames: &impl Outlet,
+    metrics: &Metrics,
+    across: &mut Across,
+) -> Result<bool, Ended> {
+    let shown = &link.shown;
+    match piece {
+        Piece::Quote(frame) => {
+            link.got_quotes = true;
+            if let Some(ts) = settings.translator.provider_time(&frame, now_ms) {
+                let age = Duration::from_millis(now_ms.saturating_sub(ts));
+                metrics.quote_age.observe(age);
             }
+            return Ok(frames.send(frame).is_ok());
         }
-        if let Some((text, every)) = &settings.heartbeat {
-            if now.duration_since(last_heartbeat) >= *every {
-                last_heartbeat = now;
-                if let Err(e) = ws.send(Message::text(text.clone())) {
-                    return Err(end(
-                        format!("sending the heartbeat failed: {e}"),
-                        got_quotes,
-                    ));
+        Piece::Reply => {
+            link.init.awaiting = None;
+            link.init.send(&mut link.ws).map_err(|why| link.end(why))?;
+            link.announce();
+        }
+        Piece::Refused { reason, text } => {
+            return Err(Ended {
+                why: "refused".into(),
+                refused: Some(Refusal::Key { reason, said: text }),
+                healthy: false,
+            });
+        }
+        Piece::Ack(ack) => acknowledged(&ack, shown, settings, metrics)?,
+        Piece::SymbolLimit(limit) => {
+            metrics.upstream_symbols.set_limit(limit);
+            if across.limit_logged != Some(limit) {
+                across.limit_logged = Some(limit);
+                let configured = settings.translator.symbols().len() as u64;
+                if configured > limit {
+                    warn!(
+                        "upstream {shown}: `symbols` lists {configured} symbols, more than the {limit} the provider's plan allows: it will deny some"
+                    );
+                } else {
+                    info!("upstream {shown}: the provider's plan allows {limit} symbols ({configured} configured)");
                 }
             }
         }
-        if now.duration_since(last_ping) >= settings.ping_every {
-            last_ping = now;
-            if let Err(e) = ws.send(Message::Ping(Default::default())) {
-                return Err(end(format!("ping failed: {e}"), got_quotes));
-            }
+        Piece::ProviderError(reason) => across.ignored.errors.note(|n| {
+            warn!(
+                "upstream {shown} reported {n} error(s), latest: {}",
+                logsafe::quoted(&sanitized(&reason, &settings.key))
+            )
+        }),
+        Piece::Ignored => {}
+        Piece::Unusable(why) => across.ignored.unusable.note(|n| {
+            warn!(
+                "upstream {shown} sent {n} quote(s) that cannot be used, latest: {}",
+                logsafe::quoted(&sanitized(&why, &settings.key))
+            )
+        }),
+        Piece::Other(text) => across.ignored.texts.note(|n| {
+            info!(
+                "upstream {shown} sent {n} non-quote text(s), latest: {}",
+                logsafe::quoted(&sanitized(&text, &settings.key))
+            )
+        }),
+    }
+    Ok(true)
+}
+
+/// The provider's answer to the subscription: every symbol's state recorded (for `/metrics`,
+/// `/healthz` and the clients), one line in the log, the clients with nothing left told to
+/// go; and when it accepted none of them, a refusal.
+fn acknowledged(
+    ack: &Ack,
+    shown: &str,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<(), Ended> {
+    let symbols = settings.translator.symbols();
+    let mut states = vec![SymbolState::Unacknowledged; symbols.len()];
+    for &id in &ack.accepted {
+        states[id] = SymbolState::Accepted;
+    }
+    for (id, why) in &ack.denied {
+        states[*id] = SymbolState::Denied(sanitized(why, &settings.key));
+    }
+    for &id in &ack.invalid {
+        states[id] = SymbolState::Invalid;
+    }
+    metrics.upstream_symbols.set(states.clone());
+    let line = ack_line(symbols, &states, &ack.unknown);
+    let refused: Vec<bool> = states.iter().map(SymbolState::is_refused).collect();
+    if !refused.contains(&true) {
+        // Entries naming none of `symbols` mean the template spells them otherwise.
+        if ack.unknown.is_empty() {
+            info!("upstream {shown}: subscription acknowledged: {line}");
+        } else {
+            warn!("upstream {shown}: subscription acknowledged: {line}");
         }
-        if now.duration_since(last_frame) > settings.dead_after {
-            return Err(end("no answer to pings".into(), got_quotes));
+        return Ok(());
+    }
+    warn!("upstream {shown}: subscription acknowledged: {line}");
+    if let Some(close_clients) = &settings.on_refused {
+        close_clients(&refused);
+    }
+    if refused.iter().all(|r| *r) {
+        return Err(Ended {
+            why: "refused".into(),
+            refused: Some(Refusal::Symbols {
+                reason: format!("accepted none of the symbols: {line}"),
+            }),
+            healthy: false,
+        });
+    }
+    Ok(())
+}
+
+/// `accepted EURUSD, GBPUSD; denied XAUUSD ("not in your plan"); invalid FOO`: what an
+/// acknowledgement said of each symbol, escaped for the log.
+fn ack_line(symbols: &[String], states: &[SymbolState], unknown: &[String]) -> String {
+    let named = |want: fn(&SymbolState) -> bool| -> Vec<&str> {
+        symbols
+            .iter()
+            .zip(states)
+            .filter(|(_, s)| want(s))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    };
+    let mut parts = Vec::new();
+    let accepted = named(|s| *s == SymbolState::Accepted);
+    if !accepted.is_empty() {
+        parts.push(format!("accepted {}", accepted.join(", ")));
+    }
+    let denied: Vec<String> = symbols
+        .iter()
+        .zip(states)
+        .filter_map(|(name, s)| match s {
+            SymbolState::Denied(why) if why.is_empty() => Some(name.clone()),
+            SymbolState::Denied(why) => Some(format!("{name} ({})", logsafe::quoted(why))),
+            _ => None,
+        })
+        .collect();
+    if !denied.is_empty() {
+        parts.push(format!("denied {}", denied.join(", ")));
+    }
+    let invalid = named(|s| *s == SymbolState::Invalid);
+    if !invalid.is_empty() {
+        parts.push(format!("invalid {}", invalid.join(", ")));
+    }
+    let silent = named(|s| *s == SymbolState::Unacknowledged);
+    if !silent.is_empty() {
+        parts.push(format!("not mentioned {}", silent.join(", ")));
+    }
+    if !unknown.is_empty() {
+        let shown: Vec<String> = unknown
+            .iter()
+            .map(|u| logsafe::quoted(u).to_string())
+            .collect();
+        parts.push(format!("not among `symbols` {}", shown.join(", ")));
+    }
+    parts.join("; ")
+}
+
+/// Between frames: the awaited reply's deadline, the heartbeat, pings, a dead connection,
+/// the market opening or closing, and a feed gone stale while it is open.
+fn keep_honest(
+    link: &mut Link,
+    settings: &Settings,
+    metrics: &Metrics,
+    across: &mut Across,
+) -> Result<(), Ended> {
+    let now = Instant::now();
+    if let Some((i, since)) = link.init.awaiting {
+        if now.duration_since(since) > settings.reply_timeout {
+            let pattern = link
+                .init
+                .pattern()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            return Err(link.end(format!(
+                "no reply matching `{pattern}` to message {} within {} s",
+                i + 1,
+                settings.reply_timeout.as_secs()
+            )));
         }
-        let now_ms = metrics.now_ms();
-        let state = settings.market.state(now_ms);
-        if *extras.market_open != Some(state.is_open()) {
-            note_market(&settings.market, state, extras.market_open.is_none());
-            *extras.market_open = Some(state.is_open());
-        }
-        if let MarketState::Open {
-            since_ms: open_since,
-        } = state
-        {
-            let last_quote = metrics.last_quote_ms.load(Ordering::Relaxed);
-            let quiet_since = last_quote.max(connected_ms).max(open_since);
-            let quiet = Duration::from_millis(now_ms.saturating_sub(quiet_since));
-            if quiet > settings.stale_after {
-                return Err(end(
-                    format!(
-                        "stale: no quote for {} s while the market is open",
-                        quiet.as_secs()
-                    ),
-                    got_quotes,
-                ));
+    }
+    if let Some((text, every)) = &settings.heartbeat {
+        if now.duration_since(link.last_heartbeat) >= *every {
+            link.last_heartbeat = now;
+            if let Err(e) = link.ws.send(Message::text(text.clone())) {
+                return Err(link.end(format!("sending the heartbeat failed: {e}")));
             }
         }
     }
+    if now.duration_since(link.last_ping) >= settings.ping_every {
+        link.last_ping = now;
+        if let Err(e) = link.ws.send(Message::Ping(Default::default())) {
+            return Err(link.end(format!("ping failed: {e}")));
+        }
+    }
+    if now.duration_since(link.last_frame) > settings.dead_after {
+        return Err(link.end("no answer to pings".into()));
+    }
+    let now_ms = metrics.now_ms();
+    let state = settings.market.state(now_ms);
+    if across.market_open != Some(state.is_open()) {
+        note_market(&settings.market, state, across.market_open.is_none());
+        across.market_open = Some(state.is_open());
+    }
+    if let MarketState::Open {
+        since_ms: open_since,
+    } = state
+    {
+        let last_quote = metrics.last_quote_ms.load(Ordering::Relaxed);
+        let quiet_since = last_quote.max(link.connected_ms).max(open_since);
+        let quiet = Duration::from_millis(now_ms.saturating_sub(quiet_since));
+        if quiet > settings.stale_after {
+            return Err(link.end(format!(
+                "stale: no quote for {} s while the market is open",
+                quiet.as_secs()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What the source said, fit for the log: the provider key (some sources echo it) shortened.
@@ -670,7 +896,7 @@ mod tests {
     use super::*;
     use crate::base::live::Live;
     use crate::config::ClientFormat;
-    use crate::feed::provider::parse_template;
+    use crate::feed::template::parse_template;
 
     fn config(extra: &str) -> Config {
         crate::config::parse(
@@ -709,6 +935,7 @@ mod tests {
             recorder: None,
             tls: None,
             live: Some(Cached::new(live)),
+            on_refused: None,
         }
     }
 

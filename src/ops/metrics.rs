@@ -292,6 +292,30 @@ fn feed(out: &mut Exposition, m: &Metrics, view: &View) {
         "1 while writers send quotes in batches on the batch_delay_ms grid (heavy load).",
         u64::from(view.batching),
     );
+    upstream_symbols(out, m);
+}
+
+/// What the provider answered about each configured symbol.
+fn upstream_symbols(out: &mut Exposition, m: &Metrics) {
+    out.family(
+        "fxproxy_upstream_symbol",
+        "gauge",
+        "Each configured symbol's standing with the provider, by its acknowledgement of the subscription: accepted, denied, invalid, or unacknowledged (not yet, or the provider sends no acknowledgement).",
+        m.upstream_symbols.all().into_iter().map(|(symbol, state)| {
+            (
+                format!("{{symbol=\"{symbol}\",state=\"{}\"}}", state.label()),
+                1,
+            )
+        }),
+    );
+    if let Some(limit) = m.upstream_symbols.limit() {
+        out.single(
+            "fxproxy_upstream_symbol_limit",
+            "gauge",
+            "How many symbols the provider's plan allows, as its login said.",
+            limit,
+        );
+    }
 }
 
 /// Latencies measured as quotes flow, in seconds (see `base::histogram`).
@@ -579,6 +603,29 @@ mod tests {
             "\nfxproxy_build_info{{version=\"{}\",target=\"",
             env!("CARGO_PKG_VERSION")
         )));
+        m.upstream_symbols
+            .configure(&["EURUSD".into(), "XAUUSD".into()]);
+        m.upstream_symbols.set(vec![
+            crate::base::symbol_states::SymbolState::Accepted,
+            crate::base::symbol_states::SymbolState::Denied("plan".into()),
+        ]);
+        let text = render(
+            &m,
+            &View {
+                market: &market,
+                symbols: &[],
+                batching: false,
+                queues: &queues,
+                backlog: None,
+                places: (0, 1),
+                threads_live: 1,
+                process: &Process::default(),
+                now_ms: 1500,
+            },
+        );
+        assert!(text.contains("fxproxy_upstream_symbol{symbol=\"EURUSD\",state=\"accepted\"} 1\n"));
+        assert!(text.contains("fxproxy_upstream_symbol{symbol=\"XAUUSD\",state=\"denied\"} 1\n"));
+        assert!(!text.contains("fxproxy_upstream_symbol_limit"));
         let mut families = std::collections::HashSet::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let parts: Vec<&str> = line.split(' ').collect();

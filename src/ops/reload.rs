@@ -156,7 +156,7 @@ impl Reloader {
         let mut file = config::load(&running.file).map_err(|e| e.to_string())?;
         // As at start-up: the template is read and checked, and an unset upstream_url
         // becomes the template's, so that it compares equal to the running one.
-        crate::feed::provider::describe(&mut file).map_err(|e| e.to_string())?;
+        crate::feed::template::describe(&mut file).map_err(|e| e.to_string())?;
         let Merged {
             next,
             applied,

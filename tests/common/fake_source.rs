@@ -296,18 +296,45 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// TraderMade's newer feed: log in, wait for login_ok, subscribe with a JSON array and
-/// send_last; ticks with prices as strings and a compact UTC time.
+/// TraderMade's streaming protocol version 2, as TraderMade's own client speaks it
+/// (github.com/tradermade/go-cli, internal/stream/stream.go) and its documentation describes
+/// it: a plain-text greeting, a login answered with `login_ok` (with the plan's
+/// `symbol_limit`) or `login_reject`; subscriptions of `SYMBOL:QUOTE` entries answered with a
+/// `sub_ack` that sorts them into accepted, denied (with reasons) and invalid, as the real
+/// service would: a bare `EURUSD` is invalid, a symbol outside the key's entitlement denied;
+/// `send_last` answered with a `LAST_QUOTE` per accepted symbol it has one of; ticks with
+/// string prices and volumes and a compact UTC time; `{"type":"error"}` for what it cannot do.
+/// Subscriptions end with the connection.
 pub struct TraderMadeV2 {
     pub key: String,
     logged_in: bool,
+    /// Bare symbols this connection subscribed to.
     symbols: Vec<String>,
+    /// The symbols the key may have; shared, so a test can narrow it between connections.
+    entitled: Arc<Mutex<Vec<String>>>,
     /// The last tick of each symbol, shared by every connection (for send_last).
     last: Arc<Mutex<HashMap<&'static str, Tick>>>,
 }
 
+/// Why the fake denies a symbol outside the key's entitlement.
+pub const NOT_ON_PLAN: &str = "not available on your plan";
+
 impl TraderMadeV2 {
+    /// A source whose key may have the tests' usual symbols (EURUSD, GBPUSD, USDJPY).
     pub fn factory(key: &str) -> impl Fn() -> Box<dyn Dialect> + Send + 'static {
+        TraderMadeV2::entitled(
+            key,
+            Arc::new(Mutex::new(
+                ["EURUSD", "GBPUSD", "USDJPY"].map(String::from).to_vec(),
+            )),
+        )
+    }
+
+    /// A source whose key may have only the symbols in `entitled` (as it is at each login).
+    pub fn entitled(
+        key: &str,
+        entitled: Arc<Mutex<Vec<String>>>,
+    ) -> impl Fn() -> Box<dyn Dialect> + Send + 'static {
         let key = key.to_string();
         let last = Arc::new(Mutex::new(HashMap::new()));
         move || {
@@ -315,26 +342,91 @@ impl TraderMadeV2 {
                 key: key.clone(),
                 logged_in: false,
                 symbols: Vec::new(),
+                entitled: Arc::clone(&entitled),
                 last: Arc::clone(&last),
             }) as Box<dyn Dialect>
         }
     }
 
+    /// A tick as the service writes it (`QUOTE` or `LAST_QUOTE`).
     pub fn tick(kind: &str, t: &Tick) -> String {
-        let ms = t.ts_ms();
-        let date = utc(ms).replace('-', "");
-        let (day, time) = date.split_once('T').unwrap();
         format!(
-            r#"{{"t":"{kind}","s":"{}","b":"{}","a":"{}","ts":"{day}-{time}.{:03}"}}"#,
+            r#"{{"t":"{kind}","s":"{}","b":"{}","a":"{}","bv":"100000","av":"100000","ts":"{}"}}"#,
             t.symbol,
             t.bid(),
             t.ask(),
-            ms % 1000
+            TraderMadeV2::ts(t.ts_ms())
         )
+    }
+
+    /// `20231114-22:13:20.000`: v2's time of a tick, UTC.
+    pub fn ts(ms: u64) -> String {
+        let date = utc(ms).replace('-', "");
+        let (day, time) = date.split_once('T').unwrap();
+        format!("{day}-{time}.{:03}", ms % 1000)
+    }
+
+    /// Whether the service knows `symbol` at all: here, six capital letters.
+    fn exists(symbol: &str) -> bool {
+        symbol.len() == 6 && symbol.bytes().all(|b| b.is_ascii_uppercase())
+    }
+
+    fn subscribe(&mut self, m: &Value, text: &str) -> Result<Vec<String>, String> {
+        if !self.logged_in {
+            return Err(format!("subscribe before login_ok: {text}"));
+        }
+        let Some(entries) = m["symbols"].as_array() else {
+            return Err(format!("symbols is not a JSON array: {text}"));
+        };
+        let entitled = self.entitled.lock().unwrap().clone();
+        let (mut accepted, mut denied, mut invalid) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reasons = serde_json::Map::new();
+        for entry in entries {
+            let Some(entry) = entry.as_str() else {
+                return Err(format!("a symbol that is not a string: {text}"));
+            };
+            match entry.strip_suffix(":QUOTE") {
+                Some(symbol) if TraderMadeV2::exists(symbol) => {
+                    if entitled.iter().any(|e| e == symbol) {
+                        accepted.push(entry.to_string());
+                        if !self.symbols.iter().any(|s| s == symbol) {
+                            self.symbols.push(symbol.to_string());
+                        }
+                    } else {
+                        denied.push(entry.to_string());
+                        reasons.insert(entry.to_string(), Value::from(NOT_ON_PLAN));
+                    }
+                }
+                _ => invalid.push(entry.to_string()),
+            }
+        }
+        let mut out = vec![json!({
+            "type": "sub_ack",
+            "accepted": accepted,
+            "denied": denied,
+            "denied_reasons": reasons,
+            "invalid": invalid
+        })
+        .to_string()];
+        if m["send_last"] == true {
+            let last = self.last.lock().unwrap();
+            for entry in &accepted {
+                let symbol = entry.trim_end_matches(":QUOTE");
+                if let Some(t) = last.get(symbol) {
+                    out.push(TraderMadeV2::tick("LAST_QUOTE", t));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
 impl Dialect for TraderMadeV2 {
+    fn opened(&mut self, _uri: &str) -> Vec<String> {
+        // go-cli: "The server may send plain-text greetings (e.g. "Connected") - skip them."
+        vec!["Connected".into()]
+    }
+
     fn heard(&mut self, text: &str) -> Result<Vec<String>, String> {
         let m = parse(text)?;
         match m["action"].as_str() {
@@ -344,30 +436,21 @@ impl Dialect for TraderMadeV2 {
                 }
                 if m["key"] == self.key.as_str() {
                     self.logged_in = true;
-                    Ok(vec![r#"{"type":"login_ok","msg":"welcome"}"#.into()])
+                    let limit = self.entitled.lock().unwrap().len();
+                    Ok(vec![json!({
+                        "type": "login_ok",
+                        "symbol_limit": limit,
+                        "cfds": false,
+                        "trader_ladder": false
+                    })
+                    .to_string()])
                 } else {
                     Ok(vec![
-                        r#"{"type":"login_reject","reason":"invalid key"}"#.into()
+                        r#"{"type":"login_reject","reason":"invalid API key"}"#.into(),
                     ])
                 }
             }
-            Some("subscribe") if !self.logged_in => Err("subscribe before login_ok".into()),
-            Some("subscribe") => {
-                if !m["symbols"].is_array() {
-                    return Err(format!("symbols is not a JSON array: {text}"));
-                }
-                self.symbols = strings(&m["symbols"]);
-                let last = self.last.lock().unwrap();
-                let mut out = vec![r#"{"type":"subscribed"}"#.to_string()];
-                if m["send_last"] == true {
-                    for s in &self.symbols {
-                        if let Some(t) = last.get(s.as_str()) {
-                            out.push(TraderMadeV2::tick("LAST_QUOTE", t));
-                        }
-                    }
-                }
-                Ok(out)
-            }
+            Some("subscribe") => self.subscribe(&m, text),
             _ => Err(format!("unexpected: {text}")),
         }
     }
@@ -474,16 +557,28 @@ pub struct TwelveData {
     pub key: String,
     key_ok: bool,
     symbols: Vec<String>,
+    /// Symbols (`EUR/USD`) it cannot subscribe: answered in `fails`.
+    unavailable: Vec<String>,
 }
 
 impl TwelveData {
     pub fn factory(key: &str) -> impl Fn() -> Box<dyn Dialect> + Send + 'static {
+        TwelveData::failing(key, &[])
+    }
+
+    /// A source that cannot subscribe `unavailable` (`EUR/USD`): they come back in `fails`.
+    pub fn failing(
+        key: &str,
+        unavailable: &[&str],
+    ) -> impl Fn() -> Box<dyn Dialect> + Send + 'static {
         let key = key.to_string();
+        let unavailable: Vec<String> = unavailable.iter().map(|s| s.to_string()).collect();
         move || {
             Box::new(TwelveData {
                 key: key.clone(),
                 key_ok: false,
                 symbols: Vec::new(),
+                unavailable: unavailable.clone(),
             }) as Box<dyn Dialect>
         }
     }
@@ -518,13 +613,19 @@ impl Dialect for TwelveData {
                 let list = m["params"]["symbols"]
                     .as_str()
                     .ok_or("params.symbols is not a string")?;
-                self.symbols = list.split(',').map(String::from).collect();
+                let (fails, ok): (Vec<String>, Vec<String>) = list
+                    .split(',')
+                    .map(String::from)
+                    .partition(|s| self.unavailable.contains(s));
+                self.symbols = ok;
                 let success: Vec<Value> = self
                     .symbols
                     .iter()
                     .map(|s| json!({"symbol": s, "exchange": "PHYSICAL CURRENCY", "type": "Physical Currency"}))
                     .collect();
-                Ok(vec![json!({"event":"subscribe-status","status":"ok","success":success,"fails":[]}).to_string()])
+                let fails: Vec<Value> = fails.iter().map(|s| json!({ "symbol": s })).collect();
+                let status = if success.is_empty() { "error" } else { "ok" };
+                Ok(vec![json!({"event":"subscribe-status","status":status,"success":success,"fails":fails}).to_string()])
             }
             _ => Err(format!("unexpected: {text}")),
         }

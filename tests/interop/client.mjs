@@ -7,7 +7,11 @@
 //
 // Checks: quotes arrive as JSON with symbol/bid/ask and bid < ask, only the requested symbols
 // when filtered; a ping is answered; a wrong key is closed with 1008 "Authentication failed"
-// before any quote; a normal close gets 1000 back. Exits 0 if all pass, 1 with a message if not.
+// before any quote; a normal close gets 1000 back. And TraderMade's v2 protocol, spoken as
+// TraderMade's own client speaks it: login_ok, a subscription of SYMBOL:QUOTE answered with a
+// sub_ack (a bare symbol invalid), ticks with string prices and a compact UTC time, nothing of a
+// symbol after its unsubscription is acknowledged, login_reject for a wrong key. Exits 0 if all
+// pass, 1 with a message if not.
 
 import WebSocket from "ws";
 
@@ -105,6 +109,77 @@ async function refused(badKey) {
   }
 }
 
+// A v2 session: every JSON message in order (plain text, the greeting, is skipped as
+// TraderMade's client skips it); `take()` resolves with the next one.
+function v2Messages(ws) {
+  const queue = [], waiting = [];
+  ws.on("message", (data, isBinary) => {
+    if (isBinary) return;
+    let msg;
+    try { msg = JSON.parse(data.toString()); } catch { return; }
+    const w = waiting.shift();
+    if (w) w(msg); else queue.push(msg);
+  });
+  return (ms = STEP_TIMEOUT_MS) => {
+    if (queue.length) return Promise.resolve(queue.shift());
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Failed(`no message within ${ms} ms`)), ms);
+      waiting.push(msg => { clearTimeout(timer); resolve(msg); });
+    });
+  };
+}
+
+function checkTick(msg, symbol) {
+  const text = JSON.stringify(msg);
+  if (msg.t !== "QUOTE" && msg.t !== "LAST_QUOTE") throw new Failed(`expected a tick, got ${text}`);
+  if (msg.s !== symbol) throw new Failed(`a tick of ${msg.s}, subscribed to ${symbol} only: ${text}`);
+  if (typeof msg.b !== "string" || typeof msg.a !== "string") throw new Failed(`prices are not strings: ${text}`);
+  if (!(Number(msg.b) < Number(msg.a))) throw new Failed(`bid ${msg.b} is not below ask ${msg.a}: ${text}`);
+  if (!/^\d{8}-\d{2}:\d{2}:\d{2}\.\d{3}$/.test(msg.ts)) throw new Failed(`ts is not YYYYMMDD-HH:MM:SS.mmm: ${text}`);
+}
+
+async function v2Session() {
+  const [symbol, other] = allSymbols;
+  const ws = new WebSocket(url, { handshakeTimeout: STEP_TIMEOUT_MS });
+  ws.on("error", () => {});
+  const take = v2Messages(ws);
+  await next(ws, "open", "opening the connection");
+  ws.send(JSON.stringify({ action: "login", key, fmt: "JSON" }));
+  const login = await take();
+  if (login.type !== "login_ok" || typeof login.symbol_limit !== "number") throw new Failed(`expected login_ok with a symbol_limit, got ${JSON.stringify(login)}`);
+  ws.send(JSON.stringify({ action: "subscribe", symbols: [`${symbol}:QUOTE`, other], send_last: true }));
+  const ack = await take();
+  if (ack.type !== "sub_ack" || JSON.stringify(ack.accepted) !== JSON.stringify([`${symbol}:QUOTE`]) || JSON.stringify(ack.invalid) !== JSON.stringify([other])) {
+    throw new Failed(`expected a sub_ack accepting ${symbol}:QUOTE, ${other} (bare) invalid; got ${JSON.stringify(ack)}`);
+  }
+  for (let i = 0; i < QUOTES; i++) checkTick(await take(), symbol);
+  ws.send(JSON.stringify({ action: "unsubscribe", symbols: [`${symbol}:QUOTE`] }));
+  for (;;) {
+    const msg = await take();
+    if (msg.type === "sub_ack") break;
+    checkTick(msg, symbol);
+  }
+  // Nothing more of it: the simulator streams every symbol several times a second.
+  const late = await take(1000).catch(() => null);
+  if (late) throw new Failed(`after the unsubscription was acknowledged: ${JSON.stringify(late)}`);
+  const closed = next(ws, "close", "waiting for the close handshake");
+  ws.close(1000, "done");
+  await closed;
+
+  const bad = new WebSocket(url, { handshakeTimeout: STEP_TIMEOUT_MS });
+  bad.on("error", () => {});
+  const badTake = v2Messages(bad);
+  await next(bad, "open", "opening the connection");
+  const badClosed = next(bad, "close", "waiting for the refusal");
+  bad.send(JSON.stringify({ action: "login", key: "wrong-" + key, fmt: "JSON" }));
+  const answer = await badTake();
+  if (answer.type !== "login_reject") throw new Failed(`a wrong key got ${JSON.stringify(answer)}, expected login_reject`);
+  const [code, reason] = await badClosed;
+  if (code !== 1008 || reason.toString() !== "Authentication failed") {
+    throw new Failed(`a wrong v2 key was closed with ${code} ${JSON.stringify(reason.toString())}, expected 1008 "Authentication failed"`);
+  }
+}
+
 try {
   let seen = await session(null, new Set(allSymbols));
   console.log(`ok - all symbols: ${QUOTES} quotes from ${[...seen].sort()}, ping answered, closed with 1000`);
@@ -113,7 +188,9 @@ try {
   console.log(`ok - filter ${want}: ${QUOTES} quotes from ${[...seen].sort()} only`);
   await refused("wrong-" + key);
   console.log("ok - wrong key: 1008 Authentication failed, no quote first");
-  console.log("client.mjs: 3 passed, 0 failed");
+  await v2Session();
+  console.log(`ok - v2: login_ok, sub_ack, ${QUOTES} ticks of ${allSymbols[0]}, none after unsubscribe, login_reject for a wrong key`);
+  console.log("client.mjs: 4 passed, 0 failed");
 } catch (e) {
   console.error(`FAILED: ${e instanceof Failed ? e.message : e.stack || e}`);
   process.exit(1);

@@ -7,11 +7,16 @@ usage: python3 client.py WS_URL KEY SYMBOLS
 
 Checks: quotes arrive as JSON with symbol/bid/ask and bid < ask, only the requested symbols
 when filtered; a ping is answered; a wrong key is closed with 1008 "Authentication failed"
-before any quote; a normal close gets 1000 back. Exits 0 if all pass, 1 with a message if not.
+before any quote; a normal close gets 1000 back. And TraderMade's v2 protocol, spoken as
+TraderMade's own client speaks it: login_ok, a subscription of SYMBOL:QUOTE answered with a
+sub_ack (a bare symbol invalid), ticks with string prices and a compact UTC time, nothing of a
+symbol after its unsubscription is acknowledged, login_reject for a wrong key. Exits 0 if all
+pass, 1 with a message if not.
 """
 
 import asyncio
 import json
+import re
 import sys
 
 from websockets.asyncio.client import connect
@@ -109,6 +114,77 @@ async def refused(url, key):
                 raise Failed(f"a wrong key was closed with {rcvd.code} {rcvd.reason!r}, expected 1008 'Authentication failed'")
 
 
+V2_TIME = re.compile(r"^\d{8}-\d{2}:\d{2}:\d{2}\.\d{3}$")
+
+
+async def next_json(ws):
+    """The next JSON message; plain text (the greeting) is skipped, as TraderMade's client does."""
+    while True:
+        frame = await ws.recv()
+        try:
+            return json.loads(frame)
+        except ValueError:
+            continue
+
+
+def check_tick(msg, symbol):
+    """A v2 tick of `symbol`: string prices, bid below ask, a compact UTC time."""
+    if msg.get("t") not in ("QUOTE", "LAST_QUOTE"):
+        raise Failed(f"expected a tick, got {msg!r}")
+    if msg.get("s") != symbol:
+        raise Failed(f"a tick of {msg.get('s')!r}, subscribed to {symbol} only: {msg!r}")
+    bid, ask = msg.get("b"), msg.get("a")
+    if not (isinstance(bid, str) and isinstance(ask, str)):
+        raise Failed(f"prices are not strings: {msg!r}")
+    if not float(bid) < float(ask):
+        raise Failed(f"bid {bid} is not below ask {ask}: {msg!r}")
+    if not (isinstance(msg.get("ts"), str) and V2_TIME.match(msg["ts"])):
+        raise Failed(f"ts is not YYYYMMDD-HH:MM:SS.mmm: {msg!r}")
+
+
+async def v2_session(url, key, all_symbols):
+    symbol, other = all_symbols[0], all_symbols[1]
+    async with connect(url, open_timeout=STEP_TIMEOUT, close_timeout=STEP_TIMEOUT) as ws:
+        async with asyncio.timeout(STEP_TIMEOUT):
+            await ws.send(json.dumps({"action": "login", "key": key, "fmt": "JSON"}))
+            login = await next_json(ws)
+            if login.get("type") != "login_ok" or not isinstance(login.get("symbol_limit"), int):
+                raise Failed(f"expected login_ok with a symbol_limit, got {login!r}")
+            await ws.send(json.dumps({"action": "subscribe", "symbols": [f"{symbol}:QUOTE", other], "send_last": True}))
+            ack = await next_json(ws)
+            if ack.get("type") != "sub_ack" or ack.get("accepted") != [f"{symbol}:QUOTE"] or ack.get("invalid") != [other]:
+                raise Failed(f"expected a sub_ack accepting {symbol}:QUOTE, {other} (bare) invalid; got {ack!r}")
+            for _ in range(QUOTES):
+                check_tick(await next_json(ws), symbol)
+            await ws.send(json.dumps({"action": "unsubscribe", "symbols": [f"{symbol}:QUOTE"]}))
+            while True:
+                msg = await next_json(ws)
+                if msg.get("type") == "sub_ack":
+                    break
+                check_tick(msg, symbol)
+        # Nothing more of it: the simulator streams every symbol several times a second.
+        try:
+            async with asyncio.timeout(1):
+                msg = await ws.recv()
+                raise Failed(f"after the unsubscription was acknowledged: {msg!r}")
+        except TimeoutError:
+            pass
+    async with connect(url, open_timeout=STEP_TIMEOUT) as ws:
+        await ws.send(json.dumps({"action": "login", "key": "wrong-" + key, "fmt": "JSON"}))
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT):
+                answer = await next_json(ws)
+                if answer.get("type") != "login_reject":
+                    raise Failed(f"a wrong key got {answer!r}, expected login_reject")
+                await ws.recv()
+                raise Failed("a wrong key was not closed after login_reject")
+        except ConnectionClosed as e:
+            if e.rcvd is None or (e.rcvd.code, e.rcvd.reason) != (1008, "Authentication failed"):
+                raise Failed(f"a wrong v2 key was closed with {e.rcvd}, expected 1008 'Authentication failed'")
+        except TimeoutError:
+            raise Failed(f"a wrong v2 key was not answered within {STEP_TIMEOUT} s")
+
+
 async def main(url, key, all_symbols):
     seen = await session(url, key, None, set(all_symbols))
     print(f"ok - all symbols: {QUOTES} quotes from {sorted(seen)}, ping answered, closed with 1000")
@@ -117,7 +193,9 @@ async def main(url, key, all_symbols):
     print(f"ok - filter {','.join(want)}: {QUOTES} quotes from {sorted(seen)} only")
     await refused(url, "wrong-" + key)
     print("ok - wrong key: 1008 Authentication failed, no quote first")
-    print("client.py: 3 passed, 0 failed")
+    await v2_session(url, key, all_symbols)
+    print(f"ok - v2: login_ok, sub_ack, {QUOTES} ticks of {all_symbols[0]}, none after unsubscribe, login_reject for a wrong key")
+    print("client.py: 4 passed, 0 failed")
 
 
 if __name__ == "__main__":
