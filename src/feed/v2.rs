@@ -95,7 +95,7 @@ fn price_text(raw: &RawValue) -> Option<String> {
     } else {
         text.to_string()
     };
-    crate::feed::translate::Decimal::parse(inner.trim()).map(|_| inner.trim().to_string())
+    crate::feed::decimal::Decimal::parse(inner.trim()).map(|_| inner.trim().to_string())
 }
 
 /// Epoch milliseconds from a JSON number or a string of digits.
