@@ -430,6 +430,7 @@ mod tests {
         assert!(merged.waiting.is_empty());
         assert_eq!(merged.next.max_clients_per_key, 3);
         assert_eq!(merged.next.client_ping, std::time::Duration::from_secs(5));
-        assert_eq!(merged.next.market().closed_dates().len(), 1);
+        // The rule itself: with `upstream_url = sim` the market is always open.
+        assert_eq!(merged.next.market_closed_dates.len(), 1);
     }
 }
