@@ -27,21 +27,28 @@ pub fn run_command(command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => match config::load(&config)
-            // The provider's template is read and checked too, as start-up would.
-            .and_then(|mut c| crate::feed::provider::describe(&mut c).map(|_| c))
+            // The provider's template is read and checked too, as start-up would, and the
+            // way out to the upstream (its proxy, its headers) worked out.
+            .and_then(|mut c| {
+                let provider = crate::feed::provider::describe(&mut c)?;
+                let network = crate::server::upstream_network(&c, &provider)?;
+                Ok((c, network.said))
+            })
             .map_err(|e| e.to_string())
-            .and_then(|c| crate::clients::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, k)))
-            .and_then(|(c, k)| crate::clients::guard::check(&c, &k).map(|()| (c, k)))
-            .and_then(|(c, k)| crate::clients::tls::check(&c).map(|tls| (c, k, tls)))
+            .and_then(|(c, said)| {
+                crate::clients::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, said, k))
+            })
+            .and_then(|(c, said, k)| crate::clients::guard::check(&c, &k).map(|()| (c, said, k)))
+            .and_then(|(c, said, k)| crate::clients::tls::check(&c).map(|tls| (c, said, k, tls)))
         {
-            Ok((c, keys, tls)) => {
+            Ok((c, said, keys, tls)) => {
                 println!(
                     "{}: valid ({} symbols, {} client keys)",
                     config.display(),
                     c.symbols.len(),
                     keys.len()
                 );
-                for line in tls {
+                for line in tls.iter().chain(&said) {
                     println!("{line}");
                 }
                 // What this host would let the proxy have, as the start-up log says it.

@@ -20,6 +20,7 @@ use crate::clients::watcher::Watcher;
 use crate::config::{Config, ConfigError, Upstream};
 use crate::fanout::distributor::{self, Hub};
 use crate::fanout::slot::Kick;
+use crate::feed::headers::{self, Filled};
 use crate::feed::provider;
 use crate::feed::record::Recorder;
 use crate::feed::replay::ReplayServer;
@@ -369,6 +370,10 @@ impl Server {
             Some((r, w)) => (Some(r), Some(w)),
             None => (None, None),
         };
+        let network = upstream_network(&config, &provider).map_err(StartError::Config)?;
+        for line in &network.said {
+            info!("{line}");
+        }
         let mut settings = upstream::Settings {
             url,
             key,
@@ -385,6 +390,7 @@ impl Server {
             backoff_max: config.upstream_backoff_max,
             recorder,
             tls: upstream_tls,
+            headers: network.headers,
             live: None,
         };
         let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
@@ -561,6 +567,48 @@ fn upstream_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, St
     let tls = crate::base::tls::client_config(Some(ca), config.upstream_bundled_roots)
         .map_err(|e| tls_error(config, e))?;
     Ok(Some(tls))
+}
+
+/// How the upstream connection goes out: with which extra headers in its handshake.
+pub struct UpstreamNetwork {
+    pub headers: Vec<Filled>,
+    /// What the start-up log (and `--check-config`) says of it: the headers' names, never
+    /// their values.
+    pub said: Vec<String>,
+}
+
+/// The way out for a `ws://`/`wss://` upstream: the template's and `upstream_header`'s
+/// headers with the key in them. The built-in sources get none.
+pub fn upstream_network(
+    config: &Config,
+    provider: &provider::Provider,
+) -> Result<UpstreamNetwork, ConfigError> {
+    let mut network = UpstreamNetwork {
+        headers: Vec::new(),
+        said: Vec::new(),
+    };
+    let Upstream::Url(url) = &config.upstream else {
+        return Ok(network);
+    };
+    let shown = upstream::display_url(url);
+    let key = if config.line_of("upstream_header").is_some() {
+        "upstream_header"
+    } else {
+        "provider_template"
+    };
+    network.headers = headers::filled(
+        &provider.headers,
+        &config.upstream_headers,
+        config.upstream_api_key.expose(),
+    )
+    .map_err(|m| config.error_at(key, m))?;
+    if !network.headers.is_empty() {
+        network.said.push(format!(
+            "upstream {shown}: handshake headers {} (values not shown)",
+            headers::names(&network.headers)
+        ));
+    }
+    Ok(network)
 }
 
 fn tls_error(config: &Config, e: crate::base::tls::TlsError) -> StartError {

@@ -29,6 +29,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use value::Header;
 
 /// Where quotes come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,6 +175,10 @@ pub struct Config {
     /// `upstream_bundled_roots = false`, instead of) the web PKI roots bundled in the binary.
     pub upstream_ca_file: Option<PathBuf>,
     pub upstream_bundled_roots: bool,
+    /// Added to the upstream's WebSocket handshake, in file order (after the template's).
+    pub upstream_headers: Vec<Header>,
+    /// Added to the proxy's own HTTP answers and upgrades, in file order.
+    pub response_headers: Vec<Header>,
     /// Upper-case, unique, at least one.
     pub symbols: Vec<String>,
     pub subscribe_message: String,
@@ -248,7 +253,9 @@ impl Config {
         for setting in settings::SETTINGS {
             let text = match setting.default {
                 // Unset is the field's empty value, which the placeholder is already.
-                settings::DefaultValue::Is("") | settings::DefaultValue::Required(_) => continue,
+                settings::DefaultValue::Is("")
+                | settings::DefaultValue::Required(_)
+                | settings::DefaultValue::Repeated => continue,
                 settings::DefaultValue::Is(text) => text,
                 settings::DefaultValue::Follows { floor, .. } => floor,
             };
@@ -276,6 +283,8 @@ impl Config {
             upstream_api_key_file: None,
             upstream_ca_file: None,
             upstream_bundled_roots: false,
+            upstream_headers: Vec::new(),
+            response_headers: Vec::new(),
             symbols: Vec::new(),
             subscribe_message: String::new(),
             user_keys_file: PathBuf::new(),

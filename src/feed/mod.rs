@@ -7,6 +7,7 @@
 //!
 //! May import: `config`, `base`.
 
+pub mod headers;
 pub mod health;
 pub mod outlet;
 pub mod protocol;

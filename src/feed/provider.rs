@@ -9,6 +9,7 @@
 //! `expect` belongs to the `send` above it, a `refuse_reason` to the `refuse` above it. See
 //! docs/providers.md for every key.
 
+use crate::config::value::{self, Header};
 use crate::config::{Config, ConfigError, ProviderChoice, Upstream};
 use serde_json::Value;
 use std::fmt;
@@ -42,6 +43,8 @@ pub struct Provider {
     pub url: Option<String>,
     /// The URL query parameter the key goes in (`?apikey=KEY`), if it goes in the URL.
     pub key_query_param: Option<String>,
+    /// Headers for the WebSocket handshake (`header = Name: value`), `{api_key}` unreplaced.
+    pub headers: Vec<Header>,
     /// How messages spell a symbol.
     pub spelling: Spelling,
     pub join: Join,
@@ -584,6 +587,7 @@ const TEMPLATE_KEYS: &[&str] = &[
     "name",
     "url",
     "key_query_param",
+    "header",
     "symbol_format",
     "symbol_case",
     "symbols_join",
@@ -612,7 +616,14 @@ const TEMPLATE_KEYS: &[&str] = &[
 ];
 
 /// Keys that may appear more than once.
-const REPEATABLE: &[&str] = &["send", "expect", "ignore", "refuse", "refuse_reason"];
+const REPEATABLE: &[&str] = &[
+    "send",
+    "expect",
+    "ignore",
+    "refuse",
+    "refuse_reason",
+    "header",
+];
 
 /// Keys that describe quotes read from fields (`quotes = fields`, the default).
 const FIELD_KEYS: &[&str] = &[
@@ -675,6 +686,7 @@ struct Draft {
     name: Option<String>,
     url: Option<String>,
     key_query_param: Option<String>,
+    headers: Vec<Header>,
     spelling: Spelling,
     quote_spelling: Option<Spelling>,
     join: Option<Join>,
@@ -725,6 +737,10 @@ impl Draft {
                 }
                 self.key_query_param = Some(v.to_string());
             }
+            // As proxy.conf's `upstream_header`, checked the same way.
+            "header" => self
+                .headers
+                .push(value::upstream_header(v).map_err(|e| e.to_string())?),
             "symbol_format" => self.spelling.format = spelling(v)?,
             "quote_symbol_format" => {
                 self.quote_spelling = Some(Spelling {
@@ -881,6 +897,7 @@ impl Draft {
             name: self.name.unwrap_or_else(|| "custom".to_string()),
             url: self.url,
             key_query_param: self.key_query_param,
+            headers: self.headers,
             spelling: self.spelling,
             join: self.join.unwrap_or(Join::Comma),
             steps: self.steps,

@@ -15,6 +15,7 @@ use crate::base::ratelimit::RateLimited;
 use crate::base::stop::Stop;
 use crate::base::tls;
 use crate::config::Config;
+use crate::feed::headers::Filled;
 use crate::feed::outlet::Outlet;
 use crate::feed::protocol::MAX_UPSTREAM_FRAME;
 use crate::feed::provider::{Pattern, Provider};
@@ -26,6 +27,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
@@ -68,6 +71,9 @@ pub struct Settings {
     /// The roots a `wss://` source is checked against when `upstream_ca_file` is set; `None`:
     /// tungstenite's own, the web PKI roots bundled in the binary.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Added to the WebSocket handshake (the template's and `upstream_header`), the key in
+    /// them already; never logged.
+    pub headers: Vec<Filled>,
     /// The running configuration, looked at between frames: a reload changes the timing keys
     /// and the market's hours above (the URL and the subscribe message need a restart).
     pub live: Option<Cached<Config>>,
@@ -585,6 +591,7 @@ fn connect(settings: &Settings) -> Result<Socket, String> {
         deadline: Some(deadline),
         limit: timeout,
     };
+    let request = handshake_request(url, &settings.headers)?;
     // Quotes arrive as many small frames; a moderate read buffer suits one busy connection.
     let config = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
@@ -594,7 +601,7 @@ fn connect(settings: &Settings) -> Result<Socket, String> {
         .tls
         .as_ref()
         .map(|tls| tungstenite::Connector::Rustls(Arc::clone(tls)));
-    match tungstenite::client_tls_with_config(url, stream, Some(config), connector) {
+    match tungstenite::client_tls_with_config(request, stream, Some(config), connector) {
         Ok((mut ws, _response)) => {
             if let Some(stream) = timed(&mut ws) {
                 stream.handshake_done(CHECK_EVERY);
@@ -604,6 +611,26 @@ fn connect(settings: &Settings) -> Result<Socket, String> {
         Err(HandshakeError::Failure(e)) => Err(handshake_failure(&e, tls)),
         Err(HandshakeError::Interrupted(_)) => Err("WebSocket handshake interrupted".into()),
     }
+}
+
+/// The WebSocket handshake's request for `url`, with `headers` added after tungstenite's own.
+fn handshake_request(
+    url: &str,
+    headers: &[Filled],
+) -> Result<tungstenite::handshake::client::Request, String> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("bad URL: {e}"))?;
+    for h in headers {
+        // Both were checked at start-up (config::value::upstream_header, feed::headers);
+        // the value is not shown, as it may hold the key.
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("`{}` is not a header name", h.name))?;
+        let value = HeaderValue::from_str(&h.value)
+            .map_err(|_| format!("the value of the header `{}` is not one", h.name))?;
+        request.headers_mut().append(name, value);
+    }
+    Ok(request)
 }
 
 /// Why the TLS or WebSocket handshake failed, in words that name the cause. rustls does its
@@ -687,6 +714,7 @@ mod tests {
             backoff_max: config.upstream_backoff_max,
             recorder: None,
             tls: None,
+            headers: Vec::new(),
             live: Some(Cached::new(live)),
         }
     }

@@ -282,7 +282,8 @@ mod tests {
         subscribe_message = {\"a\":\"{api_key}\"}\nrecord_file = rec.jsonl\n\
         record_max_bytes = 4096\nbackbone = redis://:pw-one@127.0.0.1:6379\n\
         backbone_role = both\nbackbone_name = fx\nbackbone_max_len = 1000\n\
-        client_format = normalized\n";
+        client_format = normalized\nupstream_header = X-One: 1\n\
+        upstream_header = X-Two: 2\n";
 
     /// `ALL_SET` with `key` changed (and whatever must change with it).
     fn changed(key: &str) -> String {
@@ -307,6 +308,11 @@ mod tests {
                     "backbone_role" => "backbone_role = edge".into(),
                     "backbone_max_len" => "backbone_max_len = 2000".into(),
                     "client_format" => "client_format = upstream".into(),
+                    // One line of a repeated key: the whole list is a change.
+                    "upstream_header" if line.contains("X-Two") => {
+                        "upstream_header = X-Two: 3".into()
+                    }
+                    "upstream_header" => line.to_string(),
                     // A file or a name: another one.
                     _ => line.replace(" = ", " = other-"),
                 },
@@ -412,7 +418,8 @@ mod tests {
         let running = parse(BASE);
         let file = parse(&format!(
             "{BASE}max_clients_per_key = 3\nclient_ping_secs = 5\nmarket_closed_dates = 2026-12-25\n\
-             log_level = debug\nallowed_origins = https://a.example\n"
+             log_level = debug\nallowed_origins = https://a.example\n\
+             response_header = X-Served-By: fx-1\n"
         ));
         let merged = merge(&running, file);
         let applied: Vec<(&str, Reach)> =
@@ -424,6 +431,7 @@ mod tests {
                 ("client_ping_secs", Reach::Everyone),
                 ("max_clients_per_key", Reach::NewConnections),
                 ("allowed_origins", Reach::NewConnections),
+                ("response_header", Reach::NewConnections),
                 ("log_level", Reach::Everyone),
             ]
         );
