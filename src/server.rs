@@ -10,6 +10,7 @@ use crate::base::live::Cached;
 use crate::base::metrics::Metrics;
 use crate::base::stop::Stop;
 use crate::base::threads::{panic_message, Threads};
+use crate::base::tunnel::{ProxyUrl, Route};
 use crate::clients::admission::{Admission, Asker, HandOff};
 use crate::clients::client;
 use crate::clients::context::Context;
@@ -390,6 +391,7 @@ impl Server {
             backoff_max: config.upstream_backoff_max,
             recorder,
             tls: upstream_tls,
+            proxy: network.proxy,
             headers: network.headers,
             live: None,
         };
@@ -569,21 +571,25 @@ fn upstream_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, St
     Ok(Some(tls))
 }
 
-/// How the upstream connection goes out: with which extra headers in its handshake.
+/// How the upstream connection goes out: through which HTTP proxy, if any, and with which
+/// extra headers in its handshake.
 pub struct UpstreamNetwork {
+    pub proxy: Option<ProxyUrl>,
     pub headers: Vec<Filled>,
-    /// What the start-up log (and `--check-config`) says of it: the headers' names, never
-    /// their values.
+    /// What the start-up log (and `--check-config`) says of it: the proxy and where it came
+    /// from, the headers' names; never a password or a header's value.
     pub said: Vec<String>,
 }
 
-/// The way out for a `ws://`/`wss://` upstream: the template's and `upstream_header`'s
-/// headers with the key in them. The built-in sources get none.
+/// The way out for a `ws://`/`wss://` upstream: `upstream_proxy` or the environment's proxy
+/// variables (read now), and the template's and `upstream_header`'s headers with the key in
+/// them. The built-in sources are never proxied and get no headers.
 pub fn upstream_network(
     config: &Config,
     provider: &provider::Provider,
 ) -> Result<UpstreamNetwork, ConfigError> {
     let mut network = UpstreamNetwork {
+        proxy: None,
         headers: Vec::new(),
         said: Vec::new(),
     };
@@ -591,6 +597,19 @@ pub fn upstream_network(
         return Ok(network);
     };
     let shown = upstream::display_url(url);
+    match config.upstream_route(url, &|name| std::env::var(name).ok())? {
+        Route::Via { proxy, from } => {
+            network.said.push(format!(
+                "upstream {shown}: through the HTTP proxy {} (from {from})",
+                proxy.shown()
+            ));
+            network.proxy = Some(proxy);
+        }
+        Route::Excepted { var } => network
+            .said
+            .push(format!("upstream {shown}: direct, as {var} lists its host")),
+        Route::Direct => {}
+    }
     let key = if config.line_of("upstream_header").is_some() {
         "upstream_header"
     } else {

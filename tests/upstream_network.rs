@@ -1,17 +1,24 @@
-//! The upstream connection as company networks need it (issue 28), over real sockets: headers
-//! in the upstream's handshake (`upstream_header`, a template's `header`) with the key in them
-//! and never in the log; `response_header` on the proxy's answers and upgrades, and a
+//! The upstream connection as company networks need it (issue 28), over real sockets with a
+//! real HTTP proxy (Debian's tinyproxy, with and without BasicAuth): quotes through a CONNECT
+//! tunnel for ws:// and wss:// upstreams (TLS end to end, checked against the upstream's own
+//! name); a wrong password and a refused destination told in words and retried with back-off;
+//! HTTPS_PROXY/HTTP_PROXY and NO_PROXY honoured and `upstream_proxy = none` ignoring them;
+//! headers in the upstream's handshake (`upstream_header`, a template's `header`) with the key
+//! in them and never in the log; `response_header` on the proxy's answers and upgrades, and a
 //! forbidden one refused at start-up.
 
 mod common;
 
 use common::fake_source::{FakeSource, Tiingo};
-use common::process::{run_script, write_keys, Proxy};
+use common::process::{poll, run_script, write_keys, Proxy};
+use common::tinyproxy::{tinyproxy_available, Rules, TinyProxy, PROXY_PASSWORD, PROXY_USER};
+use common::tls::TestCa;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 fn keys() -> String {
     format!("{KEY}\n{OTHER_KEY} EURUSD\n")
@@ -25,6 +32,262 @@ fn binary_config(dir: &Path, upstream: &str, extra: &str) -> String {
          status_interval_secs = 0\n{extra}",
         keys.display()
     )
+}
+
+/// A client of `addr` receives the quote the upstream sends next.
+fn a_quote_gets_through(up: &TestUpstream, addr: std::net::SocketAddr, n: u64) {
+    let mut client = Client::auth(addr, KEY, Some("EURUSD"));
+    let registered = poll(DEADLINE, || {
+        metric_of(addr, "fxproxy_clients_connected") >= 1.0
+    });
+    assert!(registered, "the client was not registered");
+    up.send(&quote("EURUSD", n));
+    assert_eq!(client.next_text(), quote("EURUSD", n));
+}
+
+/// The delay each "reconnecting in D s" line of `log` that also says `what` announces.
+fn delays_after(log: &str, what: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| {
+            let tail = l.split("reconnecting in ").nth(1)?;
+            tail.split(' ').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn quotes_reach_clients_through_an_http_proxy_that_wants_credentials() {
+    if !tinyproxy_available("quotes through an HTTP proxy") {
+        return;
+    }
+    let dir = temp_dir("tunnel-ws");
+    let tiny = TinyProxy::with_auth(&dir);
+    let up = TestUpstream::start();
+    let proxy = TestProxy::start(
+        &up.url(),
+        &format!(
+            "upstream_proxy = {}\n",
+            tiny.url_with(PROXY_USER, PROXY_PASSWORD)
+        ),
+        &keys(),
+    );
+    up.expect_subscribe();
+    a_quote_gets_through(&up, proxy.addr, 1);
+    assert_eq!(tiny.connects_to(&up.addr.to_string()), 1, "{}", tiny.log());
+    assert_eq!(metric_of(proxy.addr, "fxproxy_upstream_connected"), 1.0);
+
+    // The source drops the connection: the proxy comes back through the proxy.
+    up.close();
+    up.expect_subscribe();
+    assert_eq!(tiny.connects_to(&up.addr.to_string()), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_wss_upstream_is_tls_end_to_end_through_the_tunnel_checked_against_its_own_name() {
+    if !tinyproxy_available("wss:// through an HTTP proxy") {
+        return;
+    }
+    let dir = temp_dir("tunnel-wss");
+    let tiny = TinyProxy::open(&dir);
+    // Proxy A serves wss:// with a certificate for `localhost` only, not for 127.0.0.1.
+    let ca = TestCa::new("tunnel");
+    let ca_file = ca.write(&dir.join("ca.pem"));
+    let cert = ca.server_named(&dir, "a", &["localhost"]);
+    let up = TestUpstream::start();
+    let a = TestProxy::start(
+        &up.url(),
+        &format!(
+            "tls_cert_file = {}\ntls_key_file = {}\n",
+            cert.cert_file.display(),
+            cert.key_file.display()
+        ),
+        &keys(),
+    );
+    up.expect_subscribe();
+    let port = a.addr.port();
+    let through = |host: &str| {
+        TestProxy::start(
+            &format!("wss://{host}:{port}/"),
+            &format!(
+                "upstream_proxy = {}\nupstream_ca_file = {}\nupstream_bundled_roots = false\n\
+                 upstream_api_key = {KEY}\nupstream_backoff_min_ms = 100\n",
+                tiny.url(),
+                ca_file.display()
+            ),
+            &keys(),
+        )
+    };
+    // Proxy B reaches A as `localhost` through tinyproxy (at 127.0.0.1): the certificate is
+    // checked against the name B asked the tunnel for, which is A's.
+    let b = through("localhost");
+    a.wait_for_clients(1);
+    a_quote_gets_through(&up, b.addr, 7);
+    assert_eq!(
+        tiny.connects_to(&format!("localhost:{port}")),
+        1,
+        "{}",
+        tiny.log()
+    );
+
+    // The same A by its address: the tunnel opens, and B's TLS refuses A's certificate, which
+    // does not name 127.0.0.1. Only B can have said so: the proxy sees nothing but bytes.
+    let c = through("127.0.0.1");
+    eventually("the name mismatch in /healthz", || {
+        healthz(c.addr)
+            .1
+            .contains("the server's certificate does not name the host in the URL")
+    });
+    assert!(tiny.connects_to(&format!("127.0.0.1:{port}")) >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_wrong_password_is_refused_told_and_retried_with_back_off() {
+    if !tinyproxy_available("a wrong proxy password") {
+        return;
+    }
+    let dir = temp_dir("tunnel-407");
+    let tiny = TinyProxy::with_auth(&dir);
+    let up = TestUpstream::start();
+    let password = "wrong-password-42";
+    let proxy = Proxy::spawn(&binary_config(
+        &dir,
+        &up.url(),
+        &format!(
+            "upstream_proxy = {}\nupstream_backoff_min_ms = 200\nupstream_backoff_max_secs = 2\n",
+            tiny.url_with(PROXY_USER, password)
+        ),
+    ));
+    // tinyproxy answers wrong credentials with 401 (none at all with 407).
+    let refused = "refused the credentials (\"HTTP/1.0 401 Unauthorized\")";
+    let told = poll(Duration::from_secs(20), || {
+        delays_after(&proxy.stderr_text(), refused).len() >= 4
+    });
+    let log = proxy.stderr_text();
+    assert!(told, "four refusals, each told: {log}");
+    // Each next attempt waits longer: 0.2 s doubling (each delay between half and all of its
+    // step), so the fourth waits 0.8 s at least; never a loop.
+    let delays = delays_after(&log, refused);
+    assert!(delays[0] <= 0.25, "{delays:?}");
+    assert!(delays.iter().all(|d| *d >= 0.05), "{delays:?}");
+    assert!(delays[3] >= 0.75, "{delays:?}");
+    let (status, body) = healthz(proxy.addr);
+    assert_eq!(status, 503, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "reconnecting", "{body}");
+    let reason = health["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("the proxy http://…@127.0.0.1:{}", tiny.port))
+            && reason.contains(refused),
+        "{reason}"
+    );
+    assert!(!log.contains(password) && !body.contains(password));
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the source was never reached"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_proxy_that_refuses_the_destination_is_told_with_its_status_line() {
+    if !tinyproxy_available("a refused destination") {
+        return;
+    }
+    let dir = temp_dir("tunnel-403");
+    // Tunnels to port 1 only.
+    let tiny = TinyProxy::start(
+        &dir,
+        &Rules {
+            connect_ports: vec![1],
+            ..Rules::default()
+        },
+    );
+    let up = TestUpstream::start();
+    let proxy = TestProxy::start(
+        &up.url(),
+        &format!("upstream_proxy = {}\n", tiny.url()),
+        &keys(),
+    );
+    let expected = format!(
+        "the proxy http://127.0.0.1:{} refused the tunnel to {} (\"HTTP/1.1 403 Access violation\")",
+        tiny.port, up.addr
+    );
+    eventually("the refusal in /healthz", || {
+        healthz(proxy.addr)
+            .1
+            .contains(&expected.replace('"', "\\\""))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_environment_s_proxy_is_used_unless_no_proxy_lists_the_host_or_upstream_proxy_is_none() {
+    if !tinyproxy_available("the proxy environment") {
+        return;
+    }
+    let dir = temp_dir("tunnel-env");
+    let tiny = TinyProxy::with_auth(&dir);
+    // Without credentials this proxy answers 407: a connection that works did not use it.
+    let refusing = tiny.url();
+    let user_only = format!("http://{PROXY_USER}@127.0.0.1:{}", tiny.port);
+    let run = |extra: &str, env: &[(&str, &str)], said: &str, through: bool| {
+        let up = TestUpstream::start();
+        let target = up.addr.to_string();
+        let proxy = Proxy::spawn_with_env(&binary_config(&dir, &up.url(), extra), env);
+        up.expect_subscribe();
+        a_quote_gets_through(&up, proxy.addr, 3);
+        let log = proxy.stderr_text();
+        assert!(log.contains(said), "{said}: {log}");
+        assert_eq!(tiny.connects_to(&target), usize::from(through), "{said}");
+        assert!(!log.contains(PROXY_PASSWORD), "{log}");
+    };
+    // Lower case first; the user from the URL, the password from the environment.
+    run(
+        "",
+        &[
+            ("http_proxy", &user_only),
+            ("HTTP_PROXY", "http://127.0.0.1:1"),
+            ("FXPROXY_UPSTREAM_PROXY_PASSWORD", PROXY_PASSWORD),
+        ],
+        &format!(
+            "through the HTTP proxy http://…@127.0.0.1:{} (from http_proxy)",
+            tiny.port
+        ),
+        true,
+    );
+    // NO_PROXY lists the upstream's address (as a range): straight to it.
+    run(
+        "",
+        &[
+            ("HTTP_PROXY", &refusing),
+            ("NO_PROXY", "localhost, 127.0.0.0/8"),
+        ],
+        "direct, as NO_PROXY lists its host",
+        false,
+    );
+    // `none`: the environment is not read.
+    run(
+        "upstream_proxy = none\n",
+        &[("HTTP_PROXY", &refusing), ("http_proxy", &refusing)],
+        "listening on",
+        false,
+    );
+    // The password from a file, for the user in upstream_proxy.
+    std::fs::write(dir.join("proxy-password"), format!("{PROXY_PASSWORD}\n")).unwrap();
+    run(
+        &format!(
+            "upstream_proxy = {user_only}\nupstream_proxy_password_file = {}\n",
+            dir.join("proxy-password").display()
+        ),
+        &[("HTTP_PROXY", &refusing)],
+        "(from upstream_proxy)",
+        true,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

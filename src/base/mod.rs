@@ -1,7 +1,8 @@
 //! The base: small helpers every stage shares, none of which knows a stage. A stop signal and
 //! named threads with bounded stacks, the thread ceiling, a value a reload replaces, the clock
 //! and the market's hours, back-off, rate-limited logging, text made safe for a log, the
-//! counters every stage bumps and the exposition format they are written in, and TLS roots.
+//! counters every stage bumps and the exposition format they are written in, TLS roots, and the
+//! HTTP proxy tunnel outgoing connections may need.
 //!
 //! May import: nothing of the crate outside `base`.
 
@@ -18,4 +19,5 @@ pub mod ratelimit;
 pub mod stop;
 pub mod threads;
 pub mod tls;
+pub mod tunnel;
 pub mod x509;

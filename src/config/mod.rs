@@ -12,12 +12,14 @@ pub mod address;
 pub mod backbone;
 mod error;
 mod parse;
+pub mod proxy;
 pub mod secret;
 pub mod settings;
 pub mod value;
 
 pub use error::ConfigError;
 pub use parse::parse;
+pub use proxy::{UpstreamProxy, PROXY_PASSWORD_ENV};
 pub use secret::{Secret, API_KEY_ENV};
 pub use settings::DEFAULT_SUBSCRIBE_MESSAGE;
 
@@ -175,6 +177,13 @@ pub struct Config {
     /// `upstream_bundled_roots = false`, instead of) the web PKI roots bundled in the binary.
     pub upstream_ca_file: Option<PathBuf>,
     pub upstream_bundled_roots: bool,
+    /// How the upstream connection reaches the internet (see [`proxy`]).
+    pub upstream_proxy: UpstreamProxy,
+    /// Resolved as `upstream_api_key_file` is; read by [`load`].
+    pub upstream_proxy_password_file: Option<PathBuf>,
+    /// After [`load`]: from `upstream_proxy_password_file` or `FXPROXY_UPSTREAM_PROXY_PASSWORD`,
+    /// for a proxy URL that names a user without a password.
+    pub upstream_proxy_password: Secret,
     /// Added to the upstream's WebSocket handshake, in file order (after the template's).
     pub upstream_headers: Vec<Header>,
     /// Added to the proxy's own HTTP answers and upgrades, in file order.
@@ -283,6 +292,9 @@ impl Config {
             upstream_api_key_file: None,
             upstream_ca_file: None,
             upstream_bundled_roots: false,
+            upstream_proxy: UpstreamProxy::Environment,
+            upstream_proxy_password_file: None,
+            upstream_proxy_password: Secret::default(),
             upstream_headers: Vec::new(),
             response_headers: Vec::new(),
             symbols: Vec::new(),
@@ -360,7 +372,7 @@ impl Config {
 
 /// Reads and parses `path`, then resolves the upstream API key from `upstream_api_key_file`
 /// (with `${CREDENTIALS_DIRECTORY}` expanded) or the `FXPROXY_UPSTREAM_API_KEY` environment
-/// variable, and the TLS files' `${CREDENTIALS_DIRECTORY}`.
+/// variable, the proxy's password likewise, and the TLS files' `${CREDENTIALS_DIRECTORY}`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
         file: path.to_path_buf(),
@@ -372,6 +384,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         &mut config,
         credentials.as_deref(),
         std::env::var(API_KEY_ENV).ok(),
+        |p| std::fs::read_to_string(p),
+    )?;
+    secret::resolve_proxy_password(
+        &mut config,
+        credentials.as_deref(),
+        std::env::var(PROXY_PASSWORD_ENV).ok(),
         |p| std::fs::read_to_string(p),
     )?;
     secret::resolve_tls_paths(&mut config, credentials.as_deref())?;

@@ -106,6 +106,7 @@ fn check(config: &mut Config) -> Result<(), ConfigError> {
         ));
     }
     check_tls(config)?;
+    crate::config::proxy::check(config)?;
     // Unset, it follows max_clients upward: a storm of max_clients connecting at once must
     // never find the pending set full.
     if config.line_of("max_pending_connections").is_none() {

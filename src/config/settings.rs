@@ -13,7 +13,7 @@ use crate::config::address;
 use crate::config::backbone::{self, RedisUrl, Role};
 use crate::config::secret::Secret;
 use crate::config::value::{self, Header, Invalid};
-use crate::config::{ClientFormat, Config, LogLevel, ProviderChoice, SlowClient};
+use crate::config::{ClientFormat, Config, LogLevel, ProviderChoice, SlowClient, UpstreamProxy};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use DefaultValue::{Follows, Is, Repeated, Required};
@@ -302,6 +302,42 @@ pub static SETTINGS: &[Setting] = &[
         },
         field: field!(upstream_bundled_roots),
         show: |c| c.upstream_bundled_roots.to_string(),
+        shown: Shown::Value,
+    },
+    Setting {
+        name: "upstream_proxy",
+        default: Is(""),
+        reach: Reach::Restart,
+        doc: "`http://[USER:PASSWORD@]HOST:PORT`: reach the upstream through this HTTP proxy (`CONNECT`; a `wss://` upstream stays TLS end to end, checked against its own name); `none`: directly; unset: `HTTPS_PROXY` (for `wss://`) or `HTTP_PROXY` (for `ws://`) unless `NO_PROXY` lists the host, as curl reads them. Clients, the backbone's Redis and `sim` are never proxied (see [Outbound proxy](#outbound-proxy))",
+        set: |c, v, _base| {
+            c.upstream_proxy = UpstreamProxy::parse(v)?;
+            Ok(())
+        },
+        field: field!(upstream_proxy),
+        show: |c| c.upstream_proxy.shown(),
+        shown: Shown::Value,
+    },
+    Setting {
+        name: "upstream_proxy_password_file",
+        default: Is(""),
+        reach: Reach::Restart,
+        doc: "a file holding the proxy's password, for a proxy URL that names a user and no password (trailing newline ignored; `${CREDENTIALS_DIRECTORY}` is expanded); unset: `FXPROXY_UPSTREAM_PROXY_PASSWORD` from the environment, if set",
+        set: |c, v, base| {
+            c.upstream_proxy_password_file = Some(value::credential_path(v, base).ok_or_else(|| Invalid::Unusable("expected a file path, got nothing".into()))?);
+            Ok(())
+        },
+        // The file's path and what it holds: a new password waits for a restart too.
+        field: Field {
+            same: |a, b| {
+                a.upstream_proxy_password_file == b.upstream_proxy_password_file
+                    && a.upstream_proxy_password == b.upstream_proxy_password
+            },
+            keep: |next, running| {
+                next.upstream_proxy_password_file = running.upstream_proxy_password_file.clone();
+                next.upstream_proxy_password = running.upstream_proxy_password.clone();
+            },
+        },
+        show: |c| path_text(&c.upstream_proxy_password_file),
         shown: Shown::Value,
     },
     Setting {
@@ -908,8 +944,8 @@ mod tests {
         let repeated = SETTINGS.iter().filter(|s| s.repeats()).count();
         assert_eq!(
             written.key_lines.len(),
-            SETTINGS.len() - 2 - repeated,
-            "all but the two paths that take no empty value, and the keys that repeat"
+            SETTINGS.len() - 3 - repeated,
+            "all but the three paths that take no empty value, and the keys that repeat"
         );
     }
 

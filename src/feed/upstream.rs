@@ -14,6 +14,7 @@ use crate::base::metrics::{Metrics, UpstreamState};
 use crate::base::ratelimit::RateLimited;
 use crate::base::stop::Stop;
 use crate::base::tls;
+use crate::base::tunnel::{self, ProxyUrl};
 use crate::config::Config;
 use crate::feed::headers::Filled;
 use crate::feed::outlet::Outlet;
@@ -71,6 +72,9 @@ pub struct Settings {
     /// The roots a `wss://` source is checked against when `upstream_ca_file` is set; `None`:
     /// tungstenite's own, the web PKI roots bundled in the binary.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The HTTP proxy the connection goes through (`CONNECT`), if any: `upstream_proxy` or the
+    /// environment's.
+    pub proxy: Option<ProxyUrl>,
     /// Added to the WebSocket handshake (the template's and `upstream_header`), the key in
     /// them already; never logged.
     pub headers: Vec<Filled>,
@@ -570,27 +574,22 @@ fn connect(settings: &Settings) -> Result<Socket, String> {
     let host = uri.host().ok_or("the URL has no host")?;
     let tls = uri.scheme_str() == Some("wss");
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
-    let mut last_err = format!("{host} resolved to no address");
-    let stream = addrs
-        .iter()
-        .find_map(|addr| match TcpStream::connect_timeout(addr, timeout) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                last_err = format!("cannot connect to {addr}: {e}");
-                None
-            }
-        })
-        .ok_or(last_err)?;
+    let stream = match &settings.proxy {
+        None => dial(host, port, timeout)?,
+        Some(proxy) => dial(&proxy.host, proxy.port, timeout)
+            .map_err(|e| format!("the proxy {}: {e}", proxy.shown()))?,
+    };
     let _ = stream.set_nodelay(true);
-    let stream = Timed {
+    let mut stream = Timed {
         tcp: stream,
         deadline: Some(deadline),
         limit: timeout,
     };
+    // Through a proxy, the tunnel comes first, within the same deadline; TLS (for wss://)
+    // then runs inside it, its name checked against `host`, the source's, as without one.
+    if let Some(proxy) = &settings.proxy {
+        tunnel::establish(&mut stream, proxy, host, port).map_err(|e| e.to_string())?;
+    }
     let request = handshake_request(url, &settings.headers)?;
     // Quotes arrive as many small frames; a moderate read buffer suits one busy connection.
     let config = WebSocketConfig::default()
@@ -611,6 +610,27 @@ fn connect(settings: &Settings) -> Result<Socket, String> {
         Err(HandshakeError::Failure(e)) => Err(handshake_failure(&e, tls)),
         Err(HandshakeError::Interrupted(_)) => Err("WebSocket handshake interrupted".into()),
     }
+}
+
+/// A TCP connection to `host:port` (a name, an address, or an IPv6 address in brackets),
+/// trying each address it resolves to.
+fn dial(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<_> = (name, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut last_err = format!("{host} resolved to no address");
+    addrs
+        .iter()
+        .find_map(|addr| match TcpStream::connect_timeout(addr, timeout) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                last_err = format!("cannot connect to {addr}: {e}");
+                None
+            }
+        })
+        .ok_or(last_err)
 }
 
 /// The WebSocket handshake's request for `url`, with `headers` added after tungstenite's own.
@@ -714,6 +734,7 @@ mod tests {
             backoff_max: config.upstream_backoff_max,
             recorder: None,
             tls: None,
+            proxy: None,
             headers: Vec::new(),
             live: Some(Cached::new(live)),
         }

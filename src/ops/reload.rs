@@ -282,7 +282,8 @@ mod tests {
         subscribe_message = {\"a\":\"{api_key}\"}\nrecord_file = rec.jsonl\n\
         record_max_bytes = 4096\nbackbone = redis://:pw-one@127.0.0.1:6379\n\
         backbone_role = both\nbackbone_name = fx\nbackbone_max_len = 1000\n\
-        client_format = normalized\nupstream_header = X-One: 1\n\
+        client_format = normalized\nupstream_proxy = http://u@proxy.example:3128\n\
+        upstream_proxy_password_file = pw\nupstream_header = X-One: 1\n\
         upstream_header = X-Two: 2\n";
 
     /// `ALL_SET` with `key` changed (and whatever must change with it).
@@ -308,6 +309,7 @@ mod tests {
                     "backbone_role" => "backbone_role = edge".into(),
                     "backbone_max_len" => "backbone_max_len = 2000".into(),
                     "client_format" => "client_format = upstream".into(),
+                    "upstream_proxy" => "upstream_proxy = http://u@proxy.example:3129".into(),
                     // One line of a repeated key: the whole list is a change.
                     "upstream_header" if line.contains("X-Two") => {
                         "upstream_header = X-Two: 3".into()

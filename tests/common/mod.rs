@@ -10,6 +10,7 @@ pub mod process;
 pub mod raw_ws;
 pub mod relay;
 pub mod storm;
+pub mod tinyproxy;
 pub mod tls;
 pub mod traffic;
 
