@@ -78,7 +78,8 @@ pub fn run_command(command: Command) -> ExitCode {
             key,
             symbols,
             ca_file,
-        } => run_watch(url, key, symbols, ca_file),
+            proxy,
+        } => run_watch(url, key, symbols, ca_file, proxy),
     }
 }
 
@@ -245,6 +246,7 @@ fn run_watch(
     key: Option<String>,
     symbols: Option<Vec<String>>,
     ca_file: Option<std::path::PathBuf>,
+    proxy: watch::ProxyFlag,
 ) -> ExitCode {
     logging::init("warn");
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -253,6 +255,13 @@ fn run_watch(
             "fxproxy watch: a key is required: --key KEY or the FXPROXY_KEY environment variable"
         );
         return ExitCode::from(2);
+    };
+    let route = match watch::route(&url, &proxy, &|name| std::env::var(name).ok()) {
+        Ok(route) => route,
+        Err(e) => {
+            eprintln!("fxproxy watch: {e}");
+            return ExitCode::from(2);
+        }
     };
     // Ctrl-C (and SIGTERM, and SIGHUP when the terminal goes) is how a ticker is stopped:
     // the watch says goodbye to the proxy and exits quietly with 128 + the signal's number,
@@ -287,6 +296,7 @@ fn run_watch(
         key,
         symbols,
         ca_file,
+        route,
     };
     let mut out = std::io::stdout();
     let result = watch::run(&opts, &mut out, &stop);

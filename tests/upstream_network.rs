@@ -5,19 +5,20 @@
 //! HTTPS_PROXY/HTTP_PROXY and NO_PROXY honoured and `upstream_proxy = none` ignoring them;
 //! headers in the upstream's handshake (`upstream_header`, a template's `header`) with the key
 //! in them and never in the log; `response_header` on the proxy's answers and upgrades, and a
-//! forbidden one refused at start-up.
+//! forbidden one refused at start-up; `fxproxy watch` through the proxy.
 
 mod common;
 
 use common::fake_source::{FakeSource, Tiingo};
-use common::process::{poll, run_script, write_keys, Proxy};
+use common::process::{poll, run_script, write_keys, Proxy, PROXY_VARIABLES};
 use common::tinyproxy::{tinyproxy_available, Rules, TinyProxy, PROXY_PASSWORD, PROXY_USER};
 use common::tls::TestCa;
 use common::*;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 fn keys() -> String {
@@ -438,5 +439,86 @@ fn a_response_header_fxproxy_sets_itself_is_refused_at_start_up() {
         );
         assert!(run.output.contains(&expected), "{args:?}: {}", run.output);
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `fxproxy watch` with `args` and the proxy variables of `env` only; its first quote line.
+fn watch_first_line(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fxproxy"));
+    cmd.arg("watch").args(args);
+    for var in PROXY_VARIABLES {
+        cmd.env_remove(var);
+    }
+    let mut child: Child = cmd
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("watch-stdout".into())
+        .spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap_or_default()).is_err() {
+                    return;
+                }
+            }
+        })
+        .unwrap();
+    let line = rx.recv_timeout(DEADLINE);
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (
+        line.unwrap_or_else(|_| panic!("no quote from watch; its stderr: {err}")),
+        err,
+    )
+}
+
+#[test]
+fn watch_goes_through_the_proxy_from_its_flag_or_the_environment() {
+    if !tinyproxy_available("watch through an HTTP proxy") {
+        return;
+    }
+    let dir = temp_dir("tunnel-watch");
+    let tiny = TinyProxy::with_auth(&dir);
+    let up = TestUpstream::start();
+    let proxy = TestProxy::start(&up.url(), "", &keys());
+    up.expect_subscribe();
+    up.send(&quote("EURUSD", 5));
+    // Each watch gets that quote at once, as the latest of its symbol.
+    eventually("the quote to reach the proxy", || {
+        metric_of(proxy.addr, "fxproxy_quotes_received_total") >= 1.0
+    });
+    let url = proxy.url();
+    let target = proxy.addr.to_string();
+    let with_creds = tiny.url_with(PROXY_USER, PROXY_PASSWORD);
+    let base = ["--key", KEY, "--symbols", "EURUSD"];
+
+    let (line, _) = watch_first_line(
+        &[&[url.as_str()][..], &base, &["--proxy", &with_creds]].concat(),
+        &[],
+    );
+    assert!(line.starts_with("EURUSD   bid 1.00005"), "{line}");
+    assert_eq!(tiny.connects_to(&target), 1);
+
+    let (line, _) = watch_first_line(
+        &[&[url.as_str()][..], &base].concat(),
+        &[("HTTP_PROXY", &with_creds)],
+    );
+    assert!(line.starts_with("EURUSD   bid 1.00005"), "{line}");
+    assert_eq!(tiny.connects_to(&target), 2);
+
+    // `--proxy none` ignores a proxy that would refuse it.
+    let (line, _) = watch_first_line(
+        &[&[url.as_str()][..], &base, &["--proxy", "none"]].concat(),
+        &[("HTTP_PROXY", &tiny.url())],
+    );
+    assert!(line.starts_with("EURUSD   bid 1.00005"), "{line}");
+    assert_eq!(tiny.connects_to(&target), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
