@@ -1,6 +1,7 @@
 //! The command line: which command to run and with what, parsed without side effects so
 //! tests can feed it argument lists.
 
+use crate::watch::ProxyFlag;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -12,10 +13,13 @@ USAGE:
     fxproxy --check-config [--config FILE]  validate the configuration and exit (0 valid, 2 invalid)
     fxproxy sim [--listen ADDR] [--rate N] [--symbols A,B]
                                             a simulated Forex source speaking the upstream protocol
-    fxproxy watch URL [--key KEY] [--symbols A,B] [--ca-file PEM]
+    fxproxy watch URL [--key KEY] [--symbols A,B] [--ca-file PEM] [--proxy URL|none]
                                             print quotes from a proxy (or the source) as they arrive;
                                             the key may come from FXPROXY_KEY instead of --key;
-                                            --ca-file trusts a private CA for a wss:// URL
+                                            --ca-file trusts a private CA for a wss:// URL;
+                                            --proxy http://[USER:PASSWORD@]HOST:PORT connects through
+                                            an HTTP proxy (without it HTTPS_PROXY, HTTP_PROXY and
+                                            NO_PROXY are honoured; --proxy none ignores them)
     fxproxy --version | --help
 ";
 
@@ -40,6 +44,8 @@ pub enum Command {
         symbols: Option<Vec<String>>,
         /// A CA (PEM) trusted for a `wss://` URL besides the bundled web PKI roots.
         ca_file: Option<PathBuf>,
+        /// `--proxy`; not given, the environment decides.
+        proxy: ProxyFlag,
     },
     Version,
     Help,
@@ -90,9 +96,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             let mut key = None;
             let mut syms = None;
             let mut ca_file = None;
+            let mut proxy = ProxyFlag::Environment;
             while let Some(arg) = it.next() {
                 match arg {
                     "--key" => key = Some(value(arg, &mut it)?),
+                    "--proxy" => proxy = ProxyFlag::parse(&value(arg, &mut it)?)?,
                     "--ca-file" => ca_file = Some(PathBuf::from(value(arg, &mut it)?)),
                     "--symbols" => syms = Some(symbols(&value(arg, &mut it)?)),
                     other if url.is_none() && !other.starts_with('-') => {
@@ -106,6 +114,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 key,
                 symbols: syms,
                 ca_file,
+                proxy,
             })
         }
         _ => {
@@ -168,6 +177,7 @@ mod tests {
                 key: Some("abc".into()),
                 symbols: Some(vec!["EURUSD".into()]),
                 ca_file: None,
+                proxy: ProxyFlag::Environment,
             })
         );
         assert_eq!(
@@ -177,8 +187,29 @@ mod tests {
                 key: None,
                 symbols: None,
                 ca_file: Some("/etc/ca.pem".into()),
+                proxy: ProxyFlag::Environment,
             })
         );
+        assert_eq!(
+            parse(&args("watch ws://fx:8765/ --proxy none")),
+            Ok(Command::Watch {
+                url: "ws://fx:8765/".into(),
+                key: None,
+                symbols: None,
+                ca_file: None,
+                proxy: ProxyFlag::Off,
+            })
+        );
+        let Ok(Command::Watch {
+            proxy: ProxyFlag::Url(proxy),
+            ..
+        }) = parse(&args(
+            "watch ws://fx:8765/ --proxy http://u:p@proxy.corp:3128",
+        ))
+        else {
+            panic!("a proxy URL");
+        };
+        assert_eq!(proxy.shown(), "http://…@proxy.corp:3128");
         assert_eq!(parse(&args("--version")), Ok(Command::Version));
     }
 
@@ -192,5 +223,11 @@ mod tests {
         assert!(parse(&args("watch"))
             .unwrap_err()
             .contains("URL is required"));
+        assert!(parse(&args("watch ws://x/ --proxy socks5://p:1"))
+            .unwrap_err()
+            .starts_with("--proxy: expected http://"));
+        assert!(parse(&args("watch ws://x/ --proxy"))
+            .unwrap_err()
+            .contains("needs a value"));
     }
 }

@@ -29,21 +29,30 @@ pub fn run_command(command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => match config::load(&config)
-            // The provider's template is read and checked too, as start-up would.
-            .and_then(|mut c| crate::feed::template::describe(&mut c).map(|_| c))
+            // The provider's template is read and checked too, as start-up would, and the
+            // way out to the upstream (its proxy, its headers) worked out.
+            .and_then(|mut c| {
+                let provider = crate::feed::template::describe(&mut c)?;
+                let network = crate::server::upstream_network(&c, &provider)?;
+                Ok((c, network.said))
+            })
             .map_err(|e| e.to_string())
-            .and_then(|c| crate::clients::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, k)))
-            .and_then(|(c, k)| crate::clients::guard::check(&c, c.listen, &k).map(|()| (c, k)))
-            .and_then(|(c, k)| crate::clients::tls::check(&c).map(|tls| (c, k, tls)))
+            .and_then(|(c, said)| {
+                crate::clients::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, said, k))
+            })
+            .and_then(|(c, said, k)| {
+                crate::clients::guard::check(&c, c.listen, &k).map(|()| (c, said, k))
+            })
+            .and_then(|(c, said, k)| crate::clients::tls::check(&c).map(|tls| (c, said, k, tls)))
         {
-            Ok((c, keys, tls)) => {
+            Ok((c, said, keys, tls)) => {
                 println!(
                     "{}: valid ({} symbols, {} client keys)",
                     config.display(),
                     c.symbols.len(),
                     keys.len()
                 );
-                for line in tls {
+                for line in tls.iter().chain(&said) {
                     println!("{line}");
                 }
                 // What this host would let the proxy have, as the start-up log says it.
@@ -73,7 +82,8 @@ pub fn run_command(command: Command) -> ExitCode {
             key,
             symbols,
             ca_file,
-        } => run_watch(url, key, symbols, ca_file),
+            proxy,
+        } => run_watch(url, key, symbols, ca_file, proxy),
     }
 }
 
@@ -288,6 +298,7 @@ fn run_watch(
     key: Option<String>,
     symbols: Option<Vec<String>>,
     ca_file: Option<std::path::PathBuf>,
+    proxy: watch::ProxyFlag,
 ) -> ExitCode {
     logging::init("warn", logging::LogFormat::Text);
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -296,6 +307,13 @@ fn run_watch(
             "fxproxy watch: a key is required: --key KEY or the FXPROXY_KEY environment variable"
         );
         return ExitCode::from(2);
+    };
+    let route = match watch::route(&url, &proxy, &|name| std::env::var(name).ok()) {
+        Ok(route) => route,
+        Err(e) => {
+            eprintln!("fxproxy watch: {e}");
+            return ExitCode::from(2);
+        }
     };
     // Ctrl-C (and SIGTERM, and SIGHUP when the terminal goes) is how a ticker is stopped:
     // the watch says goodbye to the proxy and exits quietly with 128 + the signal's number,
@@ -330,6 +348,7 @@ fn run_watch(
         key,
         symbols,
         ca_file,
+        route,
     };
     let mut out = std::io::stdout();
     let result = watch::run(&opts, &mut out, &stop);

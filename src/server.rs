@@ -13,6 +13,7 @@ use crate::base::live::Cached;
 use crate::base::metrics::Metrics;
 use crate::base::stop::Stop;
 use crate::base::threads::{panic_message, Threads};
+use crate::base::tunnel::{ProxyUrl, Route};
 use crate::clients::admission::{Admission, Asker, HandOff};
 use crate::clients::client;
 use crate::clients::context::Context;
@@ -23,6 +24,7 @@ use crate::clients::watcher::Watcher;
 use crate::config::{Config, ConfigError, Upstream};
 use crate::fanout::distributor::{self, Hub, V2Ticks};
 use crate::fanout::slot::Kick;
+use crate::feed::headers::{self, Filled};
 use crate::feed::provider;
 use crate::feed::record::Recorder;
 use crate::feed::replay::ReplayServer;
@@ -459,6 +461,10 @@ impl Server {
             let symbol_of = translator.symbol_of();
             Box::new(move |frame| symbol_of.id(frame))
         };
+        let network = upstream_network(&config, &provider).map_err(StartError::Config)?;
+        for line in &network.said {
+            info!("{line}");
+        }
         let mut settings = upstream::Settings {
             url,
             key,
@@ -475,6 +481,8 @@ impl Server {
             backoff_max: config.upstream_backoff_max,
             recorder,
             tls: upstream_tls,
+            proxy: network.proxy,
+            headers: network.headers,
             live: None,
             on_refused: None,
         };
@@ -830,6 +838,65 @@ fn backbone_ca(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
     crate::base::tls::read_certs(KEY, path).map_err(|e| tls_error(config, e))?;
     let pem = crate::base::tls::read(KEY, path).map_err(|e| tls_error(config, e))?;
     Ok(Some(pem))
+}
+
+/// How the upstream connection goes out: through which HTTP proxy, if any, and with which
+/// extra headers in its handshake.
+pub struct UpstreamNetwork {
+    pub proxy: Option<ProxyUrl>,
+    pub headers: Vec<Filled>,
+    /// What the start-up log (and `--check-config`) says of it: the proxy and where it came
+    /// from, the headers' names; never a password or a header's value.
+    pub said: Vec<String>,
+}
+
+/// The way out for a `ws://`/`wss://` upstream: `upstream_proxy` or the environment's proxy
+/// variables (read now), and the template's and `upstream_header`'s headers with the key in
+/// them. The built-in sources are never proxied and get no headers.
+pub fn upstream_network(
+    config: &Config,
+    provider: &provider::Provider,
+) -> Result<UpstreamNetwork, ConfigError> {
+    let mut network = UpstreamNetwork {
+        proxy: None,
+        headers: Vec::new(),
+        said: Vec::new(),
+    };
+    let Upstream::Url(url) = &config.upstream else {
+        return Ok(network);
+    };
+    let shown = upstream::display_url(url);
+    match config.upstream_route(url, &|name| std::env::var(name).ok())? {
+        Route::Via { proxy, from } => {
+            network.said.push(format!(
+                "upstream {shown}: through the HTTP proxy {} (from {from})",
+                proxy.shown()
+            ));
+            network.proxy = Some(proxy);
+        }
+        Route::Excepted { var } => network
+            .said
+            .push(format!("upstream {shown}: direct, as {var} lists its host")),
+        Route::Direct => {}
+    }
+    let key = if config.line_of("upstream_header").is_some() {
+        "upstream_header"
+    } else {
+        "provider_template"
+    };
+    network.headers = headers::filled(
+        &provider.headers,
+        &config.upstream_headers,
+        config.upstream_api_key.expose(),
+    )
+    .map_err(|m| config.error_at(key, m))?;
+    if !network.headers.is_empty() {
+        network.said.push(format!(
+            "upstream {shown}: handshake headers {} (values not shown)",
+            headers::names(&network.headers)
+        ));
+    }
+    Ok(network)
 }
 
 fn tls_error(config: &Config, e: crate::base::tls::TlsError) -> StartError {

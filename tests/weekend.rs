@@ -265,6 +265,7 @@ fn watch_says_once_that_the_market_is_closed() {
             key: KEY.to_string(),
             symbols: None,
             ca_file: None,
+            route: watch::Route::Direct,
         };
         let check = QuietCheck {
             clock: clock.clone(),

@@ -3,7 +3,7 @@
 //! a reload replaces, the clock and the market's hours, back-off, rate-limited logging, text
 //! made safe for a log, the counters every stage bumps, the latency histograms that fill as
 //! quotes flow and the exposition format they are written in, what the provider said of each
-//! symbol, and TLS roots.
+//! symbol, TLS roots, and the HTTP proxy tunnel outgoing connections may need.
 //!
 //! May import: nothing of the crate outside `base`.
 
@@ -23,4 +23,5 @@ pub mod stop;
 pub mod symbol_states;
 pub mod threads;
 pub mod tls;
+pub mod tunnel;
 pub mod x509;

@@ -85,6 +85,9 @@ pub struct Conn {
     /// evict.
     pub in_quick: bool,
     phase: Phase,
+    /// `response_header`'s lines as they were when it was accepted, for every answer and
+    /// the upgrade (empty, as it usually is, costs nothing).
+    response_headers: String,
 }
 
 enum Phase {
@@ -174,6 +177,7 @@ impl Conn {
                 stream,
                 buf: Vec::new(),
             },
+            response_headers: http::header_lines(&config.response_headers),
         }
     }
 
@@ -310,6 +314,7 @@ impl Conn {
         else {
             return Next::Closed;
         };
+        accept = http::with_headers(accept, &self.response_headers);
         if !ctx.echo {
             accept.extend_from_slice(GREETING_FRAME);
         }
@@ -405,6 +410,8 @@ impl Conn {
             deadline: now,
             in_quick: false,
             phase: Phase::Gone,
+            // Upgraded already: no answer of ours is to come.
+            response_headers: String::new(),
         };
         let next = conn.send_close(ctx, Box::new(admitted.ws), owed, now);
         (conn, next)
@@ -569,6 +576,7 @@ impl Conn {
 
     /// Starts writing a plain HTTP response.
     fn respond(&mut self, stream: ClientStream, out: Vec<u8>, now: Instant) -> Next {
+        let out = http::with_headers(out, &self.response_headers);
         self.deadline = now + RESPONSE_DEADLINE;
         self.phase = Phase::Responding { stream, out, at: 0 };
         self.write_response(now)

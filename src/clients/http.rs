@@ -4,6 +4,8 @@
 //! serve both, and lets the proxy refuse a connection (client limit, origin) with a proper
 //! HTTP status. No I/O here: the admission loop reads and writes (see [`super::admission`]).
 
+use crate::config::value::Header;
+
 /// Request heads larger than this are refused: no browser or client library needs more.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Header lines at most; more is refused like an oversized head.
@@ -153,6 +155,27 @@ pub fn response_with(
         out.extend_from_slice(body.as_bytes());
     }
     out
+}
+
+/// `headers` as header lines, each ending in CRLF (`response_header`'s, for [`with_headers`]).
+pub fn header_lines(headers: &[Header]) -> String {
+    headers
+        .iter()
+        .map(|h| format!("{}: {}\r\n", h.name, h.value))
+        .collect()
+}
+
+/// `response`, a complete response of ours, with `lines` (from [`header_lines`]) added after
+/// its status line. The names were checked at start-up: none is one fxproxy sets itself.
+pub fn with_headers(mut response: Vec<u8>, lines: &str) -> Vec<u8> {
+    if lines.is_empty() {
+        return response;
+    }
+    let Some(end) = response.windows(2).position(|w| w == b"\r\n") else {
+        return response;
+    };
+    response.splice(end + 2..end + 2, lines.bytes());
+    response
 }
 
 /// Why an upgrade request was not accepted.
@@ -314,6 +337,36 @@ mod tests {
     fn query_strings_are_not_part_of_the_route() {
         let req = head(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n");
         assert_eq!(req.route(), "/metrics");
+    }
+
+    #[test]
+    fn response_headers_go_after_the_status_line() {
+        let lines = header_lines(&[
+            crate::config::value::response_header("Strict-Transport-Security: max-age=60").unwrap(),
+            crate::config::value::response_header("X-Served-By: fx-1").unwrap(),
+        ]);
+        assert_eq!(
+            lines,
+            "Strict-Transport-Security: max-age=60\r\nX-Served-By: fx-1\r\n"
+        );
+        let r = String::from_utf8(with_headers(
+            response(200, "text/plain", "ok\n", false),
+            &lines,
+        ))
+        .unwrap();
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=60\r\nX-Served-By: fx-1\r\nContent-Type: text/plain\r\n"),
+            "{r}"
+        );
+        assert!(r.ends_with("\r\n\r\nok\n"));
+        let req = head(UPGRADE.as_bytes());
+        let upgrade =
+            String::from_utf8(with_headers(accept_upgrade(&req).unwrap(), &lines)).unwrap();
+        assert!(upgrade.starts_with(
+            "HTTP/1.1 101 Switching Protocols\r\nStrict-Transport-Security: max-age=60\r\n"
+        ));
+        assert!(upgrade.ends_with("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"));
+        assert_eq!(with_headers(b"x".to_vec(), ""), b"x");
     }
 
     #[test]

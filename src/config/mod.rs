@@ -12,12 +12,14 @@ pub mod address;
 pub mod backbone;
 mod error;
 mod parse;
+pub mod proxy;
 pub mod secret;
 pub mod settings;
 pub mod value;
 
 pub use error::ConfigError;
 pub use parse::parse;
+pub use proxy::{UpstreamProxy, PROXY_PASSWORD_ENV};
 pub use secret::{Secret, API_KEY_ENV};
 pub use settings::DEFAULT_SUBSCRIBE_MESSAGE;
 
@@ -29,6 +31,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use value::Header;
 
 /// Where quotes come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +195,17 @@ pub struct Config {
     /// `upstream_bundled_roots = false`, instead of) the web PKI roots bundled in the binary.
     pub upstream_ca_file: Option<PathBuf>,
     pub upstream_bundled_roots: bool,
+    /// How the upstream connection reaches the internet (see [`proxy`]).
+    pub upstream_proxy: UpstreamProxy,
+    /// Resolved as `upstream_api_key_file` is; read by [`load`].
+    pub upstream_proxy_password_file: Option<PathBuf>,
+    /// After [`load`]: from `upstream_proxy_password_file` or `FXPROXY_UPSTREAM_PROXY_PASSWORD`,
+    /// for a proxy URL that names a user without a password.
+    pub upstream_proxy_password: Secret,
+    /// Added to the upstream's WebSocket handshake, in file order (after the template's).
+    pub upstream_headers: Vec<Header>,
+    /// Added to the proxy's own HTTP answers and upgrades, in file order.
+    pub response_headers: Vec<Header>,
     /// Upper-case, unique, at least one.
     pub symbols: Vec<String>,
     pub subscribe_message: String,
@@ -276,7 +290,9 @@ impl Config {
         for setting in settings::SETTINGS {
             let text = match setting.default {
                 // Unset is the field's empty value, which the placeholder is already.
-                settings::DefaultValue::Is("") | settings::DefaultValue::Required(_) => continue,
+                settings::DefaultValue::Is("")
+                | settings::DefaultValue::Required(_)
+                | settings::DefaultValue::Repeated => continue,
                 settings::DefaultValue::Is(text) => text,
                 settings::DefaultValue::Follows { floor, .. } => floor,
             };
@@ -304,6 +320,11 @@ impl Config {
             upstream_api_key_file: None,
             upstream_ca_file: None,
             upstream_bundled_roots: false,
+            upstream_proxy: UpstreamProxy::Environment,
+            upstream_proxy_password_file: None,
+            upstream_proxy_password: Secret::default(),
+            upstream_headers: Vec::new(),
+            response_headers: Vec::new(),
             symbols: Vec::new(),
             subscribe_message: String::new(),
             user_keys_file: PathBuf::new(),
@@ -383,7 +404,7 @@ impl Config {
 
 /// Reads and parses `path`, then resolves the upstream API key from `upstream_api_key_file`
 /// (with `${CREDENTIALS_DIRECTORY}` expanded) or the `FXPROXY_UPSTREAM_API_KEY` environment
-/// variable, and the TLS files' `${CREDENTIALS_DIRECTORY}`.
+/// variable, the proxy's password likewise, and the TLS files' `${CREDENTIALS_DIRECTORY}`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
         file: path.to_path_buf(),
@@ -395,6 +416,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         &mut config,
         credentials.as_deref(),
         std::env::var(API_KEY_ENV).ok(),
+        |p| std::fs::read_to_string(p),
+    )?;
+    secret::resolve_proxy_password(
+        &mut config,
+        credentials.as_deref(),
+        std::env::var(PROXY_PASSWORD_ENV).ok(),
         |p| std::fs::read_to_string(p),
     )?;
     secret::resolve_tls_paths(&mut config, credentials.as_deref())?;

@@ -1,5 +1,6 @@
 //! The text of proxy.conf read into a [`Config`]: `key = value` lines, comments, each key at
-//! most once, each value parsed by its setting; then the checks that span several keys.
+//! most once (but those that repeat, each line adding one), each value parsed by its setting;
+//! then the checks that span several keys.
 //!
 //! Syntax: a line whose first non-blank character is `#` is a comment; elsewhere a `#`
 //! preceded by whitespace starts a trailing comment, except on a line whose value runs to the
@@ -47,7 +48,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             });
         };
         let key = setting.name;
-        if let Some(first) = config.line_of(key) {
+        if let Some(first) = config.line_of(key).filter(|_| !setting.repeats()) {
             return Err(ConfigError::SetTwice {
                 file: file.to_path_buf(),
                 line,
@@ -112,6 +113,7 @@ fn check(config: &mut Config) -> Result<(), ConfigError> {
             "is for a backbone reached over TLS: set backbone = rediss://HOST:PORT",
         ));
     }
+    crate::config::proxy::check(config)?;
     // Unset, it follows max_clients upward: a storm of max_clients connecting at once must
     // never find the pending set full.
     if config.line_of("max_pending_connections").is_none() {

@@ -1,6 +1,7 @@
-//! Credentials in the configuration: the provider key, kept out of `Debug` output, and where
-//! it comes from when proxy.conf does not hold it (a key file, systemd's `LoadCredential=`
-//! directory, the environment); the TLS files, which may come as credentials too.
+//! Credentials in the configuration: the provider key (and the outbound proxy's password),
+//! kept out of `Debug` output, and where each comes from when proxy.conf does not hold it (a
+//! file, systemd's `LoadCredential=` directory, the environment); the TLS files, which may
+//! come as credentials too.
 
 use crate::base::logsafe::redacted_key;
 use crate::config::error::ConfigError;
@@ -127,6 +128,36 @@ pub fn resolve_api_key(
     Ok(())
 }
 
+/// Fills `config.upstream_proxy_password`: the contents of `upstream_proxy_password_file`
+/// (trailing whitespace trimmed, `${CREDENTIALS_DIRECTORY}` expanded), else `env_password`.
+/// Which proxy URL it goes to is `config::proxy`'s call; a password in the URL itself wins.
+pub fn resolve_proxy_password(
+    config: &mut Config,
+    credentials_dir: Option<&OsStr>,
+    env_password: Option<String>,
+    read: impl Fn(&Path) -> io::Result<String>,
+) -> Result<(), ConfigError> {
+    const KEY: &str = "upstream_proxy_password_file";
+    let Some(path) = config.upstream_proxy_password_file.clone() else {
+        if let Some(password) = env_password.filter(|p| !p.trim().is_empty()) {
+            config.upstream_proxy_password = Secret::new(password.trim());
+        }
+        return Ok(());
+    };
+    let base = config.file.parent().unwrap_or(Path::new("")).to_path_buf();
+    let path =
+        expand_credentials(&path, credentials_dir, &base).map_err(|m| config.error_at(KEY, m))?;
+    let text = read(&path)
+        .map_err(|e| config.error_at(KEY, format!("cannot read {}: {e}", path.display())))?;
+    let password = text.trim_end();
+    if password.is_empty() {
+        return Err(config.error_at(KEY, format!("{} is empty", path.display())));
+    }
+    config.upstream_proxy_password = Secret::new(password);
+    config.upstream_proxy_password_file = Some(path);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +231,47 @@ mod tests {
         assert_eq!(
             c.upstream_api_key_file,
             Some(PathBuf::from("/run/creds/upkey"))
+        );
+    }
+
+    #[test]
+    fn the_proxy_password_comes_from_the_file_or_the_environment() {
+        let password = |extra: &str, cred: Option<&str>, env: Option<&str>| {
+            let mut c = parse(
+                &format!("{MINIMAL}upstream_proxy = http://u@p:3128\n{extra}"),
+                Path::new("/etc/fxproxy/proxy.conf"),
+            )
+            .unwrap();
+            let files = reader(&[
+                ("/etc/fxproxy/pw", "from-file\n"),
+                ("/run/creds/proxy", "from-creds\n"),
+                ("/etc/fxproxy/empty", " \n"),
+            ]);
+            resolve_proxy_password(&mut c, cred.map(OsStr::new), env.map(str::to_string), files)
+                .map(|()| c.upstream_proxy_password.expose().to_string())
+                .map_err(|e| e.to_string())
+        };
+        let file = "upstream_proxy_password_file = pw\n";
+        assert_eq!(password(file, None, Some("env")).unwrap(), "from-file");
+        assert_eq!(password("", None, Some(" env \n")).unwrap(), "env");
+        assert_eq!(password("", None, None).unwrap(), "");
+        assert_eq!(
+            password(
+                "upstream_proxy_password_file = ${CREDENTIALS_DIRECTORY}/proxy\n",
+                Some("/run/creds"),
+                None
+            )
+            .unwrap(),
+            "from-creds"
+        );
+        assert_eq!(
+            password("upstream_proxy_password_file = empty\n", None, None).unwrap_err(),
+            "/etc/fxproxy/proxy.conf:5: key `upstream_proxy_password_file`: /etc/fxproxy/empty is empty"
+        );
+        assert!(
+            password("upstream_proxy_password_file = gone\n", None, None)
+                .unwrap_err()
+                .contains("cannot read /etc/fxproxy/gone")
         );
     }
 

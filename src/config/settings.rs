@@ -12,11 +12,13 @@ use crate::base::market::MarketHours;
 use crate::config::address;
 use crate::config::backbone::{self, RedisUrl, Role};
 use crate::config::secret::Secret;
-use crate::config::value::{self, Invalid};
-use crate::config::{ClientFormat, Config, LogFormat, LogLevel, ProviderChoice, SlowClient};
+use crate::config::value::{self, Header, Invalid};
+use crate::config::{
+    ClientFormat, Config, LogFormat, LogLevel, ProviderChoice, SlowClient, UpstreamProxy,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use DefaultValue::{Follows, Is, Required};
+use DefaultValue::{Follows, Is, Repeated, Required};
 
 /// What a reload does with a new value of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +72,9 @@ pub enum DefaultValue {
         floor: &'static str,
         doc: &'static str,
     },
+    /// None, and the key may be set on several lines, each adding one value to a list (a
+    /// header, say). A reload compares and keeps the whole list.
+    Repeated,
 }
 
 /// The field (or fields) of [`Config`] a key sets: compared on a reload, and kept at its
@@ -132,6 +137,11 @@ impl Setting {
         }
     }
 
+    /// Whether the key may be set on several lines, each adding a value.
+    pub fn repeats(&self) -> bool {
+        self.default == Repeated
+    }
+
     /// Whether the value runs to the end of the line: `subscribe_message` is JSON, in which a
     /// `#` is text, not the start of a comment.
     pub fn to_end_of_line(&self) -> bool {
@@ -146,8 +156,18 @@ impl Setting {
             Required("") => "required".to_string(),
             Required(note) => format!("required ({note})"),
             Follows { doc, .. } => doc.to_string(),
+            Repeated => "none; one line per value".to_string(),
         }
     }
+}
+
+/// The names of `headers`, for the log: their values may hold a credential.
+fn header_names(headers: &[Header]) -> String {
+    headers
+        .iter()
+        .map(|h| format!("{}: …", h.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The text of a path that may be unset.
@@ -284,6 +304,55 @@ pub static SETTINGS: &[Setting] = &[
         },
         field: field!(upstream_bundled_roots),
         show: |c| c.upstream_bundled_roots.to_string(),
+        shown: Shown::Value,
+    },
+    Setting {
+        name: "upstream_proxy",
+        default: Is(""),
+        reach: Reach::Restart,
+        doc: "`http://[USER:PASSWORD@]HOST:PORT`: reach the upstream through this HTTP proxy (`CONNECT`; a `wss://` upstream stays TLS end to end, checked against its own name); `none`: directly; unset: `HTTPS_PROXY` (for `wss://`) or `HTTP_PROXY` (for `ws://`) unless `NO_PROXY` lists the host, as curl reads them. Clients, the backbone's Redis and `sim` are never proxied (see [Outbound proxy](#outbound-proxy))",
+        set: |c, v, _base| {
+            c.upstream_proxy = UpstreamProxy::parse(v)?;
+            Ok(())
+        },
+        field: field!(upstream_proxy),
+        show: |c| c.upstream_proxy.shown(),
+        shown: Shown::Value,
+    },
+    Setting {
+        name: "upstream_proxy_password_file",
+        default: Is(""),
+        reach: Reach::Restart,
+        doc: "a file holding the proxy's password, for a proxy URL that names a user and no password (trailing newline ignored; `${CREDENTIALS_DIRECTORY}` is expanded); unset: `FXPROXY_UPSTREAM_PROXY_PASSWORD` from the environment, if set",
+        set: |c, v, base| {
+            c.upstream_proxy_password_file = Some(value::credential_path(v, base).ok_or_else(|| Invalid::Unusable("expected a file path, got nothing".into()))?);
+            Ok(())
+        },
+        // The file's path and what it holds: a new password waits for a restart too.
+        field: Field {
+            same: |a, b| {
+                a.upstream_proxy_password_file == b.upstream_proxy_password_file
+                    && a.upstream_proxy_password == b.upstream_proxy_password
+            },
+            keep: |next, running| {
+                next.upstream_proxy_password_file = running.upstream_proxy_password_file.clone();
+                next.upstream_proxy_password = running.upstream_proxy_password.clone();
+            },
+        },
+        show: |c| path_text(&c.upstream_proxy_password_file),
+        shown: Shown::Value,
+    },
+    Setting {
+        name: "upstream_header",
+        default: Repeated,
+        reach: Reach::Restart,
+        doc: "`Name: value`, a header sent in the upstream's WebSocket handshake, one line per header, after the provider template's (replacing one of the same name); `{api_key}` is replaced by the provider key. Not `Host`, `Upgrade`, `Connection`, `Sec-WebSocket-*`. The log shows the names only (see [Custom headers](providers.md#custom-headers-in-the-upstream-handshake))",
+        set: |c, v, _base| {
+            c.upstream_headers.push(value::upstream_header(v)?);
+            Ok(())
+        },
+        field: field!(upstream_headers),
+        show: |c| header_names(&c.upstream_headers),
         shown: Shown::Value,
     },
     Setting {
@@ -664,6 +733,19 @@ pub static SETTINGS: &[Setting] = &[
         shown: Shown::Value,
     },
     Setting {
+        name: "response_header",
+        default: Repeated,
+        reach: Reach::NewConnections,
+        doc: "`Name: value`, a header added to every HTTP answer and WebSocket upgrade on `listen`, one line per header (e.g. `Strict-Transport-Security: max-age=31536000` with TLS). Not the headers fxproxy sets itself (`Content-Type`, `Content-Length`, `Connection`, `Upgrade`, `Cache-Control`, `Sec-WebSocket-*`) nor the page's security headers (`Content-Security-Policy`, `X-Frame-Options`, `X-Content-Type-Options`, `Referrer-Policy`) (see [Response headers](security.md#response-headers))",
+        set: |c, v, _base| {
+            c.response_headers.push(value::response_header(v)?);
+            Ok(())
+        },
+        field: field!(response_headers),
+        show: |c| c.response_headers.iter().map(|h| format!("{}: {}", h.name, h.value)).collect::<Vec<_>>().join(", "),
+        shown: Shown::Value,
+    },
+    Setting {
         name: "http_endpoints",
         default: Is("true"),
         reach: Reach::Everyone,
@@ -922,16 +1004,17 @@ mod tests {
                     }
                     text.push_str(&format!("{} = {value}\n", s.name));
                 }
-                Required(_) => {}
+                Required(_) | Repeated => {}
             }
         }
         let written = parse(&text, Path::new("p")).expect("every default parses");
         let unset = parse(REQUIRED, Path::new("p")).unwrap();
         assert_eq!(without_lines(&written), without_lines(&unset));
+        let repeated = SETTINGS.iter().filter(|s| s.repeats()).count();
         assert_eq!(
             written.key_lines.len(),
-            SETTINGS.len() - 2,
-            "all but the two paths"
+            SETTINGS.len() - 3 - repeated,
+            "all but the three paths that take no empty value, and the keys that repeat"
         );
     }
 
@@ -965,8 +1048,59 @@ mod tests {
                     assert_eq!(value, default, "the default of `{}`", s.name);
                 }
                 Required(_) => assert!(!commented, "`{}` is required", s.name),
+                // An example, commented out: none is the default.
+                Repeated => assert!(commented, "`{}` should be commented out", s.name),
             }
         }
+    }
+
+    #[test]
+    fn a_repeated_key_adds_a_value_per_line_and_is_compared_and_kept_whole() {
+        let two = parse(
+            &format!(
+                "{REQUIRED}response_header = X-One: 1\nupstream_header = User-Agent: a\n\
+                 response_header = X-Two: 2\n"
+            ),
+            Path::new("p"),
+        )
+        .unwrap();
+        let names: Vec<&str> = two
+            .response_headers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(names, ["X-One", "X-Two"], "in file order");
+        assert_eq!(two.line_of("response_header"), Some(4));
+        let setting = find("response_header").unwrap();
+        assert!(setting.repeats() && !find("listen").unwrap().repeats());
+        assert_eq!(setting.shown(&two), "X-One: 1, X-Two: 2");
+        assert_eq!(
+            find("upstream_header").unwrap().shown(&two),
+            "User-Agent: …",
+            "values may hold a credential"
+        );
+
+        // One value of the list changed is a change; keeping takes the whole running list.
+        let changed = parse(
+            &format!("{REQUIRED}response_header = X-One: 1\nresponse_header = X-Two: 3\n"),
+            Path::new("p"),
+        )
+        .unwrap();
+        assert!(!setting.same(&two, &changed));
+        let mut next = parse(REQUIRED, Path::new("p")).unwrap();
+        assert!(!setting.same(&next, &two));
+        setting.keep(&mut next, &two);
+        assert!(setting.same(&next, &two));
+        assert_eq!(next.response_headers.len(), 2);
+
+        // Other keys are still set once.
+        assert!(parse(
+            &format!("{REQUIRED}page = true\npage = false\n"),
+            Path::new("p")
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("set twice"));
     }
 
     /// The key table of docs/configuration.md is this list. `FXPROXY_BLESS=1` rewrites it.

@@ -229,6 +229,111 @@ pub fn credential_path(v: &str, base: &Path) -> Option<PathBuf> {
     }
 }
 
+/// One header line of `upstream_header` or `response_header` (or a provider template's
+/// `header`): a valid name and a one-line value. The value may hold a credential (a bearer
+/// token written out, or `{api_key}`), so `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Header({}: …)", self.name)
+    }
+}
+
+/// Headers the WebSocket handshake to the upstream sets itself (tungstenite writes them, and
+/// refuses a request that has them twice), or that would frame the request differently.
+const UPSTREAM_OWN: &[&str] = &[
+    "Host",
+    "Upgrade",
+    "Connection",
+    "Content-Length",
+    "Transfer-Encoding",
+];
+
+/// Headers the proxy's own answers set: the protocol's (framing, the upgrade) and the page's
+/// security headers, which a second line could weaken or contradict. `Cache-Control: no-store`
+/// keeps `/healthz` and `/metrics` out of caches.
+const RESPONSE_OWN: &[&str] = &[
+    "Content-Type",
+    "Content-Length",
+    "Content-Encoding",
+    "Transfer-Encoding",
+    "Connection",
+    "Upgrade",
+    "Keep-Alive",
+    "Cache-Control",
+    "Content-Security-Policy",
+    "X-Frame-Options",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+];
+
+/// `upstream_header`: `Name: value`, sent in the upstream's WebSocket handshake; `{api_key}`
+/// in the value is replaced by the provider key when connecting.
+pub fn upstream_header(v: &str) -> Result<Header, Invalid> {
+    header(
+        v,
+        UPSTREAM_OWN,
+        "the WebSocket handshake sets it itself (Host, Upgrade, Connection, Sec-WebSocket-*)",
+    )
+}
+
+/// `response_header`: `Name: value`, added to the proxy's own HTTP answers and upgrades.
+pub fn response_header(v: &str) -> Result<Header, Invalid> {
+    header(
+        v,
+        RESPONSE_OWN,
+        "fxproxy sets it itself and it cannot be overridden (Content-Type, Content-Length, \
+         Connection, Upgrade, Cache-Control, Sec-WebSocket-*, and the page's \
+         Content-Security-Policy, X-Frame-Options, X-Content-Type-Options, Referrer-Policy)",
+    )
+}
+
+/// `Name: value`, the name a token (RFC 9110, 5.6.2) not in `own` nor `Sec-WebSocket-*`, the
+/// value printable ASCII. Messages name the header but never repeat its value.
+fn header(v: &str, own: &[&str], why: &str) -> Result<Header, Invalid> {
+    let Some((name, value)) = v.split_once(':') else {
+        return Err(Invalid::Unusable(
+            "expected `Name: value` (a header name, a colon, then its value)".to_string(),
+        ));
+    };
+    let (name, value) = (name.trim(), value.trim());
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(Invalid::Unusable(format!(
+            "expected `Name: value`, and {} is not a header name (letters, digits and !#$%&'*+-.^_`|~)",
+            crate::base::logsafe::quoted(name)
+        )));
+    }
+    let lower = name.to_ascii_lowercase();
+    if own.iter().any(|o| o.eq_ignore_ascii_case(name)) || lower.starts_with("sec-websocket-") {
+        return Err(Invalid::Unusable(format!(
+            "the header `{name}` cannot be set here: {why}"
+        )));
+    }
+    if value.is_empty() {
+        return Err(Invalid::Unusable(format!(
+            "the header `{name}` has no value"
+        )));
+    }
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(Invalid::Unusable(format!(
+            "the value of `{name}` must be printable ASCII on one line"
+        )));
+    }
+    Ok(Header {
+        name: name.to_string(),
+        value: value.to_string(),
+    })
+}
+
 /// `upstream_url`: `sim`, `replay:PATH[?speed=N|max][&loop=1]`, or a `ws://`/`wss://` URL
 /// with a host.
 pub fn upstream(v: &str, base: &Path) -> Result<Upstream, Invalid> {
@@ -330,6 +435,63 @@ mod tests {
             symbol_list("eurusd, EURUSD").unwrap_err().to_string(),
             "symbol EURUSD is listed twice"
         );
+    }
+
+    #[test]
+    fn headers_are_checked_and_their_values_never_repeated() {
+        let h = upstream_header("Authorization:  Bearer {api_key} ").unwrap();
+        assert_eq!(
+            (h.name.as_str(), h.value.as_str()),
+            ("Authorization", "Bearer {api_key}")
+        );
+        assert_eq!(format!("{h:?}"), "Header(Authorization: …)");
+        assert_eq!(
+            response_header("Strict-Transport-Security: max-age=31536000")
+                .unwrap()
+                .name,
+            "Strict-Transport-Security"
+        );
+        for (line, expected) in [
+            ("Authorization Bearer secret", "expected `Name: value`"),
+            (": secret", "is not a header name"),
+            ("Bad Name: secret", "\"Bad Name\" is not a header name"),
+            ("X-Empty:", "has no value"),
+            ("X-Token: sec\u{7f}ret", "printable ASCII"),
+            ("X-Token: sécret", "printable ASCII"),
+            (
+                "host: secret",
+                "`host` cannot be set here: the WebSocket handshake",
+            ),
+            ("Sec-WebSocket-Protocol: secret", "cannot be set here"),
+            ("Connection: secret", "cannot be set here"),
+        ] {
+            let e = upstream_header(line).unwrap_err().to_string();
+            assert!(e.contains(expected), "{line}: {e}");
+            assert!(
+                !e.contains("secret") && !e.contains("sécret"),
+                "{line}: {e}"
+            );
+        }
+        for name in [
+            "Content-Security-Policy",
+            "x-frame-options",
+            "X-Content-Type-Options",
+            "Referrer-Policy",
+            "Content-Type",
+            "Content-Length",
+            "Connection",
+            "Upgrade",
+            "Sec-WebSocket-Accept",
+            "Cache-Control",
+        ] {
+            let e = response_header(&format!("{name}: x"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cannot be overridden"), "{name}: {e}");
+        }
+        // What the proxy answers may carry what the upstream's handshake may not, and back.
+        assert!(response_header("Host: x").is_ok());
+        assert!(upstream_header("Cache-Control: no-cache").is_ok());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! May import: `config`, `base`.
 
 pub mod decimal;
+pub mod headers;
 pub mod health;
 pub mod outlet;
 pub mod protocol;

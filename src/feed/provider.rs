@@ -4,6 +4,7 @@
 //! provider is a template file, not new code: [`crate::feed::template`] reads one (and the
 //! built-in presets) into a [`Provider`].
 
+use crate::config::value::Header;
 use crate::config::Config;
 use serde_json::Value;
 use std::fmt;
@@ -17,6 +18,8 @@ pub struct Provider {
     pub url: Option<String>,
     /// The URL query parameter the key goes in (`?apikey=KEY`), if it goes in the URL.
     pub key_query_param: Option<String>,
+    /// Headers for the WebSocket handshake (`header = Name: value`), `{api_key}` unreplaced.
+    pub headers: Vec<Header>,
     /// How messages spell a symbol.
     pub spelling: Spelling,
     pub join: Join,

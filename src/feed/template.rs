@@ -7,6 +7,7 @@
 //! `expect` belongs to the `send` above it, a `refuse_reason` to the `refuse` above it. See
 //! docs/providers.md for every key.
 
+use crate::config::value::{self, Header};
 use crate::config::{Config, ConfigError, ProviderChoice, Upstream};
 use crate::feed::provider::{
     AckShape, FieldPath, Fields, Join, Pattern, Provider, QuoteShape, Refusal, Spelling, Step,
@@ -117,6 +118,7 @@ const TEMPLATE_KEYS: &[&str] = &[
     "name",
     "url",
     "key_query_param",
+    "header",
     "symbol_format",
     "symbol_case",
     "symbols_join",
@@ -154,7 +156,14 @@ const TEMPLATE_KEYS: &[&str] = &[
 ];
 
 /// Keys that may appear more than once.
-const REPEATABLE: &[&str] = &["send", "expect", "ignore", "refuse", "refuse_reason"];
+const REPEATABLE: &[&str] = &[
+    "send",
+    "expect",
+    "ignore",
+    "refuse",
+    "refuse_reason",
+    "header",
+];
 
 /// Keys that describe an acknowledgement: they need `ack_when`.
 const ACK_KEYS: &[&str] = &[
@@ -226,6 +235,7 @@ struct Draft {
     name: Option<String>,
     url: Option<String>,
     key_query_param: Option<String>,
+    headers: Vec<Header>,
     spelling: Spelling,
     quote_spelling: Option<Spelling>,
     join: Option<Join>,
@@ -285,6 +295,10 @@ impl Draft {
                 }
                 self.key_query_param = Some(v.to_string());
             }
+            // As proxy.conf's `upstream_header`, checked the same way.
+            "header" => self
+                .headers
+                .push(value::upstream_header(v).map_err(|e| e.to_string())?),
             "symbol_format" => self.spelling.format = spelling(v)?,
             "quote_symbol_format" => {
                 self.quote_spelling = Some(Spelling {
@@ -502,6 +516,7 @@ impl Draft {
             name: self.name.unwrap_or_else(|| "custom".to_string()),
             url: self.url,
             key_query_param: self.key_query_param,
+            headers: self.headers,
             spelling: self.spelling,
             join: self.join.unwrap_or(Join::Comma),
             steps: self.steps,

@@ -21,7 +21,9 @@ use crate::base::ratelimit::RateLimited;
 use crate::base::stop::Stop;
 use crate::base::symbol_states::SymbolState;
 use crate::base::tls;
+use crate::base::tunnel::{self, ProxyUrl};
 use crate::config::Config;
+use crate::feed::headers::Filled;
 use crate::feed::outlet::Outlet;
 use crate::feed::protocol::MAX_UPSTREAM_FRAME;
 use crate::feed::provider::{Pattern, Provider};
@@ -33,6 +35,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
@@ -77,6 +81,12 @@ pub struct Settings {
     /// The roots a `wss://` source is checked against when `upstream_ca_file` is set; `None`:
     /// tungstenite's own, the web PKI roots bundled in the binary.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The HTTP proxy the connection goes through (`CONNECT`), if any: `upstream_proxy` or the
+    /// environment's.
+    pub proxy: Option<ProxyUrl>,
+    /// Added to the WebSocket handshake (the template's and `upstream_header`), the key in
+    /// them already; never logged.
+    pub headers: Vec<Filled>,
     /// The running configuration, looked at between frames: a reload changes the timing keys
     /// and the market's hours above (the URL and the subscribe message need a restart).
     pub live: Option<Cached<Config>>,
@@ -811,27 +821,23 @@ fn connect(settings: &Settings) -> Result<Socket, String> {
     let host = uri.host().ok_or("the URL has no host")?;
     let tls = uri.scheme_str() == Some("wss");
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
-    let mut last_err = format!("{host} resolved to no address");
-    let stream = addrs
-        .iter()
-        .find_map(|addr| match TcpStream::connect_timeout(addr, timeout) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                last_err = format!("cannot connect to {addr}: {e}");
-                None
-            }
-        })
-        .ok_or(last_err)?;
+    let stream = match &settings.proxy {
+        None => dial(host, port, timeout)?,
+        Some(proxy) => dial(&proxy.host, proxy.port, timeout)
+            .map_err(|e| format!("the proxy {}: {e}", proxy.shown()))?,
+    };
     let _ = stream.set_nodelay(true);
-    let stream = Timed {
+    let mut stream = Timed {
         tcp: stream,
         deadline: Some(deadline),
         limit: timeout,
     };
+    // Through a proxy, the tunnel comes first, within the same deadline; TLS (for wss://)
+    // then runs inside it, its name checked against `host`, the source's, as without one.
+    if let Some(proxy) = &settings.proxy {
+        tunnel::establish(&mut stream, proxy, host, port).map_err(|e| e.to_string())?;
+    }
+    let request = handshake_request(url, &settings.headers)?;
     // Quotes arrive as many small frames; a moderate read buffer suits one busy connection.
     let config = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
@@ -841,7 +847,7 @@ fn connect(settings: &Settings) -> Result<Socket, String> {
         .tls
         .as_ref()
         .map(|tls| tungstenite::Connector::Rustls(Arc::clone(tls)));
-    match tungstenite::client_tls_with_config(url, stream, Some(config), connector) {
+    match tungstenite::client_tls_with_config(request, stream, Some(config), connector) {
         Ok((mut ws, _response)) => {
             if let Some(stream) = timed(&mut ws) {
                 stream.handshake_done(CHECK_EVERY);
@@ -851,6 +857,47 @@ fn connect(settings: &Settings) -> Result<Socket, String> {
         Err(HandshakeError::Failure(e)) => Err(handshake_failure(&e, tls)),
         Err(HandshakeError::Interrupted(_)) => Err("WebSocket handshake interrupted".into()),
     }
+}
+
+/// A TCP connection to `host:port` (a name, an address, or an IPv6 address in brackets),
+/// trying each address it resolves to.
+fn dial(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<_> = (name, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut last_err = format!("{host} resolved to no address");
+    addrs
+        .iter()
+        .find_map(|addr| match TcpStream::connect_timeout(addr, timeout) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                last_err = format!("cannot connect to {addr}: {e}");
+                None
+            }
+        })
+        .ok_or(last_err)
+}
+
+/// The WebSocket handshake's request for `url`, with `headers` added after tungstenite's own.
+fn handshake_request(
+    url: &str,
+    headers: &[Filled],
+) -> Result<tungstenite::handshake::client::Request, String> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("bad URL: {e}"))?;
+    for h in headers {
+        // Both were checked at start-up (config::value::upstream_header, feed::headers);
+        // the value is not shown, as it may hold the key.
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("`{}` is not a header name", h.name))?;
+        let value = HeaderValue::from_str(&h.value)
+            .map_err(|_| format!("the value of the header `{}` is not one", h.name))?;
+        request.headers_mut().append(name, value);
+    }
+    Ok(request)
 }
 
 /// Why the TLS or WebSocket handshake failed, in words that name the cause. rustls does its
@@ -934,6 +981,8 @@ mod tests {
             backoff_max: config.upstream_backoff_max,
             recorder: None,
             tls: None,
+            proxy: None,
+            headers: Vec::new(),
             live: Some(Cached::new(live)),
             on_refused: None,
         }

@@ -297,7 +297,10 @@ mod tests {
         record_max_bytes = 4096\nbackbone = rediss://:pw-one@127.0.0.1:6379\n\
         backbone_ca_file = redis-ca.pem\n\
         backbone_role = both\nbackbone_name = fx\nbackbone_max_len = 1000\n\
-        client_format = normalized\nadmin_listen = 127.0.0.1:9187\nlog_format = text\n";
+        client_format = normalized\nadmin_listen = 127.0.0.1:9187\nlog_format = text\n\
+        upstream_proxy = http://u@proxy.example:3128\n\
+        upstream_proxy_password_file = pw\nupstream_header = X-One: 1\n\
+        upstream_header = X-Two: 2\n";
 
     /// `ALL_SET` with `key` changed (and whatever must change with it).
     fn changed(key: &str) -> String {
@@ -324,6 +327,12 @@ mod tests {
                     "client_format" => "client_format = upstream".into(),
                     "admin_listen" => "admin_listen = 127.0.0.1:9188".into(),
                     "log_format" => "log_format = json".into(),
+                    "upstream_proxy" => "upstream_proxy = http://u@proxy.example:3129".into(),
+                    // One line of a repeated key: the whole list is a change.
+                    "upstream_header" if line.contains("X-Two") => {
+                        "upstream_header = X-Two: 3".into()
+                    }
+                    "upstream_header" => line.to_string(),
                     // A file or a name: another one.
                     _ => line.replace(" = ", " = other-"),
                 },
@@ -430,7 +439,8 @@ mod tests {
         let running = parse(BASE);
         let file = parse(&format!(
             "{BASE}max_clients_per_key = 3\nclient_ping_secs = 5\nmarket_closed_dates = 2026-12-25\n\
-             log_level = debug\nallowed_origins = https://a.example\n"
+             log_level = debug\nallowed_origins = https://a.example\n\
+             response_header = X-Served-By: fx-1\n"
         ));
         let merged = merge(&running, file);
         let applied: Vec<(&str, Reach)> =
@@ -442,6 +452,7 @@ mod tests {
                 ("client_ping_secs", Reach::Everyone),
                 ("max_clients_per_key", Reach::NewConnections),
                 ("allowed_origins", Reach::NewConnections),
+                ("response_header", Reach::NewConnections),
                 ("log_level", Reach::Everyone),
             ]
         );

@@ -8,6 +8,10 @@
 //! `http_endpoints = false`, the proxy's upstream down, not an fxproxy) it applies the
 //! standard FX rule, Friday 22:00 to Sunday 21:00 UTC, to its own clock.
 //!
+//! Behind a company's HTTP proxy it connects through it (`--proxy URL`, or `HTTPS_PROXY` /
+//! `HTTP_PROXY` and `NO_PROXY` as curl reads them; `--proxy none` ignores those): see
+//! [`route`]. `/healthz` is asked the same way.
+//!
 //! It stands apart from the proxy's stages: it may import `base` only, as any client could.
 
 use crate::base::io::is_ws_timeout;
@@ -21,6 +25,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::base::clock::Clock;
 use crate::base::logsafe;
 use crate::base::market::{self, Market, MarketState};
+use crate::base::tunnel;
+/// How watch reaches the proxy: directly or through an HTTP proxy.
+pub use crate::base::tunnel::{ProxyUrl, Route};
 use serde_json::Value;
 use tungstenite::error::UrlError;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -36,6 +43,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 const ABNORMAL_CLOSURE: u16 = 1006;
 /// Close code standing for a close frame that carried no code (RFC 6455 §7.4.1).
 const NO_STATUS: u16 = 1005;
+
+/// The limit on each step (connect, write, read) of opening a tunnel through a proxy.
+const TUNNEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The limit on each step (connect, write, read) of asking `/healthz`.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -76,6 +86,57 @@ pub struct WatchOptions {
     /// For a `wss://` URL: a CA (PEM) trusted besides the web PKI roots bundled in the binary,
     /// e.g. the private CA that signed the proxy's certificate.
     pub ca_file: Option<PathBuf>,
+    /// Directly or through an HTTP proxy: see [`route`].
+    pub route: Route,
+}
+
+/// `--proxy`: what the command line says of an HTTP proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyFlag {
+    /// Not given: the environment decides.
+    Environment,
+    /// `--proxy none`: directly, whatever the environment says.
+    Off,
+    /// `--proxy URL`.
+    Url(ProxyUrl),
+}
+
+impl ProxyFlag {
+    /// `none` or `http://[USER:PASSWORD@]HOST:PORT`.
+    pub fn parse(text: &str) -> Result<ProxyFlag, String> {
+        if text.eq_ignore_ascii_case("none") {
+            return Ok(ProxyFlag::Off);
+        }
+        ProxyUrl::parse(text)
+            .map(ProxyFlag::Url)
+            .map_err(|e| format!("--proxy: {e}, or `none`"))
+    }
+}
+
+/// The route to the proxy at `url`: as `--proxy` says, or, without it, as `env` (the
+/// process's environment) does. An error names the variable that is not a proxy URL.
+pub fn route(
+    url: &str,
+    flag: &ProxyFlag,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Route, String> {
+    match flag {
+        ProxyFlag::Off => Ok(Route::Direct),
+        ProxyFlag::Url(proxy) => Ok(Route::Via {
+            proxy: proxy.clone(),
+            from: "--proxy",
+        }),
+        ProxyFlag::Environment => {
+            let Ok(uri) = url.parse::<tungstenite::http::Uri>() else {
+                // A URL that does not parse is said by the connection attempt.
+                return Ok(Route::Direct);
+            };
+            let tls = uri.scheme_str() == Some("wss");
+            let host = uri.host().unwrap_or("");
+            tunnel::from_environment(tls, host, env)
+                .map_err(|e| format!("{e} (pass --proxy URL, or --proxy none to connect directly)"))
+        }
+    }
 }
 
 /// Why a watch ended, other than by `stop`.
@@ -157,7 +218,7 @@ pub fn run_with(
     stop: &AtomicBool,
     check: &QuietCheck,
 ) -> Result<(), WatchError> {
-    let mut ws = connect(&opts.url, opts.ca_file.as_deref())?;
+    let mut ws = connect(&opts.url, opts.ca_file.as_deref(), &opts.route)?;
     ws.send(Message::text(auth_message(opts)))
         .map_err(connection_lost)?;
     let mut quotes_seen = false;
@@ -202,7 +263,7 @@ pub fn run_with(
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(connection_lost(e)),
         }
-        if let Some(line) = quiet.check(&opts.url, check) {
+        if let Some(line) = quiet.check(&opts.url, &opts.route, check) {
             writeln!(out, "{line}").map_err(WatchError::Io)?;
             out.flush().map_err(WatchError::Io)?;
         }
@@ -230,11 +291,11 @@ impl Quiet {
     }
 
     /// The line to print, if it is time to ask and the market turns out closed.
-    fn check(&mut self, url: &str, check: &QuietCheck) -> Option<String> {
+    fn check(&mut self, url: &str, route: &Route, check: &QuietCheck) -> Option<String> {
         if Instant::now() < self.next_ask {
             return None;
         }
-        let opens_ms = match ask_proxy(url) {
+        let opens_ms = match ask_proxy(url, route) {
             Some(answer) => answer,
             None => match Market::fx().state(check.clock.now_ms()) {
                 MarketState::Closed { opens_ms, .. } => Some(opens_ms),
@@ -262,7 +323,7 @@ impl Quiet {
 
 /// What the proxy at `url` says of the market: `Some(Some(opens_ms))` closed, `Some(None)` open,
 /// `None` when it cannot be asked or does not say.
-fn ask_proxy(url: &str) -> Option<Option<u64>> {
+fn ask_proxy(url: &str, route: &Route) -> Option<Option<u64>> {
     let uri: tungstenite::http::Uri = url.parse().ok()?;
     if uri.scheme_str() != Some("ws") {
         return None;
@@ -270,13 +331,15 @@ fn ask_proxy(url: &str) -> Option<Option<u64>> {
     let host = uri.host()?;
     let port = uri.port_u16().unwrap_or(80);
     let authority = uri.authority()?.as_str();
-    let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
-        .to_socket_addrs()
-        .ok()?
-        .next()?;
-    let mut tcp = TcpStream::connect_timeout(&addr, HEALTH_TIMEOUT).ok()?;
+    let mut tcp = match route.proxy() {
+        None => dial(host, port, HEALTH_TIMEOUT).ok()?,
+        Some(proxy) => dial(&proxy.host, proxy.port, HEALTH_TIMEOUT).ok()?,
+    };
     tcp.set_read_timeout(Some(HEALTH_TIMEOUT)).ok()?;
     tcp.set_write_timeout(Some(HEALTH_TIMEOUT)).ok()?;
+    if let Some(proxy) = route.proxy() {
+        tunnel::establish(&mut tcp, proxy, host, port).ok()?;
+    }
     write!(
         tcp,
         "GET /healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
@@ -287,6 +350,20 @@ fn ask_proxy(url: &str) -> Option<Option<u64>> {
     // at the timeout with what it sent.
     let _ = tcp.take(HEALTH_MAX_BYTES).read_to_end(&mut response);
     market_in_health(&String::from_utf8_lossy(&response))
+}
+
+/// A connection to `host:port` (an IPv6 address with or without brackets) within `timeout`,
+/// to the first of its addresses that accepts one.
+fn dial(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+    for addr in (name, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Reads an HTTP response from `/healthz`: `Some(Some(opens_ms))` when it says the market is
@@ -306,11 +383,11 @@ pub fn market_in_health(response: &str) -> Option<Option<u64>> {
     }
 }
 
-fn connect(url: &str, ca_file: Option<&Path>) -> Result<Socket, WatchError> {
-    let connected = match ca_file {
+fn connect(url: &str, ca_file: Option<&Path>, route: &Route) -> Result<Socket, WatchError> {
+    let connected = match (ca_file, route.proxy()) {
         // `connect` does TLS itself, trusting the bundled web PKI roots.
-        None => tungstenite::connect(url),
-        Some(ca) => connect_trusting(url, ca)?,
+        (None, None) => tungstenite::connect(url),
+        (ca, proxy) => connect_with(url, ca, proxy)?,
     };
     let (mut ws, _response) =
         connected.map_err(|e| WatchError::Connect(describe_connect_error(url, e)))?;
@@ -325,16 +402,33 @@ fn connect(url: &str, ca_file: Option<&Path>) -> Result<Socket, WatchError> {
     };
     tcp.set_read_timeout(Some(STOP_POLL))
         .map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
-    log::info!("watch: connected to {url}");
+    match route {
+        Route::Via { proxy, from } => log::info!(
+            "watch: connected to {url} through the HTTP proxy {} (from {from})",
+            proxy.shown()
+        ),
+        _ => log::info!("watch: connected to {url}"),
+    }
     Ok(ws)
 }
 
 type Connected = Result<(Socket, tungstenite::handshake::client::Response), tungstenite::Error>;
 
-/// As `tungstenite::connect`, with `ca` trusted too for a `wss://` URL.
-fn connect_trusting(url: &str, ca: &Path) -> Result<Connected, WatchError> {
-    let tls = crate::base::tls::client_config(Some(ca), true)
-        .map_err(|e| WatchError::Connect(format!("--ca-file {e}")))?;
+/// As `tungstenite::connect`, with `ca` trusted too for a `wss://` URL, and through `proxy`
+/// (a `CONNECT` tunnel, TLS inside it checked against the URL's host) if there is one.
+fn connect_with(
+    url: &str,
+    ca: Option<&Path>,
+    proxy: Option<&ProxyUrl>,
+) -> Result<Connected, WatchError> {
+    let connector = match ca {
+        Some(ca) => Some(tungstenite::Connector::Rustls(
+            crate::base::tls::client_config(Some(ca), true)
+                .map_err(|e| WatchError::Connect(format!("--ca-file {e}")))?,
+        )),
+        // tungstenite's own TLS: the bundled web PKI roots.
+        None => None,
+    };
     let uri: tungstenite::http::Uri = url
         .parse()
         .map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
@@ -346,17 +440,36 @@ fn connect_trusting(url: &str, ca: &Path) -> Result<Connected, WatchError> {
         } else {
             80
         });
-    let addrs = (host.trim_start_matches('[').trim_end_matches(']'), port)
-        .to_socket_addrs()
-        .map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
-    let Some(tcp) = addrs.into_iter().find_map(|a| TcpStream::connect(a).ok()) else {
-        return Err(WatchError::Connect(format!(
-            "nothing accepted a connection at {url} (refused or unreachable)"
-        )));
+    let tcp = match proxy {
+        None => {
+            let addrs = (host.trim_start_matches('[').trim_end_matches(']'), port)
+                .to_socket_addrs()
+                .map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
+            let Some(tcp) = addrs.into_iter().find_map(|a| TcpStream::connect(a).ok()) else {
+                return Err(WatchError::Connect(format!(
+                    "nothing accepted a connection at {url} (refused or unreachable)"
+                )));
+            };
+            tcp
+        }
+        Some(proxy) => {
+            let mut tcp = dial(&proxy.host, proxy.port, TUNNEL_TIMEOUT).map_err(|e| {
+                WatchError::Connect(format!(
+                    "{url}: cannot reach the proxy {}: {e}",
+                    proxy.shown()
+                ))
+            })?;
+            let timeouts = tcp
+                .set_read_timeout(Some(TUNNEL_TIMEOUT))
+                .and_then(|()| tcp.set_write_timeout(Some(TUNNEL_TIMEOUT)));
+            timeouts.map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
+            tunnel::establish(&mut tcp, proxy, host, port)
+                .map_err(|e| WatchError::Connect(format!("{url}: {e}")))?;
+            tcp
+        }
     };
-    let connector = tungstenite::Connector::Rustls(tls);
     Ok(
-        match tungstenite::client_tls_with_config(url, tcp, None, Some(connector)) {
+        match tungstenite::client_tls_with_config(url, tcp, None, connector) {
             Ok(done) => Ok(done),
             Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
             Err(tungstenite::HandshakeError::Interrupted(_)) => Err(tungstenite::Error::Io(
@@ -631,6 +744,7 @@ mod tests {
             key: r#"a"b\c"#.to_owned(),
             symbols: None,
             ca_file: None,
+            route: Route::Direct,
         };
         let parsed: Value = serde_json::from_str(&auth_message(&opts)).unwrap();
         assert_eq!(parsed, serde_json::json!({"userKey": "a\"b\\c"}));
@@ -694,6 +808,7 @@ mod tests {
             key: r#"se"cret"#.to_owned(),
             symbols,
             ca_file: None,
+            route: Route::Direct,
         };
         let mut out = Vec::new();
         let result = run(&opts, &mut out, &AtomicBool::new(false));
@@ -815,6 +930,7 @@ mod tests {
             key: "k".to_owned(),
             symbols: None,
             ca_file: None,
+            route: Route::Direct,
         };
         let started = Instant::now();
         let result = run(&opts, &mut io::sink(), &stop);
@@ -896,6 +1012,7 @@ mod tests {
             key: "k".to_owned(),
             symbols: None,
             ca_file: None,
+            route: Route::Direct,
         };
         let mut out = Vec::new();
         let result = run_with(&opts, &mut out, &AtomicBool::new(false), check);
@@ -960,7 +1077,81 @@ mod tests {
         assert_eq!(with("reconnecting", 503), None);
         assert_eq!(with("not_connected", 503), None);
         assert_eq!(market_in_health("garbage"), None);
-        assert_eq!(ask_proxy("wss://127.0.0.1:1/"), None, "no HTTPS asked");
+        assert_eq!(
+            ask_proxy("wss://127.0.0.1:1/", &Route::Direct),
+            None,
+            "no HTTPS asked"
+        );
+    }
+
+    #[test]
+    fn the_proxy_flag_wins_over_the_environment() {
+        let env = |name: &str| match name {
+            "HTTP_PROXY" => Some("http://env-proxy:3128".to_string()),
+            "NO_PROXY" => Some("localhost".to_string()),
+            _ => None,
+        };
+        let flag = |text: &str| ProxyFlag::parse(text).unwrap();
+        let url = "ws://fx.example:8765/";
+        assert_eq!(route(url, &flag("NONE"), &env), Ok(Route::Direct));
+        match route(url, &flag("http://u:p@mine:8080"), &env) {
+            Ok(Route::Via { proxy, from }) => {
+                assert_eq!((proxy.host.as_str(), from), ("mine", "--proxy"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match route(url, &ProxyFlag::Environment, &env) {
+            Ok(Route::Via { proxy, from }) => {
+                assert_eq!((proxy.host.as_str(), from), ("env-proxy", "HTTP_PROXY"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            route("ws://localhost:8765/", &ProxyFlag::Environment, &env),
+            Ok(Route::Excepted { var: "NO_PROXY" })
+        );
+        assert_eq!(
+            route("wss://fx.example/", &ProxyFlag::Environment, &env),
+            Ok(Route::Direct),
+            "HTTP_PROXY is for ws:// only"
+        );
+        let bad = |name: &str| (name == "HTTP_PROXY").then(|| "socks5://p:1".to_string());
+        let e = route(url, &ProxyFlag::Environment, &bad).unwrap_err();
+        assert!(e.starts_with("HTTP_PROXY: expected http://"), "{e}");
+        assert!(e.ends_with("or --proxy none to connect directly)"), "{e}");
+        let e = ProxyFlag::parse("https://u:secret@p").unwrap_err();
+        assert!(
+            e.starts_with("--proxy: expected ") && !e.contains("secret"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_proxy_that_is_not_there_is_named() {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let opts = WatchOptions {
+            url: "ws://fx.example:8765/".to_owned(),
+            key: "k".to_owned(),
+            symbols: None,
+            ca_file: None,
+            route: Route::Via {
+                proxy: ProxyUrl::parse(&format!("http://u:secret@127.0.0.1:{port}")).unwrap(),
+                from: "--proxy",
+            },
+        };
+        let e = run(&opts, &mut Vec::new(), &AtomicBool::new(false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "cannot connect: ws://fx.example:8765/: cannot reach the proxy http://…@127.0.0.1:{port}: "
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "{e}");
     }
 
     #[test]

@@ -105,6 +105,9 @@ enum Cmd {
     Close,
 }
 
+/// A handshake's headers: (name in lower case, value), in the order sent.
+pub type Headers = Vec<(String, String)>;
+
 /// A fake provider on 127.0.0.1. Connections are served one at a time, newest first.
 pub struct FakeSource {
     pub addr: SocketAddr,
@@ -113,6 +116,8 @@ pub struct FakeSource {
     pub heard: Arc<Mutex<Vec<(usize, String)>>>,
     /// The request URI of each connection.
     pub uris: Arc<Mutex<Vec<String>>>,
+    /// The handshake's headers of each connection, names in lower case, in the order sent.
+    pub handshakes: Arc<Mutex<Vec<Headers>>>,
     /// Protocol violations the dialect saw.
     pub violations: Arc<Mutex<Vec<String>>>,
     pub connections: Arc<AtomicUsize>,
@@ -130,15 +135,17 @@ impl FakeSource {
             cmds: Arc::new(Mutex::new(None)),
             heard: Arc::new(Mutex::new(Vec::new())),
             uris: Arc::new(Mutex::new(Vec::new())),
+            handshakes: Arc::new(Mutex::new(Vec::new())),
             violations: Arc::new(Mutex::new(Vec::new())),
             connections: Arc::new(AtomicUsize::new(0)),
             connected_at: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
         };
-        let (cmds, heard, uris, violations, connections, connected_at, stop) = (
+        let (cmds, heard, uris, handshakes, violations, connections, connected_at, stop) = (
             Arc::clone(&source.cmds),
             Arc::clone(&source.heard),
             Arc::clone(&source.uris),
+            Arc::clone(&source.handshakes),
             Arc::clone(&source.violations),
             Arc::clone(&source.connections),
             Arc::clone(&source.connected_at),
@@ -155,16 +162,29 @@ impl FakeSource {
                     connected_at.lock().unwrap().push(Instant::now());
                     let number = connections.fetch_add(1, Ordering::SeqCst) + 1;
                     let mut uri = String::new();
+                    let mut headers = Vec::new();
                     // tungstenite's own callback type: its error is an HTTP response.
                     #[allow(clippy::result_large_err)]
                     let callback = |req: &Request, resp: Response| {
                         uri = req.uri().to_string();
+                        headers = req
+                            .headers()
+                            .iter()
+                            .map(|(n, v)| {
+                                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                                (n.as_str().to_string(), v)
+                            })
+                            .collect();
                         Ok(resp)
                     };
                     let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else {
                         continue;
                     };
                     uris.lock().unwrap().push(uri.clone());
+                    handshakes
+                        .lock()
+                        .unwrap()
+                        .push(std::mem::take(&mut headers));
                     let (tx, rx) = mpsc::channel();
                     *cmds.lock().unwrap() = Some(tx);
                     let mut dialect = dialect();
@@ -267,6 +287,20 @@ impl FakeSource {
             );
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The values of header `name` (lower case) in connection `conn`'s handshake (from 1).
+    pub fn header_values(&self, conn: usize, name: &str) -> Vec<String> {
+        let handshakes = self.handshakes.lock().unwrap();
+        handshakes
+            .get(conn - 1)
+            .map(|h| {
+                h.iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn violations(&self) -> Vec<String> {

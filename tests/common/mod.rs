@@ -12,6 +12,7 @@ pub mod raw_ws;
 pub mod relay;
 pub mod socket_unit;
 pub mod storm;
+pub mod tinyproxy;
 pub mod tls;
 pub mod traffic;
 

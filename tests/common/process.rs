@@ -19,6 +19,16 @@ use std::time::{Duration, Instant};
 /// How long the proxy may take to log that it is listening.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The environment variables that send connections through an HTTP proxy.
+pub const PROXY_VARIABLES: [&str; 6] = [
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
 /// What the proxy logs once its client port is bound; the address follows.
 const LISTENING: &str = "listening on ";
 
@@ -94,15 +104,20 @@ impl Proxy {
         cmd.arg("--config")
             .arg(&config_path)
             .current_dir(&dir)
-            // The developer's own provider key must not leak into a test's upstream.
+            // The developer's own provider key must not leak into a test's upstream, nor
+            // their network's proxy take a test's loopback connections elsewhere.
             .env_remove("FXPROXY_UPSTREAM_API_KEY")
+            .env_remove("FXPROXY_UPSTREAM_PROXY_PASSWORD")
             // Nor what a service manager running the tests may have set for itself.
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
             .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .envs(env.iter().copied())
+            .env_remove("LISTEN_PID");
+        for var in PROXY_VARIABLES {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied())
             .stdin(stdin.unwrap_or_else(Stdio::null))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -106,6 +106,17 @@ impl TestCa {
         )
     }
 
+    /// A server certificate for `names` only, lapsing in 2040.
+    pub fn server_named(&self, dir: &Path, name: &str, names: &[&str]) -> Issued {
+        self.issue(
+            dir,
+            name,
+            names.iter().map(|n| n.to_string()).collect(),
+            ExtendedKeyUsagePurpose::ServerAuth,
+            (2040, 1, 1),
+        )
+    }
+
     /// A client certificate for mutual TLS.
     pub fn client(&self, dir: &Path, name: &str) -> Issued {
         self.issue(
