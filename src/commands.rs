@@ -28,49 +28,7 @@ pub fn run_command(command: Command) -> ExitCode {
             println!("fxproxy {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match config::load(&config)
-            // The provider's template is read and checked too, as start-up would, and the
-            // way out to the upstream (its proxy, its headers) worked out.
-            .and_then(|mut c| {
-                let provider = crate::feed::template::describe(&mut c)?;
-                let network = crate::server::upstream_network(&c, &provider)?;
-                Ok((c, network.said))
-            })
-            .map_err(|e| e.to_string())
-            .and_then(|(c, said)| {
-                crate::clients::keys::KeyStore::load(&c.user_keys_file).map(|k| (c, said, k))
-            })
-            .and_then(|(c, said, k)| {
-                crate::clients::guard::check(&c, c.listen, &k).map(|()| (c, said, k))
-            })
-            .and_then(|(c, said, k)| crate::clients::tls::check(&c).map(|tls| (c, said, k, tls)))
-        {
-            Ok((c, said, keys, tls)) => {
-                println!(
-                    "{}: valid ({} symbols, {} client keys)",
-                    config.display(),
-                    c.symbols.len(),
-                    keys.len()
-                );
-                for line in tls.iter().chain(&said) {
-                    println!("{line}");
-                }
-                // What this host would let the proxy have, as the start-up log says it.
-                let (line, warnings) = crate::server::capacity_report(&c, &{
-                    let _ = crate::base::ceiling::raise_open_files();
-                    crate::base::ceiling::measure()
-                });
-                println!("{line}");
-                for w in warnings {
-                    eprintln!("fxproxy: warning: {w}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("fxproxy: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { config } => check_config(&config),
         Command::Run { config } => run(&config),
         Command::Sim {
             listen,
@@ -85,6 +43,49 @@ pub fn run_command(command: Command) -> ExitCode {
             proxy,
         } => run_watch(url, key, symbols, ca_file, proxy),
     }
+}
+
+/// `--check-config`: everything start-up would read and check, and what this host would let
+/// the proxy have; exit 0 when valid, 2 with the reason when not.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let checked = config::load(path)
+        .and_then(|mut c| {
+            // The provider's template read and checked, and the way out to the upstream (its
+            // TLS roots, its proxy, its headers) worked out, as start-up would.
+            let plan = crate::feed::setup::Plan::new(&mut c)?;
+            Ok((c, plan.network.said))
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|(c, said)| {
+            let keys = crate::clients::keys::KeyStore::load(&c.user_keys_file)?;
+            crate::clients::guard::check(&c, c.listen, &keys)?;
+            let tls = crate::clients::tls::check(&c)?;
+            Ok((c, said, keys, tls))
+        });
+    let (c, said, keys, tls) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            eprintln!("fxproxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "{}: valid ({} symbols, {} client keys)",
+        path.display(),
+        c.symbols.len(),
+        keys.len()
+    );
+    for line in tls.iter().chain(&said) {
+        println!("{line}");
+    }
+    // What this host would let the proxy have, as the start-up log says it.
+    let _ = crate::base::ceiling::raise_open_files();
+    let (line, warnings) = crate::server::capacity_report(&c, &crate::base::ceiling::measure());
+    println!("{line}");
+    for w in warnings {
+        eprintln!("fxproxy: warning: {w}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// Blocks `which` in this thread and so in every thread started after: call before any.

@@ -13,24 +13,21 @@ use crate::base::live::Cached;
 use crate::base::metrics::Metrics;
 use crate::base::stop::Stop;
 use crate::base::threads::{panic_message, Threads};
-use crate::base::tunnel::{ProxyUrl, Route};
 use crate::clients::admission::{Admission, Asker, HandOff};
 use crate::clients::client;
 use crate::clients::context::Context;
+use crate::clients::guard;
 use crate::clients::keys::KeyStore;
+use crate::clients::listener::Port;
 use crate::clients::places::Places;
 use crate::clients::tls::{self, ServerTls, TlsFiles};
 use crate::clients::watcher::Watcher;
-use crate::config::{Config, ConfigError, Upstream};
+use crate::config::{Config, ConfigError};
 use crate::fanout::distributor::{self, Hub, V2Ticks};
 use crate::fanout::slot::Kick;
-use crate::feed::headers::{self, Filled};
-use crate::feed::provider;
-use crate::feed::record::Recorder;
-use crate::feed::replay::ReplayServer;
-use crate::feed::sim::{SimOptions, SimServer};
-use crate::feed::template;
-use crate::feed::translate::Translator;
+use crate::feed::record::Writer;
+use crate::feed::setup::{self, Plan, SourceError, Sources};
+use crate::feed::sim::SimServer;
 use crate::feed::upstream;
 use crate::feed::v2;
 use crate::ops::admin::Admin;
@@ -41,7 +38,7 @@ use parking_lot::Mutex;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -174,8 +171,7 @@ impl Default for Launch {
 pub struct Server {
     ctx: Arc<Context>,
     addr: SocketAddr,
-    sim: Option<SimServer>,
-    replay: Option<ReplayServer>,
+    sources: Sources,
     admission: Arc<Waker>,
     /// `admin_listen`: its address, and the waker that ends its thread.
     admin: Option<(SocketAddr, Arc<Waker>)>,
@@ -302,214 +298,50 @@ impl Server {
         // rustls needs one process-wide crypto provider for wss://; ring is the one compiled
         // in. An error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let provider = Arc::new(template::describe(&mut config).map_err(StartError::Config)?);
-        let translator =
-            Translator::new(Arc::clone(&provider), config.client_format, &config.symbols)
-                .map_err(|m| StartError::Config(config.error_at("symbols", m)))?;
+        // Everything the configuration names is read and checked before anything starts.
+        let feed = Plan::new(&mut config).map_err(StartError::Config)?;
         let keys = KeyStore::load(&config.user_keys_file).map_err(StartError::Keys)?;
-        // Under socket activation the socket's address, not `listen`, says who can connect.
-        let given = match launch.listener {
-            Some(l) => {
-                let addr = l
-                    .local_addr()
-                    .map_err(|e| StartError::Bind(config.listen, e))?;
-                Some((l, addr))
-            }
-            None => None,
+        // Refused before anything is bound. Under socket activation the socket's address, not
+        // `listen`, says who can connect.
+        let reachable_at = match &launch.listener {
+            Some(passed) => passed
+                .local_addr()
+                .map_err(|e| StartError::Bind(config.listen, e))?,
+            None => config.listen,
         };
-        let reachable_at = given.as_ref().map_or(config.listen, |(_, addr)| *addr);
-        crate::clients::guard::check(&config, reachable_at, &keys).map_err(StartError::Keys)?;
+        guard::check(&config, reachable_at, &keys).map_err(StartError::Keys)?;
+        let port =
+            Port::open(&config, launch.listener).map_err(|(at, e)| StartError::Bind(at, e))?;
+        let backbone = backbone::Settings::of(&config, port.addr).map_err(StartError::Config)?;
         let metrics = Arc::new(Metrics::with_clock(clock));
         let server_tls = server_tls(&config, &metrics)?;
-        let upstream_tls = upstream_tls(&config)?;
-        let restart_on_stop = given.is_some();
-        let (listener, addr) = match given {
-            Some(given) => given,
-            None => {
-                let l = TcpListener::bind(config.listen)
-                    .map_err(|e| StartError::Bind(config.listen, e))?;
-                let addr = l
-                    .local_addr()
-                    .map_err(|e| StartError::Bind(config.listen, e))?;
-                (l, addr)
-            }
-        };
-        if restart_on_stop && config.line_of("listen").is_some() && config.listen != addr {
-            warn!(
-                "listen = {} in {} is not used: systemd passed the listening socket ({addr}), whose address ListenStream= in fxproxy.socket sets",
-                config.listen,
-                config.file.display()
-            );
-        }
-        let mut admission = Admission::new(listener).map_err(|e| StartError::Bind(addr, e))?;
-        let admin = match config.admin_listen {
-            Some(at) => Some(Admin::bind(at).map_err(|e| {
-                StartError::Bind(at, io::Error::new(e.kind(), format!("admin_listen: {e}")))
-            })?),
-            None => None,
-        };
-        // Measured before the clients come: what the kernel lets this process have, once the
-        // open-file limit is as high as this process may set it.
-        if let Some((from, to)) = ceiling::raise_open_files() {
-            info!("open-file limit raised from {from} to {to} (the hard limit)");
-        }
-        let ceiling = ceiling::measure();
-        let (line, warnings) = capacity_report(&config, &ceiling);
-        info!("{line}");
-        for w in warnings {
-            warn!("{w}");
-        }
-        let places = Places::new(
-            config.max_clients,
-            usize::try_from(ceiling.clients(SERVICE_THREADS)).unwrap_or(usize::MAX),
-        );
-        metrics.upstream_symbols.configure(&config.symbols);
-        let hub = Hub::new(
-            &config.symbols,
-            config.client_queue_len,
-            config.max_clients_per_key,
-            config.batch_delay,
-            Arc::clone(&metrics),
-            {
-                let symbol_of = translator.symbol_of();
-                Box::new(move |frame| symbol_of.id(frame))
-            },
-        );
-        let hub = Arc::new(hub.with_v2(v2_ticks(&translator, &metrics)));
+        let (addr, restart_on_stop) = (port.addr, port.held_by_systemd);
+        let mut admission = Admission::new(port.listener).map_err(|e| StartError::Bind(addr, e))?;
+        let admin = bind_admin(&config)?;
+        let (ceiling, places) = capacity(&config);
+        // The stages, from the feed to the clients.
+        let hub = Arc::new(hub(&config, &metrics, &feed));
         let failure = Arc::new(Failure {
             failed: AtomicBool::new(false),
             alarm,
         });
-        let on_failure = Arc::clone(&failure);
-        let (watcher, watcher_thread) = Watcher::start(move |why| on_failure.raise("watcher", why))
-            .map_err(StartError::Thread)?;
-        drop(watcher_thread);
+        let watcher = start_watcher(&failure)?;
         let threads = Threads::start().map_err(StartError::Thread)?;
-        // An edge of a backbone connects to no source: it needs no simulator either.
-        let ingests = config.backbone.is_none() || config.backbone_role.ingests();
-        let sim = match config.upstream {
-            Upstream::Sim if ingests => Some(
-                SimServer::start(SimOptions {
-                    listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                    rate: config.sim_rate,
-                    symbols: Vec::new(),
-                })
-                .map_err(StartError::Thread)?,
-            ),
-            _ => None,
-        };
-        let replay = match &config.upstream {
-            Upstream::Replay(replay) if ingests => {
-                Some(ReplayServer::start(replay).map_err(StartError::File)?)
-            }
-            _ => None,
-        };
-        let key = config.upstream_api_key.expose().to_string();
-        let messages = provider
-            .messages(&key, &config.symbols)
-            .map_err(|m| StartError::Config(config.error_at("symbols", m)))?;
-        let heartbeat = provider
-            .heartbeat_message(&key, &config.symbols)
-            .map_err(|m| StartError::Config(config.error_at("symbols", m)))?
-            .zip(provider.heartbeat.as_ref().map(|(_, every)| *every));
-        let (url, steps) = match (&config.upstream, &sim, &replay) {
-            (Upstream::Url(url), _, _) => (
-                provider.url_with_key(url, &key),
-                messages
-                    .into_iter()
-                    .zip(provider.steps.iter().map(|s| s.expect.clone()))
-                    .collect(),
-            ),
-            (Upstream::Sim, Some(sim), _) => (
-                format!("ws://{}/", sim.local_addr()),
-                vec![(provider::subscribe_text(&config), None)],
-            ),
-            // A recording holds the source's replies already: nothing to send, nobody to wait for.
-            (Upstream::Replay(_), _, Some(replay)) => {
-                (format!("ws://{}/", replay.local_addr()), Vec::new())
-            }
-            // An edge never connects upstream: it reads the backbone.
-            (Upstream::Sim, None, _) | (Upstream::Replay(_), _, None) => {
-                (String::new(), Vec::new())
-            }
-            _ => unreachable!(
-                "template::describe resolves the URL; sim and replay were started above"
-            ),
-        };
-        let (ping_every, dead_after) = upstream::timing(&provider, &config);
-        let recorder = match &config.record_file {
-            Some(path) => {
-                let (recorder, writer) =
-                    Recorder::start(path, config.record_max_bytes, Arc::clone(&metrics)).map_err(
-                        |e| {
-                            StartError::File(io::Error::new(
-                                e.kind(),
-                                format!("cannot open record_file {}: {e}", path.display()),
-                            ))
-                        },
-                    )?;
-                Some((recorder, writer))
-            }
-            None => None,
-        };
-        let (recorder, record_writer) = match recorder {
-            Some((r, w)) => (Some(r), Some(w)),
-            None => (None, None),
-        };
-        // The publisher finds a frame's symbol as the hub does, whatever the provider's shape.
-        let backbone_symbol_of: backbone::SymbolOf = {
-            let symbol_of = translator.symbol_of();
-            Box::new(move |frame| symbol_of.id(frame))
-        };
-        let network = upstream_network(&config, &provider).map_err(StartError::Config)?;
-        for line in &network.said {
+        let sources = Sources::start(&config).map_err(|e| match e {
+            SourceError::Sim(e) => StartError::Thread(e),
+            SourceError::Recording(e) => StartError::File(e),
+        })?;
+        let (recorder, record_writer) = setup::recorder(&config, &metrics)
+            .map_err(StartError::File)?
+            .unzip();
+        let publish_symbol_of: backbone::SymbolOf = Box::new(feed.symbol_of());
+        for line in &feed.network.said {
             info!("{line}");
         }
-        let mut settings = upstream::Settings {
-            url,
-            key,
-            steps,
-            reply_timeout: provider.reply_timeout,
-            heartbeat,
-            translator,
-            connect_timeout: config.upstream_connect_timeout,
-            ping_every,
-            dead_after,
-            stale_after: config.upstream_stale,
-            market: config.market(),
-            backoff_min: config.upstream_backoff_min,
-            backoff_max: config.upstream_backoff_max,
-            recorder,
-            tls: upstream_tls,
-            proxy: network.proxy,
-            headers: network.headers,
-            live: None,
-            on_refused: None,
-        };
-        let backbone_ca = backbone_ca(&config)?;
-        let backbone = config.backbone.as_ref().map(|url| backbone::Settings {
-            url: url.clone(),
-            role: config.backbone_role,
-            name: config.backbone_name.clone(),
-            instance: backbone::instance_name(addr),
-            max_len: config.backbone_max_len,
-            symbols: config.symbols.clone(),
-            ca: backbone_ca,
-        });
-        let status = backbone.as_ref().map(|b| {
-            info!(
-                "backbone {}: role {}, keys {}:*, this instance is \"{}\"",
-                b.url.shown(),
-                b.role.name(),
-                b.name,
-                b.instance
-            );
-            Arc::new(backbone::Status::new(
-                b.role,
-                b.url.shown(),
-                b.instance.clone(),
-            ))
-        });
+        let upstream = feed
+            .settings(&config, &sources, recorder)
+            .map_err(StartError::Config)?;
+        let status = backbone.as_ref().map(backbone_status);
         let mut context = Context::new(
             config, hub, metrics, watcher, threads, ceiling, places, addr, keys, echo, server_tls,
         );
@@ -518,101 +350,37 @@ impl Server {
         context.restart_on_stop = restart_on_stop;
         context.heartbeats = Arc::new(Heartbeats::new(launch.beat_every));
         let ctx = Arc::new(context);
-        settings.live = Some(Cached::new(ctx.live_config()));
-        let hub = Arc::clone(&ctx.hub);
-        settings.on_refused = Some(Box::new(move |refused| {
-            let closed = hub.kick_refused(refused);
-            if closed > 0 {
-                info!("closing {closed} client(s): the provider refused every symbol they receive");
-            }
-        }));
         let reloader = Arc::new(Reloader::new(Arc::clone(&ctx)));
-        add_reload_steps(&reloader, &ctx, sim.as_ref());
-        // The channel from upstream to distributor is bounded: should the distributor ever
-        // fall behind, the upstream read waits and TCP pushes back on the source.
-        let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
-        let threads = &ctx.threads;
-        let hub = Arc::clone(&ctx.hub);
-        let beats = Arc::clone(&ctx.heartbeats);
-        spawn_service(threads, &failure, "distributor", move || {
-            distributor::run(hub, frames_rx, &beats.distributor)
-        })
-        .map_err(StartError::Thread)?;
-        if let Some(writer) = record_writer {
-            // Ends when the upstream thread drops its end of the channel.
-            spawn_service(threads, &failure, "recorder", move || writer.run())
-                .map_err(StartError::Thread)?;
-        }
-        let (metrics, stop) = (Arc::clone(&ctx.metrics), Arc::clone(&ctx.stop));
-        match (&backbone, &status) {
-            // Through Redis: the upstream thread runs only on an ingest, and connects only
-            // while this instance holds the lock.
-            (Some(settings_bb), Some(status)) => {
-                let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
-                    spawn_service(threads, &failure, name, body)
-                };
-                let outlet = backbone::start(
-                    settings_bb,
-                    status,
-                    frames_tx,
-                    &metrics,
-                    &stop,
-                    &spawn,
-                    backbone_symbol_of,
-                )
-                .map_err(StartError::Thread)?;
-                if let Some(outlet) = outlet {
-                    spawn_service(threads, &failure, "upstream", move || {
-                        upstream::run(settings, outlet, metrics, stop)
-                    })
-                    .map_err(StartError::Thread)?;
-                }
-            }
-            _ => spawn_service(threads, &failure, "upstream", move || {
-                upstream::run(settings, frames_tx, metrics, stop)
-            })
-            .map_err(StartError::Thread)?,
-        }
-        let waker = admission.waker();
-        let asker = admission.asker();
+        add_reload_steps(&reloader, &ctx, sources.sim.as_ref());
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            spawn_service(&ctx.threads, &failure, name, body)
+        };
+        start_feed(
+            &ctx,
+            upstream,
+            record_writer,
+            backbone.zip(status),
+            publish_symbol_of,
+            &spawn,
+        )?;
+        let (waker, asker) = (admission.waker(), admission.asker());
         if let Some(answerer) = admission.answerer() {
             // Plain requests on the client port (/metrics among them), off the admission
             // thread; ends when the admission loop stops and drops its end.
             let http_ctx = Arc::clone(&ctx);
-            spawn_service(threads, &failure, "http", move || answerer.run(&http_ctx))
-                .map_err(StartError::Thread)?;
+            spawn("http", Box::new(move || answerer.run(&http_ctx))).map_err(StartError::Thread)?;
         }
         let admin = match admin {
-            Some(admin) => {
-                let at = admin.local_addr().map_err(StartError::Thread)?;
-                let admin_waker = admin.waker();
-                let (admin_ctx, admin_asker) = (Arc::clone(&ctx), asker.clone());
-                let admin_failure = Arc::clone(&failure);
-                spawn_service(threads, &failure, "admin", move || {
-                    if let Err(e) = admin.run(&admin_ctx, &admin_asker) {
-                        admin_failure.raise("admin", &format!("the socket poll failed: {e}"));
-                    }
-                })
-                .map_err(StartError::Thread)?;
-                info!("admin endpoints on {at} (http://): /metrics, /livez, /readyz, /debug/state");
-                Some((at, admin_waker))
-            }
+            Some(admin) => Some(start_admin(admin, &ctx, &asker, &failure, &spawn)?),
             None => None,
         };
-        let admission_ctx = Arc::clone(&ctx);
-        let admission_failure = Arc::clone(&failure);
-        spawn_service(threads, &failure, "admission", move || {
-            let hand_off = hand_off(Arc::clone(&admission_ctx));
-            if let Err(e) = admission.run(&admission_ctx, hand_off) {
-                admission_failure.raise("admission", &format!("the socket poll failed: {e}"));
-            }
-        })
-        .map_err(StartError::Thread)?;
+        start_admission(admission, &ctx, &failure, &spawn)?;
         let housekeeping_ctx = Arc::clone(&ctx);
         let housekeeping_reloader = Arc::clone(&reloader);
-        spawn_service(threads, &failure, "housekeeping", move || {
-            housekeeping(&housekeeping_ctx, &housekeeping_reloader)
-        })
+        spawn(
+            "housekeeping",
+            Box::new(move || housekeeping(&housekeeping_ctx, &housekeeping_reloader)),
+        )
         .map_err(StartError::Thread)?;
         let scheme = if ctx.tls.is_some() { "wss" } else { "ws" };
         if restart_on_stop {
@@ -630,8 +398,7 @@ impl Server {
         Ok(Server {
             ctx,
             addr,
-            sim,
-            replay,
+            sources,
             admission: waker,
             admin,
             failure,
@@ -723,12 +490,7 @@ impl Server {
         }
         ctx.watcher.stop();
         ctx.threads.stop_reaper();
-        if let Some(sim) = self.sim {
-            sim.stop();
-        }
-        if let Some(replay) = self.replay {
-            replay.stop();
-        }
+        self.sources.stop();
         info!("stopped in {:.2} s", started.elapsed().as_secs_f64());
     }
 
@@ -792,20 +554,185 @@ impl Server {
 
 /// How the hub serves v2 clients: each frame as a v2 tick, made by the feed's rules for what
 /// the translator hands on, timed by the proxy's clock where the frame has no time.
-fn v2_ticks(translator: &Translator, metrics: &Arc<Metrics>) -> V2Ticks {
-    let v2_of = translator.v2_of();
-    let metrics = Arc::clone(metrics);
-    V2Ticks {
-        encode: Box::new(move |frame, symbol, last| {
-            let kind = if last {
-                v2::Kind::LastQuote
-            } else {
-                v2::Kind::Quote
-            };
-            v2_of.tick(frame, symbol, kind, metrics.now_ms())
-        }),
-        symbol: v2::tick_symbol,
+/// A service thread starter, as `start_with` hands it to the stages.
+type Spawn<'a> = &'a dyn Fn(&str, Box<dyn FnOnce() + Send>) -> io::Result<()>;
+
+/// `admin_listen` bound now, so that a taken address stops start-up.
+fn bind_admin(config: &Config) -> Result<Option<Admin>, StartError> {
+    let Some(at) = config.admin_listen else {
+        return Ok(None);
+    };
+    Admin::bind(at)
+        .map(Some)
+        .map_err(|e| StartError::Bind(at, io::Error::new(e.kind(), format!("admin_listen: {e}"))))
+}
+
+/// What the kernel lets this process have, measured before the clients come (once the
+/// open-file limit is as high as this process may set it), and the `max_clients` places.
+fn capacity(config: &Config) -> (Ceiling, Arc<Places>) {
+    if let Some((from, to)) = ceiling::raise_open_files() {
+        info!("open-file limit raised from {from} to {to} (the hard limit)");
     }
+    let ceiling = ceiling::measure();
+    let (line, warnings) = capacity_report(config, &ceiling);
+    info!("{line}");
+    for w in warnings {
+        warn!("{w}");
+    }
+    let places = Places::new(
+        config.max_clients,
+        usize::try_from(ceiling.clients(SERVICE_THREADS)).unwrap_or(usize::MAX),
+    );
+    (ceiling, places)
+}
+
+/// The hub, finding each frame's symbol and making its v2 tick as the feed says.
+fn hub(config: &Config, metrics: &Arc<Metrics>, feed: &Plan) -> Hub {
+    metrics.upstream_symbols.configure(&config.symbols);
+    Hub::new(
+        &config.symbols,
+        config.client_queue_len,
+        config.max_clients_per_key,
+        config.batch_delay,
+        Arc::clone(metrics),
+        Box::new(feed.symbol_of()),
+    )
+    .with_v2(V2Ticks {
+        encode: Box::new(feed.v2_tick(metrics)),
+        symbol: v2::tick_symbol,
+    })
+}
+
+/// The socket watcher, whose failure stops the proxy.
+fn start_watcher(failure: &Arc<Failure>) -> Result<Arc<Watcher>, StartError> {
+    let on_failure = Arc::clone(failure);
+    let (watcher, thread) =
+        Watcher::start(move |why| on_failure.raise("watcher", why)).map_err(StartError::Thread)?;
+    drop(thread);
+    Ok(watcher)
+}
+
+/// What the start-up log says of the backbone, and its state for `/healthz` and `/metrics`.
+fn backbone_status(b: &backbone::Settings) -> Arc<backbone::Status> {
+    info!(
+        "backbone {}: role {}, keys {}:*, this instance is \"{}\"",
+        b.url.shown(),
+        b.role.name(),
+        b.name,
+        b.instance
+    );
+    Arc::new(backbone::Status::new(
+        b.role,
+        b.url.shown(),
+        b.instance.clone(),
+    ))
+}
+
+/// The feed's threads: the distributor, the recorder, and the upstream thread, straight to
+/// the distributor or, past one host, through the backbone's.
+fn start_feed(
+    ctx: &Arc<Context>,
+    mut upstream: upstream::Settings,
+    record_writer: Option<Writer>,
+    backbone: Option<(backbone::Settings, Arc<backbone::Status>)>,
+    publish_symbol_of: backbone::SymbolOf,
+    spawn: Spawn<'_>,
+) -> Result<(), StartError> {
+    upstream.live = Some(Cached::new(ctx.live_config()));
+    let hub = Arc::clone(&ctx.hub);
+    upstream.on_refused = Some(Box::new(move |refused| {
+        let closed = hub.kick_refused(refused);
+        if closed > 0 {
+            info!("closing {closed} client(s): the provider refused every symbol they receive");
+        }
+    }));
+    // The channel from upstream to distributor is bounded: should the distributor ever fall
+    // behind, the upstream read waits and TCP pushes back on the source.
+    let (frames_tx, frames_rx) = crossbeam_channel::bounded(8192);
+    let (hub, beats) = (Arc::clone(&ctx.hub), Arc::clone(&ctx.heartbeats));
+    spawn(
+        "distributor",
+        Box::new(move || distributor::run(hub, frames_rx, &beats.distributor)),
+    )
+    .map_err(StartError::Thread)?;
+    if let Some(writer) = record_writer {
+        // Ends when the upstream thread drops its end of the channel.
+        spawn("recorder", Box::new(move || writer.run())).map_err(StartError::Thread)?;
+    }
+    let (metrics, stop) = (Arc::clone(&ctx.metrics), Arc::clone(&ctx.stop));
+    let Some((settings, status)) = backbone else {
+        return spawn(
+            "upstream",
+            Box::new(move || upstream::run(upstream, frames_tx, metrics, stop)),
+        )
+        .map_err(StartError::Thread);
+    };
+    // Through Redis: the upstream thread runs only on an ingest, and connects only while
+    // this instance holds the lock.
+    let outlet = backbone::start(
+        &settings,
+        &status,
+        frames_tx,
+        &metrics,
+        &stop,
+        spawn,
+        publish_symbol_of,
+    )
+    .map_err(StartError::Thread)?;
+    match outlet {
+        Some(outlet) => spawn(
+            "upstream",
+            Box::new(move || upstream::run(upstream, outlet, metrics, stop)),
+        )
+        .map_err(StartError::Thread),
+        None => Ok(()),
+    }
+}
+
+/// The `admin` thread serving `admin_listen`; its address and the waker that ends it.
+fn start_admin(
+    admin: Admin,
+    ctx: &Arc<Context>,
+    asker: &Asker,
+    failure: &Arc<Failure>,
+    spawn: Spawn<'_>,
+) -> Result<(SocketAddr, Arc<Waker>), StartError> {
+    let at = admin.local_addr().map_err(StartError::Thread)?;
+    let waker = admin.waker();
+    let (admin_ctx, admin_asker) = (Arc::clone(ctx), asker.clone());
+    let admin_failure = Arc::clone(failure);
+    spawn(
+        "admin",
+        Box::new(move || {
+            if let Err(e) = admin.run(&admin_ctx, &admin_asker) {
+                admin_failure.raise("admin", &format!("the socket poll failed: {e}"));
+            }
+        }),
+    )
+    .map_err(StartError::Thread)?;
+    info!("admin endpoints on {at} (http://): /metrics, /livez, /readyz, /debug/state");
+    Ok((at, waker))
+}
+
+/// The `admission` thread, which hands each authenticated client a thread of its own.
+fn start_admission(
+    admission: Admission,
+    ctx: &Arc<Context>,
+    failure: &Arc<Failure>,
+    spawn: Spawn<'_>,
+) -> Result<(), StartError> {
+    let admission_ctx = Arc::clone(ctx);
+    let admission_failure = Arc::clone(failure);
+    spawn(
+        "admission",
+        Box::new(move || {
+            let hand_off = hand_off(Arc::clone(&admission_ctx));
+            if let Err(e) = admission.run(&admission_ctx, hand_off) {
+                admission_failure.raise("admission", &format!("the socket poll failed: {e}"));
+            }
+        }),
+    )
+    .map_err(StartError::Thread)
 }
 
 /// TLS on the client port from the config, its certificate's expiry into `metrics`. The
@@ -816,87 +743,6 @@ fn server_tls(config: &Config, metrics: &Metrics) -> Result<Option<Arc<ServerTls
     };
     let tls = ServerTls::start(files, metrics).map_err(|e| tls_error(config, e))?;
     Ok(Some(Arc::new(tls)))
-}
-
-/// The roots a `wss://` upstream is checked against when `upstream_ca_file` is set; else
-/// `None`: tungstenite's own, the bundled web PKI roots.
-fn upstream_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, StartError> {
-    let Some(ca) = &config.upstream_ca_file else {
-        return Ok(None);
-    };
-    let tls = crate::base::tls::client_config(Some(ca), config.upstream_bundled_roots)
-        .map_err(|e| tls_error(config, e))?;
-    Ok(Some(tls))
-}
-
-/// The CA certificate(s) of `backbone_ca_file`, as PEM, checked to hold at least one.
-fn backbone_ca(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
-    const KEY: &str = "backbone_ca_file";
-    let Some(path) = &config.backbone_ca_file else {
-        return Ok(None);
-    };
-    crate::base::tls::read_certs(KEY, path).map_err(|e| tls_error(config, e))?;
-    let pem = crate::base::tls::read(KEY, path).map_err(|e| tls_error(config, e))?;
-    Ok(Some(pem))
-}
-
-/// How the upstream connection goes out: through which HTTP proxy, if any, and with which
-/// extra headers in its handshake.
-pub struct UpstreamNetwork {
-    pub proxy: Option<ProxyUrl>,
-    pub headers: Vec<Filled>,
-    /// What the start-up log (and `--check-config`) says of it: the proxy and where it came
-    /// from, the headers' names; never a password or a header's value.
-    pub said: Vec<String>,
-}
-
-/// The way out for a `ws://`/`wss://` upstream: `upstream_proxy` or the environment's proxy
-/// variables (read now), and the template's and `upstream_header`'s headers with the key in
-/// them. The built-in sources are never proxied and get no headers.
-pub fn upstream_network(
-    config: &Config,
-    provider: &provider::Provider,
-) -> Result<UpstreamNetwork, ConfigError> {
-    let mut network = UpstreamNetwork {
-        proxy: None,
-        headers: Vec::new(),
-        said: Vec::new(),
-    };
-    let Upstream::Url(url) = &config.upstream else {
-        return Ok(network);
-    };
-    let shown = upstream::display_url(url);
-    match config.upstream_route(url, &|name| std::env::var(name).ok())? {
-        Route::Via { proxy, from } => {
-            network.said.push(format!(
-                "upstream {shown}: through the HTTP proxy {} (from {from})",
-                proxy.shown()
-            ));
-            network.proxy = Some(proxy);
-        }
-        Route::Excepted { var } => network
-            .said
-            .push(format!("upstream {shown}: direct, as {var} lists its host")),
-        Route::Direct => {}
-    }
-    let key = if config.line_of("upstream_header").is_some() {
-        "upstream_header"
-    } else {
-        "provider_template"
-    };
-    network.headers = headers::filled(
-        &provider.headers,
-        &config.upstream_headers,
-        config.upstream_api_key.expose(),
-    )
-    .map_err(|m| config.error_at(key, m))?;
-    if !network.headers.is_empty() {
-        network.said.push(format!(
-            "upstream {shown}: handshake headers {} (values not shown)",
-            headers::names(&network.headers)
-        ));
-    }
-    Ok(network)
 }
 
 fn tls_error(config: &Config, e: crate::base::tls::TlsError) -> StartError {

@@ -29,7 +29,7 @@ mod status;
 
 pub use held::Lease;
 pub use publish::SymbolOf;
-pub use settings::{instance_name, Keys, Settings};
+pub use settings::{Keys, Settings};
 pub use status::Status;
 
 use crate::base::metrics::Metrics;

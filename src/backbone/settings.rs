@@ -1,6 +1,9 @@
 //! What the backbone threads need, taken from the config once, and the Redis keys of a feed.
 
+use crate::base::tls::{read, read_certs};
 use crate::config::backbone::{RedisUrl, Role};
+use crate::config::{Config, ConfigError};
+use std::net::SocketAddr;
 
 /// What the backbone threads need, taken from the config once.
 #[derive(Clone, Debug)]
@@ -16,6 +19,34 @@ pub struct Settings {
     pub symbols: Vec<String>,
     /// For `rediss://`: the CA certificate(s) (PEM) of `backbone_ca_file`.
     pub ca: Option<Vec<u8>>,
+}
+
+impl Settings {
+    /// The backbone the configuration names, if any, for the instance that serves `listen`;
+    /// the CA file of a `rediss://` backbone is read (and checked to hold a certificate) now.
+    pub fn of(config: &Config, listen: SocketAddr) -> Result<Option<Settings>, ConfigError> {
+        let Some(url) = &config.backbone else {
+            return Ok(None);
+        };
+        const KEY: &str = "backbone_ca_file";
+        let ca = match &config.backbone_ca_file {
+            Some(path) => {
+                let failed = |e: crate::base::tls::TlsError| config.error_at(e.key, e.message);
+                read_certs(KEY, path).map_err(failed)?;
+                Some(read(KEY, path).map_err(failed)?)
+            }
+            None => None,
+        };
+        Ok(Some(Settings {
+            url: url.clone(),
+            role: config.backbone_role,
+            name: config.backbone_name.clone(),
+            instance: instance_name(listen),
+            max_len: config.backbone_max_len,
+            symbols: config.symbols.clone(),
+            ca,
+        }))
+    }
 }
 
 /// The Redis keys of one feed.

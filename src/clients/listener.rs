@@ -1,6 +1,7 @@
 //! The client port's listening socket: a listen queue sized for reconnect storms, how full it
 //! is (for `/metrics`), and the socket systemd may pass instead (socket activation).
 
+use crate::config::Config;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 
@@ -28,6 +29,41 @@ pub fn queue(addr: SocketAddr) -> Option<(u64, u64)> {
         .parse()
         .ok()?;
     Some((used, somaxconn.min(BACKLOG as u64)))
+}
+
+/// The client port: the socket systemd passed (socket activation), or `listen` bound now.
+pub struct Port {
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+    /// Systemd holds the socket, which outlives this process: a stop is a restart.
+    pub held_by_systemd: bool,
+}
+
+impl Port {
+    /// Takes `passed` or binds `listen`; the error says which address failed.
+    pub fn open(
+        config: &Config,
+        passed: Option<TcpListener>,
+    ) -> Result<Port, (SocketAddr, io::Error)> {
+        let held_by_systemd = passed.is_some();
+        let listener = match passed {
+            Some(l) => l,
+            None => TcpListener::bind(config.listen).map_err(|e| (config.listen, e))?,
+        };
+        let addr = listener.local_addr().map_err(|e| (config.listen, e))?;
+        if held_by_systemd && config.line_of("listen").is_some() && config.listen != addr {
+            log::warn!(
+                "listen = {} in {} is not used: systemd passed the listening socket ({addr}), whose address ListenStream= in fxproxy.socket sets",
+                config.listen,
+                config.file.display()
+            );
+        }
+        Ok(Port {
+            listener,
+            addr,
+            held_by_systemd,
+        })
+    }
 }
 
 /// The listening socket systemd passed (socket activation, `fxproxy.socket`): with

@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod provider;
 pub mod record;
 pub mod replay;
+pub mod setup;
 pub mod sim;
 pub mod template;
 pub mod translate;
