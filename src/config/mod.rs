@@ -2,15 +2,20 @@
 //! the file, the line and the key.
 //!
 //! Each key is defined once, in [`settings`]: its name, default, parser, whom a reload reaches
-//! and its doc line. [`parse`] is pure (text in, config or error out); [`load`] reads the file
-//! and then resolves the credentials it names ([`secret`]). Values are parsed by [`value`],
-//! errors said by [`ConfigError`].
+//! and its doc line; [`Config`] holds the values in their types. [`parse`] is pure (text in,
+//! config or error out); [`load`] reads the file and then resolves the credentials it names
+//! (a key file, systemd's credentials, the environment). Values are parsed by [`value`],
+//! errors said by [`ConfigError`]. Inside, files import one way: `value`, `secret`, `address`,
+//! `backbone` and `proxy` at the bottom, then `model`, `settings`, `credentials`, `parse`, and
+//! this file on top.
 //!
 //! May import: `base` only; every stage reads the configuration, so it knows none of them.
 
 pub mod address;
 pub mod backbone;
+mod credentials;
 mod error;
+mod model;
 mod parse;
 pub mod proxy;
 pub mod secret;
@@ -18,389 +23,15 @@ pub mod settings;
 pub mod value;
 
 pub use error::ConfigError;
+pub use model::{ClientFormat, Config, LogFormat, LogLevel, ProviderChoice, SlowClient};
 pub use parse::parse;
 pub use proxy::{UpstreamProxy, PROXY_PASSWORD_ENV};
 pub use secret::{Secret, API_KEY_ENV};
 pub use settings::DEFAULT_SUBSCRIBE_MESSAGE;
+pub use value::{Replay, Upstream};
 
 pub use crate::base::market::MarketHours;
-use crate::base::market::{Date, Market};
-use address::Cidr;
-use backbone::{RedisUrl, Role};
-use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-use value::Header;
-
-/// Where quotes come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Upstream {
-    /// The built-in simulated source (`upstream_url = sim`).
-    Sim,
-    /// A `ws://` or `wss://` URL, as written in the file.
-    Url(String),
-    /// `upstream_url` unset: the provider template's `url`.
-    ProviderUrl,
-    /// `replay:PATH[?speed=N|max][&loop=1]`: a recording played back as a source.
-    Replay(Replay),
-}
-
-impl fmt::Display for Upstream {
-    /// As `upstream_url` is written (a recording with its pace spelt out).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Upstream::Sim => f.write_str("sim"),
-            Upstream::Url(url) => f.write_str(url),
-            Upstream::ProviderUrl => f.write_str("(the provider template's url)"),
-            Upstream::Replay(replay) => write!(
-                f,
-                "replay:{} (speed {}, loop {})",
-                replay.path.display(),
-                replay.speed.map_or("max".to_string(), |s| s.to_string()),
-                replay.looped
-            ),
-        }
-    }
-}
-
-/// A recording to play back (see `crate::feed::replay`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Replay {
-    /// Resolved against the config file's directory.
-    pub path: PathBuf,
-    /// `None`: as fast as the proxy takes the frames (`speed=max`).
-    pub speed: Option<f64>,
-    pub looped: bool,
-}
-
-/// `provider`: whose protocol the upstream speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderChoice {
-    Tradermade,
-    TradermadeV2,
-    /// Described by `provider_template`.
-    Custom,
-}
-
-impl ProviderChoice {
-    pub fn name(self) -> &'static str {
-        match self {
-            ProviderChoice::Tradermade => "tradermade",
-            ProviderChoice::TradermadeV2 => "tradermade-v2",
-            ProviderChoice::Custom => "custom",
-        }
-    }
-}
-
-/// `client_format`: what clients are sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientFormat {
-    /// fxproxy's v1 quote shape, whatever the provider.
-    Normalized,
-    /// The provider's own frames (arrays split into their elements).
-    Upstream,
-}
-
-impl ClientFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            ClientFormat::Normalized => "normalized",
-            ClientFormat::Upstream => "upstream",
-        }
-    }
-}
-
-/// `slow_client`: what becomes of a client that falls behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlowClient {
-    /// Closed with 1008 `Slow consumer`.
-    Disconnect,
-    /// Sent the latest quote of each symbol that changed once it catches up.
-    Conflate,
-}
-
-impl SlowClient {
-    pub fn name(self) -> &'static str {
-        match self {
-            SlowClient::Disconnect => "disconnect",
-            SlowClient::Conflate => "conflate",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
-impl LogLevel {
-    /// The lower-case name as written in `proxy.conf`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
-    }
-}
-
-/// How each log line is written: `text` (time, level, thread, message) or `json` (one object
-/// a line with those four fields, for log shippers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl LogFormat {
-    /// The name as written in `proxy.conf`.
-    pub fn name(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
-}
-
-/// The validated contents of `proxy.conf`.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The file this came from, for messages.
-    pub file: PathBuf,
-    /// `(key, line)` for every key the file set, in file order; see [`Config::line_of`].
-    pub key_lines: Vec<(&'static str, usize)>,
-
-    pub listen: SocketAddr,
-    /// TLS on `listen` (both set) or not (neither): the certificate chain and its key, PEM.
-    /// Resolved against the config file's directory; `${CREDENTIALS_DIRECTORY}` is expanded
-    /// by [`load`], as in `upstream_api_key_file`.
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_key_file: Option<PathBuf>,
-    /// Clients must present a certificate from this CA (PEM); needs the two above.
-    pub tls_client_ca_file: Option<PathBuf>,
-    pub upstream: Upstream,
-    /// After [`load`]: from the file, the key file or the environment, in that order.
-    pub upstream_api_key: Secret,
-    /// Resolved against the config file's directory. A path containing
-    /// `${CREDENTIALS_DIRECTORY}` is kept as written until [`load`] expands it.
-    pub upstream_api_key_file: Option<PathBuf>,
-    /// CA certificates (PEM) a `wss://` upstream may be signed by, besides (or, with
-    /// `upstream_bundled_roots = false`, instead of) the web PKI roots bundled in the binary.
-    pub upstream_ca_file: Option<PathBuf>,
-    pub upstream_bundled_roots: bool,
-    /// How the upstream connection reaches the internet (see [`proxy`]).
-    pub upstream_proxy: UpstreamProxy,
-    /// Resolved as `upstream_api_key_file` is; read by [`load`].
-    pub upstream_proxy_password_file: Option<PathBuf>,
-    /// After [`load`]: from `upstream_proxy_password_file` or `FXPROXY_UPSTREAM_PROXY_PASSWORD`,
-    /// for a proxy URL that names a user without a password.
-    pub upstream_proxy_password: Secret,
-    /// Added to the upstream's WebSocket handshake, in file order (after the template's).
-    pub upstream_headers: Vec<Header>,
-    /// Added to the proxy's own HTTP answers and upgrades, in file order.
-    pub response_headers: Vec<Header>,
-    /// Upper-case, unique, at least one.
-    pub symbols: Vec<String>,
-    pub subscribe_message: String,
-    /// Resolved against the config file's directory.
-    pub user_keys_file: PathBuf,
-    pub auth_timeout: Duration,
-    pub handshake_timeout: Duration,
-    pub upstream_stale: Duration,
-    pub upstream_connect_timeout: Duration,
-    pub upstream_ping: Duration,
-    /// The first reconnect delay; it doubles (with jitter) up to `upstream_backoff_max`.
-    pub upstream_backoff_min: Duration,
-    pub upstream_backoff_max: Duration,
-    pub market_hours: MarketHours,
-    /// UTC dates the market is closed besides the weekend (see [`Market`]); sorted, unique.
-    pub market_closed_dates: Vec<Date>,
-    pub client_queue_len: usize,
-    /// A client that has not answered a ping sent after quotes within this long is that far
-    /// behind, and a slow consumer.
-    pub max_client_lag: Duration,
-    /// Idle clients are pinged this often; a client silent for two of these is dropped.
-    pub client_ping: Duration,
-    pub max_clients: usize,
-    /// 0 means unlimited.
-    pub max_clients_per_key: usize,
-    /// Connections still in their HTTP request, WebSocket handshake or auth (they hold a
-    /// descriptor, not a thread); when full, the oldest past a short grace is dropped to make
-    /// room, else newcomers wait in the listen queue. Unset: max_clients, at least 10,000.
-    pub max_pending_connections: usize,
-    pub max_message_bytes: usize,
-    /// Messages (pings included) an authenticated client may send per second; 0 is no limit.
-    pub max_client_messages_per_sec: u32,
-    /// Bytes read from a client socket at a time (tungstenite allocates this up front).
-    pub client_read_buffer_bytes: usize,
-    /// Frames are buffered up to this many bytes before a write; the buffer keeps its size.
-    pub client_write_buffer_bytes: usize,
-    /// Lower-case `scheme://host[:port]` without a trailing `/`; empty means any origin.
-    pub allowed_origins: Vec<String>,
-    pub http_endpoints: bool,
-    /// A second address serving `/metrics`, `/livez`, `/readyz` and the state dump to
-    /// operators; `None`: none (and `/metrics` stays on `listen`).
-    pub admin_listen: Option<SocketAddr>,
-    pub page: bool,
-    /// `None` when `status_interval_secs = 0`.
-    pub status_interval: Option<Duration>,
-    /// How long the distributor may hold quotes to batch writes; zero means never.
-    pub batch_delay: Duration,
-    /// Quotes per second in total from the built-in simulator.
-    pub sim_rate: u32,
-    pub log_level: LogLevel,
-    pub log_format: LogFormat,
-    /// On a stop with the listening socket held by systemd (a restart: see
-    /// `crate::server::Server::shutdown`), clients are closed with 1012 spread over this long.
-    pub drain: Duration,
-    /// The Redis backbone; `None`: a single instance.
-    pub backbone: Option<RedisUrl>,
-    /// The CA (PEM) a `rediss://` backbone's certificate must chain to; `None`: the web PKI
-    /// roots bundled in the binary.
-    pub backbone_ca_file: Option<PathBuf>,
-    pub backbone_role: Role,
-    pub backbone_name: String,
-    /// The stream is trimmed to about this many entries.
-    pub backbone_max_len: u64,
-    /// Connections from these may say who the client is with `X-Forwarded-For`.
-    pub trusted_proxies: Vec<Cidr>,
-
-    // Providers, recording and the slow-client policy.
-    pub provider: ProviderChoice,
-    /// Resolved against the config file's directory; read by [`Config::provider_description`].
-    pub provider_template: Option<PathBuf>,
-    pub client_format: ClientFormat,
-    /// Resolved against the config file's directory.
-    pub record_file: Option<PathBuf>,
-    pub record_max_bytes: u64,
-    pub slow_client: SlowClient,
-}
-
-impl Config {
-    /// Every key at its default, as [`settings::SETTINGS`] defines it; required keys unset.
-    pub fn defaults() -> Config {
-        let mut config = Config::placeholders();
-        for setting in settings::SETTINGS {
-            let text = match setting.default {
-                // Unset is the field's empty value, which the placeholder is already.
-                settings::DefaultValue::Is("")
-                | settings::DefaultValue::Required(_)
-                | settings::DefaultValue::Repeated => continue,
-                settings::DefaultValue::Is(text) => text,
-                settings::DefaultValue::Follows { floor, .. } => floor,
-            };
-            // Every default parses: `settings`' tests hold each one to it.
-            if let Err(e) = setting.set(&mut config, text, Path::new("")) {
-                unreachable!("the default of {} does not parse: {e}", setting.name);
-            }
-        }
-        config
-    }
-
-    /// A value of each field's type: empty where the key's default is unset (or the key is
-    /// required), else replaced by [`Config::defaults`] from the settings; `settings`' tests
-    /// hold each to it.
-    fn placeholders() -> Config {
-        Config {
-            file: PathBuf::new(),
-            key_lines: Vec::new(),
-            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            tls_cert_file: None,
-            tls_key_file: None,
-            tls_client_ca_file: None,
-            upstream: Upstream::Sim,
-            upstream_api_key: Secret::default(),
-            upstream_api_key_file: None,
-            upstream_ca_file: None,
-            upstream_bundled_roots: false,
-            upstream_proxy: UpstreamProxy::Environment,
-            upstream_proxy_password_file: None,
-            upstream_proxy_password: Secret::default(),
-            upstream_headers: Vec::new(),
-            response_headers: Vec::new(),
-            symbols: Vec::new(),
-            subscribe_message: String::new(),
-            user_keys_file: PathBuf::new(),
-            auth_timeout: Duration::ZERO,
-            handshake_timeout: Duration::ZERO,
-            upstream_stale: Duration::ZERO,
-            upstream_connect_timeout: Duration::ZERO,
-            upstream_ping: Duration::ZERO,
-            upstream_backoff_min: Duration::ZERO,
-            upstream_backoff_max: Duration::ZERO,
-            market_hours: MarketHours::Always,
-            market_closed_dates: Vec::new(),
-            client_queue_len: 0,
-            max_client_lag: Duration::ZERO,
-            client_ping: Duration::ZERO,
-            max_clients: 0,
-            max_clients_per_key: 0,
-            max_pending_connections: 0,
-            max_message_bytes: 0,
-            max_client_messages_per_sec: 0,
-            client_read_buffer_bytes: 0,
-            client_write_buffer_bytes: 0,
-            allowed_origins: Vec::new(),
-            http_endpoints: false,
-            page: false,
-            status_interval: None,
-            batch_delay: Duration::ZERO,
-            sim_rate: 0,
-            log_level: LogLevel::Error,
-            admin_listen: None,
-            log_format: LogFormat::Text,
-            drain: Duration::ZERO,
-            backbone: None,
-            backbone_ca_file: None,
-            backbone_role: Role::Both,
-            backbone_name: String::new(),
-            backbone_max_len: 0,
-            trusted_proxies: Vec::new(),
-            provider: ProviderChoice::Tradermade,
-            provider_template: None,
-            client_format: ClientFormat::Normalized,
-            record_file: None,
-            record_max_bytes: 0,
-            slow_client: SlowClient::Disconnect,
-        }
-    }
-
-    /// The market-hours rule `market_hours` and `market_closed_dates` make. The built-in
-    /// simulator streams every day of the year, so its market is always open: the page,
-    /// `/healthz` and `/metrics` then say what the user sees.
-    pub fn market(&self) -> Market {
-        match self.upstream {
-            Upstream::Sim => Market::new(MarketHours::Always, &[]),
-            _ => Market::new(self.market_hours, &self.market_closed_dates),
-        }
-    }
-
-    /// The line on which the file set `key`, if it did.
-    pub fn line_of(&self, key: &str) -> Option<usize> {
-        self.key_lines
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|&(_, line)| line)
-    }
-
-    /// An error about `key` for checks made after parsing (e.g. the user keys file will not
-    /// load), pointing at the line that set it when there is one.
-    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Setting {
-            file: self.file.clone(),
-            line: self.line_of(key),
-            key: key.to_string(),
-            message: message.into(),
-        }
-    }
-}
+use std::path::Path;
 
 /// Reads and parses `path`, then resolves the upstream API key from `upstream_api_key_file`
 /// (with `${CREDENTIALS_DIRECTORY}` expanded) or the `FXPROXY_UPSTREAM_API_KEY` environment
@@ -412,18 +43,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     let mut config = parse(&text, path)?;
     let credentials = std::env::var_os("CREDENTIALS_DIRECTORY");
-    secret::resolve_api_key(
+    credentials::resolve_api_key(
         &mut config,
         credentials.as_deref(),
         std::env::var(API_KEY_ENV).ok(),
         |p| std::fs::read_to_string(p),
     )?;
-    secret::resolve_proxy_password(
+    credentials::resolve_proxy_password(
         &mut config,
         credentials.as_deref(),
         std::env::var(PROXY_PASSWORD_ENV).ok(),
         |p| std::fs::read_to_string(p),
     )?;
-    secret::resolve_tls_paths(&mut config, credentials.as_deref())?;
+    credentials::resolve_tls_paths(&mut config, credentials.as_deref())?;
     Ok(config)
 }

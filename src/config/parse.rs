@@ -9,8 +9,10 @@
 use crate::base::logsafe::escaped;
 use crate::config::backbone::RedisUrl;
 use crate::config::error::ConfigError;
+use crate::config::model::{Config, ProviderChoice};
+use crate::config::proxy::UpstreamProxy;
 use crate::config::settings::{self, DefaultValue, SETTINGS};
-use crate::config::{Config, ProviderChoice, Upstream};
+use crate::config::value::Upstream;
 use std::path::Path;
 
 /// Keys of which one at most may be set.
@@ -20,7 +22,7 @@ const EXCLUSIVE: &[(&str, &str)] = &[("upstream_api_key", "upstream_api_key_file
 /// relative paths. Touches neither the file system nor the environment.
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let base = file.parent().unwrap_or(Path::new(""));
-    let mut config = Config::defaults();
+    let mut config = settings::defaults();
     config.file = file.to_path_buf();
 
     // Some Windows editors start UTF-8 files with a byte-order mark.
@@ -113,7 +115,7 @@ fn check(config: &mut Config) -> Result<(), ConfigError> {
             "is for a backbone reached over TLS: set backbone = rediss://HOST:PORT",
         ));
     }
-    crate::config::proxy::check(config)?;
+    check_proxy_password(config)?;
     // Unset, it follows max_clients upward: a storm of max_clients connecting at once must
     // never find the pending set full.
     if config.line_of("max_pending_connections").is_none() {
@@ -136,6 +138,35 @@ fn check(config: &mut Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The proxy's password file goes with a proxy URL that names a user and no password; the
+/// file itself is read by `credentials::resolve_proxy_password`.
+fn check_proxy_password(c: &Config) -> Result<(), ConfigError> {
+    const KEY: &str = "upstream_proxy_password_file";
+    if c.upstream_proxy_password_file.is_none() {
+        return Ok(());
+    }
+    match &c.upstream_proxy {
+        UpstreamProxy::Off => Err(c.error_at(
+            KEY,
+            "upstream_proxy is `none`: there is no proxy to give a password to",
+        )),
+        UpstreamProxy::Url {
+            password: Some(_), ..
+        } => Err(c.error_at(
+            KEY,
+            format!(
+                "the URL of upstream_proxy (line {}) holds a password already; give it in one place only",
+                c.line_of("upstream_proxy").unwrap_or(0)
+            ),
+        )),
+        UpstreamProxy::Url { proxy, .. } if proxy.user.is_none() => Err(c.error_at(
+            KEY,
+            "upstream_proxy names no user for the password: write it as http://USER@HOST:PORT",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The TLS keys that only make sense together.
@@ -267,7 +298,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
     use crate::config::backbone::Role;
-    use crate::config::secret::{resolve_tls_paths, Secret};
+    use crate::config::credentials::resolve_tls_paths;
+    use crate::config::secret::Secret;
     use crate::config::{
         load, ClientFormat, LogFormat, LogLevel, MarketHours, Replay, SlowClient,
         DEFAULT_SUBSCRIBE_MESSAGE,
@@ -927,5 +959,42 @@ mod tests {
             let m = parse_err(&format!("{MINIMAL}{line}\n"));
             assert!(m.contains(expected), "{line}: {m}");
         }
+    }
+
+    const PROXIED: &str =
+        "upstream_url = wss://feed.example/x\nsymbols = EURUSD\nuser_keys_file = k\n";
+
+    #[test]
+    fn a_password_file_needs_a_proxy_with_a_user_and_no_password() {
+        for (lines, expected) in [
+            (
+                "upstream_proxy = none\nupstream_proxy_password_file = pw\n",
+                "proxy.conf:5: key `upstream_proxy_password_file`: upstream_proxy is `none`",
+            ),
+            (
+                "upstream_proxy = http://u:p@h:1\nupstream_proxy_password_file = pw\n",
+                "proxy.conf:5: key `upstream_proxy_password_file`: the URL of upstream_proxy (line 4) holds a password already",
+            ),
+            (
+                "upstream_proxy = http://h:1\nupstream_proxy_password_file = pw\n",
+                "proxy.conf:5: key `upstream_proxy_password_file`: upstream_proxy names no user",
+            ),
+        ] {
+            let e = parse_err(&format!("{PROXIED}{lines}"));
+            assert!(e.starts_with(expected), "{e}");
+        }
+        assert!(parse(
+            &format!("{PROXIED}upstream_proxy = http://u@h:1\nupstream_proxy_password_file = pw\n"),
+            Path::new("proxy.conf")
+        )
+        .is_ok());
+        assert!(
+            parse(
+                &format!("{PROXIED}upstream_proxy_password_file = pw\n"),
+                Path::new("proxy.conf")
+            )
+            .is_ok(),
+            "for the environment's"
+        );
     }
 }

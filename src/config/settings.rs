@@ -11,11 +11,10 @@
 use crate::base::market::MarketHours;
 use crate::config::address;
 use crate::config::backbone::{self, RedisUrl, Role};
+use crate::config::model::{ClientFormat, Config, LogFormat, LogLevel, ProviderChoice, SlowClient};
+use crate::config::proxy::UpstreamProxy;
 use crate::config::secret::Secret;
 use crate::config::value::{self, Header, Invalid};
-use crate::config::{
-    ClientFormat, Config, LogFormat, LogLevel, ProviderChoice, SlowClient, UpstreamProxy,
-};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use DefaultValue::{Follows, Is, Repeated, Required};
@@ -956,6 +955,24 @@ pub static SETTINGS: &[Setting] = &[
         shown: Shown::Value,
     },
 ];
+
+/// Every key at its default, as [`SETTINGS`] defines it; required keys unset.
+pub fn defaults() -> Config {
+    let mut config = Config::placeholders();
+    for setting in SETTINGS {
+        let text = match setting.default {
+            // Unset is the field's empty value, which the placeholder is already.
+            DefaultValue::Is("") | DefaultValue::Required(_) | DefaultValue::Repeated => continue,
+            DefaultValue::Is(text) => text,
+            DefaultValue::Follows { floor, .. } => floor,
+        };
+        // Every default parses: `settings`' tests hold each one to it.
+        if let Err(e) = setting.set(&mut config, text, Path::new("")) {
+            unreachable!("the default of {} does not parse: {e}", setting.name);
+        }
+    }
+    config
+}
 
 /// The setting of `name`, if proxy.conf has such a key.
 pub fn find(name: &str) -> Option<&'static Setting> {

@@ -4,7 +4,6 @@
 //! in an [`Invalid`], which the parser places at its file, line and key.
 
 use crate::base::market::Date;
-use crate::config::{Replay, Upstream};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,6 +13,47 @@ use std::time::Duration;
 /// Replaced in a path by the directory systemd's `LoadCredential=` provides; such a path is
 /// kept as written until the configuration is loaded (see `config::secret`).
 pub const CREDENTIALS_PLACEHOLDER: &str = "${CREDENTIALS_DIRECTORY}";
+
+/// Where quotes come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upstream {
+    /// The built-in simulated source (`upstream_url = sim`).
+    Sim,
+    /// A `ws://` or `wss://` URL, as written in the file.
+    Url(String),
+    /// `upstream_url` unset: the provider template's `url`.
+    ProviderUrl,
+    /// `replay:PATH[?speed=N|max][&loop=1]`: a recording played back as a source.
+    Replay(Replay),
+}
+
+impl fmt::Display for Upstream {
+    /// As `upstream_url` is written (a recording with its pace spelt out).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Sim => f.write_str("sim"),
+            Upstream::Url(url) => f.write_str(url),
+            Upstream::ProviderUrl => f.write_str("(the provider template's url)"),
+            Upstream::Replay(replay) => write!(
+                f,
+                "replay:{} (speed {}, loop {})",
+                replay.path.display(),
+                replay.speed.map_or("max".to_string(), |s| s.to_string()),
+                replay.looped
+            ),
+        }
+    }
+}
+
+/// A recording to play back (see `crate::feed::replay`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// Resolved against the config file's directory.
+    pub path: PathBuf,
+    /// `None`: as fast as the proxy takes the frames (`speed=max`).
+    pub speed: Option<f64>,
+    pub looped: bool,
+}
 
 /// What is wrong with a value, in words for the person who wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
