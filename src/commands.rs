@@ -151,6 +151,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     let launch = Launch {
         listener: passed,
         beat_every: notify::beat_every(watchdog_period),
+        ..Launch::default()
     };
     // Before the server starts its threads, so that every one of them has them blocked.
     let blocked = match block_signals(&[

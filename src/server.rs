@@ -15,7 +15,7 @@ use crate::base::stop::Stop;
 use crate::base::threads::{panic_message, Threads};
 use crate::clients::admission::{Admission, Asker, HandOff};
 use crate::clients::client;
-use crate::clients::context::Context;
+use crate::clients::context::{Context, Serve};
 use crate::clients::guard;
 use crate::clients::keys::KeyStore;
 use crate::clients::listener::Port;
@@ -156,6 +156,8 @@ pub struct Launch {
     /// How long the distributor and the admission loop may go without a heartbeat when idle
     /// (see [`crate::ops::notify::beat_every`]).
     pub beat_every: Duration,
+    /// What an admitted connection is given: quotes, but for the Autobahn test's server.
+    pub serve: Serve,
 }
 
 impl Default for Launch {
@@ -163,6 +165,7 @@ impl Default for Launch {
         Launch {
             listener: None,
             beat_every: crate::base::heartbeat::DEFAULT_EVERY,
+            serve: Serve::Quotes,
         }
     }
 }
@@ -253,13 +256,13 @@ impl Control {
 impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
         let alarm = Arc::new(Stop::new());
-        Server::start_with(config, alarm, false, Clock::system(), Launch::default())
+        Server::start_with(config, alarm, Clock::system(), Launch::default())
     }
 
     /// Starts the proxy; `alarm` is set if it fails on its own (a service thread panicked),
     /// so a caller waiting for a termination signal on it wakes up and shuts down.
     pub fn start_with_alarm(config: Config, alarm: Arc<Stop>) -> Result<Server, StartError> {
-        Server::start_with(config, alarm, false, Clock::system(), Launch::default())
+        Server::start_with(config, alarm, Clock::system(), Launch::default())
     }
 
     /// As [`Server::start_with_alarm`], with what the service manager handed the process.
@@ -268,30 +271,32 @@ impl Server {
         alarm: Arc<Stop>,
         launch: Launch,
     ) -> Result<Server, StartError> {
-        Server::start_with(config, alarm, false, Clock::system(), launch)
+        Server::start_with(config, alarm, Clock::system(), launch)
     }
 
     /// Starts the proxy on `clock` instead of the system clock: quote times, ages and the
     /// market's hours all follow it, so a test can make it Friday night or Saturday.
     pub fn start_with_clock(config: Config, clock: Clock) -> Result<Server, StartError> {
         let alarm = Arc::new(Stop::new());
-        Server::start_with(config, alarm, false, clock, Launch::default())
+        Server::start_with(config, alarm, clock, Launch::default())
     }
 
-    /// For tests only: every accepted connection goes through the production accept path
-    /// (request parsing, limits, handshake, timeouts, buffer sizes, message budget and the
-    /// mapping of protocol errors to close codes), but instead of the greeting and the auth
-    /// it echoes each message back. This is what the Autobahn fuzzing client expects.
-    #[doc(hidden)]
+    /// For the Autobahn test only (the `autobahn` feature): every accepted connection goes
+    /// through the production accept path, but instead of the greeting and the auth it echoes
+    /// each message back (see `clients::echo`). This is what the fuzzing client expects.
+    #[cfg(feature = "autobahn")]
     pub fn start_echo(config: Config) -> Result<Server, StartError> {
         let alarm = Arc::new(Stop::new());
-        Server::start_with(config, alarm, true, Clock::system(), Launch::default())
+        let launch = Launch {
+            serve: Serve::Echo,
+            ..Launch::default()
+        };
+        Server::start_with(config, alarm, Clock::system(), launch)
     }
 
     fn start_with(
         mut config: Config,
         alarm: Arc<Stop>,
-        echo: bool,
         clock: Clock,
         launch: Launch,
     ) -> Result<Server, StartError> {
@@ -343,8 +348,9 @@ impl Server {
             .map_err(StartError::Config)?;
         let status = backbone.as_ref().map(backbone_status);
         let mut context = Context::new(
-            config, hub, metrics, watcher, threads, ceiling, places, addr, keys, echo, server_tls,
+            config, hub, metrics, watcher, threads, ceiling, places, addr, keys, server_tls,
         );
+        context.serve = launch.serve;
         context.backbone = status.clone();
         context.answer_http = crate::ops::endpoints::respond;
         context.restart_on_stop = restart_on_stop;

@@ -40,7 +40,7 @@ use crate::fanout::conflate::Conflation;
 use crate::fanout::distributor::{Hub, JoinError};
 use crate::fanout::slot::{ClientSlot, Idle, Kick};
 use crossbeam_channel::Receiver;
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
@@ -51,7 +51,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
-type Socket = WebSocket<ClientStream>;
+pub(super) type Socket = WebSocket<ClientStream>;
 
 /// After this many bytes sent since its last answered ping, a client is pinged again.
 pub const PROBE_BYTES: u64 = 32 * 1024;
@@ -63,8 +63,6 @@ pub const UNPROVEN_BYTES: u64 = 2 * PROBE_BYTES;
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long to wait for the peer's answer to our close frame.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
-/// How often the echo service (tests only) looks at the stop flag.
-const STOP_SLICE: Duration = Duration::from_millis(250);
 
 /// Serves one admitted connection to its end.
 ///
@@ -87,7 +85,11 @@ pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
     // panic unwinds, and every other client goes on.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| match auth {
         Some(auth) => session(ctx, ws, peer, auth, budget, &activity),
-        None => echo(ctx, ws, budget),
+        #[cfg(feature = "autobahn")]
+        None => super::echo::serve(ctx, ws, budget),
+        // Only the Autobahn build admits a connection without auth.
+        #[cfg(not(feature = "autobahn"))]
+        None => None,
     }));
     let last_words = match outcome {
         Ok(words) => words,
@@ -229,44 +231,6 @@ impl Drop for Subscription<'_> {
             .metrics
             .clients_connected
             .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The test-only echo service: every text or binary message goes back as it came. Reads,
-/// limits and errors take the same paths as a real client's.
-fn echo(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<Owed> {
-    // The write buffer is capped near one upstream frame, the biggest thing a real client is
-    // sent; an echo must fit the biggest message a client may send, or a send over the cap
-    // fails and the connection is dropped without a close frame.
-    let config = ctx.config();
-    let most = config.client_write_buffer_bytes + config.max_message_bytes + 16;
-    ws.set_config(|c| c.max_write_buffer_size = c.max_write_buffer_size.max(most));
-    if ws.get_mut().set_nonblocking(false).is_err() {
-        return None;
-    }
-    loop {
-        if ctx.stop.is_set() {
-            return Some((CloseCode::Away, closes::SHUTTING_DOWN.into()));
-        }
-        let _ = ws.get_mut().set_read_timeout(Some(STOP_SLICE));
-        let message = match ws.read() {
-            Ok(m) => m,
-            Err(WsError::Io(e)) if crate::base::io::is_timeout(&e) => continue,
-            Err(e) => return closes::read_failure(&e),
-        };
-        if !budget.take(Instant::now()) {
-            return Some((CloseCode::Policy, TOO_MANY.into()));
-        }
-        let sent = match message {
-            Message::Text(_) | Message::Binary(_) => ws.send(message),
-            // Queued pongs and the reply to a close go out with the flush.
-            _ => ws.flush(),
-        };
-        // Closed (after the closing handshake) or failed: either way nobody is left to tell.
-        if let Err(e) = sent {
-            debug!("echo connection ended: {e}");
-            return None;
-        }
     }
 }
 

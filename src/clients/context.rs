@@ -20,6 +20,18 @@ use parking_lot::RwLock;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// What an admitted connection is given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Serve {
+    /// The greeting, the auth, then quotes: the only choice in the binary users run.
+    #[default]
+    Quotes,
+    /// Each message echoed back, in place of the greeting and the auth: the Autobahn test's
+    /// server (the `autobahn` feature; see `clients::echo`).
+    #[cfg(feature = "autobahn")]
+    Echo,
+}
+
 pub struct Context {
     /// The running configuration: a reload (SIGHUP) replaces it, keeping the values that
     /// need a restart as they were (see [`crate::ops::reload`]).
@@ -35,8 +47,8 @@ pub struct Context {
     pub places: Arc<Places>,
     /// The address clients connect to (its listen queue shows in `/metrics`).
     pub listen: SocketAddr,
-    /// Test-only echo service (see [`crate::Server::start_echo`]).
-    pub echo: bool,
+    /// What an admitted connection is given.
+    pub serve: Serve,
     /// The Redis backbone's state, when there is one.
     pub backbone: Option<Arc<backbone::Status>>,
     /// TLS on the client port, when `tls_cert_file` is set.
@@ -78,7 +90,6 @@ impl Context {
         places: Arc<Places>,
         listen: SocketAddr,
         keys: KeyStore,
-        echo: bool,
         tls: Option<Arc<ServerTls>>,
     ) -> Context {
         Context {
@@ -91,7 +102,7 @@ impl Context {
             ceiling,
             places,
             listen,
-            echo,
+            serve: Serve::Quotes,
             backbone: None,
             tls,
             activity: Activity::default(),
@@ -102,6 +113,12 @@ impl Context {
             heartbeats: Arc::new(Heartbeats::default()),
             keys: RwLock::new(Arc::new(keys)),
         }
+    }
+
+    /// Whether connections are echoed instead of greeted and authenticated: only ever in the
+    /// Autobahn build.
+    pub fn echoing(&self) -> bool {
+        self.serve != Serve::Quotes
     }
 
     /// Whether `keys` decides who may connect. Not when clients must present a certificate

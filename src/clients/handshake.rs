@@ -315,7 +315,7 @@ impl Conn {
             return Next::Closed;
         };
         accept = http::with_headers(accept, &self.response_headers);
-        if !ctx.echo {
+        if !ctx.echoing() {
             accept.extend_from_slice(GREETING_FRAME);
         }
         // A fresh socket takes these ~150 bytes at once; one that does not is not worth a place.
@@ -339,7 +339,7 @@ impl Conn {
             Some(ws_config(&config)),
         );
         let budget = Budget::new(config.max_client_messages_per_sec);
-        if ctx.echo {
+        if ctx.echoing() {
             return Next::Ready(
                 Box::new(Admitted {
                     ws,

@@ -18,6 +18,8 @@ pub mod budget;
 pub mod client;
 pub mod closes;
 pub mod context;
+#[cfg(feature = "autobahn")]
+pub mod echo;
 pub mod forwarded;
 pub mod guard;
 pub mod handshake;
