@@ -147,7 +147,11 @@ fn lag_stats(lags: &[(u64, u64)], from: u64, to: u64) -> (u64, u64, usize) {
 #[test]
 fn sigusr1_dumps_every_thread_under_1000_clients_without_stalling_the_quotes() {
     let clients = setting("FXPROXY_DUMP_CLIENTS", 1000) as usize;
-    let rate = setting("FXPROXY_DUMP_RATE", 100);
+    // 20,000 frames/s in all. At 100 quotes/s (100,000 frames/s) this test's own reader, one
+    // unoptimised thread following every socket, fell behind on this 2-core host: the lag
+    // before a dump had a p99 of 0.3-2 s, so no window was ever calm enough to judge a stall
+    // (and CI, which refuses to pass over that, failed). At 20 the p99 is about 33 ms.
+    let rate = setting("FXPROXY_DUMP_RATE", 20);
     // Each process holds one socket per client, and a few more.
     process::ensure_open_files(clients as u64 + 512);
     let dir = process::temp_dir();
