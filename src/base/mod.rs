@@ -7,21 +7,21 @@
 //!
 //! May import: nothing of the crate outside `base`.
 
-pub mod backoff;
-pub mod ceiling;
+pub(crate) mod backoff;
+pub(crate) mod ceiling;
 pub mod clock;
-pub mod heartbeat;
-pub mod histogram;
-pub mod io;
-pub mod live;
+pub(crate) mod heartbeat;
+pub(crate) mod histogram;
+pub(crate) mod io;
+pub(crate) mod live;
 pub mod logsafe;
 pub mod market;
 pub mod metrics;
-pub mod prometheus;
-pub mod ratelimit;
-pub mod stop;
-pub mod symbol_states;
-pub mod threads;
-pub mod tls;
-pub mod tunnel;
-pub mod x509;
+pub(crate) mod prometheus;
+pub(crate) mod ratelimit;
+pub(crate) mod stop;
+pub(crate) mod symbol_states;
+pub(crate) mod threads;
+pub(crate) mod tls;
+pub(crate) mod tunnel;
+pub(crate) mod x509;

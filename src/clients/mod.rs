@@ -10,24 +10,24 @@
 //! context, so the endpoints (in `ops`) stay above; it runs on the `http` thread
 //! (`answering`), never on the admission thread.
 
-pub mod activity;
-pub mod admission;
-pub mod answering;
+pub(crate) mod activity;
+pub(crate) mod admission;
+pub(crate) mod answering;
 pub mod auth;
-pub mod budget;
-pub mod client;
-pub mod closes;
-pub mod context;
+pub(crate) mod budget;
+pub(crate) mod client;
+pub(crate) mod closes;
+pub(crate) mod context;
 #[cfg(feature = "autobahn")]
-pub mod echo;
-pub mod forwarded;
-pub mod guard;
-pub mod handshake;
+pub(crate) mod echo;
+pub(crate) mod forwarded;
+pub(crate) mod guard;
+pub(crate) mod handshake;
 pub mod http;
 pub mod keys;
-pub mod listener;
-pub mod places;
-pub mod stream;
-pub mod tls;
-pub mod v2;
-pub mod watcher;
+pub(crate) mod listener;
+pub(crate) mod places;
+pub(crate) mod stream;
+pub(crate) mod tls;
+pub(crate) mod v2;
+pub(crate) mod watcher;

@@ -6,6 +6,6 @@
 //! May import: `config`, `base`. How a frame names its symbol comes from the feed as a
 //! function, so the fan-out knows no provider.
 
-pub mod conflate;
-pub mod distributor;
-pub mod slot;
+pub(crate) mod conflate;
+pub(crate) mod distributor;
+pub(crate) mod slot;

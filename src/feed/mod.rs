@@ -7,17 +7,17 @@
 //!
 //! May import: `config`, `base`.
 
-pub mod decimal;
-pub mod headers;
-pub mod health;
-pub mod outlet;
+pub(crate) mod decimal;
+pub(crate) mod headers;
+pub(crate) mod health;
+pub(crate) mod outlet;
 pub mod protocol;
-pub mod provider;
-pub mod record;
-pub mod replay;
-pub mod setup;
-pub mod sim;
-pub mod template;
-pub mod translate;
-pub mod upstream;
-pub mod v2;
+pub(crate) mod provider;
+pub(crate) mod record;
+pub(crate) mod replay;
+pub(crate) mod setup;
+pub(crate) mod sim;
+pub(crate) mod template;
+pub(crate) mod translate;
+pub(crate) mod upstream;
+pub(crate) mod v2;

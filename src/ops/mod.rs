@@ -5,13 +5,13 @@
 //!
 //! May import: every stage below (`clients`, `fanout`, `backbone`, `feed`, `config`, `base`).
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod dump;
-pub mod endpoints;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
+pub(crate) mod endpoints;
+pub(crate) mod logging;
+pub(crate) mod metrics;
+pub(crate) mod notify;
 pub mod page;
-pub mod process;
-pub mod reload;
-pub mod signals;
+pub(crate) mod process;
+pub(crate) mod reload;
+pub(crate) mod signals;
