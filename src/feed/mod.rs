@@ -18,6 +18,7 @@ pub mod replay;
 pub mod setup;
 pub mod sim;
 pub mod template;
+pub mod template_error;
 pub mod translate;
 pub mod upstream;
 pub mod v2;
