@@ -18,6 +18,7 @@ pub(crate) mod replay;
 pub(crate) mod setup;
 pub(crate) mod sim;
 pub(crate) mod template;
+pub(crate) mod template_error;
 pub(crate) mod translate;
 pub(crate) mod upstream;
 pub(crate) mod v2;

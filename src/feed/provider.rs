@@ -6,6 +6,7 @@
 
 use crate::config::value::Header;
 use crate::config::Config;
+use crate::feed::template_error::ValueError;
 use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
@@ -162,14 +163,12 @@ impl Spelling {
     /// `symbol` (the proxy's spelling, upper case) as the provider writes it; an error when
     /// the format needs a base and a quote currency and the symbol does not split into them
     /// (`XAU/USD` and six-letter symbols do).
-    pub fn spell(&self, symbol: &str) -> Result<String, String> {
+    pub fn spell(&self, symbol: &str) -> Result<String, SymbolError> {
         let needs_split = self.format.contains("{base}") || self.format.contains("{quote}");
         let (base, quote) = if needs_split {
-            split_pair(symbol).ok_or_else(|| {
-                format!(
-                    "symbol {symbol} does not split into a base and a quote currency for `{}` (six letters such as EURUSD, or BASE/QUOTE)",
-                    self.format
-                )
+            split_pair(symbol).ok_or_else(|| SymbolError::Unsplit {
+                symbol: symbol.to_string(),
+                format: self.format.clone(),
             })?
         } else {
             ("", "")
@@ -200,7 +199,7 @@ fn split_pair(symbol: &str) -> Option<(&str, &str)> {
 pub struct FieldPath(pub(crate) Vec<String>);
 
 impl FieldPath {
-    pub(crate) fn parse(text: &str) -> Result<FieldPath, String> {
+    pub(crate) fn parse(text: &str) -> Result<FieldPath, ValueError> {
         let ok = |part: &str| {
             !part.is_empty()
                 && part
@@ -211,9 +210,9 @@ impl FieldPath {
         if parts.iter().all(|p| ok(p)) {
             Ok(FieldPath(parts))
         } else {
-            Err(format!(
-                "expected a field such as `status`, `response.code` or `data.4` (letters, digits, _ and -, separated by dots), got {text:?}"
-            ))
+            Err(ValueError::FieldPath {
+                got: text.to_string(),
+            })
         }
     }
 
@@ -254,7 +253,7 @@ pub struct Condition {
 }
 
 impl Pattern {
-    pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
+    pub(crate) fn parse(text: &str) -> Result<Pattern, ValueError> {
         if let Some(t) = text.strip_prefix("contains:") {
             return nonempty(t).map(|t| Pattern::Contains(t.to_string()));
         }
@@ -269,9 +268,9 @@ impl Pattern {
                 None => match part.split_once('=') {
                     Some((p, v)) => (p, false, v),
                     None => {
-                        return Err(format!(
-                            "expected `FIELD=VALUE` (or `FIELD!=VALUE`, `FIELD=A|B`, joined with ` and `), `contains:TEXT` or `equals:TEXT`, got {part:?}"
-                        ))
+                        return Err(ValueError::Pattern {
+                            got: part.to_string(),
+                        })
                     }
                 },
             };
@@ -333,9 +332,9 @@ pub fn scalar_text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-fn nonempty(t: &str) -> Result<&str, String> {
+fn nonempty(t: &str) -> Result<&str, ValueError> {
     if t.is_empty() {
-        Err("expected text after the colon".to_string())
+        Err(ValueError::PatternText)
     } else {
         Ok(t)
     }
@@ -345,7 +344,7 @@ impl Provider {
     /// The messages to send after connecting, placeholders filled in: `{api_key}` as it is,
     /// `{symbols}` spelt and joined as the template says. One left-to-right pass, so a key that
     /// happens to contain `{symbols}` is not expanded again.
-    pub fn messages(&self, key: &str, symbols: &[String]) -> Result<Vec<String>, String> {
+    pub fn messages(&self, key: &str, symbols: &[String]) -> Result<Vec<String>, SymbolError> {
         let joined = self.joined_symbols(symbols)?;
         Ok(self
             .steps
@@ -359,7 +358,7 @@ impl Provider {
         &self,
         key: &str,
         symbols: &[String],
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, SymbolError> {
         let joined = self.joined_symbols(symbols)?;
         Ok(self
             .heartbeat
@@ -367,11 +366,11 @@ impl Provider {
             .map(|(text, _)| substitute(text, key, &joined)))
     }
 
-    fn joined_symbols(&self, symbols: &[String]) -> Result<String, String> {
+    fn joined_symbols(&self, symbols: &[String]) -> Result<String, SymbolError> {
         let spelt = symbols
             .iter()
             .map(|s| self.spelling.spell(s))
-            .collect::<Result<Vec<String>, String>>()?;
+            .collect::<Result<Vec<String>, SymbolError>>()?;
         Ok(match self.join {
             Join::Comma => spelt.join(","),
             Join::Array => Value::from(spelt).to_string(),
@@ -406,15 +405,17 @@ impl Provider {
 
     /// Checks that the template can serve these symbols: each can be spelt, and the messages
     /// that look like JSON are JSON once filled in.
-    pub fn check(&self, symbols: &[String]) -> Result<(), String> {
+    pub fn check(&self, symbols: &[String]) -> Result<(), SymbolError> {
         if let QuoteShape::Fields(fields) = &self.quotes {
             let mut seen: Vec<(String, &String)> = Vec::new();
             for s in symbols {
                 let spelt = fields.spelling.spell(s)?.to_ascii_uppercase();
                 if let Some((_, other)) = seen.iter().find(|(sp, _)| *sp == spelt) {
-                    return Err(format!(
-                        "symbols {other} and {s} are both spelt {spelt} in quotes"
-                    ));
+                    return Err(SymbolError::SpeltAlike {
+                        first: other.to_string(),
+                        second: s.clone(),
+                        spelt,
+                    });
                 }
                 seen.push((spelt, s));
             }
@@ -430,15 +431,11 @@ impl Provider {
             if (trimmed.starts_with('{') || trimmed.starts_with('['))
                 && serde_json::from_str::<Value>(text).is_err()
             {
-                let what = if i < self.steps.len() {
-                    format!("`send` message {}", i + 1)
-                } else {
-                    "the `heartbeat` message".to_string()
-                };
-                return Err(format!(
-                    "{what} of the {} template is not JSON once filled in: {text:.200}",
-                    self.name
-                ));
+                return Err(SymbolError::NotJson {
+                    send: (i < self.steps.len()).then_some(i + 1),
+                    template: self.name.clone(),
+                    text: text.clone(),
+                });
             }
         }
         Ok(())
@@ -455,6 +452,59 @@ impl Provider {
             .any(|p| !p.is_textual())
     }
 }
+
+/// Why a template cannot serve the configured symbols: refused at start-up (and on a reload)
+/// by [`Provider::check`], before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SymbolError {
+    /// The spelling needs a base and a quote currency, and the symbol does not split into them.
+    Unsplit { symbol: String, format: String },
+    /// Two symbols the quotes would not tell apart.
+    SpeltAlike {
+        first: String,
+        second: String,
+        spelt: String,
+    },
+    /// A message that looks like JSON and is not, once the symbols are filled in (a quoted
+    /// `{symbols}` with `symbols_join = array`, say).
+    NotJson {
+        /// Which `send` (1-based); `None`: the heartbeat.
+        send: Option<usize>,
+        template: String,
+        text: String,
+    },
+}
+
+impl fmt::Display for SymbolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SymbolError::Unsplit { symbol, format } => write!(
+                f,
+                "symbol {symbol} does not split into a base and a quote currency for `{format}` (six letters such as EURUSD, or BASE/QUOTE)"
+            ),
+            SymbolError::SpeltAlike {
+                first,
+                second,
+                spelt,
+            } => write!(f, "symbols {first} and {second} are both spelt {spelt} in quotes"),
+            SymbolError::NotJson {
+                send,
+                template,
+                text,
+            } => {
+                match send {
+                    Some(n) => write!(f, "`send` message {n}")?,
+                    None => f.write_str("the `heartbeat` message")?,
+                }
+                // The text is the template's, filled in: long messages are cut for the log.
+                write!(f, " of the {template} template is not JSON once filled in: {text:.200}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SymbolError {}
 
 /// `subscribe_message` with `{api_key}` and `{symbols}` (joined with `,`) substituted: the
 /// one message of TraderMade's first protocol.
@@ -546,7 +596,10 @@ mod tests {
             s("{base}-{quote}", true).spell("GBPJPY").unwrap(),
             "gbp-jpy"
         );
-        let e = s("{base}/{quote}", false).spell("US30").unwrap_err();
+        let e = s("{base}/{quote}", false)
+            .spell("US30")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("US30 does not split"), "{e}");
     }
 

@@ -50,7 +50,7 @@ impl Plan {
         let provider = Arc::new(template::describe(config)?);
         let translator =
             Translator::new(Arc::clone(&provider), config.client_format, &config.symbols)
-                .map_err(|m| config.error_at("symbols", m))?;
+                .map_err(|e| config.error_at("symbols", e.to_string()))?;
         let network = network(config, &provider)?;
         let tls = match &config.upstream_ca_file {
             Some(ca) => Some(
@@ -103,10 +103,10 @@ impl Plan {
         let key = config.upstream_api_key.expose().to_string();
         let messages = provider
             .messages(&key, &config.symbols)
-            .map_err(|m| config.error_at("symbols", m))?;
+            .map_err(|e| config.error_at("symbols", e.to_string()))?;
         let heartbeat = provider
             .heartbeat_message(&key, &config.symbols)
-            .map_err(|m| config.error_at("symbols", m))?
+            .map_err(|e| config.error_at("symbols", e.to_string()))?
             .zip(provider.heartbeat.as_ref().map(|(_, every)| *every));
         let (url, steps) = match (&config.upstream, &sources.sim, &sources.replay) {
             (Upstream::Url(url), _, _) => (

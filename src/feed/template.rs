@@ -13,7 +13,7 @@ use crate::feed::provider::{
     AckShape, FieldPath, Fields, Join, Pattern, Provider, QuoteShape, Refusal, Spelling, Step,
     TsFormat,
 };
-use std::fmt;
+use crate::feed::template_error::{TemplateError, ValueError};
 use std::time::Duration;
 
 /// The built-in templates, by the name `provider` gives them.
@@ -56,12 +56,7 @@ pub fn describe(config: &mut Config) -> Result<Provider, ConfigError> {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            parse_template(&text).map_err(|e| ConfigError::Named {
-                file: path.clone(),
-                line: e.line,
-                key: e.key.clone(),
-                message: e.message.clone(),
-            })?
+            parse_template(&text).map_err(|e| e.in_file(&path))?
         }
     };
     if config.provider == ProviderChoice::Tradermade {
@@ -89,28 +84,8 @@ pub fn describe(config: &mut Config) -> Result<Provider, ConfigError> {
     };
     description
         .check(&config.symbols)
-        .map_err(|m| config.error_at(key, m))?;
+        .map_err(|e| config.error_at(key, e.to_string()))?;
     Ok(description)
-}
-
-/// What is wrong with a template, and where (1-based line). The caller adds the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateError {
-    pub line: Option<usize>,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for TemplateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(line) = self.line {
-            write!(f, "line {line}: ")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, "key `{key}`: ")?;
-        }
-        f.write_str(&self.message)
-    }
 }
 
 /// Every key a template may set.
@@ -165,6 +140,12 @@ const REPEATABLE: &[&str] = &[
     "header",
 ];
 
+/// Keys that belong to the line above them: (key, the key of that line, what it is to it).
+const FOLLOWERS: &[(&str, &str, &str)] = &[
+    ("expect", "send", "whose reply it awaits"),
+    ("refuse_reason", "refuse", "it explains"),
+];
+
 /// Keys that describe an acknowledgement: they need `ack_when`.
 const ACK_KEYS: &[&str] = &[
     "ack_accepted_field",
@@ -172,6 +153,13 @@ const ACK_KEYS: &[&str] = &[
     "ack_reasons_field",
     "ack_invalid_field",
     "ack_symbol_field",
+];
+
+/// The lists an acknowledgement may give: `ack_when` needs one at least.
+const ACK_LISTS: &[&str] = &[
+    "ack_accepted_field",
+    "ack_denied_field",
+    "ack_invalid_field",
 ];
 
 /// Keys that describe quotes read from fields (`quotes = fields`, the default).
@@ -198,32 +186,19 @@ pub fn parse_template(text: &str) -> Result<Provider, TemplateError> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let at = |key: Option<&str>, message: String| TemplateError {
-            line: Some(line),
-            key: key.map(str::to_string),
-            message,
-        };
         let Some((key, value)) = trimmed
             .split_once('=')
             .map(|(k, v)| (k.trim(), v.trim()))
             .filter(|(k, _)| !k.is_empty())
         else {
-            return Err(at(None, format!("expected `key = value`, got {trimmed:?}")));
+            return Err(TemplateError::NotKeyValue {
+                line,
+                text: trimmed.to_string(),
+            });
         };
-        let Some(&known) = TEMPLATE_KEYS.iter().find(|k| **k == key) else {
-            return Err(at(None, format!("unknown key `{key}`")));
-        };
-        if !REPEATABLE.contains(&known) {
-            if let Some(first) = p.lines.iter().find(|(k, _)| *k == known).map(|(_, l)| *l) {
-                return Err(at(
-                    Some(known),
-                    format!("set twice (first on line {first})"),
-                ));
-            }
-        }
-        p.apply(known, value, line)
-            .map_err(|m| at(Some(known), m))?;
-        p.lines.push((known, line));
+        let key = p.place(key, line)?;
+        p.apply(key, value, line)?;
+        p.lines.push((key, line));
     }
     p.finish()
 }
@@ -231,6 +206,7 @@ pub fn parse_template(text: &str) -> Result<Provider, TemplateError> {
 /// A template as it is read, line by line.
 #[derive(Default)]
 struct Draft {
+    /// Each key read, with its line, in the file's order.
     lines: Vec<(&'static str, usize)>,
     name: Option<String>,
     url: Option<String>,
@@ -240,8 +216,6 @@ struct Draft {
     quote_spelling: Option<Spelling>,
     join: Option<Join>,
     steps: Vec<Step>,
-    /// The key of the line before, for `expect` and `refuse_reason`.
-    last: Option<&'static str>,
     reply_timeout: Option<Duration>,
     heartbeat: Option<String>,
     heartbeat_every: Option<Duration>,
@@ -271,15 +245,67 @@ struct Draft {
     ts_format: Option<TsFormat>,
 }
 
+/// Reading one line: whether its key is known and may stand where it does, then its value,
+/// by the group of keys it belongs to.
 impl Draft {
-    fn apply(&mut self, key: &'static str, v: &str, line: usize) -> Result<(), String> {
-        let last = self.last.replace(key);
+    /// `key` as the template's own (`&'static`), if it is one, may be set again, and follows
+    /// the line it belongs to.
+    fn place(&self, key: &str, line: usize) -> Result<&'static str, TemplateError> {
+        let Some(&known) = TEMPLATE_KEYS.iter().find(|k| **k == key) else {
+            return Err(TemplateError::UnknownKey {
+                line,
+                key: key.to_string(),
+            });
+        };
+        if !REPEATABLE.contains(&known) {
+            if let Some(first) = self.line_of(known) {
+                return Err(TemplateError::SetTwice {
+                    line,
+                    key: known,
+                    first,
+                });
+            }
+        }
+        let above = self.lines.last().map(|(k, _)| *k);
+        if let Some(&(_, must_follow, role)) = FOLLOWERS.iter().find(|(k, ..)| *k == known) {
+            if above != Some(must_follow) {
+                return Err(TemplateError::Misplaced {
+                    line,
+                    key: known,
+                    must_follow,
+                    role,
+                });
+            }
+        }
+        Ok(known)
+    }
+
+    /// Reads `v` into the draft, as `key` (placed) takes it.
+    fn apply(&mut self, key: &'static str, v: &str, line: usize) -> Result<(), TemplateError> {
+        match self.read(key, v) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TemplateError::NoParser { line, key }),
+            Err(problem) => Err(TemplateError::BadValue { line, key, problem }),
+        }
+    }
+
+    /// Whether one of the groups below took `key`.
+    fn read(&mut self, key: &str, v: &str) -> Result<bool, ValueError> {
+        Ok(self.connection(key, v)?
+            || self.symbols(key, v)?
+            || self.conversation(key, v)?
+            || self.answers(key, v)?
+            || self.quote_fields(key, v)?)
+    }
+
+    /// Where the source is and how the key reaches it: `false` for another group's key.
+    fn connection(&mut self, key: &str, v: &str) -> Result<bool, ValueError> {
         match key {
             "name" => self.name = Some(text(v)?.to_string()),
             "url" => {
                 let lower = v.to_ascii_lowercase();
                 if !(lower.starts_with("ws://") || lower.starts_with("wss://")) || v.contains(' ') {
-                    return Err(format!("expected a ws:// or wss:// URL, got {v:?}"));
+                    return Err(ValueError::expected("a ws:// or wss:// URL", v));
                 }
                 self.url = Some(v.to_string());
             }
@@ -289,8 +315,9 @@ impl Draft {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
                 {
-                    return Err(format!(
-                        "expected a query parameter name such as apikey, got {v:?}"
+                    return Err(ValueError::expected(
+                        "a query parameter name such as apikey",
+                        v,
                     ));
                 }
                 self.key_query_param = Some(v.to_string());
@@ -298,7 +325,15 @@ impl Draft {
             // As proxy.conf's `upstream_header`, checked the same way.
             "header" => self
                 .headers
-                .push(value::upstream_header(v).map_err(|e| e.to_string())?),
+                .push(value::upstream_header(v).map_err(ValueError::Header)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// How symbols are spelt and joined: `false` for another group's key.
+    fn symbols(&mut self, key: &str, v: &str) -> Result<bool, ValueError> {
+        match key {
             "symbol_format" => self.spelling.format = spelling(v)?,
             "quote_symbol_format" => {
                 self.quote_spelling = Some(Spelling {
@@ -310,42 +345,56 @@ impl Draft {
                 self.spelling.lower = match v {
                     "upper" => false,
                     "lower" => true,
-                    _ => return Err(format!("expected `upper` or `lower`, got {v:?}")),
+                    _ => return Err(ValueError::expected("`upper` or `lower`", v)),
                 }
             }
             "symbols_join" => {
                 self.join = Some(match v {
                     "comma" => Join::Comma,
                     "array" => Join::Array,
-                    _ => return Err(format!("expected `comma` or `array`, got {v:?}")),
+                    _ => return Err(ValueError::expected("`comma` or `array`", v)),
                 })
             }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// What is sent, what is awaited, and how the connection is kept alive: `false` for
+    /// another group's key.
+    fn conversation(&mut self, key: &str, v: &str) -> Result<bool, ValueError> {
+        match key {
             "send" => self.steps.push(Step {
                 send: text(v)?.to_string(),
                 expect: None,
             }),
             "expect" => {
-                let step = self.steps.last_mut().filter(|_| last == Some("send"));
-                let Some(step) = step else {
-                    return Err("must follow the `send` whose reply it awaits".to_string());
-                };
-                step.expect = Some(Pattern::parse(v)?);
+                let pattern = Pattern::parse(v)?;
+                // `place` lets an `expect` in only right after a `send`, which pushed this step.
+                if let Some(step) = self.steps.last_mut() {
+                    step.expect = Some(pattern);
+                }
             }
             "reply_timeout_secs" => self.reply_timeout = Some(secs(v, 1, 300)?),
             "heartbeat" => self.heartbeat = Some(text(v)?.to_string()),
             "heartbeat_secs" => self.heartbeat_every = Some(secs(v, 1, 3600)?),
             "ping_secs" => self.ping = Some(secs(v, 1, 3600)?),
             "dead_after_secs" => self.dead_after = Some(secs(v, 1, 86_400)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// What the source's frames other than quotes mean — notices, refusals, the answer to a
+    /// subscription, errors — and how frames are split: `false` for another group's key.
+    fn answers(&mut self, key: &str, v: &str) -> Result<bool, ValueError> {
+        match key {
             "split_arrays" => {
                 // As proxy.conf's booleans.
                 self.split_arrays = match v.to_ascii_lowercase().as_str() {
                     "true" | "yes" | "on" => true,
                     "false" | "no" | "off" => false,
-                    _ => {
-                        return Err(format!(
-                            "expected true or false (or yes/no, on/off), got {v:?}"
-                        ))
-                    }
+                    _ => return Err(ValueError::expected("true or false (or yes/no, on/off)", v)),
                 }
             }
             "ignore" => self.ignore.push(Pattern::parse(v)?),
@@ -354,11 +403,12 @@ impl Draft {
                 reason: String::new(),
             }),
             "refuse_reason" => {
-                let refusal = self.refuse.last_mut().filter(|_| last == Some("refuse"));
-                let Some(refusal) = refusal else {
-                    return Err("must follow the `refuse` it explains".to_string());
-                };
-                refusal.reason = text(v)?.to_string();
+                let reason = text(v)?.to_string();
+                // `place` lets a `refuse_reason` in only right after a `refuse`, which pushed
+                // this refusal.
+                if let Some(refusal) = self.refuse.last_mut() {
+                    refusal.reason = reason;
+                }
             }
             "ack_when" => self.ack_when = Some(Pattern::parse(v)?),
             "ack_accepted_field" => self.ack_accepted = Some(FieldPath::parse(v)?),
@@ -369,11 +419,19 @@ impl Draft {
             "symbol_limit_field" => self.symbol_limit = Some(FieldPath::parse(v)?),
             "error_when" => self.error_when = Some(Pattern::parse(v)?),
             "error_reason_field" => self.error_reason = Some(FieldPath::parse(v)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// What a quote looks like: `false` for another group's key.
+    fn quote_fields(&mut self, key: &str, v: &str) -> Result<bool, ValueError> {
+        match key {
             "quotes" => {
                 self.v1 = match v {
                     "v1" => true,
                     "fields" => false,
-                    _ => return Err(format!("expected `v1` or `fields`, got {v:?}")),
+                    _ => return Err(ValueError::expected("`v1` or `fields`", v)),
                 }
             }
             "quote_when" => self.when = Some(Pattern::parse(v)?),
@@ -384,134 +442,41 @@ impl Draft {
             "mid_field" => self.mid = Some(FieldPath::parse(v)?),
             "price_field" => self.price = Some(FieldPath::parse(v)?),
             "ts_field" => self.ts = Some(FieldPath::parse(v)?),
-            "ts_format" => {
-                self.ts_format = Some(
-                    TsFormat::NAMES
-                        .iter()
-                        .find(|(n, _)| *n == v)
-                        .map(|(_, f)| *f)
-                        .ok_or_else(|| {
-                            let names: Vec<&str> =
-                                TsFormat::NAMES.iter().map(|(n, _)| *n).collect();
-                            format!("expected one of {}, got {v:?}", names.join(", "))
-                        })?,
-                )
-            }
-            other => return Err(format!("key `{other}` has no parser (line {line})")),
+            "ts_format" => self.ts_format = Some(ts_format(v)?),
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// Finishing: the keys that need one another checked, and the [`Provider`] assembled.
+impl Draft {
+    /// The line on which the template set `key`, if it did.
+    fn line_of(&self, key: &str) -> Option<usize> {
+        self.lines.iter().find(|(k, _)| *k == key).map(|(_, l)| *l)
+    }
+
+    /// `key` set without `needs`.
+    fn needs(
+        &self,
+        key: &'static str,
+        needs: &'static str,
+        why: Option<&'static str>,
+    ) -> TemplateError {
+        TemplateError::Needs {
+            line: self.line_of(key),
+            key,
+            needs,
+            why,
+        }
     }
 
     fn finish(mut self) -> Result<Provider, TemplateError> {
-        let lines = std::mem::take(&mut self.lines);
-        let line_of = |key: &str| lines.iter().find(|(k, _)| *k == key).map(|(_, l)| *l);
-        let err = |key: &str, message: String| TemplateError {
-            line: line_of(key),
-            key: Some(key.to_string()),
-            message,
-        };
-        let heartbeat = match (self.heartbeat, self.heartbeat_every) {
-            (Some(text), Some(every)) => Some((text, every)),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(err(
-                    "heartbeat",
-                    "needs `heartbeat_secs`, how often to send it".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(err(
-                    "heartbeat_secs",
-                    "needs `heartbeat`, the message to send".into(),
-                ))
-            }
-        };
-        let ack = match self.ack_when {
-            None => {
-                if let Some(key) = ACK_KEYS.iter().find(|k| line_of(k).is_some()) {
-                    return Err(err(
-                        key,
-                        "needs `ack_when`, which frame is the answer".into(),
-                    ));
-                }
-                None
-            }
-            Some(when) => {
-                if self.ack_accepted.is_none()
-                    && self.ack_denied.is_none()
-                    && self.ack_invalid.is_none()
-                {
-                    return Err(err(
-                        "ack_when",
-                        "needs at least one of `ack_accepted_field`, `ack_denied_field` and `ack_invalid_field`".into(),
-                    ));
-                }
-                if self.ack_reasons.is_some() && self.ack_denied.is_none() {
-                    return Err(err(
-                        "ack_reasons_field",
-                        "needs `ack_denied_field`, the list the reasons are for".into(),
-                    ));
-                }
-                Some(AckShape {
-                    when,
-                    accepted: self.ack_accepted,
-                    denied: self.ack_denied,
-                    reasons: self.ack_reasons,
-                    invalid: self.ack_invalid,
-                    symbol: self.ack_symbol,
-                })
-            }
-        };
-        if self.symbol_limit.is_some() && !self.steps.iter().any(|s| s.expect.is_some()) {
-            return Err(err(
-                "symbol_limit_field",
-                "is read from the reply a `send` awaits, and no `send` has an `expect`".into(),
-            ));
-        }
-        let error = match (self.error_when, self.error_reason) {
-            (Some(when), reason) => Some((when, reason)),
-            (None, Some(_)) => {
-                return Err(err(
-                    "error_reason_field",
-                    "needs `error_when`, which frames are errors".into(),
-                ))
-            }
-            (None, None) => None,
-        };
-        let quotes = if self.v1 {
-            if let Some(key) = FIELD_KEYS.iter().find(|k| line_of(k).is_some()) {
-                return Err(err(key, "applies to `quotes = fields` only".into()));
-            }
-            QuoteShape::V1
-        } else {
-            let required = |field: Option<FieldPath>, key: &str| {
-                field.ok_or_else(|| err(key, "required with `quotes = fields`".into()))
-            };
-            let ts = match (self.ts, self.ts_format) {
-                (Some(path), format) => Some((path, format.unwrap_or(TsFormat::EpochMs))),
-                (None, Some(_)) => return Err(err("ts_format", "needs `ts_field`".into())),
-                (None, None) => None,
-            };
-            QuoteShape::Fields(Box::new(Fields {
-                when: self.when,
-                snapshot: self.snapshot,
-                symbol: self
-                    .symbol
-                    .unwrap_or_else(|| FieldPath(vec!["symbol".into()])),
-                spelling: match self.quote_spelling {
-                    Some(s) => Spelling {
-                        lower: self.spelling.lower,
-                        ..s
-                    },
-                    None => self.spelling.clone(),
-                },
-                bid: required(self.bid, "bid_field")?,
-                ask: required(self.ask, "ask_field")?,
-                mid: self.mid,
-                price: self.price,
-                ts,
-            }))
-        };
+        let heartbeat = self.heartbeat()?;
+        let ack = self.ack()?;
+        self.check_symbol_limit()?;
+        let error = self.error()?;
+        let quotes = self.quotes()?;
         Ok(Provider {
             name: self.name.unwrap_or_else(|| "custom".to_string()),
             url: self.url,
@@ -526,54 +491,182 @@ impl Draft {
             dead_after: self.dead_after,
             split_arrays: self.split_arrays,
             ignore: self.ignore,
-            refuse: self
-                .refuse
-                .into_iter()
-                .map(|r| Refusal {
-                    reason: if r.reason.is_empty() {
-                        format!("it sent a refusal (`refuse = {}`)", r.pattern)
-                    } else {
-                        r.reason
-                    },
-                    ..r
-                })
-                .collect(),
+            refuse: with_reasons(self.refuse),
             ack,
             symbol_limit: self.symbol_limit,
             error,
             quotes,
         })
     }
+
+    /// The heartbeat's message and period: both keys, or neither.
+    fn heartbeat(&mut self) -> Result<Option<(String, Duration)>, TemplateError> {
+        match (self.heartbeat.take(), self.heartbeat_every) {
+            (Some(text), Some(every)) => Ok(Some((text, every))),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err(self.needs("heartbeat", "heartbeat_secs", Some("how often to send it")))
+            }
+            (None, Some(_)) => {
+                Err(self.needs("heartbeat_secs", "heartbeat", Some("the message to send")))
+            }
+        }
+    }
+
+    /// The answer to a subscription: `ack_when`, at least one list, and the reasons only
+    /// with the denied list; no acknowledgement key without `ack_when`.
+    fn ack(&mut self) -> Result<Option<AckShape>, TemplateError> {
+        let Some(when) = self.ack_when.take() else {
+            return match ACK_KEYS.iter().find(|k| self.line_of(k).is_some()) {
+                Some(key) => Err(self.needs(key, "ack_when", Some("which frame is the answer"))),
+                None => Ok(None),
+            };
+        };
+        if self.ack_accepted.is_none() && self.ack_denied.is_none() && self.ack_invalid.is_none() {
+            return Err(TemplateError::NeedsOneOf {
+                line: self.line_of("ack_when"),
+                key: "ack_when",
+                one_of: ACK_LISTS,
+            });
+        }
+        if self.ack_reasons.is_some() && self.ack_denied.is_none() {
+            return Err(self.needs(
+                "ack_reasons_field",
+                "ack_denied_field",
+                Some("the list the reasons are for"),
+            ));
+        }
+        Ok(Some(AckShape {
+            when,
+            accepted: self.ack_accepted.take(),
+            denied: self.ack_denied.take(),
+            reasons: self.ack_reasons.take(),
+            invalid: self.ack_invalid.take(),
+            symbol: self.ack_symbol.take(),
+        }))
+    }
+
+    /// The plan's symbol limit is read from a reply, so some `send` must await one.
+    fn check_symbol_limit(&self) -> Result<(), TemplateError> {
+        if self.symbol_limit.is_some() && !self.steps.iter().any(|s| s.expect.is_some()) {
+            return Err(TemplateError::NoReplyAwaited {
+                line: self.line_of("symbol_limit_field"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The provider's errors, and where their reason is: no reason without `error_when`.
+    fn error(&mut self) -> Result<Option<(Pattern, Option<FieldPath>)>, TemplateError> {
+        match (self.error_when.take(), self.error_reason.take()) {
+            (Some(when), reason) => Ok(Some((when, reason))),
+            (None, Some(_)) => Err(self.needs(
+                "error_reason_field",
+                "error_when",
+                Some("which frames are errors"),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// What a quote looks like: fxproxy's own (no field keys), or read from fields (a bid and
+    /// an ask required, a time format only with a time field).
+    fn quotes(&mut self) -> Result<QuoteShape, TemplateError> {
+        if self.v1 {
+            if let Some((key, line)) = FIELD_KEYS.iter().find_map(|k| Some((*k, self.line_of(k)?)))
+            {
+                return Err(TemplateError::FieldsOnly {
+                    line: Some(line),
+                    key,
+                });
+            }
+            return Ok(QuoteShape::V1);
+        }
+        let ts = match (self.ts.take(), self.ts_format) {
+            (Some(path), format) => Some((path, format.unwrap_or(TsFormat::EpochMs))),
+            (None, Some(_)) => return Err(self.needs("ts_format", "ts_field", None)),
+            (None, None) => None,
+        };
+        let required = |field: Option<FieldPath>, key: &'static str| {
+            field.ok_or(TemplateError::Missing { key })
+        };
+        Ok(QuoteShape::Fields(Box::new(Fields {
+            when: self.when.take(),
+            snapshot: self.snapshot.take(),
+            symbol: self
+                .symbol
+                .take()
+                .unwrap_or_else(|| FieldPath(vec!["symbol".into()])),
+            spelling: match self.quote_spelling.take() {
+                Some(s) => Spelling {
+                    lower: self.spelling.lower,
+                    ..s
+                },
+                None => self.spelling.clone(),
+            },
+            bid: required(self.bid.take(), "bid_field")?,
+            ask: required(self.ask.take(), "ask_field")?,
+            mid: self.mid.take(),
+            price: self.price.take(),
+            ts,
+        })))
+    }
 }
 
-fn text(v: &str) -> Result<&str, String> {
+/// Each refusal with its reason: the template's `refuse_reason`, or one that names the pattern.
+fn with_reasons(refuse: Vec<Refusal>) -> Vec<Refusal> {
+    refuse
+        .into_iter()
+        .map(|r| Refusal {
+            reason: if r.reason.is_empty() {
+                format!("it sent a refusal (`refuse = {}`)", r.pattern)
+            } else {
+                r.reason
+            },
+            ..r
+        })
+        .collect()
+}
+
+fn text(v: &str) -> Result<&str, ValueError> {
     if v.is_empty() {
-        Err("expected a value, got nothing".to_string())
+        Err(ValueError::Empty)
     } else {
         Ok(v)
     }
 }
 
-fn spelling(v: &str) -> Result<String, String> {
+fn spelling(v: &str) -> Result<String, ValueError> {
     let stripped = v
         .replace("{symbol}", "")
         .replace("{base}", "")
         .replace("{quote}", "");
     let names_it = v.contains("{symbol}") || (v.contains("{base}") && v.contains("{quote}"));
     if !names_it || stripped.contains(['{', '}']) || v.contains(char::is_whitespace) {
-        return Err(format!(
-            "expected a spelling over {{symbol}} (EURUSD) or {{base}} and {{quote}} (EUR, USD), such as C.{{base}}/{{quote}}, got {v:?}"
-        ));
+        return Err(ValueError::Spelling { got: v.to_string() });
     }
     Ok(v.to_string())
 }
 
-fn secs(v: &str, min: u64, max: u64) -> Result<Duration, String> {
+fn secs(v: &str, min: u64, max: u64) -> Result<Duration, ValueError> {
     v.parse::<u64>()
         .ok()
         .filter(|n| v.bytes().all(|b| b.is_ascii_digit()) && (min..=max).contains(n))
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("expected a whole number of seconds from {min} to {max}, got {v:?}"))
+        .ok_or_else(|| {
+            ValueError::expected(format!("a whole number of seconds from {min} to {max}"), v)
+        })
+}
+
+fn ts_format(v: &str) -> Result<TsFormat, ValueError> {
+    TsFormat::NAMES
+        .iter()
+        .find(|(n, _)| *n == v)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| {
+            let names: Vec<&str> = TsFormat::NAMES.iter().map(|(n, _)| *n).collect();
+            ValueError::expected(format!("one of {}", names.join(", ")), v)
+        })
 }
 
 #[cfg(test)]
@@ -763,7 +856,7 @@ mod tests {
         );
         // A quoted placeholder with an array join is not JSON: caught when checked.
         p.steps[0].send = r#"{"tickers":"{symbols}"}"#.into();
-        let e = p.check(&two).unwrap_err();
+        let e = p.check(&two).unwrap_err().to_string();
         assert!(
             e.contains("`send` message 1") && e.contains("not JSON"),
             "{e}"
@@ -869,6 +962,17 @@ mod tests {
                 .ack
                 .is_some()
         );
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        for key in TEMPLATE_KEYS {
+            let read = Draft::default().apply(key, "x", 1);
+            assert!(
+                !matches!(read, Err(TemplateError::NoParser { .. })),
+                "{key}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::base::market::Date;
 use crate::config::ClientFormat;
 use crate::feed::decimal::Decimal;
 use crate::feed::provider::{
-    scalar_text, AckShape, FieldPath, Fields, Pattern, Provider, QuoteShape, TsFormat,
+    scalar_text, AckShape, FieldPath, Fields, Pattern, Provider, QuoteShape, SymbolError, TsFormat,
 };
 use crate::feed::v2;
 use serde_json::value::RawValue;
@@ -86,7 +86,7 @@ impl Translator {
         provider: Arc<Provider>,
         format: ClientFormat,
         symbols: &[String],
-    ) -> Result<Translator, String> {
+    ) -> Result<Translator, SymbolError> {
         let mut spelt = HashMap::new();
         if let QuoteShape::Fields(fields) = &provider.quotes {
             for (i, symbol) in symbols.iter().enumerate() {
