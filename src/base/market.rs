@@ -325,14 +325,18 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// Epoch ms of `YYYY-MM-DD HH:MM` UTC: the moments tests set their clocks to.
+#[cfg(test)]
+pub(crate) fn utc_ms(date: &str, hh: u64, mm: u64) -> u64 {
+    let day: Date = date.parse().expect("a YYYY-MM-DD date");
+    day.start_ms() + hh * HOUR + mm * MINUTE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Epoch ms of `YYYY-MM-DD HH:MM` UTC.
-    fn at(date: &str, hh: u64, mm: u64) -> u64 {
-        date.parse::<Date>().unwrap().start_ms() + hh * HOUR + mm * MINUTE
-    }
+    use super::utc_ms as at;
 
     fn closed(since: u64, opens: u64) -> MarketState {
         MarketState::Closed {

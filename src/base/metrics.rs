@@ -327,14 +327,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Epoch ms of `YYYY-MM-DD HH:MM` UTC.
-    fn at(date: &str, hh: u64, mm: u64) -> u64 {
-        date.parse::<crate::base::market::Date>()
-            .unwrap()
-            .start_ms()
-            + (hh * 60 + mm) * 60_000
-    }
+    use crate::base::market::utc_ms as at;
 
     #[test]
     fn the_clock_is_the_one_given() {

@@ -30,7 +30,7 @@ use crate::clients::answering::{self, Answerer, Asking, Job};
 use crate::clients::context::Context;
 use crate::clients::forwarded::Peer;
 use crate::clients::handshake::{Admitted, Conn, Next};
-use crate::clients::listener;
+use crate::clients::listener::{self, LISTENER, WAKER};
 use crate::clients::places::Place;
 use crate::clients::stream::ClientStream;
 use crate::config::Config;
@@ -62,8 +62,7 @@ pub const QUICK_GRACE: Duration = Duration::from_millis(100);
 /// in kernel buffers before its queue starts to fill, and is noticed minutes late.
 pub const CLIENT_UNSENT_BYTES: u32 = 16 * 1024;
 
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
+/// The first token of a pending connection: after `listener::LISTENER` and `listener::WAKER`.
 const FIRST_CONN: usize = 2;
 /// Connections accepted in one go before the loop looks at the others' events.
 const ACCEPT_BATCH: usize = 256;
@@ -127,14 +126,7 @@ impl Admission {
     /// Takes over the (bound) listener: a listen queue sized for storms, non-blocking.
     pub fn new(listener: TcpListener) -> io::Result<Admission> {
         listener::size_for_storms(&listener)?;
-        listener.set_nonblocking(true)?;
-        let poll = Poll::new()?;
-        poll.registry().register(
-            &mut SourceFd(&listener.as_raw_fd()),
-            LISTENER,
-            Interest::READABLE,
-        )?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (poll, waker) = listener::watched(&listener)?;
         // A few questions at a time: the state dump asks one at a time.
         let (tx, asks) = crossbeam_channel::bounded(4);
         let asker = Asker {

@@ -2,8 +2,12 @@
 //! is (for `/metrics`), and the socket systemd may pass instead (socket activation).
 
 use crate::config::Config;
+use mio::unix::SourceFd;
+use mio::{Interest, Poll, Token, Waker};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
 
 /// The listen queue asked of the kernel, which caps it at `net.core.somaxconn` (4096 on
 /// current kernels): a storm of clients waits there while the pending set is full.
@@ -12,6 +16,26 @@ pub const BACKLOG: i32 = 65_535;
 /// Asks for a listen queue of [`BACKLOG`] on a bound listener (std's default is 128).
 pub fn size_for_storms(listener: &TcpListener) -> io::Result<()> {
     socket2::SockRef::from(listener).listen(BACKLOG)
+}
+
+/// The token of the listener in a poll made by [`watched`].
+pub const LISTENER: Token = Token(0);
+/// The token of the waker in a poll made by [`watched`].
+pub const WAKER: Token = Token(1);
+
+/// A poll for a loop that accepts on its own thread (the admission loop, the admin port):
+/// `listener`, made non-blocking, under [`LISTENER`], and a waker under [`WAKER`] that ends
+/// the loop's wait when it must stop.
+pub fn watched(listener: &TcpListener) -> io::Result<(Poll, Arc<Waker>)> {
+    listener.set_nonblocking(true)?;
+    let poll = Poll::new()?;
+    poll.registry().register(
+        &mut SourceFd(&listener.as_raw_fd()),
+        LISTENER,
+        Interest::READABLE,
+    )?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    Ok((poll, waker))
 }
 
 /// The kernel's listen queue for `addr`: connections waiting for `accept`, and the queue's

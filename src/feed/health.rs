@@ -119,6 +119,7 @@ pub fn feed_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::market::utc_ms as at;
     use crate::base::market::MarketHours;
 
     fn always() -> Market {
@@ -127,14 +128,6 @@ mod tests {
 
     fn json(body: &str) -> serde_json::Value {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-    }
-
-    /// Epoch ms of `YYYY-MM-DD HH:MM` UTC.
-    fn at(date: &str, hh: u64, mm: u64) -> u64 {
-        date.parse::<crate::base::market::Date>()
-            .unwrap()
-            .start_ms()
-            + (hh * 60 + mm) * 60_000
     }
 
     #[test]

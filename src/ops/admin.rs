@@ -11,18 +11,15 @@
 use crate::clients::admission::Asker;
 use crate::clients::context::Context;
 use crate::clients::http::{self, HeadError};
+use crate::clients::listener;
 use crate::ops::endpoints;
 use log::debug;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Waker};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
 /// How long a connection has to send its request head.
 pub const READ_DEADLINE: Duration = Duration::from_secs(2);
 /// How long the answer may take to write (a state dump of thousands of clients is hundreds of
@@ -42,14 +39,7 @@ pub struct Admin {
 impl Admin {
     pub fn bind(addr: SocketAddr) -> io::Result<Admin> {
         let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let poll = Poll::new()?;
-        poll.registry().register(
-            &mut SourceFd(&listener.as_raw_fd()),
-            LISTENER,
-            Interest::READABLE,
-        )?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (poll, waker) = listener::watched(&listener)?;
         Ok(Admin {
             poll,
             listener,

@@ -528,18 +528,11 @@ fn describe(state: &UpstreamState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::market::utc_ms as at;
     use crate::base::market::MarketHours;
 
     fn always() -> Market {
         Market::new(MarketHours::Always, &[])
-    }
-
-    /// Epoch ms of `YYYY-MM-DD HH:MM` UTC.
-    fn at(date: &str, hh: u64, mm: u64) -> u64 {
-        date.parse::<crate::base::market::Date>()
-            .unwrap()
-            .start_ms()
-            + (hh * 60 + mm) * 60_000
     }
 
     #[test]

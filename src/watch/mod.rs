@@ -633,6 +633,7 @@ fn pip(symbol: &str) -> (f64, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::market::utc_ms as at;
     use std::net::TcpListener;
     use std::sync::Arc;
     use std::thread::{self, JoinHandle};
@@ -938,14 +939,6 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         stopper.join().unwrap();
         assert_eq!(server.join().unwrap(), Some(CloseCode::Normal));
-    }
-
-    /// Epoch ms of `YYYY-MM-DD HH:MM` UTC.
-    fn at(date: &str, hh: u64, mm: u64) -> u64 {
-        date.parse::<crate::base::market::Date>()
-            .unwrap()
-            .start_ms()
-            + (hh * 60 + mm) * 60_000
     }
 
     /// A watch that looks for a closed market after 100 ms of silence, on `clock`.
