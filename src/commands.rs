@@ -5,13 +5,14 @@
 use crate::base::stop::Stop;
 use crate::cli::{self, Command};
 use crate::clients::listener;
+use crate::config::{self, Config};
 use crate::feed::sim;
 use crate::ops::logging;
 use crate::ops::notify::{self, Notifier, Watchdog};
 use crate::ops::signals::{self, Signal};
 use crate::server::{Launch, StartError};
 use crate::watch;
-use crate::{config, Server};
+use crate::Server;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
@@ -127,6 +128,7 @@ impl SignalThreads {
     }
 }
 
+/// The server: starts the proxy, serves until SIGINT or SIGTERM, and stops it.
 fn run(path: &std::path::Path) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
@@ -139,19 +141,9 @@ fn run(path: &std::path::Path) -> ExitCode {
     logging::log_panics();
     // Before any other thread starts: the socket systemd may pass is taken, and its variables
     // removed from the environment.
-    let passed = match listener::from_service_manager() {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let notifier = Arc::new(Notifier::from_env());
-    let watchdog_period = notify::watchdog_period_from_env().filter(|_| notifier.enabled());
-    let launch = Launch {
-        listener: passed,
-        beat_every: notify::beat_every(watchdog_period),
-        ..Launch::default()
+    let systemd = match from_systemd() {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     // Before the server starts its threads, so that every one of them has them blocked.
     let blocked = match block_signals(&[
@@ -164,8 +156,62 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     let signal = Arc::new(Stop::new());
-    let server = match Server::start_launched(config, Arc::clone(&signal), launch) {
+    let server = match start_server(config, &signal, systemd.launch) {
         Ok(s) => s,
+        Err(code) => return code,
+    };
+    let threads = match server_signals(&blocked, &server, &signal, &systemd.notifier) {
+        Ok(t) => t,
+        Err(code) => {
+            server.shutdown();
+            return code;
+        }
+    };
+    let watchdog = systemd.watchdog_period.and_then(|period| {
+        Watchdog::start(Arc::clone(&systemd.notifier), server.heartbeats(), period)
+            .map_err(|e| log::error!("cannot start the watchdog thread: {e}; systemd will restart fxproxy when WatchdogSec= passes"))
+            .ok()
+    });
+    serve_until_stopped(server, &signal, &systemd.notifier, watchdog, threads)
+}
+
+/// What the service manager (systemd) gave the proxy and asks of it.
+struct FromSystemd {
+    /// The listening socket it passed, if any, and how often the watchdog's heartbeats go.
+    launch: Launch,
+    notifier: Arc<Notifier>,
+    /// `WatchdogSec=`, when systemd watches the proxy.
+    watchdog_period: Option<Duration>,
+}
+
+/// Takes the listening socket systemd may pass, and reads how it is to be notified; exit 2
+/// when what it passed cannot be used.
+fn from_systemd() -> Result<FromSystemd, ExitCode> {
+    let passed = match listener::from_service_manager() {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let notifier = Arc::new(Notifier::from_env());
+    let watchdog_period = notify::watchdog_period_from_env().filter(|_| notifier.enabled());
+    let launch = Launch {
+        listener: passed,
+        beat_every: notify::beat_every(watchdog_period),
+        ..Launch::default()
+    };
+    Ok(FromSystemd {
+        launch,
+        notifier,
+        watchdog_period,
+    })
+}
+
+/// Starts the proxy's threads; exit 2 for what the configuration names, 1 for anything else.
+fn start_server(config: Config, signal: &Arc<Stop>, launch: Launch) -> Result<Server, ExitCode> {
+    match Server::start_launched(config, Arc::clone(signal), launch) {
+        Ok(s) => Ok(s),
         // The key file, the provider's template, a recording to replay, the file to record
         // to, or the TLS pair: all named by the configuration.
         Err(
@@ -175,19 +221,29 @@ fn run(path: &std::path::Path) -> ExitCode {
             | StartError::Tls(_)),
         ) => {
             log::error!("{e}");
-            return ExitCode::from(2);
+            Err(ExitCode::from(2))
         }
         Err(e) => {
             log::error!("{e}");
-            return ExitCode::from(1);
+            Err(ExitCode::from(1))
         }
-    };
+    }
+}
+
+/// The server's signals: SIGINT and SIGTERM stop it (a second one closes the remaining clients
+/// at once), SIGHUP reloads the configuration, SIGUSR1 writes a state dump.
+fn server_signals(
+    blocked: &signals::Blocked,
+    server: &Server,
+    signal: &Arc<Stop>,
+    notifier: &Arc<Notifier>,
+) -> Result<SignalThreads, ExitCode> {
     let control = server.control();
-    let stop = Arc::clone(&signal);
+    let stop = Arc::clone(signal);
     let stop_control = server.control();
-    let reload_notifier = Arc::clone(&notifier);
-    let threads = match SignalThreads::start(
-        &blocked,
+    let reload_notifier = Arc::clone(notifier);
+    SignalThreads::start(
+        blocked,
         &[Signal::Interrupt, Signal::Terminate],
         move || {
             if stop.is_set() {
@@ -216,18 +272,18 @@ fn run(path: &std::path::Path) -> ExitCode {
             // Not listened to here: they go through ctrlc.
             Signal::Interrupt | Signal::Terminate => {}
         },
-    ) {
-        Ok(t) => t,
-        Err(code) => {
-            server.shutdown();
-            return code;
-        }
-    };
-    let watchdog = watchdog_period.and_then(|period| {
-        Watchdog::start(Arc::clone(&notifier), server.heartbeats(), period)
-            .map_err(|e| log::error!("cannot start the watchdog thread: {e}; systemd will restart fxproxy when WatchdogSec= passes"))
-            .ok()
-    });
+    )
+}
+
+/// Tells systemd the proxy is ready, waits for a stop signal, then stops the watchdog, the
+/// server (closing its clients) and the signal threads. Exit 1 if the server failed.
+fn serve_until_stopped(
+    server: Server,
+    signal: &Stop,
+    notifier: &Notifier,
+    watchdog: Option<Watchdog>,
+    threads: SignalThreads,
+) -> ExitCode {
     let socket = if server.restarts_on_stop() {
         "on the socket systemd passed"
     } else {

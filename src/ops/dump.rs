@@ -278,6 +278,8 @@ pub fn text(ctx: &Context, asker: &Asker) -> String {
     text
 }
 
+/// The dump, a line at a time to `emit`: a header, fxproxy's own threads, the client threads,
+/// the pending connections, and the summary; cut short once the proxy is stopping.
 fn dump(ctx: &Context, asker: &Asker, emit: &mut dyn FnMut(&str)) {
     let started = Instant::now();
     let mut out = Out {
@@ -289,155 +291,237 @@ fn dump(ctx: &Context, asker: &Asker, emit: &mut dyn FnMut(&str)) {
     let records = ctx.activity.snapshot();
     let pending = asker.pending(PENDING_LINES, ASK_WAIT);
     let now = Instant::now();
-    let pid = std::process::id();
-
-    let mut rows: Vec<ClientRow> = records
-        .into_iter()
-        .map(|record| ClientRow {
-            tid: record.tid,
-            doing: record.doing(),
-            queue: record.queued().unwrap_or(0),
-            since_write: record.since_last_write(now),
-            record,
-        })
-        .collect();
-    let clients = rows.len();
-    let client_tids: HashSet<i32> = rows.iter().map(|r| r.tid).collect();
-    let mut doing: Vec<(&str, usize)> = DOINGS.iter().map(|d| (*d, 0)).collect();
-    for row in &rows {
-        if let Some(entry) = doing.iter_mut().find(|(d, _)| *d == row.doing) {
-            entry.1 += 1;
-        }
-    }
-    let queued: usize = rows.iter().map(|r| r.queue).sum();
-    let deepest = rows
-        .iter()
-        .max_by_key(|r| r.queue)
-        .map(|r| (r.queue, r.name()));
-    let stalest = rows
-        .iter()
-        .filter_map(|r| r.since_write.map(|d| (d, r.name())))
-        .max_by_key(|(d, _)| *d);
-    let kicked = rows.iter().filter(|r| r.record.kicked().is_some()).count();
-    if rows.len() > CLIENT_LINES {
-        rows.sort_by_key(ClientRow::rank);
-        rows.truncate(CLIENT_LINES);
-    }
-    rows.sort_by_key(|r| r.tid);
+    let clients = Clients::gather(records, now);
     // fxproxy's own threads (and any other), as the kernel sees them.
     let others: Vec<Task> = tids
         .iter()
-        .filter(|tid| !client_tids.contains(tid))
+        .filter(|tid| !clients.tids.contains(tid))
         .filter_map(|tid| read_task(*tid))
         .collect();
 
-    let begin = format!(
-        "state dump: pid {pid}, {} threads ({clients} client threads), {} pending connections without a thread; tid is the PID column of `top -H`, the LWP in gdb and /proc/{pid}/task/TID",
-        tids.len(),
-        pending.as_ref().map_or("?".to_string(), |p| p.total.to_string()),
-    );
-    if !out.line(&begin) {
+    if !out.line(&header(tids.len(), clients.count, pending.as_ref())) {
         return;
     }
-    for task in &others {
-        let mut line = format!(
-            "thread tid={} name={} kernel={} cpu={}",
-            task.tid,
-            task.name,
-            task.state,
-            secs(task.cpu)
-        );
-        if let Some(w) = wchan(task.tid) {
-            let _ = write!(line, " wchan={w}");
-        }
-        let _ = write!(line, " {}", service(ctx, task, pending.as_ref()));
-        if !out.line(&line) {
-            return;
-        }
+    if !out.threads(&others, pending.as_ref()) {
+        return;
     }
-    for row in &rows {
-        if !out.line(&row.line(read_task(row.tid).as_ref(), now)) {
-            return;
-        }
+    if !out.clients(&clients.rows, now) {
+        return;
     }
-    if let Some(p) = &pending {
-        for (peer, phase, age) in &p.oldest {
-            let line = format!("pending peer={peer} phase={phase} age={}", secs(*age));
-            if !out.line(&line) {
-                return;
+    if !out.pending(pending.as_ref()) {
+        return;
+    }
+    let summary = summary(
+        tids.len(),
+        &clients,
+        others.len(),
+        pending.as_ref(),
+        started,
+    );
+    out.line(&summary);
+}
+
+/// The client threads: those the dump lists, and the figures of all of them.
+struct Clients {
+    /// The lines to write, by tid: every client thread, or those furthest behind.
+    rows: Vec<ClientRow>,
+    /// Every client thread, listed or not.
+    count: usize,
+    tids: HashSet<i32>,
+    /// How many do each of [`DOINGS`].
+    doing: Vec<(&'static str, usize)>,
+    /// Frames queued, all queues together.
+    queued: usize,
+    /// The deepest queue and the thread it is for.
+    deepest: Option<(usize, String)>,
+    /// The longest time without a write and the thread it is for.
+    stalest: Option<(Duration, String)>,
+    /// Told to leave, and not gone yet.
+    kicked: usize,
+}
+
+impl Clients {
+    fn gather(records: Vec<Arc<ClientActivity>>, now: Instant) -> Clients {
+        let mut rows: Vec<ClientRow> = records
+            .into_iter()
+            .map(|record| ClientRow {
+                tid: record.tid,
+                doing: record.doing(),
+                queue: record.queued().unwrap_or(0),
+                since_write: record.since_last_write(now),
+                record,
+            })
+            .collect();
+        let count = rows.len();
+        let tids: HashSet<i32> = rows.iter().map(|r| r.tid).collect();
+        let mut doing: Vec<(&str, usize)> = DOINGS.iter().map(|d| (*d, 0)).collect();
+        for row in &rows {
+            if let Some(entry) = doing.iter_mut().find(|(d, _)| *d == row.doing) {
+                entry.1 += 1;
             }
         }
+        let queued: usize = rows.iter().map(|r| r.queue).sum();
+        let deepest = rows
+            .iter()
+            .max_by_key(|r| r.queue)
+            .map(|r| (r.queue, r.name()));
+        let stalest = rows
+            .iter()
+            .filter_map(|r| r.since_write.map(|d| (d, r.name())))
+            .max_by_key(|(d, _)| *d);
+        let kicked = rows.iter().filter(|r| r.record.kicked().is_some()).count();
+        if rows.len() > CLIENT_LINES {
+            rows.sort_by_key(ClientRow::rank);
+            rows.truncate(CLIENT_LINES);
+        }
+        rows.sort_by_key(|r| r.tid);
+        Clients {
+            rows,
+            count,
+            tids,
+            doing,
+            queued,
+            deepest,
+            stalest,
+            kicked,
+        }
+    }
+}
+
+/// The dump's first line: how many threads and connections, and how to find a thread.
+fn header(threads: usize, clients: usize, pending: Option<&PendingSnapshot>) -> String {
+    let pid = std::process::id();
+    format!(
+        "state dump: pid {pid}, {threads} threads ({clients} client threads), {} pending connections without a thread; tid is the PID column of `top -H`, the LWP in gdb and /proc/{pid}/task/TID",
+        pending.map_or("?".to_string(), |p| p.total.to_string()),
+    )
+}
+
+impl Out<'_> {
+    /// A line for each of fxproxy's own threads (and any other): what the kernel says of it,
+    /// and what it is there for.
+    fn threads(&mut self, others: &[Task], pending: Option<&PendingSnapshot>) -> bool {
+        for task in others {
+            let mut line = format!(
+                "thread tid={} name={} kernel={} cpu={}",
+                task.tid,
+                task.name,
+                task.state,
+                secs(task.cpu)
+            );
+            if let Some(w) = wchan(task.tid) {
+                let _ = write!(line, " wchan={w}");
+            }
+            let _ = write!(line, " {}", service(self.ctx, task, pending));
+            if !self.line(&line) {
+                return false;
+            }
+        }
+        true
     }
 
-    let mut summary = format!(
-        "state dump summary: {} threads: {clients} client threads (",
-        tids.len()
-    );
-    let counts: Vec<String> = doing
+    /// A line for each client thread listed, with what the kernel says of it now.
+    fn clients(&mut self, rows: &[ClientRow], now: Instant) -> bool {
+        for row in rows {
+            if !self.line(&row.line(read_task(row.tid).as_ref(), now)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A line for each pending connection listed, the oldest first.
+    fn pending(&mut self, pending: Option<&PendingSnapshot>) -> bool {
+        if let Some(p) = pending {
+            for (peer, phase, age) in &p.oldest {
+                let line = format!("pending peer={peer} phase={phase} age={}", secs(*age));
+                if !self.line(&line) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The dump's last line: the threads by what they do, the pending connections by phase, the
+/// queues, and how much of it all was listed.
+fn summary(
+    threads: usize,
+    clients: &Clients,
+    others: usize,
+    pending: Option<&PendingSnapshot>,
+    started: Instant,
+) -> String {
+    let count = clients.count;
+    let mut summary = format!("state dump summary: {threads} threads: {count} client threads (");
+    let counts: Vec<String> = clients
+        .doing
         .iter()
         .filter(|(_, n)| *n > 0)
         .map(|(d, n)| format!("{n} {d}"))
         .collect();
     let _ = write!(
         summary,
-        "{}), {} others",
+        "{}), {others} others",
         if counts.is_empty() {
             "none".to_string()
         } else {
             counts.join(", ")
         },
-        others.len()
     );
-    if kicked > 0 {
-        let _ = write!(summary, "; {kicked} told to leave");
+    if clients.kicked > 0 {
+        let _ = write!(summary, "; {} told to leave", clients.kicked);
     }
-    match &pending {
-        Some(p) => {
-            let phases: Vec<String> = p
-                .by_phase
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(phase, n)| format!("{n} {phase}"))
-                .collect();
-            let _ = write!(
-                summary,
-                "; {} pending connections{}{}",
-                p.total,
-                if phases.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", phases.join(", "))
-                },
-                if p.paused { ", accepting paused" } else { "" }
-            );
-        }
-        None => summary.push_str("; pending connections unknown (admission did not answer)"),
-    }
-    let _ = write!(summary, "; {queued} frames queued");
-    if let Some((depth, name)) = deepest.filter(|(d, _)| *d > 0) {
+    summary.push_str(&pending_summary(pending));
+    let _ = write!(summary, "; {} frames queued", clients.queued);
+    if let Some((depth, name)) = clients.deepest.as_ref().filter(|(d, _)| *d > 0) {
         let _ = write!(summary, " (deepest {depth} on {name})");
     }
-    if let Some((since, name)) = stalest {
+    if let Some((since, name)) = &clients.stalest {
         let _ = write!(
             summary,
             "; longest without a write {} ({name})",
-            secs(since)
+            secs(*since)
         );
     }
+    let listed = clients.rows.len();
     let _ = write!(
         summary,
-        "; listed {} of {clients} client threads{} and {} of {} pending connections (the oldest); written in {:.0} ms",
-        rows.len(),
-        if rows.len() < clients {
+        "; listed {listed} of {count} client threads{} and {} of {} pending connections (the oldest); written in {:.0} ms",
+        if listed < count {
             " (those furthest behind)"
         } else {
             ""
         },
-        pending.as_ref().map_or(0, |p| p.oldest.len()),
-        pending.as_ref().map_or(0, |p| p.total),
+        pending.map_or(0, |p| p.oldest.len()),
+        pending.map_or(0, |p| p.total),
         started.elapsed().as_secs_f64() * 1000.0
     );
-    out.line(&summary);
+    summary
+}
+
+/// The summary's part on the connections that have no thread yet.
+fn pending_summary(pending: Option<&PendingSnapshot>) -> String {
+    let Some(p) = pending else {
+        return "; pending connections unknown (admission did not answer)".to_string();
+    };
+    let phases: Vec<String> = p
+        .by_phase
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(phase, n)| format!("{n} {phase}"))
+        .collect();
+    format!(
+        "; {} pending connections{}{}",
+        p.total,
+        if phases.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", phases.join(", "))
+        },
+        if p.paused { ", accepting paused" } else { "" }
+    )
 }
 
 #[cfg(test)]
