@@ -38,7 +38,7 @@ use crate::clients::stream::ClientStream;
 use crate::clients::v2;
 use crate::config::{Config, SlowClient};
 use crate::fanout::conflate::Conflation;
-use crate::fanout::distributor::{Hub, JoinError};
+use crate::fanout::distributor::{self, Hub, JoinError, Queue};
 use crate::fanout::slot::{ClientSlot, Idle, Kick};
 use crossbeam_channel::Receiver;
 use log::{error, info, warn};
@@ -68,7 +68,9 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// Serves one admitted connection to its end.
 ///
 /// The connection stays boxed: moved onto the stack it would cost every client thread
-/// another page of stack for as long as it lives.
+/// another page of stack for as long as it lives. For the same page, `serve` is never inlined
+/// into the thread's closure (inlined there, its frame and std's added up to more).
+#[inline(never)]
 pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
     let Admitted {
         ws,
@@ -76,8 +78,10 @@ pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
         budget,
         auth,
         id,
+        queue,
     } = &mut *admitted;
-    let (ws, peer, auth, id) = (ws, *peer, auth.take(), *id);
+    // The auth request stays in the box too, read where it lies.
+    let (ws, peer, auth, id, queue) = (ws, *peer, auth.as_ref(), *id, queue.take());
     let activity = ctx
         .activity
         .enter(id, peer, auth.as_ref().map(|a| a.key.as_str()));
@@ -85,24 +89,14 @@ pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
     // client is told (1011), the slot and the watch are released by their guards as the
     // panic unwinds, and every other client goes on.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| match auth {
-        Some(auth) => session(ctx, ws, peer, auth, budget, &activity),
+        Some(auth) => session(ctx, ws, peer, (auth, queue), budget, &activity),
         #[cfg(feature = "autobahn")]
         None => super::echo::serve(ctx, ws, budget),
         // Only the Autobahn build admits a connection without auth.
         #[cfg(not(feature = "autobahn"))]
         None => None,
     }));
-    let last_words = match outcome {
-        Ok(words) => words,
-        Err(payload) => {
-            ctx.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
-            error!(
-                "{peer}: internal error while serving this client ({}); closing it with 1011",
-                logsafe::escaped(crate::base::threads::panic_message(&*payload))
-            );
-            Some((CloseCode::Error, "Internal error".to_string()))
-        }
-    };
+    let last_words = outcome.unwrap_or_else(|payload| internal_error(ctx, peer, &*payload));
     activity.closing();
     if let Some((code, reason)) = last_words {
         // Counted here, whichever way the session ended.
@@ -116,20 +110,36 @@ pub fn serve(ctx: &Context, mut admitted: Box<Admitted>) {
     }
 }
 
+/// A panic while serving one client: counted, logged, and the 1011 owed to the client.
+/// Cold and out of line, so that its formatting takes no room in `serve`'s frame.
+#[cold]
+#[inline(never)]
+fn internal_error(ctx: &Context, peer: Peer, payload: &(dyn std::any::Any + Send)) -> Option<Owed> {
+    ctx.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
+    error!(
+        "{peer}: internal error while serving this client ({}); closing it with 1011",
+        logsafe::escaped(crate::base::threads::panic_message(payload))
+    );
+    Some((CloseCode::Error, "Internal error".to_string()))
+}
+
 /// Joins the hub and delivers quotes until the client leaves. Returns the close frame still
 /// owed to the client, if any.
 fn session(
     ctx: &Context,
     ws: &mut Socket,
     peer: Peer,
-    auth: AuthRequest,
+    (auth, queue): (&AuthRequest, Option<Queue>),
     budget: &mut Budget,
     activity: &ClientActivity,
 ) -> Option<Owed> {
     let conflate = auth
         .conflate
         .unwrap_or(ctx.config().slow_client == SlowClient::Conflate);
-    let (slot, rx) = match join(ctx, peer, &auth, conflate) {
+    // The admission loop made the queue; only a connection admitted some other way (none
+    // today) gets one made here.
+    let queue = queue.unwrap_or_else(distributor::queue);
+    let (slot, rx) = match join(ctx, peer, auth, conflate, queue) {
         Ok(joined) => joined,
         Err(owed) => return Some(owed),
     };
@@ -192,14 +202,16 @@ fn join(
     peer: Peer,
     auth: &AuthRequest,
     conflate: bool,
+    queue: Queue,
 ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), Owed> {
     let joined = if auth.v2 {
         // Its `login_ok` is the first thing in its queue; it subscribes as it goes.
         let login_ok = crate::feed::v2::login_ok(v2::symbol_limit(ctx, &auth.key));
         ctx.hub
-            .join_v2(&auth.key, std::thread::current(), conflate, login_ok)
+            .join_v2(queue, &auth.key, std::thread::current(), conflate, login_ok)
     } else {
         ctx.hub.join(
+            queue,
             &auth.key,
             auth.symbols.as_deref(),
             std::thread::current(),

@@ -21,6 +21,7 @@ use crate::clients::keys::KeyEntry;
 use crate::clients::places::Place;
 use crate::clients::stream::{ClientStream, TlsFailure, TLS_HANDSHAKE_RECORD};
 use crate::config::Config;
+use crate::fanout::distributor::{self, Queue};
 use crate::feed::v2;
 use log::{debug, info, warn};
 use std::io::{self, Read, Write};
@@ -57,6 +58,8 @@ pub struct Admitted {
     pub budget: Budget,
     /// What the client asked for; `None` in echo mode (tests only), where nobody authenticates.
     pub auth: Option<AuthRequest>,
+    /// Its queue, made here rather than on its own thread (see [`distributor::queue`]).
+    pub queue: Option<Queue>,
 }
 
 /// What the admission loop does with a connection after driving it.
@@ -347,6 +350,7 @@ impl Conn {
                     id: self.id,
                     budget,
                     auth: None,
+                    queue: None,
                 }),
                 place,
             );
@@ -675,6 +679,7 @@ impl Conn {
                         id: self.id,
                         budget,
                         auth: Some(auth),
+                        queue: Some(distributor::queue()),
                     }),
                     place,
                 )

@@ -15,7 +15,7 @@ use crate::base::metrics::{Metrics, Padded, QueueStats};
 use crate::base::ratelimit::RateLimited;
 use crate::fanout::conflate::{Conflation, Offer};
 use crate::fanout::slot::{ClientSlot, Kick, WakeChain, CHAINS};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, warn};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -50,6 +50,26 @@ struct HubInner {
     /// Scratch for `publish`: positions of the clients a batch was queued for, kept to reuse
     /// its allocation.
     queued: Vec<usize>,
+}
+
+/// A client's queue: the distributor's end and the client writer's.
+pub type Queue = (Sender<Utf8Bytes>, Receiver<Utf8Bytes>);
+
+/// A new client's queue, made by the admission loop before the client's thread starts.
+///
+/// The design asks for a bounded queue per client; this is an unbounded (linked-block)
+/// channel capped by its length instead (`client_queue_len`, checked in `publish`):
+/// crossbeam's `bounded(n)` allocates all n slots up front, 1,024 × 16 bytes for every
+/// client, which fifteen thousand mostly idle clients cannot afford. The cap is the same
+/// bound: a client with a full queue is a slow consumer.
+///
+/// Made on the admission thread, and never inlined: the channel is built on the stack before
+/// it moves to the heap (its two cache-padded ends make that frame almost 900 bytes), and on
+/// the client's thread that frame, under the sends that fill the new queue, took the stack
+/// into a third page: 4 KiB more memory for every client (see BENCHMARKS.md, "Memory").
+#[inline(never)]
+pub fn queue() -> Queue {
+    crossbeam_channel::unbounded()
 }
 
 /// Shared by the distributor, every client thread and the housekeeping thread.
@@ -275,6 +295,7 @@ impl Hub {
     /// per symbol when it falls behind, instead of being closed.
     pub fn join(
         &self,
+        queue: Queue,
         key: &str,
         symbols: Option<&[String]>,
         thread: Thread,
@@ -293,36 +314,41 @@ impl Hub {
                 Some(wants)
             }
         };
-        self.enter(key, (wants, false), thread, conflate, None)
+        self.enter(queue, key, (wants, false), thread, conflate, None)
     }
 
     /// Adds a client that speaks v2: it receives no symbol until it subscribes (see
     /// [`Hub::change`]), and `first` (its `login_ok`) is the first thing queued for it.
     pub fn join_v2(
         &self,
+        queue: Queue,
         key: &str,
         thread: Thread,
         conflate: bool,
         first: String,
     ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), JoinError> {
         let wants = vec![false; self.symbols.len()].into_boxed_slice();
-        self.enter(key, (Some(wants), true), thread, conflate, Some(first))
+        self.enter(
+            queue,
+            key,
+            (Some(wants), true),
+            thread,
+            conflate,
+            Some(first),
+        )
     }
 
     fn enter(
         &self,
+        queue: Queue,
         key: &str,
         wants: (Option<Box<[bool]>>, bool),
         thread: Thread,
         conflate: bool,
         first: Option<String>,
     ) -> Result<(Arc<ClientSlot>, Receiver<Utf8Bytes>), JoinError> {
-        // The design asks for a bounded queue per client; this is an unbounded (linked-block)
-        // channel capped by its length instead (`client_queue_len`, checked in `publish`):
-        // crossbeam's `bounded(n)` allocates all n slots up front, 1,024 × 16 bytes for every
-        // client, which fifteen thousand mostly idle clients cannot afford. The cap is the
-        // same bound: a client with a full queue is a slow consumer.
-        let (tx, rx) = crossbeam_channel::unbounded();
+        // The queue: see [`queue`] for why it is capped by length, and made elsewhere.
+        let (tx, rx) = queue;
         let slot = Arc::new(ClientSlot::new(
             self.next_id.fetch_add(1, Ordering::Relaxed),
             key,
@@ -678,7 +704,7 @@ mod tests {
         hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
         hub.publish(&[(0, frame("EURUSD", 2))]);
         let (_slot, rx) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         hub.publish(&[(1, frame("GBPUSD", 2))]);
         assert_eq!(
@@ -696,13 +722,13 @@ mod tests {
         let hub = hub(16);
         let only = vec!["GBPUSD".to_string()];
         let (_slot, rx) = hub
-            .join("key-1", Some(&only), std::thread::current(), false)
+            .join(queue(), "key-1", Some(&only), std::thread::current(), false)
             .unwrap();
         hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
         assert_eq!(drain(&rx), vec![r#"{"symbol":"GBPUSD","n":1}"#]);
         let bad = vec!["XAUUSD".to_string()];
         assert_eq!(
-            hub.join("key-1", Some(&bad), std::thread::current(), false)
+            hub.join(queue(), "key-1", Some(&bad), std::thread::current(), false)
                 .err(),
             Some(JoinError::UnknownSymbol("XAUUSD".into()))
         );
@@ -712,10 +738,10 @@ mod tests {
     fn a_full_queue_kicks_only_that_client() {
         let hub = hub(2);
         let (slow, _slow_rx) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         let (fast, fast_rx) = hub
-            .join("key-2", None, std::thread::current(), false)
+            .join(queue(), "key-2", None, std::thread::current(), false)
             .unwrap();
         for n in 0..3 {
             hub.publish(&[(0, frame("EURUSD", n))]);
@@ -736,18 +762,19 @@ mod tests {
     fn limits_clients_per_key() {
         let hub = hub(4);
         let (a, _ra) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         let _b = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         assert_eq!(
-            hub.join("key-1", None, std::thread::current(), false).err(),
+            hub.join(queue(), "key-1", None, std::thread::current(), false)
+                .err(),
             Some(JoinError::TooManyForKey)
         );
         hub.leave(&a);
         assert!(hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .is_ok());
     }
 
@@ -755,7 +782,7 @@ mod tests {
     fn an_idle_writer_is_woken_and_a_busy_one_is_not() {
         let hub = hub(8);
         let (slot, rx) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         assert!(slot.going_idle(&rx, Idle::Frames));
         hub.publish(&[(0, frame("EURUSD", 1))]);
@@ -788,7 +815,7 @@ mod tests {
     fn a_blocked_writer_waits_for_its_socket_not_for_frames() {
         let hub = hub(8);
         let (slot, rx) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         assert!(slot.going_idle(&rx, Idle::Writable));
         hub.publish(&[(0, frame("EURUSD", 1))]);
@@ -810,10 +837,10 @@ mod tests {
     fn queue_stats_cover_every_client() {
         let hub = hub(4);
         let (_a, _ra) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         let (_b, rb) = hub
-            .join("key-2", None, std::thread::current(), false)
+            .join(queue(), "key-2", None, std::thread::current(), false)
             .unwrap();
         hub.publish(&[(0, frame("EURUSD", 1))]);
         hub.publish(&[(0, frame("EURUSD", 2)), (1, frame("GBPUSD", 1))]);
@@ -827,7 +854,7 @@ mod tests {
         let hub = hub_with_batch(Duration::ZERO);
         let joined: Vec<_> = (0..STATS_CHUNK * 2 + 3)
             .map(|_| {
-                hub.join("key-1", None, std::thread::current(), false)
+                hub.join(queue(), "key-1", None, std::thread::current(), false)
                     .unwrap()
             })
             .collect();
@@ -841,7 +868,7 @@ mod tests {
     fn a_frame_into_an_empty_queue_is_stamped_with_when_it_was_queued() {
         let hub = hub(8);
         let (slot, rx) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         let before = hub.stamp();
         hub.publish(&[(0, frame("EURUSD", 1))]);
@@ -891,7 +918,7 @@ mod tests {
         assert!(!hub.worth_batching(Duration::from_millis(5)), "no clients");
         let joined: Vec<_> = (0..300)
             .map(|_| {
-                hub.join("key-1", None, std::thread::current(), false)
+                hub.join(queue(), "key-1", None, std::thread::current(), false)
                     .unwrap()
             })
             .collect();
@@ -954,12 +981,18 @@ mod tests {
     fn a_v2_tick_is_made_once_for_every_v2_client() {
         let (hub, made) = v2_hub(16);
         let (_v1, v1_rx) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         let v2: Vec<_> = (0..3)
             .map(|_| {
                 let (slot, rx) = hub
-                    .join_v2("key-2", std::thread::current(), false, "login_ok".into())
+                    .join_v2(
+                        queue(),
+                        "key-2",
+                        std::thread::current(),
+                        false,
+                        "login_ok".into(),
+                    )
                     .unwrap();
                 assert!(hub.change(&slot, &[0], &[], "ack".into(), true));
                 (slot, rx)
@@ -996,7 +1029,13 @@ mod tests {
         let (hub, _) = v2_hub(16);
         hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
         let (slot, rx) = hub
-            .join_v2("key-1", std::thread::current(), false, "login_ok".into())
+            .join_v2(
+                queue(),
+                "key-1",
+                std::thread::current(),
+                false,
+                "login_ok".into(),
+            )
             .unwrap();
         hub.publish(&[(0, frame("EURUSD", 2))]);
         assert_eq!(drain(&rx), ["login_ok"], "nothing before it subscribes");
@@ -1032,7 +1071,13 @@ mod tests {
     fn a_v2_client_that_does_not_read_its_answers_is_a_slow_consumer() {
         let (hub, _) = v2_hub(2);
         let (slot, _rx) = hub
-            .join_v2("key-1", std::thread::current(), false, "login_ok".into())
+            .join_v2(
+                queue(),
+                "key-1",
+                std::thread::current(),
+                false,
+                "login_ok".into(),
+            )
             .unwrap();
         assert!(hub.change(&slot, &[], &[], "a".into(), false));
         assert!(!hub.change(&slot, &[], &[], "b".into(), false));
@@ -1043,10 +1088,11 @@ mod tests {
     fn clients_whose_every_symbol_is_refused_are_told_to_leave() {
         let hub = hub(8);
         let (all, _a) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         let (eur, _e) = hub
             .join(
+                queue(),
                 "key-2",
                 Some(&["EURUSD".to_string()]),
                 std::thread::current(),
@@ -1055,6 +1101,7 @@ mod tests {
             .unwrap();
         let (gbp, _g) = hub
             .join(
+                queue(),
                 "key-3",
                 Some(&["GBPUSD".to_string()]),
                 std::thread::current(),
@@ -1075,7 +1122,7 @@ mod tests {
     fn distributor_parses_and_drops_non_quotes() {
         let hub = hub(8);
         let (_slot, rx) = hub
-            .join("key-1", None, std::thread::current(), false)
+            .join(queue(), "key-1", None, std::thread::current(), false)
             .unwrap();
         let (tx, frames) = crossbeam_channel::unbounded();
         for text in [

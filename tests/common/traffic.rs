@@ -117,6 +117,9 @@ impl Traffic {
     /// Stops the feed and checks that every healthy client got every quote, in order, each
     /// within [`LAG_LIMIT`]. Returns the upstream (for more quotes) and what each client got.
     pub fn finish(self) -> (TestUpstream, Vec<Delivery>) {
+        // On a loaded machine the feeder may not have run at all yet (seen: a test's faults
+        // all done before its first quote): the faults must overlap some traffic.
+        self.wait_for_more(3);
         self.stop.store(true, Ordering::SeqCst);
         let (up, total) = self.feeder.join().expect("the feeder");
         *self.give_up.lock().unwrap() = Some(Instant::now() + DEADLINE * 2);
