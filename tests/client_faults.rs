@@ -1433,6 +1433,9 @@ fn upgrades_that_never_authenticate_cannot_hold_every_place() {
         let mut c = Client::auth(addr, OTHER_KEY, Some("EURUSD"));
         c.next_text();
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        // Told to come back later, not dropped without a word.
+        let close = squatter.close_frame();
+        assert_eq!(&close.payload[..2], &1013u16.to_be_bytes(), "squatter {i}");
         assert_eq!(
             squatter.ends_within(DEADLINE),
             Ended::Closed,

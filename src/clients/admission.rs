@@ -27,6 +27,7 @@
 use crate::base::live::Cached;
 use crate::base::metrics::{Eviction, Rejection};
 use crate::clients::answering::{self, Answerer, Asking, Job};
+use crate::clients::closes;
 use crate::clients::context::Context;
 use crate::clients::forwarded::Peer;
 use crate::clients::handshake::{Admitted, Conn, Next};
@@ -699,7 +700,7 @@ impl State {
             self.spawn_failures.note(|n| {
                 error!("{peer}: cannot start a thread for an authenticated client ({n} refused): {e}; closing it with 1013. Raise TasksMax / kernel.threads-max / vm.max_map_count");
             });
-            let owed = (CloseCode::Again, "Try again later".to_string());
+            let owed = (CloseCode::Again, closes::TRY_AGAIN.to_string());
             let (conn, next) = Conn::closing(admitted, &self.ctx, owed, now);
             if let Some(slot) = self.insert(conn) {
                 self.order

@@ -14,6 +14,10 @@ pub const SHUTTING_DOWN: &str = "Server shutting down";
 /// that a reconnect waits in the socket's queue for the next process.
 pub const RESTARTING: &str = "Server restarting";
 
+/// The reason sent with 1013 to an upgraded client that cannot be served now: its thread
+/// could not start, or its place went to a newcomer before its auth message came.
+pub const TRY_AGAIN: &str = "Try again later";
+
 /// The close owed to every client when the proxy stops: 1012 (Service Restart: reconnect)
 /// when the listening socket outlives the process, 1001 (going away) when it does not.
 pub fn on_stop(restart: bool) -> (CloseCode, &'static str) {

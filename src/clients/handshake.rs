@@ -436,6 +436,18 @@ impl Conn {
 
     /// Dropped to make room: shut down at once, without a word.
     pub fn evict(&mut self) {
+        // An upgraded connection is told, as one whose thread cannot start is: 1013, try
+        // again later. Dropped without a word, a client of a storm past the last place saw
+        // only a reset after its 101 (1,210 of 17,500 for 16,290 places, measured), neither
+        // served nor refused. The frame is small and the socket's buffer empty: it goes out
+        // now or not at all, without blocking the loop.
+        if let Phase::Auth { ws, .. } = &mut self.phase {
+            let _ = ws.close(Some(CloseFrame {
+                code: CloseCode::Again,
+                reason: closes::TRY_AGAIN.into(),
+            }));
+            let _ = ws.flush();
+        }
         if let Some(stream) = self.stream() {
             let _ = stream.shutdown(Shutdown::Both);
         }
