@@ -52,7 +52,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
-pub(super) type Socket = WebSocket<ClientStream>;
+type Socket = WebSocket<ClientStream>;
 
 /// After this many bytes sent since its last answered ping, a client is pinged again.
 pub const PROBE_BYTES: u64 = 32 * 1024;

@@ -5,21 +5,21 @@
 //! codes); only instead of the greeting and the auth, each message is echoed back.
 
 use super::budget::Budget;
-use super::client::Socket;
 use super::closes;
 use super::closes::{Owed, TOO_MANY};
 use super::context::Context;
+use super::stream::ClientStream;
 use log::debug;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Error as WsError, Message};
+use tungstenite::{Error as WsError, Message, WebSocket};
 
 /// How often the echo service looks at the stop flag.
 const STOP_SLICE: Duration = Duration::from_millis(250);
 
 /// Every text or binary message goes back as it came; reads, limits and errors take the same
 /// paths as a real client's.
-pub fn serve(ctx: &Context, ws: &mut Socket, budget: &mut Budget) -> Option<Owed> {
+pub fn serve(ctx: &Context, ws: &mut WebSocket<ClientStream>, budget: &mut Budget) -> Option<Owed> {
     // The write buffer is capped near one upstream frame, the biggest thing a real client is
     // sent; an echo must fit the biggest message a client may send, or a send over the cap
     // fails and the connection is dropped without a close frame.
