@@ -1,4 +1,4 @@
-//! `market_closed_dates`: a date as `Date::from_str` reads it (src/market.rs), and a whole
+//! `market_closed_dates`: a date as `Date::from_str` reads it (src/base/market.rs), and a whole
 //! list as `proxy.conf` gives it.
 //!
 //! Properties: a date that parses is written back exactly as it was given (`YYYY-MM-DD`, so
@@ -44,8 +44,11 @@ fuzz_target!(|data: &[u8]| {
     if text.contains(['\n', '\r', '#']) {
         return;
     }
+    // A provider's upstream, not `sim`: the simulated source's market is always open,
+    // whatever `market_closed_dates` says (nothing is connected to it here).
     let conf = format!(
-        "upstream_url = sim\nsymbols = EURUSD\nuser_keys_file = k\nmarket_closed_dates = {text}\n"
+        "upstream_url = ws://127.0.0.1:9/feed\nsymbols = EURUSD\nuser_keys_file = k\n\
+         market_closed_dates = {text}\n"
     );
     if let Ok(c) = parse(&conf, Path::new("proxy.conf")) {
         let dates = &c.market_closed_dates;
