@@ -348,9 +348,11 @@ fn deliver(
     slot.readable.store(true, Ordering::SeqCst);
     // Outside the writer, built where they stay: moved into it, the timings' histograms (a few
     // hundred bytes) were copied, and both copies held in every client thread's stack
-    // (measured: the frame grew from 1,048 to 1,192 bytes).
+    // (measured: the frame grew from 1,048 to 1,192 bytes). On the heap, not the stack: their
+    // ~200 bytes were part of what took every client's stack into a third page (see
+    // `Timings::boxed`).
     let mut blocked = Blocked::new(ctx, activity);
-    let mut timings = Timings::new(&ctx.metrics, slot.id);
+    let mut timings = Timings::boxed(&ctx.metrics, slot.id);
     let mut writer = Writer::new(ctx, ws, slot, rx, budget, &mut blocked, &mut timings);
     writer.run()
 }
@@ -369,6 +371,16 @@ struct Timings<'a> {
 }
 
 impl<'a> Timings<'a> {
+    /// On the heap, and made out of line so that no copy stays in the writer's frame: the
+    /// writer's deepest path (through tungstenite's write) ran about 100 bytes past a client
+    /// stack's second page with them on the stack, 4 KiB more RSS for every client
+    /// (BENCHMARKS.md, "This round"). Read through a pointer either way: the writer holds a
+    /// reference.
+    #[inline(never)]
+    fn boxed(metrics: &'a Metrics, id: u64) -> Box<Timings<'a>> {
+        Box::new(Timings::new(metrics, id))
+    }
+
     fn new(metrics: &'a Metrics, id: u64) -> Timings<'a> {
         Timings {
             metrics,
