@@ -553,38 +553,3 @@ mod tests {
         assert_eq!(always["closed"], serde_json::json!([]));
     }
 }
-
-#[cfg(test)]
-mod fuzz_regressions {
-    use super::*;
-
-    /// The fuzz target `market_dates`'s properties, for an input that once failed them.
-    fn holds(text: &str) {
-        let date: Date = text.parse().unwrap();
-        assert_eq!(date.to_string(), text);
-        assert_eq!(Date::of(date.start_ms()), date);
-        let (from, to) = closed_date_window(date);
-        for hours in [MarketHours::Fx, MarketHours::Always] {
-            let market = Market::new(hours, &[date]);
-            for at in [from, (from + to) / 2, to - 1] {
-                match market.state(at) {
-                    MarketState::Closed { since_ms, opens_ms } => {
-                        assert!(
-                            since_ms <= at && at < opens_ms && opens_ms >= to,
-                            "{text} at {at}"
-                        )
-                    }
-                    MarketState::Open { .. } => panic!("{text}: open at {at}"),
-                }
-            }
-        }
-        let market = Market::new(MarketHours::Fx, &[date]);
-        let rule: serde_json::Value = serde_json::from_str(&market.rule_json()).unwrap();
-        assert_eq!(rule["closed"].as_array().map(Vec::len), Some(1), "{rule}");
-    }
-
-    #[test]
-    fn the_last_date_there_is() {
-        holds("9999-12-31");
-    }
-}

@@ -396,6 +396,25 @@ mod tests {
         None
     }
 
+    /// From the fuzz target `market_dates`, whose seed `9999-12-31` once failed it: closed
+    /// dates shape a provider's market; the simulated source's is always open.
+    #[test]
+    fn closed_dates_close_a_provider_s_market_never_the_simulated_one() {
+        let closed = |config: &Config| {
+            let rule: serde_json::Value =
+                serde_json::from_str(&config.market().rule_json()).unwrap();
+            rule["closed"].as_array().map(Vec::len)
+        };
+        let provider = config("market_closed_dates = 9999-12-31\n").unwrap();
+        assert_eq!(closed(&provider), Some(1));
+        let sim = parse(
+            "upstream_url = sim\nsymbols = EURUSD\nuser_keys_file = k\nmarket_closed_dates = 9999-12-31\n",
+            Path::new("proxy.conf"),
+        )
+        .unwrap();
+        assert_eq!(closed(&sim), Some(0));
+    }
+
     #[test]
     fn the_route_follows_the_key_then_the_environment() {
         let env = |name: &str| match name {
