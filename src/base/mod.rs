@@ -12,6 +12,7 @@ pub(crate) mod ceiling;
 pub mod clock;
 pub(crate) mod heartbeat;
 pub(crate) mod histogram;
+pub(crate) mod host;
 pub(crate) mod io;
 pub(crate) mod live;
 pub mod logsafe;

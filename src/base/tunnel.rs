@@ -8,6 +8,7 @@
 //! Everything but [`establish`] is pure; the environment is given as a function, so the rules
 //! are tested without touching the process's own.
 
+use crate::base::host::split_host_port;
 use crate::base::logsafe;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -167,22 +168,6 @@ fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// `host` and the text of its port, if any: `name:port`, `1.2.3.4:port`, `[v6]:port`, `[v6]`.
-fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
-    if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        host.parse::<std::net::Ipv6Addr>().ok()?;
-        return match after {
-            "" => Some((host, None)),
-            _ => Some((host, Some(after.strip_prefix(':')?))),
-        };
-    }
-    match text.split_once(':') {
-        Some((host, port)) => Some((host, Some(port))),
-        None => Some((text, None)),
-    }
 }
 
 /// `host:port` as a request target or a URL writes it: an IPv6 address in brackets.

@@ -150,19 +150,7 @@ impl RedisUrl {
 /// `HOST[:PORT]` or `[V6]:PORT` taken apart; the port `None` when not given. `None` when
 /// either part is malformed.
 fn host_and_port(text: &str) -> Option<(&str, Option<u16>)> {
-    let (host, port) = match text.strip_prefix('[') {
-        Some(v6) => {
-            let (host, rest) = v6.split_once(']')?;
-            match rest {
-                "" => (host, None),
-                _ => (host, Some(rest.strip_prefix(':')?)),
-            }
-        }
-        None => match text.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
-        },
-    };
+    let (host, port) = crate::base::host::split_host_port(text)?;
     let port = match port {
         Some(p) => Some(p.parse::<u16>().ok().filter(|n| *n > 0)?),
         None => None,

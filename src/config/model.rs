@@ -370,13 +370,7 @@ impl Config {
 fn target(url: &str) -> Option<(bool, &str)> {
     let (scheme, rest) = url.split_once("://")?;
     let tls = scheme.eq_ignore_ascii_case("wss");
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit('@').next()?;
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => host_port.split(':').next()?,
-    };
-    (!host.is_empty()).then_some((tls, host))
+    Some((tls, crate::base::host::url_host(rest)?))
 }
 
 #[cfg(test)]

@@ -391,18 +391,7 @@ pub fn upstream(v: &str, base: &Path) -> Result<Upstream, Invalid> {
     else {
         return Err(Invalid::expected(expected, v));
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit('@').next().unwrap_or("");
-    let host = if host_port.starts_with('[') {
-        host_port
-            .split(']')
-            .next()
-            .unwrap_or("")
-            .trim_start_matches('[')
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    if host.is_empty() || v.chars().any(char::is_whitespace) {
+    if crate::base::host::url_host(rest).is_none() || v.chars().any(char::is_whitespace) {
         return Err(Invalid::expected(expected, v));
     }
     Ok(Upstream::Url(v.to_string()))
