@@ -379,12 +379,7 @@ mod tests {
     use crate::config::parse::parse;
     use std::path::Path;
 
-    const MINIMAL: &str =
-        "upstream_url = wss://feed.example/x\nsymbols = EURUSD\nuser_keys_file = k\n";
-
-    fn config(extra: &str) -> Result<Config, ConfigError> {
-        parse(&format!("{MINIMAL}{extra}"), Path::new("proxy.conf"))
-    }
+    use crate::config::parse::minimal_with as config;
 
     fn no_env(_: &str) -> Option<String> {
         None

@@ -294,6 +294,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// For tests: `extra` lines after a minimal configuration with a provider's upstream.
+#[cfg(test)]
+pub(crate) fn minimal_with(extra: &str) -> Result<Config, ConfigError> {
+    let minimal = "upstream_url = wss://feed.example/x\nsymbols = EURUSD\nuser_keys_file = k\n";
+    parse(&format!("{minimal}{extra}"), Path::new("proxy.conf"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,17 +55,8 @@ impl UpstreamProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::error::ConfigError;
-    use crate::config::model::Config;
-    use crate::config::parse::parse;
-    use std::path::Path;
 
-    const MINIMAL: &str =
-        "upstream_url = wss://feed.example/x\nsymbols = EURUSD\nuser_keys_file = k\n";
-
-    fn config(extra: &str) -> Result<Config, ConfigError> {
-        parse(&format!("{MINIMAL}{extra}"), Path::new("proxy.conf"))
-    }
+    use crate::config::parse::minimal_with as config;
 
     #[test]
     fn the_key_takes_a_url_none_or_nothing() {

@@ -678,6 +678,23 @@ mod tests {
         })
     }
 
+    /// A v1 client of `hub` with `key`, for every symbol or one, on this thread.
+    fn joined(
+        hub: &Hub,
+        key: &str,
+        symbol: Option<&str>,
+    ) -> (Arc<ClientSlot>, Receiver<Utf8Bytes>) {
+        let symbols = symbol.map(|s| vec![s.to_string()]);
+        hub.join(
+            queue(),
+            key,
+            symbols.as_deref(),
+            std::thread::current(),
+            false,
+        )
+        .unwrap()
+    }
+
     fn hub(queue_len: usize) -> Arc<Hub> {
         let symbols = vec!["EURUSD".to_string(), "GBPUSD".to_string()];
         Arc::new(Hub::new(
@@ -703,9 +720,7 @@ mod tests {
         let hub = hub(16);
         hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
         hub.publish(&[(0, frame("EURUSD", 2))]);
-        let (_slot, rx) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
+        let (_slot, rx) = joined(&hub, "key-1", None);
         hub.publish(&[(1, frame("GBPUSD", 2))]);
         assert_eq!(
             drain(&rx),
@@ -720,10 +735,7 @@ mod tests {
     #[test]
     fn filters_by_symbol_and_refuses_unknown_ones() {
         let hub = hub(16);
-        let only = vec!["GBPUSD".to_string()];
-        let (_slot, rx) = hub
-            .join(queue(), "key-1", Some(&only), std::thread::current(), false)
-            .unwrap();
+        let (_slot, rx) = joined(&hub, "key-1", Some("GBPUSD"));
         hub.publish(&[(0, frame("EURUSD", 1)), (1, frame("GBPUSD", 1))]);
         assert_eq!(drain(&rx), vec![r#"{"symbol":"GBPUSD","n":1}"#]);
         let bad = vec!["XAUUSD".to_string()];
@@ -737,12 +749,8 @@ mod tests {
     #[test]
     fn a_full_queue_kicks_only_that_client() {
         let hub = hub(2);
-        let (slow, _slow_rx) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
-        let (fast, fast_rx) = hub
-            .join(queue(), "key-2", None, std::thread::current(), false)
-            .unwrap();
+        let (slow, _slow_rx) = joined(&hub, "key-1", None);
+        let (fast, fast_rx) = joined(&hub, "key-2", None);
         for n in 0..3 {
             hub.publish(&[(0, frame("EURUSD", n))]);
             drain(&fast_rx);
@@ -761,12 +769,8 @@ mod tests {
     #[test]
     fn limits_clients_per_key() {
         let hub = hub(4);
-        let (a, _ra) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
-        let _b = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
+        let (a, _ra) = joined(&hub, "key-1", None);
+        let _b = joined(&hub, "key-1", None);
         assert_eq!(
             hub.join(queue(), "key-1", None, std::thread::current(), false)
                 .err(),
@@ -781,9 +785,7 @@ mod tests {
     #[test]
     fn an_idle_writer_is_woken_and_a_busy_one_is_not() {
         let hub = hub(8);
-        let (slot, rx) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
+        let (slot, rx) = joined(&hub, "key-1", None);
         assert!(slot.going_idle(&rx, Idle::Frames));
         hub.publish(&[(0, frame("EURUSD", 1))]);
         assert_eq!(
@@ -814,9 +816,7 @@ mod tests {
     #[test]
     fn a_blocked_writer_waits_for_its_socket_not_for_frames() {
         let hub = hub(8);
-        let (slot, rx) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
+        let (slot, rx) = joined(&hub, "key-1", None);
         assert!(slot.going_idle(&rx, Idle::Writable));
         hub.publish(&[(0, frame("EURUSD", 1))]);
         assert_eq!(
@@ -836,12 +836,8 @@ mod tests {
     #[test]
     fn queue_stats_cover_every_client() {
         let hub = hub(4);
-        let (_a, _ra) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
-        let (_b, rb) = hub
-            .join(queue(), "key-2", None, std::thread::current(), false)
-            .unwrap();
+        let (_a, _ra) = joined(&hub, "key-1", None);
+        let (_b, rb) = joined(&hub, "key-2", None);
         hub.publish(&[(0, frame("EURUSD", 1))]);
         hub.publish(&[(0, frame("EURUSD", 2)), (1, frame("GBPUSD", 1))]);
         rb.try_recv().unwrap();
@@ -853,10 +849,7 @@ mod tests {
     fn queue_stats_read_every_client_a_chunk_at_a_time() {
         let hub = hub_with_batch(Duration::ZERO);
         let joined: Vec<_> = (0..STATS_CHUNK * 2 + 3)
-            .map(|_| {
-                hub.join(queue(), "key-1", None, std::thread::current(), false)
-                    .unwrap()
-            })
+            .map(|_| joined(&hub, "key-1", None))
             .collect();
         hub.publish(&[(0, frame("EURUSD", 1))]);
         let stats = hub.queue_stats();
@@ -867,9 +860,7 @@ mod tests {
     #[test]
     fn a_frame_into_an_empty_queue_is_stamped_with_when_it_was_queued() {
         let hub = hub(8);
-        let (slot, rx) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
+        let (slot, rx) = joined(&hub, "key-1", None);
         let before = hub.stamp();
         hub.publish(&[(0, frame("EURUSD", 1))]);
         let first = slot.queued_at();
@@ -916,12 +907,7 @@ mod tests {
     fn batching_needs_a_fast_feed_and_many_deliveries() {
         let hub = hub_with_batch(Duration::from_millis(20));
         assert!(!hub.worth_batching(Duration::from_millis(5)), "no clients");
-        let joined: Vec<_> = (0..300)
-            .map(|_| {
-                hub.join(queue(), "key-1", None, std::thread::current(), false)
-                    .unwrap()
-            })
-            .collect();
+        let joined: Vec<_> = (0..300).map(|_| joined(&hub, "key-1", None)).collect();
         assert!(hub.worth_batching(Duration::from_millis(5)), "300 x 200/s");
         assert!(
             !hub.worth_batching(Duration::from_millis(25)),
@@ -980,9 +966,7 @@ mod tests {
     #[test]
     fn a_v2_tick_is_made_once_for_every_v2_client() {
         let (hub, made) = v2_hub(16);
-        let (_v1, v1_rx) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
+        let (_v1, v1_rx) = joined(&hub, "key-1", None);
         let v2: Vec<_> = (0..3)
             .map(|_| {
                 let (slot, rx) = hub
@@ -1087,27 +1071,9 @@ mod tests {
     #[test]
     fn clients_whose_every_symbol_is_refused_are_told_to_leave() {
         let hub = hub(8);
-        let (all, _a) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
-        let (eur, _e) = hub
-            .join(
-                queue(),
-                "key-2",
-                Some(&["EURUSD".to_string()]),
-                std::thread::current(),
-                false,
-            )
-            .unwrap();
-        let (gbp, _g) = hub
-            .join(
-                queue(),
-                "key-3",
-                Some(&["GBPUSD".to_string()]),
-                std::thread::current(),
-                false,
-            )
-            .unwrap();
+        let (all, _a) = joined(&hub, "key-1", None);
+        let (eur, _e) = joined(&hub, "key-2", Some("EURUSD"));
+        let (gbp, _g) = joined(&hub, "key-3", Some("GBPUSD"));
         assert_eq!(hub.kick_refused(&[]), 0);
         assert_eq!(hub.kick_refused(&[true, false]), 1);
         assert_eq!(
@@ -1121,9 +1087,7 @@ mod tests {
     #[test]
     fn distributor_parses_and_drops_non_quotes() {
         let hub = hub(8);
-        let (_slot, rx) = hub
-            .join(queue(), "key-1", None, std::thread::current(), false)
-            .unwrap();
+        let (_slot, rx) = joined(&hub, "key-1", None);
         let (tx, frames) = crossbeam_channel::unbounded();
         for text in [
             r#"{"error":"x"}"#,

@@ -535,6 +535,21 @@ mod tests {
         Market::new(MarketHours::Always, &[])
     }
 
+    /// A view of an idle proxy: no symbols, no backlog, one thread, a place of ten.
+    fn idle<'a>(market: &'a Market, queues: &'a QueueStats, process: &'a Process) -> View<'a> {
+        View {
+            market,
+            symbols: &[],
+            batching: false,
+            queues,
+            backlog: None,
+            places: (0, 10),
+            threads_live: 1,
+            process,
+            now_ms: 0,
+        }
+    }
+
     #[test]
     fn the_market_gauge() {
         let m = Metrics::new();
@@ -605,15 +620,9 @@ mod tests {
         let text = render(
             &m,
             &View {
-                market: &market,
-                symbols: &[],
-                batching: false,
-                queues: &queues,
-                backlog: None,
                 places: (0, 1),
-                threads_live: 1,
-                process: &Process::default(),
                 now_ms: 1500,
+                ..idle(&market, &queues, &Process::default())
             },
         );
         assert!(text.contains("fxproxy_upstream_symbol{symbol=\"EURUSD\",state=\"accepted\"} 1\n"));
@@ -678,20 +687,7 @@ mod tests {
         m.ping_rtt.observe(Duration::from_millis(3));
         let queues = QueueStats::new(8);
         let market = always();
-        let text = render(
-            &m,
-            &View {
-                market: &market,
-                symbols: &[],
-                batching: false,
-                queues: &queues,
-                backlog: None,
-                places: (0, 10),
-                threads_live: 1,
-                process: &Process::default(),
-                now_ms: 0,
-            },
-        );
+        let text = render(&m, &idle(&market, &queues, &Process::default()));
         assert!(text.contains("# TYPE fxproxy_client_ping_rtt_seconds histogram\n"));
         assert!(text.contains("\nfxproxy_client_ping_rtt_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(text.contains("\nfxproxy_client_ping_rtt_seconds_bucket{le=\"0.005\"} 1\n"));
